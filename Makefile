@@ -1,0 +1,61 @@
+# Two entry points do all the set-up on a fresh clone:
+#   make demo   - venv, install, generate the sample shop, train, publish, serve on 127.0.0.1:50051
+#   make test   - venv, install, lint, run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/recsvc/v1/*.proto)
+GENERATED := $(PROTOS:protos/%.proto=%_pb2.py)
+SAMPLE := var/sample-shop
+MODELS := var/models
+PORT ?= 50051
+
+# implicit warns and slows down badly when BLAS runs its own thread pool.
+export OPENBLAS_NUM_THREADS := 1
+export MKL_NUM_THREADS := 1
+
+.PHONY: install proto demo test lint format clean
+
+install: $(STAMP) $(GENERATED)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+proto: $(GENERATED)
+
+recsvc/v1/%_pb2.py: protos/recsvc/v1/%.proto $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $<
+
+$(SAMPLE)/events.csv: | install
+	$(BIN)/recsvc data generate --seed 7 --out $(SAMPLE)
+
+demo: install $(SAMPLE)/events.csv
+	$(BIN)/recsvc train --events $(SAMPLE)/events.csv --items $(SAMPLE)/items.csv \
+		--users $(SAMPLE)/users.csv --model-dir $(MODELS)
+	@echo
+	@echo "Serving on 127.0.0.1:$(PORT). In another shell try:"
+	@echo "  $(BIN)/recsvc recommend --target 127.0.0.1:$(PORT) --user u0001 -k 10"
+	@echo "  $(BIN)/recsvc similar --target 127.0.0.1:$(PORT) --item i0001 -k 5"
+	@echo "  $(BIN)/recsvc recommend --target 127.0.0.1:$(PORT) --user someone-new"
+	@echo "Stop with Ctrl-C (requests in flight are drained)."
+	@echo
+	exec $(BIN)/recsvc serve --model-dir $(MODELS) --host 127.0.0.1 --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: install lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) var recsvc/v1/*_pb2*.py recsvc/v1/*_pb2*.pyi .pytest_cache .ruff_cache

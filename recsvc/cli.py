@@ -1,0 +1,182 @@
+"""`recsvc`: one command, a subcommand per role.
+
+Exit codes: 0 success; 2 bad input (unreadable file, missing column, bad config or flags);
+1 anything else. gRPC client errors exit 1 with the status code and message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from recsvc.errors import BadInput
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _data_generate(args: argparse.Namespace) -> None:
+    from training.sample_shop import ShopSpec, generate_shop
+
+    spec = ShopSpec(n_users=args.users, n_items=args.items, weeks=args.weeks)
+    shop = generate_shop(args.seed, spec)
+    shop.write(args.out)
+    print(
+        f"wrote {shop.events.num_rows:,} events, {shop.items.num_rows:,} items and "
+        f"{shop.users.num_rows:,} users to {args.out}"
+    )
+
+
+def _data_validate(args: argparse.Namespace) -> int:
+    from recsvc.config import load_config
+    from training.ingest import load_dataset
+
+    config = load_config(args.config)
+    dataset = load_dataset(
+        args.events, config.data, args.items, args.users, rejects_dir=args.rejects_dir
+    )
+    for report in dataset.reports:
+        print(report.summary())
+    return EXIT_OK if all(r.rejected_total == 0 for r in dataset.reports) else EXIT_BAD_INPUT
+
+
+def _train(args: argparse.Namespace) -> None:
+    from recsvc.config import load_config
+    from training.pipeline import TrainInputs, train
+
+    config = load_config(args.config)
+    train(
+        TrainInputs(args.events, args.items, args.users),
+        args.model_dir,
+        config,
+        rejects_dir=args.rejects_dir,
+    )
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from service.server import serve
+
+    asyncio.run(serve(args.model_dir, args.host, args.port, args.reload_interval, args.grace))
+
+
+def _recommend(args: argparse.Namespace) -> None:
+    from service.client import recommend
+
+    recommend(
+        args.target,
+        args.user,
+        args.k,
+        args.exclude,
+        args.exclude_purchased,
+        args.json,
+        args.timeout,
+    )
+
+
+def _similar(args: argparse.Namespace) -> None:
+    from service.client import similar
+
+    similar(args.target, args.item, args.k, args.json, args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsvc", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    roles = parser.add_subparsers(dest="role", required=True)
+
+    data = roles.add_parser("data", help="sample data and input validation")
+    data_cmds = data.add_subparsers(dest="data_command", required=True)
+    gen = data_cmds.add_parser("generate", help="write the synthetic sample shop")
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--out", type=Path, required=True, help="directory for the three CSV files")
+    gen.add_argument("--users", type=int, default=2_000)
+    gen.add_argument("--items", type=int, default=1_000)
+    gen.add_argument("--weeks", type=int, default=8)
+    gen.set_defaults(run=_data_generate)
+    val = data_cmds.add_parser("validate", help="check input files; exit 2 if any row is rejected")
+    _add_input_flags(val)
+    val.add_argument("--rejects-dir", type=Path, default=Path("rejects"))
+    val.set_defaults(run=_data_validate)
+
+    train = roles.add_parser("train", help="train on event logs and publish a model version")
+    _add_input_flags(train)
+    train.add_argument("--model-dir", type=Path, required=True)
+    train.add_argument(
+        "--rejects-dir",
+        type=Path,
+        default=None,
+        help="where rejected rows go (default MODEL_DIR/rejects)",
+    )
+    train.set_defaults(run=_train)
+
+    serve = roles.add_parser("serve", help="serve the current model over gRPC")
+    serve.add_argument("--model-dir", type=Path, required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=5.0,
+        help="seconds between checks for a newly published version",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds to let requests in flight finish on SIGTERM/SIGINT",
+    )
+    serve.set_defaults(run=_serve)
+
+    for name, helptext, key in (
+        ("recommend", "ask a server for a user's recommendations", "user"),
+        ("similar", "ask a server for items similar to an item", "item"),
+    ):
+        client = roles.add_parser(name, help=helptext)
+        client.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")
+        client.add_argument(f"--{key}", required=True)
+        client.add_argument("-k", type=int, default=10)
+        client.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        client.add_argument("--timeout", type=float, default=5.0)
+        if key == "user":
+            client.add_argument("--exclude", action="append", default=[], metavar="ITEM_ID")
+            client.add_argument("--exclude-purchased", action="store_true")
+        client.set_defaults(run=_recommend if key == "user" else _similar)
+    return parser
+
+
+def _add_input_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=Path, required=True, help="events CSV or Parquet")
+    parser.add_argument("--items", type=Path, default=None, help="items (catalogue) file")
+    parser.add_argument("--users", type=Path, default=None, help="users file")
+    parser.add_argument("--config", type=Path, default=None, help="TOML config (see recsvc.toml)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code = args.run(args)
+    except BadInput as exc:
+        print(f"recsvc: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except Exception as exc:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            print(f"recsvc: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return EXIT_FAILED
+        logging.getLogger("recsvc").exception("failed")
+        return EXIT_FAILED
+    return EXIT_OK if code is None else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

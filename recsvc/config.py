@@ -1,0 +1,176 @@
+"""Typed configuration, read from one TOML file whose shipped copy documents every default."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from recsvc.errors import BadInput
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("recsvc.toml")
+
+EventName = Literal["view", "cart", "purchase"]
+EVENT_NAMES: tuple[EventName, ...] = ("view", "cart", "purchase")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EventColumns:
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    event: str = "event"
+    timestamp: str = "timestamp"
+    quantity: str = "quantity"
+    price: str = "price"
+
+
+@dataclass(frozen=True)
+class EventNames:
+    view: list[str] = field(default_factory=lambda: ["view"])
+    cart: list[str] = field(default_factory=lambda: ["cart"])
+    purchase: list[str] = field(default_factory=lambda: ["purchase"])
+    ignore: list[str] = field(default_factory=list)
+
+    def source_to_event(self) -> dict[str, str]:
+        """Maps each source value to its contract event, or to "ignore"."""
+        mapping: dict[str, str] = {}
+        for target in (*EVENT_NAMES, "ignore"):
+            for value in getattr(self, target):
+                if value in mapping:
+                    raise BadInput(
+                        f"event value {value!r} is mapped to both {mapping[value]} and {target}"
+                    )
+                mapping[value] = target
+        return mapping
+
+
+@dataclass(frozen=True)
+class EventsSource:
+    columns: EventColumns = field(default_factory=EventColumns)
+    names: EventNames = field(default_factory=EventNames)
+
+
+@dataclass(frozen=True)
+class ItemColumns:
+    item_id: str = "item_id"
+    category: str = "category"
+    brand: str = "brand"
+    price: str = "price"
+    available: str = "available"
+    tags: str = "tags"
+
+
+@dataclass(frozen=True)
+class ItemsSource:
+    columns: ItemColumns = field(default_factory=ItemColumns)
+
+
+@dataclass(frozen=True)
+class UserColumns:
+    user_id: str = "user_id"
+
+
+@dataclass(frozen=True)
+class UsersSource:
+    columns: UserColumns = field(default_factory=UserColumns)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    max_future_hours: float = 24.0
+    events: EventsSource = field(default_factory=EventsSource)
+    items: ItemsSource = field(default_factory=ItemsSource)
+    users: UsersSource = field(default_factory=UsersSource)
+
+
+@dataclass(frozen=True)
+class SignalsConfig:
+    view: float = 1.0
+    cart: float = 4.0
+    purchase: float = 8.0
+    scaling: Literal["log", "none"] = "log"
+
+    def weight(self, event: str) -> float:
+        return float(getattr(self, event))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ALSConfig:
+    factors: int = 64
+    regularization: float = 0.05
+    alpha: float = 8.0
+    iterations: int = 15
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    als: ALSConfig = field(default_factory=ALSConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Reads a TOML config; keys left out keep their defaults. Raises BadInput on any problem."""
+    if path is None:
+        return Config()
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BadInput(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"config {path} is not valid TOML: {exc}") from exc
+    return build(Config, raw, "")
+
+
+def build(cls: type[T], raw: dict[str, Any], where: str) -> T:
+    """Builds dataclass `cls` from a parsed TOML table, checking names and types."""
+    if not isinstance(raw, dict):
+        raise BadInput(f"config: [{where or 'root'}] must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise BadInput(f"config: unknown key {'.'.join(filter(None, [where, unknown[0]]))}")
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(hints[name], value, ".".join(filter(None, [where, name])))
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise BadInput(f"config: {where} must be one of {list(typing.get_args(hint))}")
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise BadInput(f"config: {where} must be a list")
+        return [_coerce(item_type, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (types.UnionType, typing.Union):
+        raise TypeError(f"unsupported config type at {where}")
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise BadInput(f"config: {where} must be {hint.__name__}, got {type(value).__name__}")

@@ -1,0 +1,21 @@
+"""Domain errors. The transport layer maps each to one gRPC status; the CLI to one exit code."""
+
+
+class RecsvcError(Exception):
+    """Base of every error raised on purpose by recsvc."""
+
+
+class InvalidArgument(RecsvcError):
+    """The caller sent a request that can never succeed as written."""
+
+
+class NotFound(RecsvcError):
+    """The request names something the current model does not know."""
+
+
+class Unavailable(RecsvcError):
+    """The service cannot answer yet (e.g. no model has loaded)."""
+
+
+class BadInput(RecsvcError):
+    """Input data or configuration cannot be used at all (CLI exit code 2)."""

@@ -1,0 +1,39 @@
+"""Non-personalised popularity: the fallback for users the model has never seen."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsvc.models.base import Recommender, check_user_items, top_k
+
+
+class PopularityRecommender(Recommender):
+    """Scores every item by the number of distinct users who interacted with it."""
+
+    model_type: ClassVar[str] = "popularity"
+    array_names: ClassVar[tuple[str, ...]] = ("item_scores",)
+    item_scores: np.ndarray
+
+    def get_params(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_scores.shape[0])
+
+    def fit(self, user_items: sp.csr_matrix) -> Self:
+        matrix = check_user_items(user_items)
+        self.item_scores = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float32)
+        return self
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return np.tile(np.asarray(self.item_scores, dtype=np.float32), (len(users), 1))
+
+    def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        items = np.asarray(items, dtype=np.int64)
+        scores = self.score(items)
+        scores[np.arange(items.size), items] = -np.inf
+        return top_k(scores, k)

@@ -1,0 +1,124 @@
+"""The model store: versioned model directories and an atomically switched `current` pointer.
+
+Layout of a model directory:
+
+    current                 one line: the version being served
+    versions/<version>/     one published model (see recsvc.published)
+    .staging-<pid>-*/       versions being written; never read; removed by the next publish
+                            once the process that wrote it is gone
+
+A version is written in full into a staging directory, flushed to disk, then renamed into
+`versions/`; only then is `current` replaced (write a temporary file, fsync, rename). A
+process killed at any moment therefore leaves the previous model current and intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+CURRENT_FILE = "current"
+VERSIONS_DIR = "versions"
+STAGING_PREFIX = ".staging-"
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / VERSIONS_DIR
+
+    def current_version(self) -> str | None:
+        try:
+            version = (self.root / CURRENT_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return version or None
+
+    def path(self, version: str) -> Path:
+        return self.versions_dir / version
+
+    def versions(self) -> list[str]:
+        """Published versions, oldest first (names sort by creation time)."""
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir())
+
+    def publish(self, write: Callable[[Path], None], suffix: str) -> str:
+        """Writes a new version with `write(staging_dir)`, then makes it current."""
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_abandoned_staging()
+        staging = self.root / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            write(staging)
+            _fsync_tree(staging)
+            version = self._new_version_name(suffix)
+            os.rename(staging, self.path(version))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _fsync_dir(self.versions_dir)
+        self.set_current(version)
+        return version
+
+    def set_current(self, version: str) -> None:
+        if not (self.path(version)).is_dir():
+            raise FileNotFoundError(f"no published version {version!r} in {self.root}")
+        tmp = self.root / f".{CURRENT_FILE}.{uuid.uuid4().hex}"
+        with open(tmp, "w") as handle:
+            handle.write(version + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.root / CURRENT_FILE)
+        _fsync_dir(self.root)
+
+    def _new_version_name(self, suffix: str) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        name = f"{stamp}-{suffix}"
+        n = 2
+        while self.path(name).exists():
+            name = f"{stamp}-{suffix}-{n}"
+            n += 1
+        return name
+
+    def _remove_abandoned_staging(self) -> None:
+        for leftover in self.root.glob(f"{STAGING_PREFIX}*"):
+            pid = leftover.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+            if not pid.isdigit() or not _process_alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))

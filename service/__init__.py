@@ -1,0 +1,1 @@
+"""The gRPC server: a thin servicer over a transport-independent recommendation core."""

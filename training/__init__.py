@@ -1,0 +1,1 @@
+"""Offline training pipeline: ingest and clean logs, build models, evaluate, publish."""

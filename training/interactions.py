@@ -1,0 +1,82 @@
+"""Turns clean events into the users x items confidence matrix the models learn from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from recsvc.config import EVENT_NAMES, SignalsConfig
+
+
+@dataclass
+class Interactions:
+    user_ids: np.ndarray  # sorted unicode; row i of the matrices is user_ids[i]
+    item_ids: np.ndarray  # sorted unicode; column j is item_ids[j]
+    confidence: sp.csr_matrix  # float32, weighted and scaled event strength
+    purchased: sp.csr_matrix  # 1 where the user bought the item
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.confidence.shape
+
+
+def encode_sorted(
+    column: pa.ChunkedArray, vocabulary: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, sorted vocabulary). With a vocabulary given, unknown values get code -1."""
+    if vocabulary is None:
+        encoded = pc.dictionary_encode(column).combine_chunks()
+        values = encoded.dictionary.to_numpy(zero_copy_only=False).astype(str)
+        order = np.argsort(values, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        return rank[encoded.indices.to_numpy()], values[order]
+    values = column.to_numpy().astype(str)
+    codes = np.searchsorted(vocabulary, values)
+    codes = np.minimum(codes, max(vocabulary.size - 1, 0))
+    found = vocabulary.size > 0 and (vocabulary[codes] == values)
+    return np.where(found, codes, -1), vocabulary
+
+
+def event_weights(events: pa.Table, signals: SignalsConfig) -> np.ndarray:
+    weights = np.zeros(events.num_rows, dtype=np.float32)
+    names = events.column("event").to_numpy(zero_copy_only=False)
+    for name in EVENT_NAMES:
+        weights[names == name] = signals.weight(name)
+    return weights
+
+
+def build_interactions(
+    events: pa.Table,
+    signals: SignalsConfig,
+    user_ids: np.ndarray | None = None,
+    item_ids: np.ndarray | None = None,
+) -> Interactions:
+    """Sums event weights per (user, item) and scales them; rows and columns in sorted id order.
+
+    Passing `user_ids`/`item_ids` fixes the index space (events outside it are left out), so
+    that a holdout can be expressed in the training matrix's coordinates.
+    """
+    users, user_vocab = encode_sorted(events.column("user_id"), user_ids)
+    items, item_vocab = encode_sorted(events.column("item_id"), item_ids)
+    weights = event_weights(events, signals)
+    known = (users >= 0) & (items >= 0)
+    shape = (user_vocab.size, item_vocab.size)
+    confidence = sp.csr_matrix(
+        (weights[known], (users[known], items[known])), shape=shape, dtype=np.float32
+    )
+    confidence.sum_duplicates()
+    if signals.scaling == "log":
+        confidence.data = np.log1p(confidence.data)
+    confidence.eliminate_zeros()
+    bought = known & (events.column("event").to_numpy(zero_copy_only=False) == "purchase")
+    purchased = sp.csr_matrix(
+        (np.ones(int(bought.sum()), np.float32), (users[bought], items[bought])), shape=shape
+    )
+    purchased.sum_duplicates()
+    purchased.data[:] = 1.0
+    return Interactions(user_vocab, item_vocab, confidence, purchased)

@@ -1,0 +1,319 @@
+"""Generates the embedded sample shop: a synthetic e-commerce log with planted structure.
+
+What is planted, so that tests can check a model recovers it:
+- each user prefers one to three categories, drawn from their attributes (age band and gender
+  shift the odds), and most of their sessions browse those categories;
+- item popularity follows a power law inside each category;
+- a funnel turns views into carts and carts into purchases; consumable categories are bought
+  again (repeat purchases);
+- users sign up over the period, and some stop coming back (churn), so recency varies.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = (
+    "electronics",
+    "books",
+    "beauty",
+    "home",
+    "toys",
+    "grocery",
+    "fashion",
+    "sports",
+    "garden",
+    "pets",
+    "baby",
+    "office",
+)
+CONSUMABLE = frozenset({"beauty", "grocery", "pets", "baby"})
+AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
+GENDERS = ("f", "m", "x")
+REGIONS = ("north", "south", "east", "west", "central")
+TAG_WORDS = ("eco", "bestseller", "gift", "premium", "budget")
+# Per age band, categories made more likely (x3) as a user's favourites: cold-start signal.
+AGE_AFFINITY = {
+    "18-24": ("electronics", "fashion", "sports"),
+    "25-34": ("fashion", "beauty", "baby"),
+    "35-44": ("home", "toys", "baby"),
+    "45-54": ("home", "garden", "books"),
+    "55+": ("garden", "books", "grocery"),
+}
+GENDER_AFFINITY = {"f": ("beauty", "fashion"), "m": ("electronics", "sports"), "x": ("books",)}
+SECONDS_PER_DAY = 86_400
+START_EPOCH = 1_788_220_800  # 2026-09-01T00:00:00Z
+
+
+@dataclass(frozen=True)
+class ShopSpec:
+    n_users: int = 2_000
+    n_items: int = 1_000
+    weeks: int = 8
+    brands_per_category: int = 5
+    sessions_per_user: float = 12.0  # mean; activity is log-normal across users
+    preferred_share: float = 0.85  # share of sessions spent in the user's preferred categories
+    churn_share: float = 0.25  # users who stop coming back before the end
+
+
+@dataclass
+class SampleShop:
+    events: pa.Table
+    items: pa.Table
+    users: pa.Table
+    preferred_categories: dict[str, tuple[str, ...]]
+
+    def write(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("events", "items", "users"):
+            pa_csv.write_csv(
+                getattr(self, name),
+                directory / f"{name}.csv",
+                pa_csv.WriteOptions(quoting_style="needed"),
+            )
+
+
+def generate_shop(seed: int, spec: ShopSpec | None = None) -> SampleShop:
+    spec = spec or ShopSpec()
+    rng = np.random.default_rng(seed)
+    items, item_category, item_weight, item_price = _items(rng, spec)
+    users, preferred = _users(rng, spec)
+    events = _events(rng, spec, users, preferred, item_category, item_weight, item_price)
+    user_ids = users.column("user_id").to_pylist()
+    planted = {
+        uid: tuple(CATEGORIES[c] for c in prefs)
+        for uid, prefs in zip(user_ids, preferred, strict=True)
+    }
+    return SampleShop(events, items, users, planted)
+
+
+def _ids(prefix: str, n: int) -> list[str]:
+    width = len(str(n))
+    return [f"{prefix}{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def _items(rng: np.random.Generator, spec: ShopSpec):
+    n = spec.n_items
+    # Uneven category sizes, as in a real catalogue.
+    sizes = rng.dirichlet(np.full(len(CATEGORIES), 4.0))
+    category = rng.choice(len(CATEGORIES), size=n, p=sizes)
+    # Power-law popularity within each category (rank^-1.1 over a random order).
+    weight = np.empty(n)
+    for c in range(len(CATEGORIES)):
+        members = np.flatnonzero(category == c)
+        ranks = rng.permutation(members.size) + 1
+        weight[members] = ranks**-1.1
+    brand_slot = rng.integers(0, spec.brands_per_category, size=n)
+    base_price = np.exp(rng.normal(2.5, 0.4, size=len(CATEGORIES)))
+    price = np.round(base_price[category] * np.exp(rng.normal(0, 0.5, size=n)), 2)
+    tags = [
+        "|".join(sorted(rng.choice(TAG_WORDS, size=rng.integers(0, 3), replace=False)))
+        for _ in range(n)
+    ]
+    table = pa.table(
+        {
+            "item_id": _ids("i", n),
+            "category": [CATEGORIES[c] for c in category],
+            "brand": [
+                f"{CATEGORIES[c][:4]}-brand-{b + 1}"
+                for c, b in zip(category, brand_slot, strict=True)
+            ],
+            "price": price,
+            "available": rng.random(n) > 0.05,
+            "tags": tags,
+        }
+    )
+    return table, category, weight, price
+
+
+def _users(rng: np.random.Generator, spec: ShopSpec):
+    n = spec.n_users
+    age = rng.choice(len(AGE_BANDS), size=n, p=[0.15, 0.3, 0.25, 0.18, 0.12])
+    gender = rng.choice(len(GENDERS), size=n, p=[0.5, 0.45, 0.05])
+    region = rng.choice(len(REGIONS), size=n)
+    preferred = []
+    for a, g in zip(age, gender, strict=True):
+        odds = np.ones(len(CATEGORIES))
+        for name in (*AGE_AFFINITY[AGE_BANDS[a]], *GENDER_AFFINITY[GENDERS[g]]):
+            odds[CATEGORIES.index(name)] *= 3.0
+        count = rng.choice([1, 2, 3], p=[0.35, 0.45, 0.2])
+        preferred.append(
+            tuple(rng.choice(len(CATEGORIES), size=count, replace=False, p=odds / odds.sum()))
+        )
+    table = pa.table(
+        {
+            "user_id": _ids("u", n),
+            "age_band": [AGE_BANDS[a] for a in age],
+            "gender": [GENDERS[g] for g in gender],
+            "region": [REGIONS[r] for r in region],
+        }
+    )
+    return table, preferred
+
+
+def _events(rng, spec, users, preferred, item_category, item_weight, item_price) -> pa.Table:
+    period = spec.weeks * 7 * SECONDS_PER_DAY
+    by_category = [np.flatnonzero(item_category == c) for c in range(len(CATEGORIES))]
+    category_p = [item_weight[m] / item_weight[m].sum() for m in by_category]
+    category_mass = np.array([item_weight[m].sum() for m in by_category])
+    category_mass /= category_mass.sum()
+    user_ids = users.column("user_id").to_pylist()
+
+    rows_user, rows_item, rows_event, rows_ts, rows_qty = [], [], [], [], []
+    for u, uid in enumerate(user_ids):
+        signup = rng.uniform(0, period * 0.7)
+        leaves = (
+            signup + rng.uniform(0.1, 0.8) * (period - signup)
+            if rng.random() < spec.churn_share
+            else period
+        )
+        n_sessions = max(1, int(rng.lognormal(np.log(spec.sessions_per_user) - 0.3, 0.8)))
+        starts = np.sort(rng.uniform(signup, leaves, size=n_sessions))
+        # Evening-heavy hour of day.
+        starts = (
+            (starts // SECONDS_PER_DAY) * SECONDS_PER_DAY
+            + rng.choice(24, size=n_sessions, p=_HOUR_P) * 3600
+            + rng.integers(0, 3600, size=n_sessions)
+        )
+        bought: list[int] = []
+        prefs = preferred[u]
+        for start in starts:
+            t = float(start)
+            if bought and rng.random() < 0.25:
+                consumables = [i for i in bought if CATEGORIES[item_category[i]] in CONSUMABLE]
+                if consumables:
+                    item = int(rng.choice(consumables))
+                    for event in ("view", "cart", "purchase"):
+                        t += rng.uniform(5, 120)
+                        _append(
+                            rows_user,
+                            rows_item,
+                            rows_event,
+                            rows_ts,
+                            rows_qty,
+                            uid,
+                            item,
+                            event,
+                            t,
+                            int(rng.integers(1, 4)),
+                        )
+                    continue
+            if rng.random() < spec.preferred_share:
+                category = int(rng.choice(prefs))
+            else:
+                category = int(rng.choice(len(CATEGORIES), p=category_mass))
+            members = by_category[category]
+            n_views = min(members.size, int(rng.integers(1, 7)))
+            viewed = rng.choice(members, size=n_views, replace=False, p=category_p[category])
+            liked = category in prefs
+            for item in viewed:
+                t += rng.uniform(5, 300)
+                _append(
+                    rows_user,
+                    rows_item,
+                    rows_event,
+                    rows_ts,
+                    rows_qty,
+                    uid,
+                    int(item),
+                    "view",
+                    t,
+                    1,
+                )
+                if rng.random() < (0.2 if liked else 0.06):
+                    t += rng.uniform(5, 120)
+                    _append(
+                        rows_user,
+                        rows_item,
+                        rows_event,
+                        rows_ts,
+                        rows_qty,
+                        uid,
+                        int(item),
+                        "cart",
+                        t,
+                        1,
+                    )
+                    if rng.random() < 0.5:
+                        t += rng.uniform(30, 600)
+                        qty = (
+                            int(rng.integers(1, 4))
+                            if CATEGORIES[item_category[item]] in CONSUMABLE
+                            else 1
+                        )
+                        _append(
+                            rows_user,
+                            rows_item,
+                            rows_event,
+                            rows_ts,
+                            rows_qty,
+                            uid,
+                            int(item),
+                            "purchase",
+                            t,
+                            qty,
+                        )
+                        bought.append(int(item))
+    item_names = np.asarray(_ids("i", item_category.size), dtype=object)
+    items_idx = np.asarray(rows_item)
+    ts = (START_EPOCH + np.asarray(rows_ts)).astype("datetime64[s]")
+    order = np.argsort(ts, kind="stable")
+    events = np.asarray(rows_event, dtype=object)
+    price = np.where(events == "purchase", item_price[items_idx], np.nan)
+    return pa.table(
+        {
+            "user_id": pa.array(np.asarray(rows_user, dtype=object)[order]),
+            "item_id": pa.array(item_names[items_idx][order]),
+            "event": pa.array(events[order]),
+            "timestamp": pa.array([f"{t}Z" for t in ts[order]]),
+            "quantity": pa.array(np.asarray(rows_qty)[order]),
+            "price": pa.array(price[order], from_pandas=True),
+        }
+    )
+
+
+def _append(users, items, events, times, quantities, uid, item, event, t, qty) -> None:
+    users.append(uid)
+    items.append(item)
+    events.append(event)
+    times.append(t)
+    quantities.append(qty)
+
+
+_HOUR_WEIGHTS = np.array(
+    [
+        1,
+        0.5,
+        0.3,
+        0.2,
+        0.2,
+        0.3,
+        0.6,
+        1,
+        1.5,
+        2,
+        2,
+        2.2,
+        2.5,
+        2.2,
+        2,
+        2,
+        2.2,
+        2.6,
+        3.2,
+        3.8,
+        4,
+        3.5,
+        2.5,
+        1.6,
+    ]
+)
+_HOUR_P = _HOUR_WEIGHTS / _HOUR_WEIGHTS.sum()
