@@ -34,13 +34,17 @@ class ServerParts:
     health: health_aio.HealthServicer
 
 
-def create_server(core: RecommenderCore) -> ServerParts:
+def create_server(
+    core: RecommenderCore, servicer: RecommenderServicer | None = None
+) -> ServerParts:
     """An unstarted server with every service registered and no port bound.
 
     Health reports NOT_SERVING until the caller marks it otherwise (once a model has loaded).
     """
     server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
-    recommender_pb2_grpc.add_RecommenderServicer_to_server(RecommenderServicer(core), server)
+    recommender_pb2_grpc.add_RecommenderServicer_to_server(
+        servicer or RecommenderServicer(core), server
+    )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -116,6 +120,11 @@ async def serve(
     await stop.wait()
     log.info("stopping: draining requests in flight (up to %.0fs)", grace)
     watcher.cancel()
+    await shutdown(parts, grace)
+    print("recsvc serve: stopped", flush=True)
+
+
+async def shutdown(parts: ServerParts, grace: float) -> None:
+    """Reports NOT_SERVING, refuses new calls, and lets calls in flight finish within `grace`."""
     await parts.health.enter_graceful_shutdown()
     await parts.server.stop(grace)
-    print("recsvc serve: stopped", flush=True)

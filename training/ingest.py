@@ -285,7 +285,7 @@ def parse_numbers(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class RejectsWriter:
-    """Writes the rejects of one source as CSV: position, reason, detail, the row as read."""
+    """Writes the rejects of one source as CSV: line (or row), reason, detail, data as read."""
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
@@ -314,7 +314,7 @@ class RejectsWriter:
                 raw.position_word: pa.array(np.asarray(positions)[order]),
                 "reason": pa.array(np.asarray(reasons_list, dtype=object)[order].tolist()),
                 "detail": pa.array(np.asarray(details_list, dtype=object)[order].tolist()),
-                "row": pa.array(np.asarray(row_texts, dtype=object)[order].tolist()),
+                "data": pa.array(np.asarray(row_texts, dtype=object)[order].tolist()),
             }
         )
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -618,14 +618,13 @@ def _reject_repeated_ids(
     repeated[first] = False
     if not repeated.any():
         return
-    first_row_of_code = {int(codes[candidates[i]]): int(candidates[i]) for i in first}
+    first_position = {int(codes[candidates[i]]): int(raw.positions[candidates[i]]) for i in first}
     mask = np.zeros(checks.code.size, dtype=bool)
     mask[candidates[repeated]] = True
     checks.reject(
         mask,
         reason,
         lambda rows: [
-            f"{name} already on {raw.position_word} {raw.positions[first_row_of_code[int(codes[r])]]}"
-            for r in rows
+            f"{name} already on {raw.position_word} {first_position[int(codes[r])]}" for r in rows
         ],
     )

@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from recsvc.errors import BadInput
+
 log = logging.getLogger(__name__)
 
 CATEGORIES = (
@@ -83,6 +85,10 @@ class SampleShop:
 
 def generate_shop(seed: int, spec: ShopSpec | None = None) -> SampleShop:
     spec = spec or ShopSpec()
+    if spec.n_items < len(CATEGORIES) or spec.n_users < 1 or spec.weeks < 1:
+        raise BadInput(
+            f"the sample shop needs at least {len(CATEGORIES)} items, one user and one week"
+        )
     rng = np.random.default_rng(seed)
     items, item_category, item_weight, item_price = _items(rng, spec)
     users, preferred = _users(rng, spec)
@@ -102,9 +108,10 @@ def _ids(prefix: str, n: int) -> list[str]:
 
 def _items(rng: np.random.Generator, spec: ShopSpec):
     n = spec.n_items
-    # Uneven category sizes, as in a real catalogue.
+    # Uneven category sizes, as in a real catalogue, but never an empty category.
     sizes = rng.dirichlet(np.full(len(CATEGORIES), 4.0))
     category = rng.choice(len(CATEGORIES), size=n, p=sizes)
+    category[rng.choice(n, size=len(CATEGORIES), replace=False)] = np.arange(len(CATEGORIES))
     # Power-law popularity within each category (rank^-1.1 over a random order).
     weight = np.empty(n)
     for c in range(len(CATEGORIES)):

@@ -1,0 +1,122 @@
+"""The `recsvc` command: generate, validate and train, with the documented exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import write_lines
+
+from recsvc.cli import main
+from recsvc.modelstore import ModelStore
+
+
+def test_generate_then_train_publishes_a_current_version(tmp_path: Path) -> None:
+    shop = tmp_path / "shop"
+    assert (
+        main(
+            [
+                "data",
+                "generate",
+                "--seed",
+                "3",
+                "--users",
+                "120",
+                "--items",
+                "60",
+                "--weeks",
+                "3",
+                "--out",
+                str(shop),
+            ]
+        )
+        == 0
+    )
+    for name in ("events.csv", "items.csv", "users.csv"):
+        assert (shop / name).stat().st_size > 0
+    model_dir = tmp_path / "models"
+    assert (
+        main(
+            [
+                "train",
+                "--events",
+                str(shop / "events.csv"),
+                "--items",
+                str(shop / "items.csv"),
+                "--users",
+                str(shop / "users.csv"),
+                "--model-dir",
+                str(model_dir),
+            ]
+        )
+        == 0
+    )
+    store = ModelStore(model_dir)
+    assert store.current_version() in store.versions()
+
+
+def test_generate_is_repeatable_for_a_seed(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        main(
+            [
+                "data",
+                "generate",
+                "--seed",
+                "5",
+                "--users",
+                "50",
+                "--items",
+                "40",
+                "--out",
+                str(tmp_path / name),
+            ]
+        )
+    assert (tmp_path / "a" / "events.csv").read_bytes() == (
+        tmp_path / "b" / "events.csv"
+    ).read_bytes()
+
+
+def test_validate_exits_2_when_rows_are_rejected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_lines(
+        tmp_path / "good.csv", "user_id,item_id,event,timestamp", "u1,i1,view,1740823200"
+    )
+    assert (
+        main(["data", "validate", "--events", str(good), "--rejects-dir", str(tmp_path / "rj")])
+        == 0
+    )
+    bad = write_lines(
+        tmp_path / "bad.csv",
+        "user_id,item_id,event,timestamp",
+        "u1,i1,view,1740823200",
+        "u1,i1,stare,1740823200",
+    )
+    assert (
+        main(["data", "validate", "--events", str(bad), "--rejects-dir", str(tmp_path / "rj")]) == 2
+    )
+    out = capsys.readouterr().out
+    assert "1 rejected (unknown_event 1)" in out
+    assert (tmp_path / "rj" / "bad.csv.rejects.csv").exists()
+
+
+def test_bad_config_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[model.als]\nfactors = -")
+    events = write_lines(
+        tmp_path / "e.csv", "user_id,item_id,event,timestamp", "u1,i1,view,1740823200"
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--events",
+                str(events),
+                "--model-dir",
+                str(tmp_path / "m"),
+                "--config",
+                str(config),
+            ]
+        )
+        == 2
+    )

@@ -1,0 +1,121 @@
+"""Every model passes the same checks on a dataset whose answer is known.
+
+Two communities: users 0..19 interact only with items 0..9, users 20..39 only with items
+10..19. Each user has seen a few items of their own block; the rest of the block is the answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsvc.models import ALSRecommender, PopularityRecommender, Recommender, load_model
+
+N_USERS, N_ITEMS, BLOCK_USERS, BLOCK_ITEMS = 40, 20, 20, 10
+
+
+def block_matrix(seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    rows, cols = [], []
+    for user in range(N_USERS):
+        block = user // BLOCK_USERS
+        seen = rng.choice(BLOCK_ITEMS, size=6, replace=False) + block * BLOCK_ITEMS
+        rows += [user] * seen.size
+        cols += seen.tolist()
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(N_USERS, N_ITEMS))
+
+
+class RecommenderContract:
+    """Mixin: a test class supplies `make()`; these tests run for every model."""
+
+    personalised = True
+
+    def make(self) -> Recommender:
+        raise NotImplementedError
+
+    def test_fit_returns_self(self) -> None:
+        model = self.make()
+        assert model.fit(block_matrix()) is model
+
+    def test_recommend_shapes_and_exclusion(self) -> None:
+        matrix = block_matrix()
+        model = self.make().fit(matrix)
+        ids, scores = model.recommend(np.arange(N_USERS), 5, exclude=matrix)
+        assert ids.shape == scores.shape == (N_USERS, 5)
+        for user in range(N_USERS):
+            assert not set(ids[user]) & set(matrix[user].indices), "returned an excluded item"
+            assert np.all(np.diff(scores[user]) <= 0), "not sorted best first"
+
+    def test_known_answer(self) -> None:
+        matrix = block_matrix()
+        model = self.make().fit(matrix)
+        ids, _ = model.recommend(np.arange(N_USERS), 3, exclude=matrix)
+        in_block = (ids // BLOCK_ITEMS) == (np.arange(N_USERS) // BLOCK_USERS)[:, None]
+        if self.personalised:
+            assert in_block.mean() > 0.9
+        similar, _ = model.similar_items(np.arange(N_ITEMS), 3)
+        assert not np.any(similar == np.arange(N_ITEMS)[:, None]), "an item is similar to itself"
+        if self.personalised:
+            same = (similar // BLOCK_ITEMS) == (np.arange(N_ITEMS) // BLOCK_ITEMS)[:, None]
+            assert same.mean() > 0.9
+
+    def test_more_than_catalogue_pads_with_minus_one(self) -> None:
+        matrix = block_matrix()
+        model = self.make().fit(matrix)
+        ids, scores = model.recommend(np.array([0]), N_ITEMS + 5, exclude=matrix[[0]])
+        assert ids.shape == (1, N_ITEMS)
+        assert (ids[0] == -1).sum() == matrix[0].nnz
+        assert np.all(np.isneginf(scores[0][ids[0] == -1]))
+
+    def test_same_seed_same_model(self) -> None:
+        a = self.make().fit(block_matrix())
+        b = self.make().fit(block_matrix())
+        users = np.arange(N_USERS)
+        np.testing.assert_array_equal(a.score(users), b.score(users))
+
+    def test_fit_starts_from_scratch(self) -> None:
+        model = self.make().fit(block_matrix())
+        bigger = sp.hstack([block_matrix(), block_matrix(1)]).tocsr()
+        model.fit(bigger)
+        assert model.n_items == 2 * N_ITEMS
+        fresh = self.make().fit(bigger)
+        np.testing.assert_array_equal(model.score(np.arange(3)), fresh.score(np.arange(3)))
+
+    def test_save_load_roundtrip_without_pickle(self, tmp_path: Path) -> None:
+        model = self.make().fit(block_matrix())
+        model.save(tmp_path / "m")
+        for array in (tmp_path / "m").glob("*.npy"):
+            np.load(array, allow_pickle=False)
+        loaded = load_model(tmp_path / "m")
+        assert type(loaded) is type(model)
+        assert loaded.get_params() == model.get_params()
+        users = np.arange(N_USERS)
+        np.testing.assert_array_equal(loaded.recommend(users, 5)[0], model.recommend(users, 5)[0])
+
+    def test_rejects_empty_or_negative_input(self) -> None:
+        with pytest.raises(ValueError, match="empty"):
+            self.make().fit(sp.csr_matrix((3, 4), dtype=np.float32))
+        with pytest.raises(ValueError, match="non-negative"):
+            self.make().fit(sp.csr_matrix(-np.ones((2, 2), np.float32)))
+
+
+class TestALS(RecommenderContract):
+    def make(self) -> Recommender:
+        return ALSRecommender(
+            factors=4, iterations=15, regularization=0.1, alpha=40.0, random_state=3
+        )
+
+
+class TestPopularity(RecommenderContract):
+    personalised = False
+
+    def make(self) -> Recommender:
+        return PopularityRecommender()
+
+    def test_most_popular_first(self) -> None:
+        matrix = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], np.float32))
+        ids, _ = PopularityRecommender().fit(matrix).recommend(np.array([0]), 3)
+        assert ids[0].tolist() == [0, 1, 2]

@@ -1,0 +1,115 @@
+"""Training recovers planted structure and publishes a complete, pickle-free version atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsvc.config import Config
+from recsvc.modelstore import ModelStore
+from recsvc.published import PublishedModel
+from training.pipeline import TrainInputs, TrainResult, train
+from training.progress import Progress
+from training.sample_shop import SampleShop
+
+
+def preferred_share(model: PublishedModel, shop: SampleShop, personal: bool) -> float:
+    """Mean share of each active user's top 10 (purchases excluded) in their planted categories."""
+    activity = Counter(shop.events.column("user_id").to_pylist())
+    shares = []
+    for user_id, n_events in activity.items():
+        if n_events < 20:
+            continue
+        user = model.user_index(user_id)
+        exclude = model.purchased_by(user)
+        scorer = model.model if personal else model.fallback
+        scores = scorer.score(np.array([user]))[0]
+        scores[exclude] = -np.inf
+        top = np.argsort(-scores)[:10]
+        wanted = set(shop.preferred_categories[user_id])
+        shares.append(np.mean([model.item_categories[i] in wanted for i in top]))
+    assert len(shares) > 500
+    return float(np.mean(shares))
+
+
+def test_model_recovers_planted_category_preferences(trained: TrainResult, shop: SampleShop):
+    model = PublishedModel.load(ModelStore(trained.model_dir).path(trained.version))
+    personal = preferred_share(model, shop, personal=True)
+    popular = preferred_share(model, shop, personal=False)
+    assert personal >= 0.75, personal
+    assert personal >= popular + 0.4, (personal, popular)
+
+
+def test_holdout_metrics_beat_popularity(trained: TrainResult) -> None:
+    metrics = trained.manifest["metrics"]
+    assert metrics["als"]["ndcg@10"] > 1.5 * metrics["popularity"]["ndcg@10"]
+
+
+def test_published_version_is_complete_and_pickle_free(trained: TrainResult) -> None:
+    store = ModelStore(trained.model_dir)
+    assert store.current_version() == trained.version
+    directory = store.path(trained.version)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for key in (
+        "schema_version",
+        "model_type",
+        "params",
+        "data_fingerprint",
+        "created_at",
+        "metrics",
+        "ingest",
+    ):
+        assert key in manifest, key
+    assert manifest["model_type"] == "als"
+    assert manifest["params"]["factors"] == Config().model.als.factors
+    arrays = list(directory.rglob("*.npy"))
+    assert len(arrays) >= 8
+    for path in arrays:
+        array = np.load(path, allow_pickle=False)
+        assert array.dtype != object
+    factors = np.load(directory / "model" / "item_factors.npy")
+    assert factors.dtype == np.float32
+    assert not any(p.suffix in (".pkl", ".pickle", ".joblib") for p in directory.rglob("*"))
+
+
+def test_failed_publish_leaves_current_untouched(trained: TrainResult, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    first = store.publish(lambda d: (d / "marker").write_text("v1"), suffix="a")
+
+    def broken(directory: Path) -> None:
+        (directory / "half").write_text("partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        store.publish(broken, suffix="b")
+    assert store.current_version() == first
+    assert store.versions() == [first]
+    assert not list(tmp_path.glob(".staging-*"))
+
+
+def test_abandoned_staging_of_a_dead_process_is_cleaned(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    dead = tmp_path / ".staging-999999999-abc"
+    dead.mkdir()
+    mine = tmp_path / f".staging-{os.getpid()}-live"
+    mine.mkdir()
+    store.publish(lambda d: (d / "x").write_text("x"), suffix="a")
+    assert not dead.exists()
+    assert mine.exists(), "a live process's staging directory must not be removed"
+
+
+def test_same_input_and_seed_give_the_same_model(
+    shop_inputs: TrainInputs, trained: TrainResult, tmp_path: Path
+) -> None:
+    with open(os.devnull, "w") as quiet:
+        again = train(shop_inputs, tmp_path, Config(), progress=Progress("t", quiet))
+    assert again.manifest["data_fingerprint"] == trained.manifest["data_fingerprint"]
+    a = ModelStore(trained.model_dir).path(trained.version) / "model" / "user_factors.npy"
+    b = ModelStore(tmp_path).path(again.version) / "model" / "user_factors.npy"
+    np.testing.assert_array_equal(np.load(a), np.load(b))
+    assert again.manifest["metrics"] == trained.manifest["metrics"]
