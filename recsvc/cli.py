@@ -81,6 +81,12 @@ def _similar(args: argparse.Namespace) -> None:
     similar(args.target, args.item, args.k, args.json, args.timeout)
 
 
+def _health(args: argparse.Namespace) -> int:
+    from service.client import health
+
+    return EXIT_OK if health(args.target, args.service, args.timeout) else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsvc", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -143,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
             client.add_argument("--exclude", action="append", default=[], metavar="ITEM_ID")
             client.add_argument("--exclude-purchased", action="store_true")
         client.set_defaults(run=_recommend if key == "user" else _similar)
+    check = roles.add_parser("health", help="exit 0 if a server reports SERVING, else 1")
+    check.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")
+    check.add_argument("--service", default="", help="service name; empty for the server")
+    check.add_argument("--timeout", type=float, default=2.0)
+    check.set_defaults(run=_health)
     return parser
 
 

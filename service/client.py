@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
@@ -55,3 +56,14 @@ def similar(target: str, item_id: str, k: int, as_json: bool, timeout: float) ->
             pb.SimilarItemsRequest(item_id=item_id, k=k), timeout=timeout
         )
     _print(response, as_json, f"{k} items similar to {item_id}")
+
+
+def health(target: str, service: str, timeout: float) -> bool:
+    """True when the server reports SERVING for `service` ("" for the whole server)."""
+    with grpc.insecure_channel(target) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{target}: {name}")
+    return response.status == health_pb2.HealthCheckResponse.SERVING

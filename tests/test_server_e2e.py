@@ -171,6 +171,7 @@ def test_client_mistakes_get_the_right_status(
 
 def test_health_and_reflection(server: RunningServer) -> None:
     assert server.health(SERVICE) == health_pb2.HealthCheckResponse.SERVING
+    assert subprocess.run([RECSVC, "health", "--target", server.target]).returncode == 0
     services = ProtoReflectionDescriptorDatabase(server.channel).get_services()
     assert SERVICE in services and "grpc.health.v1.Health" in services
 
@@ -179,6 +180,7 @@ def test_not_serving_until_a_model_is_published(trained: TrainResult, tmp_path: 
     running = start_server(tmp_path)
     try:
         assert running.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert subprocess.run([RECSVC, "health", "--target", running.target]).returncode == 1
         with pytest.raises(grpc.RpcError) as caught:
             running.stub.Recommend(pb.RecommendRequest(user_id="u0001", k=5), timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t recsvc .
+# Serve: docker run -p 50051:50051 -v $PWD/var/models:/models recsvc
+# Train: docker run -v $PWD/data:/data -v $PWD/var/models:/models recsvc \
+#          train --events /data/events.csv --model-dir /models
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN python -m venv /opt/recsvc
+ENV PATH=/opt/recsvc/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY pyproject.toml README.md ./
+COPY protos protos
+COPY recsvc recsvc
+COPY service service
+COPY training training
+# Generated gRPC code is built here, never committed.
+RUN pip install grpcio-tools \
+ && python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
+      protos/recsvc/v1/recommender.proto \
+ && pip install .
+
+FROM python:3.11-slim
+# implicit's OpenMP runtime.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --create-home recsvc
+COPY --from=build /opt/recsvc /opt/recsvc
+ENV PATH=/opt/recsvc/bin:$PATH \
+    OPENBLAS_NUM_THREADS=1 \
+    MKL_NUM_THREADS=1 \
+    PYTHONUNBUFFERED=1
+USER recsvc
+WORKDIR /home/recsvc
+VOLUME ["/models"]
+EXPOSE 50051
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
+  CMD ["recsvc", "health", "--target", "127.0.0.1:50051"]
+ENTRYPOINT ["recsvc"]
+CMD ["serve", "--model-dir", "/models", "--host", "0.0.0.0", "--port", "50051"]
