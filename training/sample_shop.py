@@ -12,7 +12,7 @@ What is planted, so that tests can check a model recovers it:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +174,7 @@ def _events(rng, spec, users, preferred, item_category, item_weight, item_price)
     category_mass /= category_mass.sum()
     user_ids = users.column("user_id").to_pylist()
 
-    rows_user, rows_item, rows_event, rows_ts, rows_qty = [], [], [], [], []
+    log = _EventRows()
     for u, uid in enumerate(user_ids):
         signup = rng.uniform(0, period * 0.7)
         leaves = (
@@ -200,12 +200,7 @@ def _events(rng, spec, users, preferred, item_category, item_weight, item_price)
                     item = int(rng.choice(consumables))
                     for event in ("view", "cart", "purchase"):
                         t += rng.uniform(5, 120)
-                        _append(
-                            rows_user,
-                            rows_item,
-                            rows_event,
-                            rows_ts,
-                            rows_qty,
+                        log.add(
                             uid,
                             item,
                             event,
@@ -223,32 +218,10 @@ def _events(rng, spec, users, preferred, item_category, item_weight, item_price)
             liked = category in prefs
             for item in viewed:
                 t += rng.uniform(5, 300)
-                _append(
-                    rows_user,
-                    rows_item,
-                    rows_event,
-                    rows_ts,
-                    rows_qty,
-                    uid,
-                    int(item),
-                    "view",
-                    t,
-                    1,
-                )
+                log.add(uid, int(item), "view", t, 1)
                 if rng.random() < (0.2 if liked else 0.06):
                     t += rng.uniform(5, 120)
-                    _append(
-                        rows_user,
-                        rows_item,
-                        rows_event,
-                        rows_ts,
-                        rows_qty,
-                        uid,
-                        int(item),
-                        "cart",
-                        t,
-                        1,
-                    )
+                    log.add(uid, int(item), "cart", t, 1)
                     if rng.random() < 0.5:
                         t += rng.uniform(30, 600)
                         qty = (
@@ -256,43 +229,40 @@ def _events(rng, spec, users, preferred, item_category, item_weight, item_price)
                             if CATEGORIES[item_category[item]] in CONSUMABLE
                             else 1
                         )
-                        _append(
-                            rows_user,
-                            rows_item,
-                            rows_event,
-                            rows_ts,
-                            rows_qty,
-                            uid,
-                            int(item),
-                            "purchase",
-                            t,
-                            qty,
-                        )
+                        log.add(uid, int(item), "purchase", t, qty)
                         bought.append(int(item))
     item_names = np.asarray(_ids("i", item_category.size), dtype=object)
-    items_idx = np.asarray(rows_item)
-    ts = (START_EPOCH + np.asarray(rows_ts)).astype("datetime64[s]")
+    items_idx = np.asarray(log.items)
+    ts = (START_EPOCH + np.asarray(log.times)).astype("datetime64[s]")
     order = np.argsort(ts, kind="stable")
-    events = np.asarray(rows_event, dtype=object)
+    events = np.asarray(log.events, dtype=object)
     price = np.where(events == "purchase", item_price[items_idx], np.nan)
     return pa.table(
         {
-            "user_id": pa.array(np.asarray(rows_user, dtype=object)[order]),
+            "user_id": pa.array(np.asarray(log.users, dtype=object)[order]),
             "item_id": pa.array(item_names[items_idx][order]),
             "event": pa.array(events[order]),
             "timestamp": pa.array([f"{t}Z" for t in ts[order]]),
-            "quantity": pa.array(np.asarray(rows_qty)[order]),
+            "quantity": pa.array(np.asarray(log.quantities)[order]),
             "price": pa.array(price[order], from_pandas=True),
         }
     )
 
 
-def _append(users, items, events, times, quantities, uid, item, event, t, qty) -> None:
-    users.append(uid)
-    items.append(item)
-    events.append(event)
-    times.append(t)
-    quantities.append(qty)
+@dataclass
+class _EventRows:
+    users: list[str] = field(default_factory=list)
+    items: list[int] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    quantities: list[int] = field(default_factory=list)
+
+    def add(self, user: str, item: int, event: str, t: float, quantity: int) -> None:
+        self.users.append(user)
+        self.items.append(item)
+        self.events.append(event)
+        self.times.append(t)
+        self.quantities.append(quantity)
 
 
 _HOUR_WEIGHTS = np.array(
