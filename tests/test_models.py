@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsvc.models import ALSRecommender, PopularityRecommender, Recommender, load_model
+from recsvc.models import (
+    ALSRecommender,
+    BPRRecommender,
+    EASERecommender,
+    ItemKNNRecommender,
+    LightFMRecommender,
+    PopularityRecommender,
+    Recommender,
+    load_model,
+)
 
 N_USERS, N_ITEMS, BLOCK_USERS, BLOCK_ITEMS = 40, 20, 20, 10
 
@@ -119,3 +128,32 @@ class TestPopularity(RecommenderContract):
         matrix = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], np.float32))
         ids, _ = PopularityRecommender().fit(matrix).recommend(np.array([0]), 3)
         assert ids[0].tolist() == [0, 1, 2]
+
+
+class TestBPR(RecommenderContract):
+    def make(self) -> Recommender:
+        return BPRRecommender(factors=8, iterations=200, learning_rate=0.05, random_state=3)
+
+
+class TestItemKNNCosine(RecommenderContract):
+    def make(self) -> Recommender:
+        return ItemKNNRecommender(neighbours=10, weighting="cosine")
+
+
+class TestItemKNNBM25(RecommenderContract):
+    def make(self) -> Recommender:
+        return ItemKNNRecommender(neighbours=10, weighting="bm25")
+
+
+class TestEASE(RecommenderContract):
+    def make(self) -> Recommender:
+        return EASERecommender(l2=10.0)
+
+    def test_refuses_large_catalogues(self) -> None:
+        with pytest.raises(ValueError, match="at most 5 items"):
+            EASERecommender(max_items=5).fit(block_matrix())
+
+
+class TestLightFM(RecommenderContract):
+    def make(self) -> Recommender:
+        return LightFMRecommender(factors=8, epochs=30, random_state=3)

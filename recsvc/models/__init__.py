@@ -6,11 +6,20 @@ import json
 from pathlib import Path
 
 from recsvc.models.base import DESCRIPTION_FILE, Recommender
-from recsvc.models.factor import ALSRecommender
+from recsvc.models.factor import ALSRecommender, BPRRecommender, LightFMRecommender
+from recsvc.models.neighbours import EASERecommender, ItemKNNRecommender
 from recsvc.models.popularity import PopularityRecommender
 
 MODEL_TYPES: dict[str, type[Recommender]] = {
-    cls.model_type: cls for cls in (ALSRecommender, PopularityRecommender)
+    cls.model_type: cls
+    for cls in (
+        ALSRecommender,
+        BPRRecommender,
+        ItemKNNRecommender,
+        EASERecommender,
+        LightFMRecommender,
+        PopularityRecommender,
+    )
 }
 
 
@@ -22,4 +31,14 @@ def load_model(directory: Path, mmap: bool = True) -> Recommender:
     return MODEL_TYPES[model_type].load(directory, mmap=mmap)
 
 
-__all__ = ["MODEL_TYPES", "ALSRecommender", "PopularityRecommender", "Recommender", "load_model"]
+__all__ = [
+    "MODEL_TYPES",
+    "ALSRecommender",
+    "BPRRecommender",
+    "EASERecommender",
+    "ItemKNNRecommender",
+    "LightFMRecommender",
+    "PopularityRecommender",
+    "Recommender",
+    "load_model",
+]

@@ -81,3 +81,126 @@ class ALSRecommender(FactorRecommender):
         self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
         return self
+
+
+class BPRRecommender(FactorRecommender):
+    """Bayesian personalised ranking (Rendle et al. 2009) via `implicit`; learns a ranking."""
+
+    model_type: ClassVar[str] = "bpr"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        learning_rate: float = 0.05,
+        regularization: float = 0.01,
+        iterations: int = 100,
+        random_state: int = 42,
+    ) -> None:
+        self.factors = factors
+        self.learning_rate = learning_rate
+        self.regularization = regularization
+        self.iterations = iterations
+        self.random_state = random_state
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "factors": self.factors,
+            "learning_rate": self.learning_rate,
+            "regularization": self.regularization,
+            "iterations": self.iterations,
+            "random_state": self.random_state,
+        }
+
+    def fit(self, user_items: sp.csr_matrix) -> Self:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        matrix = check_user_items(user_items)
+        # One thread: hogwild SGD on several threads is not repeatable.
+        model = BayesianPersonalizedRanking(
+            factors=self.factors,
+            learning_rate=self.learning_rate,
+            regularization=self.regularization,
+            iterations=self.iterations,
+            random_state=self.random_state,
+            num_threads=1,
+        )
+        model.fit(matrix, show_progress=False)
+        # implicit appends a bias column to the item factors and a column of ones to the users.
+        self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+        self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        return self
+
+
+class LightFMRecommender(FactorRecommender):
+    """LightFM (Kula 2015): a hybrid whose user and item vectors are sums of feature vectors.
+
+    Without features it is a plain collaborative model. With features, a user or item is
+    represented through its attributes, which is what lets new users and items with known
+    attributes get sensible results. Scores are served as an inner product of augmented vectors
+    [embedding, bias, 1] . [embedding, 1, bias], so serving needs no LightFM.
+    """
+
+    model_type: ClassVar[str] = "lightfm"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        loss: str = "warp",
+        learning_rate: float = 0.05,
+        item_alpha: float = 1e-6,
+        user_alpha: float = 1e-6,
+        epochs: int = 30,
+        random_state: int = 42,
+    ) -> None:
+        self.factors = factors
+        self.loss = loss
+        self.learning_rate = learning_rate
+        self.item_alpha = item_alpha
+        self.user_alpha = user_alpha
+        self.epochs = epochs
+        self.random_state = random_state
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "factors": self.factors,
+            "loss": self.loss,
+            "learning_rate": self.learning_rate,
+            "item_alpha": self.item_alpha,
+            "user_alpha": self.user_alpha,
+            "epochs": self.epochs,
+            "random_state": self.random_state,
+        }
+
+    def fit(
+        self,
+        user_items: sp.csr_matrix,
+        user_features: sp.csr_matrix | None = None,
+        item_features: sp.csr_matrix | None = None,
+    ) -> Self:
+        """`*_features` rows are users/items, columns features (identity columns included)."""
+        from lightfm import LightFM
+
+        matrix = check_user_items(user_items)
+        model = LightFM(
+            no_components=self.factors,
+            loss=self.loss,
+            learning_rate=self.learning_rate,
+            item_alpha=self.item_alpha,
+            user_alpha=self.user_alpha,
+            random_state=np.random.RandomState(self.random_state),
+        )
+        interactions = matrix.tocoo()
+        model.fit(
+            interactions,
+            user_features=user_features,
+            item_features=item_features,
+            sample_weight=interactions,
+            epochs=self.epochs,
+            num_threads=1,
+        )
+        user_bias, user_emb = model.get_user_representations(user_features)
+        item_bias, item_emb = model.get_item_representations(item_features)
+        ones_u, ones_i = np.ones((user_emb.shape[0], 1)), np.ones((item_emb.shape[0], 1))
+        self.user_factors = np.hstack([user_emb, user_bias[:, None], ones_u]).astype(np.float32)
+        self.item_factors = np.hstack([item_emb, ones_i, item_bias[:, None]]).astype(np.float32)
+        return self

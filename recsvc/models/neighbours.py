@@ -1,0 +1,162 @@
+"""Item-based models: a user's score for an item sums that item's similarity to their history."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar, Literal, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsvc.models.base import Recommender, check_user_items, top_k
+
+
+class ItemBasedRecommender(Recommender):
+    """Scores users' histories against an item-item matrix (sparse for kNN, dense for EASE)."""
+
+    user_items_data: np.ndarray
+    user_items_indices: np.ndarray
+    user_items_indptr: np.ndarray
+
+    def _keep_history(self, matrix: sp.csr_matrix) -> None:
+        self.user_items_data = matrix.data.astype(np.float32)
+        self.user_items_indices = matrix.indices.astype(np.int32)
+        self.user_items_indptr = matrix.indptr.astype(np.int64)
+
+    def history(self, users: np.ndarray) -> sp.csr_matrix:
+        n_users = self.user_items_indptr.size - 1
+        full = sp.csr_matrix(
+            (self.user_items_data, self.user_items_indices, self.user_items_indptr),
+            shape=(n_users, self.n_items),
+        )
+        return full[users]
+
+    def item_item(self) -> sp.csr_matrix | np.ndarray:
+        raise NotImplementedError
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        product = self.history(users) @ self.item_item()
+        dense = product.toarray() if sp.issparse(product) else np.asarray(product)
+        return dense.astype(np.float32)
+
+    def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        items = np.asarray(items, dtype=np.int64)
+        matrix = self.item_item()
+        rows = matrix[items]
+        scores = (rows.toarray() if sp.issparse(rows) else np.array(rows)).astype(np.float32)
+        scores[scores == 0] = -np.inf  # no evidence of similarity at all
+        scores[np.arange(items.size), items] = -np.inf
+        return top_k(scores, k)
+
+
+class ItemKNNRecommender(ItemBasedRecommender):
+    """Item-item k-nearest neighbours via `implicit` (cosine or BM25-weighted similarity)."""
+
+    model_type: ClassVar[str] = "itemknn"
+    array_names: ClassVar[tuple[str, ...]] = (
+        "similarity_data",
+        "similarity_indices",
+        "similarity_indptr",
+        "user_items_data",
+        "user_items_indices",
+        "user_items_indptr",
+    )
+
+    def __init__(
+        self,
+        neighbours: int = 100,
+        weighting: Literal["cosine", "bm25"] = "bm25",
+        bm25_k1: float = 1.2,
+        bm25_b: float = 0.75,
+    ) -> None:
+        self.neighbours = neighbours
+        self.weighting = weighting
+        self.bm25_k1 = bm25_k1
+        self.bm25_b = bm25_b
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "neighbours": self.neighbours,
+            "weighting": self.weighting,
+            "bm25_k1": self.bm25_k1,
+            "bm25_b": self.bm25_b,
+        }
+
+    @property
+    def n_items(self) -> int:
+        return int(self.similarity_indptr.size - 1)
+
+    def fit(self, user_items: sp.csr_matrix) -> Self:
+        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+        from implicit.utils import ParameterWarning
+
+        matrix = check_user_items(user_items)
+        if self.weighting == "bm25":
+            model = BM25Recommender(
+                K=self.neighbours, K1=self.bm25_k1, B=self.bm25_b, num_threads=1
+            )
+        elif self.weighting == "cosine":
+            model = CosineRecommender(K=self.neighbours, num_threads=1)
+        else:
+            raise ValueError(f"unknown weighting {self.weighting!r}")
+        with warnings.catch_warnings():
+            # implicit's own BM25 weighting hands its kNN a COO matrix and warns about it.
+            warnings.simplefilter("ignore", category=ParameterWarning)
+            model.fit(matrix, show_progress=False)
+        similarity = sp.csr_matrix(model.similarity, dtype=np.float32)
+        similarity.sort_indices()
+        self.similarity_data = similarity.data
+        self.similarity_indices = similarity.indices.astype(np.int32)
+        self.similarity_indptr = similarity.indptr.astype(np.int64)
+        self._keep_history(matrix)
+        return self
+
+    def item_item(self) -> sp.csr_matrix:
+        n = self.n_items
+        return sp.csr_matrix(
+            (self.similarity_data, self.similarity_indices, self.similarity_indptr), shape=(n, n)
+        )
+
+
+class EASERecommender(ItemBasedRecommender):
+    """EASE (Steck 2019): a closed-form item-item linear model; strong on small catalogues.
+
+    Needs an n_items x n_items dense inverse, so it refuses catalogues above `max_items`.
+    """
+
+    model_type: ClassVar[str] = "ease"
+    array_names: ClassVar[tuple[str, ...]] = (
+        "weights",
+        "user_items_data",
+        "user_items_indices",
+        "user_items_indptr",
+    )
+
+    def __init__(self, l2: float = 200.0, max_items: int = 20_000) -> None:
+        self.l2 = l2
+        self.max_items = max_items
+
+    def get_params(self) -> dict[str, Any]:
+        return {"l2": self.l2, "max_items": self.max_items}
+
+    @property
+    def n_items(self) -> int:
+        return int(self.weights.shape[0])
+
+    def fit(self, user_items: sp.csr_matrix) -> Self:
+        matrix = check_user_items(user_items)
+        if matrix.shape[1] > self.max_items:
+            raise ValueError(
+                f"EASE needs a catalogue of at most {self.max_items} items, got {matrix.shape[1]}"
+            )
+        gram = (matrix.T @ matrix).toarray().astype(np.float64)
+        gram[np.diag_indices_from(gram)] += self.l2
+        inverse = np.linalg.inv(gram)
+        weights = -inverse / np.diag(inverse)[None, :]
+        np.fill_diagonal(weights, 0.0)
+        self.weights = weights.astype(np.float32)
+        self._keep_history(matrix)
+        return self
+
+    def item_item(self) -> np.ndarray:
+        return self.weights
