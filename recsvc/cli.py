@@ -1,7 +1,8 @@
 """`recsvc`: one command, a subcommand per role.
 
 Exit codes: 0 success; 2 bad input (unreadable file, missing column, bad config or flags);
-1 anything else. gRPC client errors exit 1 with the status code and message.
+3 refused by the quality gate (nothing published); 1 anything else. gRPC client errors exit 1
+with the status code and message.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-from recsvc.errors import BadInput
+from recsvc.errors import BadInput, QualityGateRefused
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_GATE_REFUSED = 0, 1, 2, 3
 
 
 def _data_generate(args: argparse.Namespace) -> None:
@@ -47,12 +48,48 @@ def _train(args: argparse.Namespace) -> None:
     from training.pipeline import TrainInputs, train
 
     config = load_config(args.config)
-    train(
-        TrainInputs(args.events, args.items, args.users),
-        args.model_dir,
-        config,
-        rejects_dir=args.rejects_dir,
+
+    def pick(flag: Path | None, configured: str) -> Path | None:
+        return flag if flag is not None else (Path(configured) if configured else None)
+
+    events = pick(args.events, config.inputs.events)
+    model_dir = pick(args.model_dir, config.inputs.model_dir)
+    if events is None or model_dir is None:
+        raise BadInput("train needs --events and --model-dir (or [inputs] in --config)")
+    inputs = TrainInputs(
+        events, pick(args.items, config.inputs.items), pick(args.users, config.inputs.users)
     )
+    train(inputs, model_dir, config, rejects_dir=args.rejects_dir)
+
+
+def _models_list(args: argparse.Namespace) -> None:
+    import json
+
+    from recsvc.modelstore import ModelStore
+
+    store = ModelStore(args.model_dir)
+    current = store.current_version()
+    for version in store.versions():
+        try:
+            manifest = json.loads((store.path(version) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        score = manifest.get("metrics", {}).get("all", {}).get("ndcg@10")
+        print(
+            f"{'*' if version == current else ' '} {version}  "
+            f"{manifest.get('model_type', '?'):<10} {manifest.get('created_at', '?')}  "
+            f"ndcg@10 {score if score is not None else '-'}"
+        )
+
+
+def _models_rollback(args: argparse.Namespace) -> None:
+    from recsvc.modelstore import ModelStore
+
+    store = ModelStore(args.model_dir)
+    if args.version not in store.versions():
+        raise BadInput(f"no version {args.version!r} in {args.model_dir}; see recsvc models list")
+    store.set_current(args.version)
+    print(f"current is now {args.version}")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -107,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.set_defaults(run=_data_validate)
 
     train = roles.add_parser("train", help="train on event logs and publish a model version")
-    _add_input_flags(train)
-    train.add_argument("--model-dir", type=Path, required=True)
+    _add_input_flags(train, events_required=False)
+    train.add_argument("--model-dir", type=Path, default=None)
     train.add_argument(
         "--rejects-dir",
         type=Path,
@@ -149,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
             client.add_argument("--exclude", action="append", default=[], metavar="ITEM_ID")
             client.add_argument("--exclude-purchased", action="store_true")
         client.set_defaults(run=_recommend if key == "user" else _similar)
+    models = roles.add_parser("models", help="published versions")
+    models_cmds = models.add_subparsers(dest="models_command", required=True)
+    listing = models_cmds.add_parser("list", help="versions, newest last; * marks current")
+    listing.add_argument("--model-dir", type=Path, required=True)
+    listing.set_defaults(run=_models_list)
+    rollback = models_cmds.add_parser("rollback", help="make an older version current")
+    rollback.add_argument("version")
+    rollback.add_argument("--model-dir", type=Path, required=True)
+    rollback.set_defaults(run=_models_rollback)
+
     check = roles.add_parser("health", help="exit 0 if a server reports SERVING, else 1")
     check.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")
     check.add_argument("--service", default="", help="service name; empty for the server")
@@ -157,8 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_input_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--events", type=Path, required=True, help="events CSV or Parquet")
+def _add_input_flags(parser: argparse.ArgumentParser, events_required: bool = True) -> None:
+    parser.add_argument(
+        "--events", type=Path, required=events_required, help="events CSV or Parquet"
+    )
     parser.add_argument("--items", type=Path, default=None, help="items (catalogue) file")
     parser.add_argument("--users", type=Path, default=None, help="users file")
     parser.add_argument("--config", type=Path, default=None, help="TOML config (see recsvc.toml)")
@@ -176,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"recsvc: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except QualityGateRefused as exc:
+        print(f"recsvc: refused: {exc}", file=sys.stderr)
+        return EXIT_GATE_REFUSED
     except KeyboardInterrupt:
         return EXIT_FAILED
     except Exception as exc:

@@ -94,15 +94,26 @@ class SignalsConfig:
     view: float = 1.0
     cart: float = 4.0
     purchase: float = 8.0
-    scaling: Literal["log", "none"] = "log"
+    scaling: Literal["log", "bm25", "none"] = "log"
+    half_life_days: float = 0.0
 
     def weight(self, event: str) -> float:
         return float(getattr(self, event))
 
 
 @dataclass(frozen=True)
+class CleaningConfig:
+    min_user_interactions: int = 1
+    min_item_interactions: int = 1
+    max_events_per_user_day: float = 1000.0
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     seed: int = 42
+    validation_share: float = 0.15
+    keep_versions: int = 5
+    quality_gate_tolerance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -114,14 +125,63 @@ class ALSConfig:
 
 
 @dataclass(frozen=True)
+class BPRConfig:
+    factors: int = 64
+    learning_rate: float = 0.05
+    regularization: float = 0.01
+    iterations: int = 100
+
+
+@dataclass(frozen=True)
+class ItemKNNConfig:
+    neighbours: int = 100
+    weighting: Literal["cosine", "bm25"] = "bm25"
+
+
+@dataclass(frozen=True)
+class EASEConfig:
+    l2: float = 200.0
+    max_items: int = 20_000
+
+
+@dataclass(frozen=True)
+class LightFMConfig:
+    factors: int = 64
+    loss: Literal["warp", "bpr", "logistic"] = "warp"
+    learning_rate: float = 0.05
+    epochs: int = 30
+
+
+ModelType = Literal["auto", "als", "bpr", "itemknn", "ease", "lightfm", "popularity"]
+
+
+@dataclass(frozen=True)
 class ModelConfig:
+    type: ModelType = "auto"
+    candidates: list[ModelType] = field(default_factory=lambda: ["als", "itemknn", "ease"])
     als: ALSConfig = field(default_factory=ALSConfig)
+    bpr: BPRConfig = field(default_factory=BPRConfig)
+    itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
+    ease: EASEConfig = field(default_factory=EASEConfig)
+    lightfm: LightFMConfig = field(default_factory=LightFMConfig)
+
+
+@dataclass(frozen=True)
+class InputsConfig:
+    """Paths for a scheduled job; relative ones are relative to the config file. "" = unset."""
+
+    events: str = ""
+    items: str = ""
+    users: str = ""
+    model_dir: str = ""
 
 
 @dataclass(frozen=True)
 class Config:
+    inputs: InputsConfig = field(default_factory=InputsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     signals: SignalsConfig = field(default_factory=SignalsConfig)
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -136,7 +196,13 @@ def load_config(path: Path | None = None) -> Config:
         raise BadInput(f"cannot read config {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"config {path} is not valid TOML: {exc}") from exc
-    return build(Config, raw, "")
+    config = build(Config, raw, "")
+    base = Path(path).resolve().parent
+    resolved = {
+        name: str(base / value) if value else ""
+        for name, value in dataclasses.asdict(config.inputs).items()
+    }
+    return dataclasses.replace(config, inputs=InputsConfig(**resolved))
 
 
 def build(cls: type[T], raw: dict[str, Any], where: str) -> T:

@@ -19,3 +19,7 @@ class Unavailable(RecsvcError):
 
 class BadInput(RecsvcError):
     """Input data or configuration cannot be used at all (CLI exit code 2)."""
+
+
+class QualityGateRefused(RecsvcError):
+    """The new model is worse than the published one beyond tolerance (CLI exit code 3)."""

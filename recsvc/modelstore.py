@@ -79,6 +79,18 @@ class ModelStore:
         os.replace(tmp, self.root / CURRENT_FILE)
         _fsync_dir(self.root)
 
+    def prune(self, keep: int) -> list[str]:
+        """Removes all but the newest `keep` versions; the current one always stays."""
+        current = self.current_version()
+        versions = self.versions()
+        doomed = [v for v in versions[: max(len(versions) - keep, 0)] if v != current]
+        for version in doomed:
+            # Rename first, so a half-deleted directory never looks like a version.
+            trash = self.root / f"{STAGING_PREFIX}{os.getpid()}-deleting-{version}"
+            os.rename(self.path(version), trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        return doomed
+
     def _new_version_name(self, suffix: str) -> str:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         name = f"{stamp}-{suffix}"

@@ -45,9 +45,28 @@ def test_model_recovers_planted_category_preferences(trained: TrainResult, shop:
     assert personal >= popular + 0.4, (personal, popular)
 
 
-def test_holdout_metrics_beat_popularity(trained: TrainResult) -> None:
-    metrics = trained.manifest["metrics"]
-    assert metrics["als"]["ndcg@10"] > 1.5 * metrics["popularity"]["ndcg@10"]
+def test_selection_picks_the_best_candidate_and_says_why(trained: TrainResult) -> None:
+    evaluation = trained.manifest["evaluation"]
+    models = evaluation["models"]
+    assert set(models) == {"als", "itemknn", "ease", "popularity"}
+    best = max(("als", "itemknn", "ease"), key=lambda n: models[n]["all"]["ndcg@10"])
+    assert evaluation["selected"] == best == trained.manifest["model_type"]
+    assert best in evaluation["reason"] and "ndcg@10" in evaluation["reason"]
+    assert evaluation["holdout"]["method"] == "temporal"
+    assert models[best]["all"]["ndcg@10"] > 2 * models["popularity"]["all"]["ndcg@10"]
+    for variant in ("all", "new"):
+        for metric in (
+            "precision@10",
+            "recall@10",
+            "ndcg@10",
+            "map@10",
+            "hit_rate@10",
+            "coverage@10",
+            "popularity@10",
+        ):
+            assert 0.0 <= models[best][variant][metric] <= 1.0
+    # Popularity recommends the same few items to everyone: tiny coverage, high popularity.
+    assert models["popularity"]["all"]["coverage@10"] < models[best]["all"]["coverage@10"]
 
 
 def test_published_version_is_complete_and_pickle_free(trained: TrainResult) -> None:
@@ -65,15 +84,18 @@ def test_published_version_is_complete_and_pickle_free(trained: TrainResult) -> 
         "ingest",
     ):
         assert key in manifest, key
-    assert manifest["model_type"] == "als"
-    assert manifest["params"]["factors"] == Config().model.als.factors
+    assert manifest["model_type"] == manifest["evaluation"]["selected"]
+    assert manifest["cleaning"]["bot_users"] == 0
     arrays = list(directory.rglob("*.npy"))
     assert len(arrays) >= 8
     for path in arrays:
         array = np.load(path, allow_pickle=False)
         assert array.dtype != object
-    factors = np.load(directory / "model" / "item_factors.npy")
-    assert factors.dtype == np.float32
+    assert all(
+        np.load(p).dtype == np.float32
+        for p in (directory / "model").glob("*.npy")
+        if np.load(p).dtype.kind == "f"
+    )
     assert not any(p.suffix in (".pkl", ".pickle", ".joblib") for p in directory.rglob("*"))
 
 
@@ -109,7 +131,8 @@ def test_same_input_and_seed_give_the_same_model(
     with open(os.devnull, "w") as quiet:
         again = train(shop_inputs, tmp_path, Config(), progress=Progress("t", quiet))
     assert again.manifest["data_fingerprint"] == trained.manifest["data_fingerprint"]
-    a = ModelStore(trained.model_dir).path(trained.version) / "model" / "user_factors.npy"
-    b = ModelStore(tmp_path).path(again.version) / "model" / "user_factors.npy"
-    np.testing.assert_array_equal(np.load(a), np.load(b))
+    a = ModelStore(trained.model_dir).path(trained.version) / "model"
+    b = ModelStore(tmp_path).path(again.version) / "model"
+    for array in a.glob("*.npy"):
+        np.testing.assert_array_equal(np.load(array), np.load(b / array.name))
     assert again.manifest["metrics"] == trained.manifest["metrics"]

@@ -1,7 +1,15 @@
-"""Offline evaluation on a temporal holdout: train on the past, score the future. Never random."""
+"""Offline evaluation: train on the past, score the future. Never a random split of time.
+
+A holdout is the newest `share` of events (a global cut date). A log without usable timestamps
+(all events at one instant, as in pair-only benchmarks) instead holds out that share of each
+user's events, chosen with the seed. Metrics are computed twice: over all items ("all", where
+buying again counts, which matters in retail) and over items the user had not bought before
+("new").
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,29 +19,51 @@ import scipy.sparse as sp
 
 from recsvc.config import SignalsConfig
 from recsvc.models import Recommender
+from recsvc.models.base import mask_rows, top_k
+from recsvc.published import PublishedModel
 from training.interactions import Interactions, build_interactions
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+K = 10
 
 
 @dataclass
-class TemporalSplit:
+class Holdout:
+    train_events: pa.Table
     train: Interactions
-    test: sp.csr_matrix  # users x items in the train index space: 1 where the user came back
-    cut_ms: int
+    test: sp.csr_matrix  # 1 where a train user interacted with a train item in the holdout
+    method: str  # "temporal" or "per_user"
+    cut_ms: int | None
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "method": self.method,
+            "cut_ms": self.cut_ms,
+            "train_events": self.train_events.num_rows,
+            "test_users": int(np.count_nonzero(np.diff(self.test.indptr))),
+            "test_pairs": int(self.test.nnz),
+        }
 
 
-def temporal_split(
-    events: pa.Table, signals: SignalsConfig, test_share: float = 0.15
-) -> TemporalSplit | None:
-    """Cuts at the time before which (1 - test_share) of events happened.
-
-    Returns None when either side would be empty (too little data to evaluate honestly).
-    """
+def holdout_split(
+    events: pa.Table, signals: SignalsConfig, share: float, seed: int
+) -> Holdout | None:
+    """The holdout for `events`, or None when there is too little data for an honest one."""
     ts = events.column("timestamp_ms").to_numpy()
-    if ts.size < 2:
+    if ts.size < 2 or not 0 < share < 1:
         return None
-    cut = int(np.quantile(ts, 1.0 - test_share))
-    before = pc.less(events.column("timestamp_ms"), cut)
-    train_events, test_events = events.filter(before), events.filter(pc.invert(before))
+    if np.unique(ts).size > 1:
+        cut = int(np.quantile(ts, 1.0 - share))
+        before = pc.less(events.column("timestamp_ms"), cut).to_numpy(zero_copy_only=False)
+        if before.all() or not before.any():
+            cut = int(ts.max())
+            before = ts < cut
+        method, cut_ms = "temporal", cut
+    else:
+        before = np.random.default_rng(seed).random(ts.size) >= share
+        method, cut_ms = "per_user", None
+    train_events = events.filter(pa.array(before))
+    test_events = events.filter(pa.array(~before))
     if train_events.num_rows == 0 or test_events.num_rows == 0:
         return None
     train = build_interactions(train_events, signals)
@@ -43,33 +73,106 @@ def temporal_split(
     test.eliminate_zeros()
     if test.nnz == 0:
         return None
-    return TemporalSplit(train, test, cut)
+    return Holdout(train_events, train, test, method, cut_ms)
+
+
+def model_scorer(model: Recommender) -> Scorer:
+    return model.score
+
+
+def published_scorer(
+    published: PublishedModel, user_ids: np.ndarray, item_ids: np.ndarray
+) -> Scorer:
+    """Scores in another id space: a published model judged on a new run's holdout."""
+    user_pos = _positions(published.user_ids, user_ids)
+    item_pos = _positions(published.item_ids, item_ids)
+    known_items = item_pos >= 0
+
+    def score(users: np.ndarray) -> np.ndarray:
+        out = np.full((users.size, item_ids.size), -np.inf, dtype=np.float32)
+        mapped = user_pos[users]
+        known = mapped >= 0
+        if known.any():
+            scores = published.model.score(mapped[known])
+            out[np.ix_(known, known_items)] = scores[:, item_pos[known_items]]
+        if (~known).any():
+            scores = published.fallback.score(np.zeros(1, np.int64))
+            out[np.ix_(~known, known_items)] = scores[:, item_pos[known_items]]
+        return out
+
+    return score
+
+
+def _positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    if sorted_ids.size == 0:
+        return np.full(wanted.size, -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, wanted), sorted_ids.size - 1)
+    return np.where(sorted_ids[pos] == wanted, pos, -1).astype(np.int64)
 
 
 def ranking_metrics(
-    model: Recommender, test: sp.csr_matrix, k: int = 10, batch: int = 1024
+    score: Scorer, holdout: Holdout, k: int = K, batch: int = 512
+) -> dict[str, dict[str, float]]:
+    """{"all": ..., "new": ...}: precision, recall, NDCG, MAP, hit rate, coverage, popularity."""
+    train = holdout.train
+    bought = train.purchased
+    seen_by = np.diff(sp.csc_matrix(train.confidence).indptr)
+    popularity = seen_by / max(train.shape[0], 1)  # share of users who touched each item
+    return {
+        "all": _metrics(score, holdout.test, None, popularity, k, batch),
+        "new": _metrics(score, holdout.test, bought, popularity, k, batch),
+    }
+
+
+def _metrics(
+    score: Scorer,
+    test: sp.csr_matrix,
+    exclude: sp.csr_matrix | None,
+    popularity: np.ndarray,
+    k: int,
+    batch: int,
 ) -> dict[str, float]:
-    """precision, recall, NDCG and hit rate at k over users with any held-out item."""
+    if exclude is not None:
+        test = (test - test.multiply(exclude)).tocsr()
+        test.eliminate_zeros()
     users = np.flatnonzero(np.diff(test.indptr))
     if users.size == 0:
         return {}
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    totals = np.zeros(4)
+    sums = np.zeros(5)
+    recommended = np.zeros(test.shape[1], dtype=bool)
+    popularity_sum, popularity_n = 0.0, 0
     for start in range(0, users.size, batch):
         chunk = users[start : start + batch]
-        ids, _ = model.recommend(chunk, k)
+        scores = np.array(score(chunk), dtype=np.float32)
+        if exclude is not None:
+            mask_rows(scores, exclude[chunk])
+        ids, _ = top_k(scores, k)
+        valid = ids >= 0
         truth = test[chunk]
         hits = np.zeros(ids.shape, dtype=bool)
         for row in range(chunk.size):
             relevant = truth.indices[truth.indptr[row] : truth.indptr[row + 1]]
-            hits[row] = np.isin(ids[row], relevant) & (ids[row] >= 0)
-        n_relevant = np.diff(truth.indptr)
-        ideal = np.array([discounts[: min(n, k)].sum() for n in n_relevant])
-        totals += [
+            hits[row] = np.isin(ids[row], relevant) & valid[row]
+        n_rel = np.diff(truth.indptr)
+        width = hits.shape[1]
+        ideal = np.array([discounts[: min(n, k)].sum() for n in n_rel])
+        precision_at = np.cumsum(hits, axis=1) / np.arange(1, width + 1)
+        sums += [
             (hits.sum(1) / k).sum(),
-            (hits.sum(1) / n_relevant).sum(),
-            ((hits * discounts[: hits.shape[1]]).sum(1) / ideal).sum(),
+            (hits.sum(1) / n_rel).sum(),
+            ((hits * discounts[:width]).sum(1) / ideal).sum(),
+            ((precision_at * hits).sum(1) / np.minimum(n_rel, k)).sum(),
             hits.any(1).sum(),
         ]
-    names = (f"precision@{k}", f"recall@{k}", f"ndcg@{k}", f"hit_rate@{k}")
-    return {name: round(float(v / users.size), 6) for name, v in zip(names, totals, strict=True)}
+        recommended[ids[valid]] = True
+        popularity_sum += float(popularity[ids[valid]].sum())
+        popularity_n += int(valid.sum())
+    names = ("precision", "recall", "ndcg", "map", "hit_rate")
+    result = {
+        f"{name}@{k}": round(float(v / users.size), 6) for name, v in zip(names, sums, strict=True)
+    }
+    result[f"coverage@{k}"] = round(float(recommended.mean()), 6)
+    result[f"popularity@{k}"] = round(popularity_sum / max(popularity_n, 1), 6)
+    result["users"] = int(users.size)
+    return result

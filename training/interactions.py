@@ -42,12 +42,23 @@ def encode_sorted(
     return np.where(found, codes, -1), vocabulary
 
 
-def event_weights(events: pa.Table, signals: SignalsConfig) -> np.ndarray:
-    weights = np.zeros(events.num_rows, dtype=np.float32)
+MS_PER_DAY = 86_400_000.0
+
+
+def event_weights(
+    events: pa.Table, signals: SignalsConfig, now_ms: float | None = None
+) -> np.ndarray:
+    """Per-event weight by type, halved every `half_life_days` back from `now_ms`."""
+    weights = np.zeros(events.num_rows, dtype=np.float64)
     names = events.column("event").to_numpy(zero_copy_only=False)
     for name in EVENT_NAMES:
         weights[names == name] = signals.weight(name)
-    return weights
+    if signals.half_life_days > 0 and events.num_rows:
+        ts = events.column("timestamp_ms").to_numpy().astype(np.float64)
+        reference = ts.max() if now_ms is None else now_ms
+        age_days = np.maximum(reference - ts, 0.0) / MS_PER_DAY
+        weights *= np.exp2(-age_days / signals.half_life_days)
+    return weights.astype(np.float32)
 
 
 def build_interactions(
@@ -72,6 +83,10 @@ def build_interactions(
     confidence.sum_duplicates()
     if signals.scaling == "log":
         confidence.data = np.log1p(confidence.data)
+    elif signals.scaling == "bm25" and confidence.nnz:
+        from implicit.nearest_neighbours import bm25_weight
+
+        confidence = sp.csr_matrix(bm25_weight(confidence, K1=1.2, B=0.75), dtype=np.float32)
     confidence.eliminate_zeros()
     bought = known & (events.column("event").to_numpy(zero_copy_only=False) == "purchase")
     purchased = sp.csr_matrix(

@@ -1,26 +1,49 @@
-"""The training job: ingest and clean, build the matrix, evaluate, fit, publish."""
+"""The training job: ingest, clean, hold out, select, gate, fit, publish, prune."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from recsvc.config import Config
-from recsvc.models import ALSRecommender, PopularityRecommender
+from recsvc.errors import BadInput, QualityGateRefused
+from recsvc.models import (
+    MODEL_TYPES,
+    ALSRecommender,
+    BPRRecommender,
+    EASERecommender,
+    ItemKNNRecommender,
+    LightFMRecommender,
+    PopularityRecommender,
+    Recommender,
+)
 from recsvc.modelstore import ModelStore
-from recsvc.published import write_published
-from training.evaluate import ranking_metrics, temporal_split
+from recsvc.published import PublishedModel, write_published
+from training.cleaning import clean_events
+from training.evaluate import (
+    Holdout,
+    K,
+    Scorer,
+    holdout_split,
+    model_scorer,
+    published_scorer,
+    ranking_metrics,
+)
+from training.features import item_features, user_features
 from training.ingest import Dataset, load_dataset
 from training.interactions import Interactions, build_interactions
 from training.progress import Progress
+
+log = logging.getLogger(__name__)
+SELECTION_METRIC = f"ndcg@{K}"
 
 
 @dataclass(frozen=True)
@@ -50,15 +73,59 @@ def fingerprint(inputs: TrainInputs, config: Config) -> str:
     return digest.hexdigest()
 
 
-def make_model(config: Config) -> ALSRecommender:
-    als = config.model.als
-    return ALSRecommender(
-        factors=als.factors,
-        regularization=als.regularization,
-        alpha=als.alpha,
-        iterations=als.iterations,
-        random_state=config.training.seed,
-    )
+def make_model(name: str, config: Config) -> Recommender:
+    """An unfitted model of type `name`, configured from `config`."""
+    m, seed = config.model, config.training.seed
+    if name == "als":
+        return ALSRecommender(
+            m.als.factors, m.als.regularization, m.als.alpha, m.als.iterations, random_state=seed
+        )
+    if name == "bpr":
+        return BPRRecommender(
+            m.bpr.factors,
+            m.bpr.learning_rate,
+            m.bpr.regularization,
+            m.bpr.iterations,
+            random_state=seed,
+        )
+    if name == "itemknn":
+        return ItemKNNRecommender(m.itemknn.neighbours, m.itemknn.weighting)
+    if name == "ease":
+        return EASERecommender(m.ease.l2, m.ease.max_items)
+    if name == "lightfm":
+        return LightFMRecommender(
+            m.lightfm.factors,
+            m.lightfm.loss,
+            m.lightfm.learning_rate,
+            epochs=m.lightfm.epochs,
+            random_state=seed,
+        )
+    if name == "popularity":
+        return PopularityRecommender()
+    raise BadInput(f"unknown model type {name!r}")
+
+
+def fit_model(model: Recommender, interactions: Interactions, dataset: Dataset) -> Recommender:
+    """Fits from scratch; the hybrid model also gets user and item features."""
+    if isinstance(model, LightFMRecommender):
+        return model.fit(
+            interactions.confidence,
+            user_features(interactions.user_ids, dataset.users),
+            item_features(interactions.item_ids, dataset.items),
+        )
+    return model.fit(interactions.confidence)
+
+
+def candidates(config: Config, n_items: int) -> tuple[list[str], dict[str, str]]:
+    """The model types to try, and why any configured one was skipped."""
+    names = list(config.model.candidates) if config.model.type == "auto" else [config.model.type]
+    skipped = {}
+    if "ease" in names and n_items > config.model.ease.max_items:
+        skipped["ease"] = f"{n_items} items > model.ease.max_items {config.model.ease.max_items}"
+        names.remove("ease")
+    if not names:
+        raise BadInput("no model to train: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return names, skipped
 
 
 def item_categories(interactions: Interactions, dataset: Dataset) -> np.ndarray:
@@ -82,32 +149,48 @@ def train(
     rejects_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> TrainResult:
-    """Runs the whole job and publishes a new current version. Raises BadInput on bad data."""
+    """Runs the whole job and publishes a new current version.
+
+    Raises BadInput for unusable data and QualityGateRefused when the new model is worse than
+    the published one; in both cases nothing is published.
+    """
     progress = progress or Progress("train")
     store = ModelStore(model_dir)
-    rejects_dir = rejects_dir or model_dir / "rejects"
 
     with progress.stage("ingest") as tally:
         dataset = load_dataset(
-            inputs.events, config.data, inputs.items, inputs.users, rejects_dir=rejects_dir
+            inputs.events,
+            config.data,
+            inputs.items,
+            inputs.users,
+            rejects_dir=rejects_dir or model_dir / "rejects",
         )
         tally.count = sum(r.rows_read for r in dataset.reports)
     for report in dataset.reports:
         progress.say(report.summary())
-    if dataset.events.num_rows == 0:
-        from recsvc.errors import BadInput
 
+    events, cleaning = clean_events(dataset.events, config.cleaning)
+    progress.say(cleaning.summary())
+    if events.num_rows == 0:
         raise BadInput(f"events file {inputs.events} has no usable rows")
+    dataset = dataclasses.replace(dataset, events=events)
 
     with progress.stage("interaction matrix") as tally:
-        interactions = build_interactions(dataset.events, config.signals)
+        interactions = build_interactions(events, config.signals)
         tally.count, tally.unit = interactions.confidence.nnz, "user-item pairs"
     progress.say(f"{interactions.shape[0]:,} users x {interactions.shape[1]:,} items")
 
-    metrics = evaluate_holdout(dataset.events, config, progress)
+    names, skipped = candidates(config, interactions.shape[1])
+    with progress.stage("holdout split"):
+        holdout = holdout_split(
+            events, config.signals, config.training.validation_share, config.training.seed
+        )
+    evaluation = select_model(names, skipped, holdout, dataset, config, progress)
+    chosen = evaluation["selected"]
+    gate = quality_gate(store, holdout, evaluation, dataset, config, progress)
 
-    with progress.stage("fit als") as tally:
-        model = make_model(config).fit(interactions.confidence)
+    with progress.stage(f"fit {chosen} on all data") as tally:
+        model = fit_model(make_model(chosen, config), interactions, dataset)
         tally.count, tally.unit = interactions.shape[0], "users"
     fallback = PopularityRecommender().fit(interactions.confidence)
 
@@ -115,12 +198,16 @@ def train(
         "model_type": model.model_type,
         "params": model.get_params(),
         "data_fingerprint": fingerprint(inputs, config),
+        "data_end_ms": int(events.column("timestamp_ms").to_numpy().max()),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "n_users": int(interactions.shape[0]),
         "n_items": int(interactions.shape[1]),
         "n_interactions": int(interactions.confidence.nnz),
-        "metrics": metrics,
+        "metrics": evaluation["models"].get(chosen, {}),
+        "evaluation": evaluation,
+        "quality_gate": gate,
         "ingest": [r.as_dict() for r in dataset.reports],
+        "cleaning": cleaning.as_dict(),
         "config": dataclasses.asdict(config),
     }
     with progress.stage("publish"):
@@ -137,29 +224,123 @@ def train(
             ),
             suffix=manifest["data_fingerprint"][:8],
         )
+    removed = store.prune(config.training.keep_versions)
+    if removed:
+        progress.say(f"removed old versions {', '.join(removed)}")
+    score = manifest["metrics"].get("all", {}).get(SELECTION_METRIC)
     progress.say(
-        f"published {version} to {model_dir} "
-        f"({manifest['n_users']:,} users, {manifest['n_items']:,} items, "
-        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.get("als", {}).items())
-        + ")"
+        f"published {version}: {chosen}, {manifest['n_users']:,} users, "
+        f"{manifest['n_items']:,} items"
+        + (f", holdout {SELECTION_METRIC} {score:.4f}" if score is not None else "")
     )
     return TrainResult(version, model_dir, manifest)
 
 
-def evaluate_holdout(
-    events: pa.Table, config: Config, progress: Progress
-) -> dict[str, dict[str, float]]:
-    """Metrics of the configured model and of popularity on the last 15% of time."""
-    with progress.stage("evaluate (temporal holdout)") as tally:
-        split = temporal_split(events, config.signals)
-        if split is None:
-            progress.say("too little data for a temporal holdout; metrics left empty")
-            return {}
-        tally.count, tally.unit = int(np.count_nonzero(np.diff(split.test.indptr))), "users"
-        metrics = {
-            "als": ranking_metrics(make_model(config).fit(split.train.confidence), split.test),
-            "popularity": ranking_metrics(
-                PopularityRecommender().fit(split.train.confidence), split.test
-            ),
+def select_model(
+    names: list[str],
+    skipped: dict[str, str],
+    holdout: Holdout | None,
+    dataset: Dataset,
+    config: Config,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Fits each candidate on the training part; the best on the holdout wins."""
+    if holdout is None:
+        progress.say("too little data for a holdout: no evaluation, no quality gate")
+        return {
+            "holdout": None,
+            "models": {},
+            "selected": names[0],
+            "skipped": skipped,
+            "reason": "no holdout possible; first configured candidate",
         }
-    return metrics
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for name in [*names, "popularity"]:
+        if name in results:
+            continue
+        with progress.stage(f"evaluate {name}") as tally:
+            model = fit_model(make_model(name, config), holdout.train, dataset)
+            results[name] = ranking_metrics(model_scorer(model), holdout)
+            tally.count, tally.unit = results[name]["all"].get("users", 0), "holdout users"
+        progress.say(
+            f"{name}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in results[name]["all"].items() if k != "users")
+        )
+    chosen = max(names, key=lambda n: results[n]["all"].get(SELECTION_METRIC, -1.0))
+    ranked = sorted(names, key=lambda n: -results[n]["all"].get(SELECTION_METRIC, -1.0))
+    reason = f"highest holdout {SELECTION_METRIC} among {', '.join(names)}: " + ", ".join(
+        f"{n} {results[n]['all'].get(SELECTION_METRIC, 0):.4f}" for n in ranked
+    )
+    return {
+        "holdout": holdout.describe(),
+        "models": results,
+        "selected": chosen,
+        "skipped": skipped,
+        "reason": reason,
+    }
+
+
+def quality_gate(
+    store: ModelStore,
+    holdout: Holdout | None,
+    evaluation: dict[str, Any],
+    dataset: Dataset,
+    config: Config,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Refuses a model worse than the published one on the same holdout.
+
+    A published model trained on data that overlaps the holdout would be judged on what it
+    has already seen; it is then re-fitted with its own type and parameters on this run's
+    training part, so both sides are judged on data neither has seen.
+    """
+    tolerance = config.training.quality_gate_tolerance
+    current = store.current_version()
+    if tolerance < 0 or current is None or holdout is None:
+        return {
+            "checked": False,
+            "reason": "disabled"
+            if tolerance < 0
+            else "no published model"
+            if current is None
+            else "no holdout",
+        }
+    try:
+        published = PublishedModel.load(store.path(current))
+    except Exception as exc:
+        log.warning("published model %s cannot be loaded (%s); gate skipped", current, exc)
+        return {"checked": False, "reason": f"published model {current} unreadable: {exc}"}
+    seen_holdout = holdout.cut_ms is None or published.manifest.get("data_end_ms", 0) >= (
+        holdout.cut_ms
+    )
+    if seen_holdout:
+        model_type = published.manifest["model_type"]
+        champion = MODEL_TYPES[model_type](**published.manifest["params"])
+        scorer: Scorer = model_scorer(fit_model(champion, holdout.train, dataset))
+        method = f"refit {model_type} with the published parameters"
+    else:
+        scorer = published_scorer(published, holdout.train.user_ids, holdout.train.item_ids)
+        method = "published arrays"
+    old = ranking_metrics(scorer, holdout)["all"].get(SELECTION_METRIC, 0.0)
+    new = evaluation["models"][evaluation["selected"]]["all"].get(SELECTION_METRIC, 0.0)
+    passed = new >= old * (1.0 - tolerance)
+    verdict = {
+        "checked": True,
+        "published_version": current,
+        "method": method,
+        "published": round(old, 6),
+        "new": round(new, 6),
+        "tolerance": tolerance,
+        "passed": passed,
+    }
+    progress.say(
+        f"quality gate: new {SELECTION_METRIC} {new:.4f} vs published {current} "
+        f"{old:.4f} ({method}), tolerance {tolerance:.0%}: "
+        f"{'pass' if passed else 'REFUSED'}"
+    )
+    if not passed:
+        raise QualityGateRefused(
+            f"new model {evaluation['selected']} {SELECTION_METRIC} {new:.4f} is below the "
+            f"published {current} {old:.4f} by more than {tolerance:.0%}; nothing published"
+        )
+    return verdict

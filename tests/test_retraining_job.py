@@ -1,0 +1,222 @@
+"""The scheduled retraining job: exit codes, quality gate, retention, rollback, crash safety."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from helpers import write_lines
+
+from recsvc.cli import main
+from recsvc.config import CleaningConfig, Config, ModelConfig, SignalsConfig, TrainingConfig
+from recsvc.errors import QualityGateRefused
+from recsvc.modelstore import ModelStore
+from recsvc.published import PublishedModel
+from training.cleaning import clean_events
+from training.evaluate import holdout_split
+from training.interactions import event_weights
+from training.pipeline import TrainInputs, TrainResult, train
+from training.progress import Progress
+
+RECSVC = str(Path(sys.executable).with_name("recsvc"))
+
+
+def quiet() -> Progress:
+    return Progress("t", open(os.devnull, "w"))
+
+
+def copy_store(trained: TrainResult, target: Path) -> Path:
+    shutil.copytree(trained.model_dir, target)
+    return target
+
+
+def with_model(config: Config, **model: object) -> Config:
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, **model))
+
+
+def test_worse_model_is_refused_with_exit_3(
+    trained: TrainResult, shop_inputs: TrainInputs, tmp_path: Path
+) -> None:
+    model_dir = copy_store(trained, tmp_path / "models")
+    before = ModelStore(model_dir).versions()
+    with pytest.raises(QualityGateRefused, match="below the published"):
+        train(shop_inputs, model_dir, with_model(Config(), type="popularity"), progress=quiet())
+    assert ModelStore(model_dir).versions() == before
+    assert ModelStore(model_dir).current_version() == trained.version
+
+    config = tmp_path / "worse.toml"
+    config.write_text('[model]\ntype = "popularity"\n')
+    code = main(
+        [
+            "train",
+            "--events",
+            str(shop_inputs.events),
+            "--model-dir",
+            str(model_dir),
+            "--config",
+            str(config),
+        ]
+    )
+    assert code == 3
+    assert ModelStore(model_dir).current_version() == trained.version
+
+
+def test_gate_can_be_disabled_and_equal_models_pass(
+    trained: TrainResult, shop_inputs: TrainInputs, tmp_path: Path
+) -> None:
+    model_dir = copy_store(trained, tmp_path / "models")
+    same = train(shop_inputs, model_dir, Config(), progress=quiet())
+    assert same.manifest["quality_gate"]["passed"]
+    assert same.manifest["quality_gate"]["method"].startswith("refit")
+    off = dataclasses.replace(Config(), training=TrainingConfig(quality_gate_tolerance=-1.0))
+    worse = train(shop_inputs, model_dir, with_model(off, type="popularity"), progress=quiet())
+    assert ModelStore(model_dir).current_version() == worse.version
+
+
+def test_keeps_the_last_n_versions_and_rolls_back(
+    trained: TrainResult,
+    shop_inputs: TrainInputs,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model_dir = copy_store(trained, tmp_path / "models")
+    config = dataclasses.replace(Config(), training=TrainingConfig(keep_versions=2))
+    results = [train(shop_inputs, model_dir, config, progress=quiet()) for _ in range(2)]
+    store = ModelStore(model_dir)
+    assert store.versions() == sorted(r.version for r in results)
+    assert main(["models", "list", "--model-dir", str(model_dir)]) == 0
+    listing = capsys.readouterr().out
+    assert f"* {results[-1].version}" in listing
+    assert main(["models", "rollback", results[0].version, "--model-dir", str(model_dir)]) == 0
+    assert store.current_version() == results[0].version
+    assert main(["models", "rollback", "no-such-version", "--model-dir", str(model_dir)]) == 2
+
+
+def test_config_file_alone_is_a_complete_job(shop_inputs: TrainInputs, tmp_path: Path) -> None:
+    config = tmp_path / "job.toml"
+    config.write_text(
+        f'[inputs]\nevents = "{shop_inputs.events}"\nmodel_dir = "models"\n'
+        '[model]\ntype = "itemknn"\n'
+    )
+    assert main(["train", "--config", str(config)]) == 0
+    store = ModelStore(tmp_path / "models")
+    manifest = PublishedModel.load(store.path(store.current_version())).manifest
+    assert manifest["model_type"] == "itemknn"
+
+
+def test_sigkill_during_publish_leaves_the_previous_model_current(
+    trained: TrainResult, shop_inputs: TrainInputs, tmp_path: Path
+) -> None:
+    """Kill -9 the job the moment its staging directory appears, several times."""
+    model_dir = copy_store(trained, tmp_path / "models")
+    store = ModelStore(model_dir)
+    killed_in_publish = 0
+    for _ in range(3):
+        job = subprocess.Popen(
+            [RECSVC, "train", "--events", str(shop_inputs.events), "--model-dir", str(model_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        while job.poll() is None:
+            if any(model_dir.glob(".staging-*")):
+                job.send_signal(signal.SIGKILL)
+                killed_in_publish += 1
+                break
+            time.sleep(0.0005)
+        job.wait()
+        current = store.current_version()
+        assert current in store.versions()
+        PublishedModel.load(store.path(current))  # complete and consistent
+        if job.returncode == -signal.SIGKILL:
+            assert current == trained.version
+    assert killed_in_publish >= 1
+    # A half-written version is never picked up, and the next run clears it away.
+    assert all(PublishedModel.load(store.path(v)) for v in store.versions())
+    assert main(["train", "--events", str(shop_inputs.events), "--model-dir", str(model_dir)]) == 0
+    assert not list(model_dir.glob(".staging-*"))
+
+
+def events_table(rows: list[tuple[str, str, str, int]]) -> pa.Table:
+    users, items, kinds, ts = zip(*rows, strict=True)
+    return pa.table(
+        {
+            "user_id": list(users),
+            "item_id": list(items),
+            "event": list(kinds),
+            "timestamp_ms": pa.array(ts, pa.int64()),
+            "quantity": [1.0] * len(rows),
+            "price": [None] * len(rows),
+        }
+    )
+
+
+def test_bot_like_and_sparse_users_are_left_out_and_reported() -> None:
+    day = 1_740_787_200_000
+    rows = [("bot", f"i{n % 7}", "view", day + n * 1000) for n in range(50)]
+    rows += [("alice", "i1", "view", day), ("alice", "i2", "purchase", day)]
+    rows += [("bob", "i1", "view", day)]
+    cleaned, report = clean_events(
+        events_table(rows), CleaningConfig(min_user_interactions=2, max_events_per_user_day=20)
+    )
+    assert report.bot_users == 1 and report.bot_events == 50
+    assert report.examples["bot_users"] == ["bot"]
+    assert report.sparse_users == 1  # bob has one item
+    assert set(cleaned.column("user_id").to_pylist()) == {"alice"}
+
+
+def test_time_decay_halves_weight_per_half_life() -> None:
+    day = 86_400_000
+    table = events_table([("u", "i", "purchase", 10 * day), ("u", "i", "purchase", 17 * day)])
+    weights = event_weights(table, SignalsConfig(purchase=8.0, half_life_days=7.0))
+    np.testing.assert_allclose(weights, [4.0, 8.0])
+
+
+def test_log_without_timestamps_holds_out_per_user() -> None:
+    rows = [(f"u{u}", f"i{i}", "view", 0) for u in range(30) for i in range(10)]
+    holdout = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1)
+    assert holdout is not None and holdout.method == "per_user"
+    assert holdout.describe()["test_users"] > 20
+
+
+def test_ease_is_skipped_for_large_catalogues(shop_inputs: TrainInputs, tmp_path: Path) -> None:
+    config = with_model(Config(), candidates=["ease", "itemknn"])
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(
+            config.model, ease=dataclasses.replace(ModelConfig().ease, max_items=10)
+        ),
+    )
+    result = train(shop_inputs, tmp_path, config, progress=quiet())
+    assert result.manifest["model_type"] == "itemknn"
+    assert "max_items" in result.manifest["evaluation"]["skipped"]["ease"]
+
+
+def test_bad_config_value_types_exit_2(tmp_path: Path) -> None:
+    events = write_lines(
+        tmp_path / "e.csv", "user_id,item_id,event,timestamp", "u1,i1,view,1740823200"
+    )
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\ntype = "deep-magic"\n')
+    assert (
+        main(
+            [
+                "train",
+                "--events",
+                str(events),
+                "--model-dir",
+                str(tmp_path / "m"),
+                "--config",
+                str(config),
+            ]
+        )
+        == 2
+    )
