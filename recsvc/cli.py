@@ -62,6 +62,16 @@ def _train(args: argparse.Namespace) -> None:
     train(inputs, model_dir, config, rejects_dir=args.rejects_dir)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from recsvc.config import load_config
+    from training.pipeline import TrainInputs
+    from training.report import evaluate_models
+
+    config = load_config(args.config)
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    evaluate_models(TrainInputs(args.events, args.items, args.users), config, args.out, models)
+
+
 def _models_list(args: argparse.Namespace) -> None:
     import json
 
@@ -153,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="where rejected rows go (default MODEL_DIR/rejects)",
     )
     train.set_defaults(run=_train)
+
+    evaluate = roles.add_parser("evaluate", help="compare models on one holdout; write reports")
+    _add_input_flags(evaluate)
+    evaluate.add_argument("--out", type=Path, required=True, help="directory for the reports")
+    evaluate.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated types (default: model.candidates of the config)",
+    )
+    evaluate.set_defaults(run=_evaluate)
 
     serve = roles.add_parser("serve", help="serve the current model over gRPC")
     serve.add_argument("--model-dir", type=Path, required=True)

@@ -120,3 +120,34 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
         )
         == 2
     )
+
+
+def test_evaluate_writes_side_by_side_reports(shop_inputs, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--events",
+                str(shop_inputs.events),
+                "--items",
+                str(shop_inputs.items),
+                "--users",
+                str(shop_inputs.users),
+                "--out",
+                str(out),
+                "--models",
+                "als,itemknn,bpr,lightfm,ease",
+            ]
+        )
+        == 0
+    )
+    import json
+
+    result = json.loads((out / "evaluation.json").read_text())
+    assert set(result["models"]) == {"als", "itemknn", "bpr", "lightfm", "ease", "popularity"}
+    table = (out / "evaluation.md").read_text()
+    for name in result["models"]:
+        assert f"| {name} |" in table
+    assert "New items only" in table
+    assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
