@@ -100,9 +100,10 @@ def test_validate_exits_2_when_rows_are_rejected(
     assert (tmp_path / "rj" / "bad.csv.rejects.csv").exists()
 
 
-def test_bad_config_exits_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["[model.als]\nfactors = -", '[model]\ntype = "deep-magic"\n'])
+def test_bad_config_exits_2(tmp_path: Path, text: str) -> None:
     config = tmp_path / "c.toml"
-    config.write_text("[model.als]\nfactors = -")
+    config.write_text(text)
     events = write_lines(
         tmp_path / "e.csv", "user_id,item_id,event,timestamp", "u1,i1,view,1740823200"
     )

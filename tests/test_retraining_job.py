@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from helpers import write_lines
 
 from recsvc.cli import main
 from recsvc.config import CleaningConfig, Config, ModelConfig, SignalsConfig, TrainingConfig
@@ -198,25 +197,3 @@ def test_ease_is_skipped_for_large_catalogues(shop_inputs: TrainInputs, tmp_path
     result = train(shop_inputs, tmp_path, config, progress=quiet())
     assert result.manifest["model_type"] == "itemknn"
     assert "max_items" in result.manifest["evaluation"]["skipped"]["ease"]
-
-
-def test_bad_config_value_types_exit_2(tmp_path: Path) -> None:
-    events = write_lines(
-        tmp_path / "e.csv", "user_id,item_id,event,timestamp", "u1,i1,view,1740823200"
-    )
-    config = tmp_path / "c.toml"
-    config.write_text('[model]\ntype = "deep-magic"\n')
-    assert (
-        main(
-            [
-                "train",
-                "--events",
-                str(events),
-                "--model-dir",
-                str(tmp_path / "m"),
-                "--config",
-                str(config),
-            ]
-        )
-        == 2
-    )

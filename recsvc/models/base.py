@@ -10,6 +10,7 @@ processes share one copy).
 
 from __future__ import annotations
 
+import inspect
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -25,9 +26,15 @@ class Recommender(ABC):
     model_type: ClassVar[str]
     array_names: ClassVar[tuple[str, ...]]
 
-    @abstractmethod
     def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, as passed."""
+        """The constructor arguments, read back from same-named attributes (as scikit-learn)."""
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        parameters = inspect.signature(type(self).__init__).parameters.values()
+        return {
+            p.name: getattr(self, p.name)
+            for p in parameters
+            if p.kind in named and p.name != "self"
+        }
 
     @abstractmethod
     def fit(self, user_items: sp.csr_matrix) -> Self:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,15 +53,6 @@ class ALSRecommender(FactorRecommender):
         self.iterations = iterations
         self.random_state = random_state
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "factors": self.factors,
-            "regularization": self.regularization,
-            "alpha": self.alpha,
-            "iterations": self.iterations,
-            "random_state": self.random_state,
-        }
-
     def fit(self, user_items: sp.csr_matrix) -> Self:
         from implicit.cpu.als import AlternatingLeastSquares  # training-time dependency only
 
@@ -101,15 +92,6 @@ class BPRRecommender(FactorRecommender):
         self.regularization = regularization
         self.iterations = iterations
         self.random_state = random_state
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "factors": self.factors,
-            "learning_rate": self.learning_rate,
-            "regularization": self.regularization,
-            "iterations": self.iterations,
-            "random_state": self.random_state,
-        }
 
     def fit(self, user_items: sp.csr_matrix) -> Self:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
@@ -159,17 +141,6 @@ class LightFMRecommender(FactorRecommender):
         self.user_alpha = user_alpha
         self.epochs = epochs
         self.random_state = random_state
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "factors": self.factors,
-            "loss": self.loss,
-            "learning_rate": self.learning_rate,
-            "item_alpha": self.item_alpha,
-            "user_alpha": self.user_alpha,
-            "epochs": self.epochs,
-            "random_state": self.random_state,
-        }
 
     def fit(
         self,

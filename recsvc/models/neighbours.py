@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar, Literal, Self
+from typing import ClassVar, Literal, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -74,14 +74,6 @@ class ItemKNNRecommender(ItemBasedRecommender):
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "neighbours": self.neighbours,
-            "weighting": self.weighting,
-            "bm25_k1": self.bm25_k1,
-            "bm25_b": self.bm25_b,
-        }
-
     @property
     def n_items(self) -> int:
         return int(self.similarity_indptr.size - 1)
@@ -135,9 +127,6 @@ class EASERecommender(ItemBasedRecommender):
     def __init__(self, l2: float = 200.0, max_items: int = 20_000) -> None:
         self.l2 = l2
         self.max_items = max_items
-
-    def get_params(self) -> dict[str, Any]:
-        return {"l2": self.l2, "max_items": self.max_items}
 
     @property
     def n_items(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,9 +16,6 @@ class PopularityRecommender(Recommender):
     model_type: ClassVar[str] = "popularity"
     array_names: ClassVar[tuple[str, ...]] = ("item_scores",)
     item_scores: np.ndarray
-
-    def get_params(self) -> dict[str, Any]:
-        return {}
 
     @property
     def n_items(self) -> int:
