@@ -115,16 +115,23 @@ class PublishedModel:
 
     def item_indices(self, item_ids: list[str]) -> np.ndarray:
         """Indices of the known ids among `item_ids`; unknown ones are skipped."""
-        if not item_ids or self.item_ids.size == 0:
+        if not item_ids:
             return np.empty(0, dtype=np.int64)
-        wanted = np.asarray(item_ids, dtype=str)
-        pos = np.minimum(np.searchsorted(self.item_ids, wanted), self.item_ids.size - 1)
-        return pos[self.item_ids[pos] == wanted].astype(np.int64)
+        pos = sorted_positions(self.item_ids, np.asarray(item_ids, dtype=str))
+        return pos[pos >= 0]
 
     def purchased_by(self, user: int) -> np.ndarray:
         return np.asarray(
             self.purchased_indices[self.purchased_indptr[user] : self.purchased_indptr[user + 1]]
         )
+
+
+def sorted_positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Index of each of `wanted` in the sorted, unique `sorted_ids`; -1 where absent."""
+    if sorted_ids.size == 0:
+        return np.full(wanted.size, -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, wanted), sorted_ids.size - 1)
+    return np.where(sorted_ids[pos] == wanted, pos, -1).astype(np.int64)
 
 
 def _lookup(sorted_ids: np.ndarray, key: str) -> int | None:

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from recsvc.config import SignalsConfig
 from recsvc.models import Recommender
 from recsvc.models.base import mask_rows, top_k
-from recsvc.published import PublishedModel
+from recsvc.published import PublishedModel, sorted_positions
 from training.interactions import Interactions, build_interactions
 
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -84,8 +84,8 @@ def published_scorer(
     published: PublishedModel, user_ids: np.ndarray, item_ids: np.ndarray
 ) -> Scorer:
     """Scores in another id space: a published model judged on a new run's holdout."""
-    user_pos = _positions(published.user_ids, user_ids)
-    item_pos = _positions(published.item_ids, item_ids)
+    user_pos = sorted_positions(published.user_ids, user_ids)
+    item_pos = sorted_positions(published.item_ids, item_ids)
     known_items = item_pos >= 0
 
     def score(users: np.ndarray) -> np.ndarray:
@@ -101,13 +101,6 @@ def published_scorer(
         return out
 
     return score
-
-
-def _positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    if sorted_ids.size == 0:
-        return np.full(wanted.size, -1, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(sorted_ids, wanted), sorted_ids.size - 1)
-    return np.where(sorted_ids[pos] == wanted, pos, -1).astype(np.int64)
 
 
 def ranking_metrics(

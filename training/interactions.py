@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recsvc.config import EVENT_NAMES, SignalsConfig
+from recsvc.published import sorted_positions
 
 
 @dataclass
@@ -35,11 +36,7 @@ def encode_sorted(
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
         return rank[encoded.indices.to_numpy()], values[order]
-    values = column.to_numpy().astype(str)
-    codes = np.searchsorted(vocabulary, values)
-    codes = np.minimum(codes, max(vocabulary.size - 1, 0))
-    found = vocabulary.size > 0 and (vocabulary[codes] == values)
-    return np.where(found, codes, -1), vocabulary
+    return sorted_positions(vocabulary, column.to_numpy().astype(str)), vocabulary
 
 
 MS_PER_DAY = 86_400_000.0
