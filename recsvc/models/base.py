@@ -112,6 +112,25 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, values
 
 
+def csr_rows(
+    data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, rows: np.ndarray, n_cols: int
+) -> sp.csr_matrix:
+    """Rows of a CSR matrix kept as three (possibly memory-mapped) arrays.
+
+    Gathers only the requested rows: building the whole matrix first would cost time in
+    proportion to all its entries on every call.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = np.asarray(indptr[rows], dtype=np.int64)
+    lengths = np.asarray(indptr[rows + 1], dtype=np.int64) - starts
+    new_indptr = np.concatenate([[0], np.cumsum(lengths)])
+    take = np.repeat(starts - new_indptr[:-1], lengths) + np.arange(new_indptr[-1])
+    return sp.csr_matrix(
+        (np.asarray(data[take]), np.asarray(indices[take]), new_indptr),
+        shape=(rows.size, n_cols),
+    )
+
+
 def check_user_items(user_items: sp.spmatrix) -> sp.csr_matrix:
     """The fit input as float32 CSR, refusing shapes and values no model can learn from."""
     if not sp.issparse(user_items):

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recsvc.models.base import Recommender, check_user_items, top_k
+from recsvc.models.base import Recommender, check_user_items, csr_rows, top_k
 
 
 class ItemBasedRecommender(Recommender):
@@ -24,25 +24,29 @@ class ItemBasedRecommender(Recommender):
         self.user_items_indptr = matrix.indptr.astype(np.int64)
 
     def history(self, users: np.ndarray) -> sp.csr_matrix:
-        n_users = self.user_items_indptr.size - 1
-        full = sp.csr_matrix(
-            (self.user_items_data, self.user_items_indices, self.user_items_indptr),
-            shape=(n_users, self.n_items),
+        return csr_rows(
+            self.user_items_data,
+            self.user_items_indices,
+            self.user_items_indptr,
+            users,
+            self.n_items,
         )
-        return full[users]
 
-    def item_item(self) -> sp.csr_matrix | np.ndarray:
+    def item_rows(self, items: np.ndarray) -> sp.csr_matrix | np.ndarray:
+        """Rows `items` of the item-item matrix."""
         raise NotImplementedError
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        product = self.history(users) @ self.item_item()
+        history = self.history(users)
+        # Only items in these users' histories contribute: multiply just those rows.
+        seen = np.unique(history.indices)
+        product = history[:, seen] @ self.item_rows(seen)
         dense = product.toarray() if sp.issparse(product) else np.asarray(product)
         return dense.astype(np.float32)
 
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         items = np.asarray(items, dtype=np.int64)
-        matrix = self.item_item()
-        rows = matrix[items]
+        rows = self.item_rows(items)
         scores = (rows.toarray() if sp.issparse(rows) else np.array(rows)).astype(np.float32)
         scores[scores == 0] = -np.inf  # no evidence of similarity at all
         scores[np.arange(items.size), items] = -np.inf
@@ -103,10 +107,13 @@ class ItemKNNRecommender(ItemBasedRecommender):
         self._keep_history(matrix)
         return self
 
-    def item_item(self) -> sp.csr_matrix:
-        n = self.n_items
-        return sp.csr_matrix(
-            (self.similarity_data, self.similarity_indices, self.similarity_indptr), shape=(n, n)
+    def item_rows(self, items: np.ndarray) -> sp.csr_matrix:
+        return csr_rows(
+            self.similarity_data,
+            self.similarity_indices,
+            self.similarity_indptr,
+            items,
+            self.n_items,
         )
 
 
@@ -147,5 +154,5 @@ class EASERecommender(ItemBasedRecommender):
         self._keep_history(matrix)
         return self
 
-    def item_item(self) -> np.ndarray:
-        return self.weights
+    def item_rows(self, items: np.ndarray) -> np.ndarray:
+        return np.asarray(self.weights[items])
