@@ -27,7 +27,7 @@ from recsvc.models import (
 )
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel, write_published
-from training.cleaning import clean_events
+from training.cleaning import CleaningReport, clean_events
 from training.evaluate import (
     Holdout,
     K,
@@ -157,23 +157,10 @@ def train(
     progress = progress or Progress("train")
     store = ModelStore(model_dir)
 
-    with progress.stage("ingest") as tally:
-        dataset = load_dataset(
-            inputs.events,
-            config.data,
-            inputs.items,
-            inputs.users,
-            rejects_dir=rejects_dir or model_dir / "rejects",
-        )
-        tally.count = sum(r.rows_read for r in dataset.reports)
-    for report in dataset.reports:
-        progress.say(report.summary())
-
-    events, cleaning = clean_events(dataset.events, config.cleaning)
-    progress.say(cleaning.summary())
-    if events.num_rows == 0:
-        raise BadInput(f"events file {inputs.events} has no usable rows")
-    dataset = dataclasses.replace(dataset, events=events)
+    dataset, cleaning = ingest_and_clean(
+        inputs, config, rejects_dir or model_dir / "rejects", progress
+    )
+    events = dataset.events
 
     with progress.stage("interaction matrix") as tally:
         interactions = build_interactions(events, config.signals)
@@ -234,6 +221,24 @@ def train(
         + (f", holdout {SELECTION_METRIC} {score:.4f}" if score is not None else "")
     )
     return TrainResult(version, model_dir, manifest)
+
+
+def ingest_and_clean(
+    inputs: TrainInputs, config: Config, rejects_dir: Path, progress: Progress
+) -> tuple[Dataset, CleaningReport]:
+    """Validated inputs with the cleaning rules applied; BadInput when no event is left."""
+    with progress.stage("ingest") as tally:
+        dataset = load_dataset(
+            inputs.events, config.data, inputs.items, inputs.users, rejects_dir=rejects_dir
+        )
+        tally.count = sum(r.rows_read for r in dataset.reports)
+    for report in dataset.reports:
+        progress.say(report.summary())
+    events, cleaning = clean_events(dataset.events, config.cleaning)
+    progress.say(cleaning.summary())
+    if events.num_rows == 0:
+        raise BadInput(f"events file {inputs.events} has no usable rows")
+    return dataclasses.replace(dataset, events=events), cleaning
 
 
 def select_model(

@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+
 from recsvc.config import Config
 from recsvc.errors import BadInput
-from training.cleaning import clean_events
 from training.evaluate import holdout_split
-from training.ingest import load_dataset
-from training.interactions import build_interactions
-from training.pipeline import TrainInputs, candidates, select_model
+from training.pipeline import TrainInputs, candidates, ingest_and_clean, select_model
 from training.progress import Progress
 
 SHOWN = (
@@ -40,15 +39,9 @@ def evaluate_models(
         config = dataclasses.replace(
             config, model=dataclasses.replace(config.model, type="auto", candidates=models)
         )
-    dataset = load_dataset(
-        inputs.events, config.data, inputs.items, inputs.users, rejects_dir=out_dir / "rejects"
-    )
-    for report in dataset.reports:
-        progress.say(report.summary())
-    events, cleaning = clean_events(dataset.events, config.cleaning)
-    progress.say(cleaning.summary())
-    dataset = dataclasses.replace(dataset, events=events)
-    n_items = build_interactions(events, config.signals).shape[1] if events.num_rows else 0
+    dataset, _ = ingest_and_clean(inputs, config, out_dir / "rejects", progress)
+    events = dataset.events
+    n_items = pc.count_distinct(events.column("item_id")).as_py()
     names, skipped = candidates(config, n_items)
     holdout = holdout_split(
         events, config.signals, config.training.validation_share, config.training.seed
