@@ -76,12 +76,13 @@ def _models_list(args: argparse.Namespace) -> None:
     import json
 
     from recsvc.modelstore import ModelStore
+    from recsvc.published import MANIFEST_FILE
 
     store = ModelStore(args.model_dir)
     current = store.current_version()
     for version in store.versions():
         try:
-            manifest = json.loads((store.path(version) / "manifest.json").read_text())
+            manifest = json.loads((store.path(version) / MANIFEST_FILE).read_text())
         except (OSError, ValueError):
             manifest = {}
         score = manifest.get("metrics", {}).get("all", {}).get("ndcg@10")

@@ -9,8 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsvc.config import CleaningConfig
-
-MS_PER_DAY = 86_400_000
+from training.interactions import MS_PER_DAY
 
 
 @dataclass

@@ -39,21 +39,18 @@ def encode_sorted(
     return sorted_positions(vocabulary, column.to_numpy().astype(str)), vocabulary
 
 
-MS_PER_DAY = 86_400_000.0
+MS_PER_DAY = 86_400_000
 
 
-def event_weights(
-    events: pa.Table, signals: SignalsConfig, now_ms: float | None = None
-) -> np.ndarray:
-    """Per-event weight by type, halved every `half_life_days` back from `now_ms`."""
+def event_weights(events: pa.Table, signals: SignalsConfig) -> np.ndarray:
+    """Per-event weight by type, halved every `half_life_days` back from the newest event."""
     weights = np.zeros(events.num_rows, dtype=np.float64)
     names = events.column("event").to_numpy(zero_copy_only=False)
     for name in EVENT_NAMES:
         weights[names == name] = signals.weight(name)
     if signals.half_life_days > 0 and events.num_rows:
         ts = events.column("timestamp_ms").to_numpy().astype(np.float64)
-        reference = ts.max() if now_ms is None else now_ms
-        age_days = np.maximum(reference - ts, 0.0) / MS_PER_DAY
+        age_days = (ts.max() - ts) / MS_PER_DAY
         weights *= np.exp2(-age_days / signals.half_life_days)
     return weights.astype(np.float32)
 

@@ -21,6 +21,11 @@ class FactorRecommender(Recommender):
     def n_items(self) -> int:
         return int(self.item_factors.shape[0])
 
+    def _keep_factors(self, user_factors: np.ndarray, item_factors: np.ndarray) -> Self:
+        self.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
+        self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+        return self
+
     def score(self, users: np.ndarray) -> np.ndarray:
         return np.asarray(self.user_factors[users] @ self.item_factors.T, dtype=np.float32)
 
@@ -69,9 +74,7 @@ class ALSRecommender(FactorRecommender):
             num_threads=1,
         )
         model.fit(matrix, show_progress=False)
-        self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
-        self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
-        return self
+        return self._keep_factors(model.user_factors, model.item_factors)
 
 
 class BPRRecommender(FactorRecommender):
@@ -108,9 +111,7 @@ class BPRRecommender(FactorRecommender):
         )
         model.fit(matrix, show_progress=False)
         # implicit appends a bias column to the item factors and a column of ones to the users.
-        self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
-        self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
-        return self
+        return self._keep_factors(model.user_factors, model.item_factors)
 
 
 class LightFMRecommender(FactorRecommender):
@@ -172,6 +173,7 @@ class LightFMRecommender(FactorRecommender):
         user_bias, user_emb = model.get_user_representations(user_features)
         item_bias, item_emb = model.get_item_representations(item_features)
         ones_u, ones_i = np.ones((user_emb.shape[0], 1)), np.ones((item_emb.shape[0], 1))
-        self.user_factors = np.hstack([user_emb, user_bias[:, None], ones_u]).astype(np.float32)
-        self.item_factors = np.hstack([item_emb, ones_i, item_bias[:, None]]).astype(np.float32)
-        return self
+        return self._keep_factors(
+            np.hstack([user_emb, user_bias[:, None], ones_u]),
+            np.hstack([item_emb, ones_i, item_bias[:, None]]),
+        )
