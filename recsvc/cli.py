@@ -43,6 +43,12 @@ def _data_validate(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.rejected_total == 0 for r in dataset.reports) else EXIT_BAD_INPUT
 
 
+def _data_import(args: argparse.Namespace) -> None:
+    from training.importers import import_dataset
+
+    print(import_dataset(args.format, args.source, args.out).summary())
+
+
 def _train(args: argparse.Namespace) -> None:
     from recsvc.config import load_config
     from training.pipeline import TrainInputs, train
@@ -153,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_flags(val)
     val.add_argument("--rejects-dir", type=Path, default=Path("rejects"))
     val.set_defaults(run=_data_validate)
+    imp = data_cmds.add_parser(
+        "import", help="convert a public dataset (see ../shared/data) into the data contract"
+    )
+    imp.add_argument(
+        "--format",
+        required=True,
+        choices=["online-retail", "movielens", "taobao", "tmall", "multibehavior"],
+    )
+    imp.add_argument("source", type=Path, help="the dataset's file or folder")
+    imp.add_argument("out", type=Path, help="directory for events.csv (+ items.csv, users.csv)")
+    imp.set_defaults(run=_data_import)
 
     train = roles.add_parser("train", help="train on event logs and publish a model version")
     _add_input_flags(train, events_required=False)
