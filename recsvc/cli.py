@@ -91,7 +91,8 @@ def _models_list(args: argparse.Namespace) -> None:
             manifest = json.loads((store.path(version) / MANIFEST_FILE).read_text())
         except (OSError, ValueError):
             manifest = {}
-        score = manifest.get("metrics", {}).get("all", {}).get("ndcg@10")
+        variant = manifest.get("evaluation", {}).get("variant", "all")
+        score = manifest.get("metrics", {}).get(variant, {}).get("ndcg@10")
         print(
             f"{'*' if version == current else ' '} {version}  "
             f"{manifest.get('model_type', '?'):<10} {manifest.get('created_at', '?')}  "

@@ -9,6 +9,8 @@
     item_categories.npy     category of each item ("" where the catalogue did not say)
     purchased_indptr.npy    CSR rows: the items each user has bought
     purchased_indices.npy
+    seen_indptr.npy         CSR rows: the items each user has touched in any way; filtered
+    seen_indices.npy        out of recommendations where the manifest's serving.exclude_seen
 
 Every array is a plain .npy file loaded with allow_pickle=False and memory-mapped by default,
 so that several server processes share one copy of the model in the page cache.
@@ -39,6 +41,7 @@ def write_published(
     item_ids: np.ndarray,
     item_categories: np.ndarray,
     purchased: sp.csr_matrix,
+    seen: sp.csr_matrix,
     manifest: dict[str, Any],
 ) -> None:
     model.save(directory / "model")
@@ -49,6 +52,8 @@ def write_published(
         "item_categories": np.asarray(item_categories, dtype=str),
         "purchased_indptr": purchased.indptr.astype(np.int64),
         "purchased_indices": purchased.indices.astype(np.int32),
+        "seen_indptr": seen.indptr.astype(np.int64),
+        "seen_indices": seen.indices.astype(np.int32),
     }
     for name, array in arrays.items():
         np.save(directory / f"{name}.npy", array, allow_pickle=False)
@@ -67,6 +72,8 @@ class PublishedModel:
     item_categories: np.ndarray
     purchased_indptr: np.ndarray
     purchased_indices: np.ndarray
+    seen_indptr: np.ndarray
+    seen_indices: np.ndarray
 
     @classmethod
     def load(cls, directory: Path, mmap: bool = True) -> PublishedModel:
@@ -91,6 +98,8 @@ class PublishedModel:
             item_categories=array("item_categories"),
             purchased_indptr=array("purchased_indptr"),
             purchased_indices=array("purchased_indices"),
+            seen_indptr=array("seen_indptr"),
+            seen_indices=array("seen_indices"),
         )
         loaded.check()
         return loaded
@@ -100,7 +109,11 @@ class PublishedModel:
         n_users, n_items = self.user_ids.size, self.item_ids.size
         if self.model.n_items != n_items or self.fallback.n_items != n_items:
             raise ValueError(f"model {self.version}: item count differs between parts")
-        if self.item_categories.size != n_items or self.purchased_indptr.size != n_users + 1:
+        if (
+            self.item_categories.size != n_items
+            or self.purchased_indptr.size != n_users + 1
+            or self.seen_indptr.size != n_users + 1
+        ):
             raise ValueError(f"model {self.version}: id maps and arrays disagree in size")
         if n_items and not np.all(self.item_ids[1:] > self.item_ids[:-1]):
             raise ValueError(f"model {self.version}: item ids are not sorted and unique")
@@ -120,10 +133,18 @@ class PublishedModel:
         pos = sorted_positions(self.item_ids, np.asarray(item_ids, dtype=str))
         return pos[pos >= 0]
 
+    @property
+    def exclude_seen(self) -> bool:
+        """True where training found that users rarely return to items they know."""
+        return bool(self.manifest.get("serving", {}).get("exclude_seen", False))
+
     def purchased_by(self, user: int) -> np.ndarray:
         return np.asarray(
             self.purchased_indices[self.purchased_indptr[user] : self.purchased_indptr[user + 1]]
         )
+
+    def seen_by(self, user: int) -> np.ndarray:
+        return np.asarray(self.seen_indices[self.seen_indptr[user] : self.seen_indptr[user + 1]])
 
 
 def sorted_positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -66,6 +66,8 @@ class RecommenderCore:
         user = model.user_index(user_id)
         if user is not None and exclude_purchased:
             excluded = np.union1d(excluded, model.purchased_by(user))
+        if user is not None and model.exclude_seen:
+            excluded = np.union1d(excluded, model.seen_by(user))
         exclude = _one_row(excluded, model.item_ids.size)
         if user is None:
             ids, scores = model.fallback.recommend(np.zeros(1, np.int64), k, exclude)

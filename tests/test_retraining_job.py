@@ -197,3 +197,46 @@ def test_ease_is_skipped_for_large_catalogues(shop_inputs: TrainInputs, tmp_path
     result = train(shop_inputs, tmp_path, config, progress=quiet())
     assert result.manifest["model_type"] == "itemknn"
     assert "max_items" in result.manifest["evaluation"]["skipped"]["ease"]
+
+
+def test_log_without_repeats_is_judged_and_served_on_unseen_items(
+    shop_dir: Path, tmp_path: Path
+) -> None:
+    """Like film ratings: each user touches an item once, so history is filtered when served."""
+    import pyarrow.csv as pa_csv
+
+    events = pa_csv.read_csv(shop_dir / "events.csv")
+    first = events.group_by(["user_id", "item_id"], use_threads=False).aggregate(
+        [("timestamp", "min")]
+    )
+    once = pa.table(
+        {
+            "user_id": first.column("user_id"),
+            "item_id": first.column("item_id"),
+            "event": ["view"] * first.num_rows,
+            "timestamp": first.column("timestamp_min"),
+        }
+    )
+    pa_csv.write_csv(once, tmp_path / "events.csv")
+    result = train(TrainInputs(tmp_path / "events.csv"), tmp_path / "m", Config(), progress=quiet())
+    evaluation = result.manifest["evaluation"]
+    assert evaluation["holdout"]["repeat_share"] == 0.0
+    assert evaluation["variant"] == "unseen" and "unseen items" in evaluation["reason"]
+    assert result.manifest["serving"] == {"exclude_seen": True}
+
+    from service.core import RecommenderCore
+
+    core = RecommenderCore()
+    published = PublishedModel.load(ModelStore(tmp_path / "m").path(result.version))
+    core.swap(published)
+    for user in published.user_ids[:50]:
+        seen = set(published.item_ids[published.seen_by(published.user_index(user))].tolist())
+        got = {i.item_id for i in core.recommend(str(user), 50).items}
+        assert got and not got & seen
+
+
+def test_shop_log_with_repeats_is_judged_on_all_items(trained: TrainResult) -> None:
+    evaluation = trained.manifest["evaluation"]
+    assert evaluation["holdout"]["repeat_share"] > 0.05
+    assert evaluation["variant"] == "all"
+    assert trained.manifest["serving"] == {"exclude_seen": False}

@@ -2,9 +2,14 @@
 
 A holdout is the newest `share` of events (a global cut date). A log without usable timestamps
 (all events at one instant, as in pair-only benchmarks) instead holds out that share of each
-user's events, chosen with the seed. Metrics are computed twice: over all items ("all", where
-buying again counts, which matters in retail) and over items the user had not bought before
-("new").
+user's events, chosen with the seed. Metrics are computed three ways: over all items ("all",
+where buying again counts, which matters in retail), over items the user had not bought before
+("new"), and over items the user had not touched at all ("unseen").
+
+Which of "all" and "unseen" judges a model depends on the log: where users come back to items
+they already know (re-buying groceries, re-visiting a brand), recommending them is useful and
+"all" is right; where they almost never do (a film is rated once), a model that repeats a
+user's history wastes its slots, so history is filtered out in serving and "unseen" is right.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from training.interactions import Interactions, build_interactions
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 K = 10
+# Below this share of holdout pairs that repeat a training pair, repeats are not worth a slot.
+MIN_REPEAT_SHARE = 0.05
 
 
 @dataclass
@@ -42,7 +49,21 @@ class Holdout:
             "train_events": self.train_events.num_rows,
             "test_users": int(np.count_nonzero(np.diff(self.test.indptr))),
             "test_pairs": int(self.test.nnz),
+            "repeat_share": round(self.repeat_share, 4),
+            "variant": self.variant,
         }
+
+    @property
+    def repeat_share(self) -> float:
+        """Share of holdout user-item pairs the user already had in the training part."""
+        if self.test.nnz == 0:
+            return 0.0
+        return float(self.test.multiply(self.train.confidence > 0).nnz / self.test.nnz)
+
+    @property
+    def variant(self) -> str:
+        """The metric variant that judges models on this log (see the module notes)."""
+        return "all" if self.repeat_share >= MIN_REPEAT_SHARE else "unseen"
 
 
 def holdout_split(
@@ -106,14 +127,14 @@ def published_scorer(
 def ranking_metrics(
     score: Scorer, holdout: Holdout, k: int = K, batch: int = 512
 ) -> dict[str, dict[str, float]]:
-    """{"all": ..., "new": ...}: precision, recall, NDCG, MAP, hit rate, coverage, popularity."""
+    """{"all", "new", "unseen"}: precision, recall, NDCG, MAP, hit rate, coverage, popularity."""
     train = holdout.train
-    bought = train.purchased
     seen_by = np.diff(sp.csc_matrix(train.confidence).indptr)
     popularity = seen_by / max(train.shape[0], 1)  # share of users who touched each item
     return {
         "all": _metrics(score, holdout.test, None, popularity, k, batch),
-        "new": _metrics(score, holdout.test, bought, popularity, k, batch),
+        "new": _metrics(score, holdout.test, train.purchased, popularity, k, batch),
+        "unseen": _metrics(score, holdout.test, train.confidence, popularity, k, batch),
     }
 
 
@@ -126,7 +147,7 @@ def _metrics(
     batch: int,
 ) -> dict[str, float]:
     if exclude is not None:
-        test = (test - test.multiply(exclude)).tocsr()
+        test = (test - test.multiply(exclude > 0)).tocsr()
         test.eliminate_zeros()
     users = np.flatnonzero(np.diff(test.indptr))
     if users.size == 0:

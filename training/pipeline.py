@@ -191,6 +191,7 @@ def train(
         "n_items": int(interactions.shape[1]),
         "n_interactions": int(interactions.confidence.nnz),
         "metrics": evaluation["models"].get(chosen, {}),
+        "serving": {"exclude_seen": evaluation["variant"] == "unseen"},
         "evaluation": evaluation,
         "quality_gate": gate,
         "ingest": [r.as_dict() for r in dataset.reports],
@@ -207,6 +208,7 @@ def train(
                 item_ids=interactions.item_ids,
                 item_categories=item_categories(interactions, dataset),
                 purchased=interactions.purchased,
+                seen=interactions.confidence,
                 manifest=manifest,
             ),
             suffix=manifest["data_fingerprint"][:8],
@@ -214,7 +216,7 @@ def train(
     removed = store.prune(config.training.keep_versions)
     if removed:
         progress.say(f"removed old versions {', '.join(removed)}")
-    score = manifest["metrics"].get("all", {}).get(SELECTION_METRIC)
+    score = manifest["metrics"].get(evaluation["variant"], {}).get(SELECTION_METRIC)
     progress.say(
         f"published {version}: {chosen}, {manifest['n_users']:,} users, "
         f"{manifest['n_items']:,} items"
@@ -258,23 +260,35 @@ def select_model(
             "selected": names[0],
             "skipped": skipped,
             "reason": "no holdout possible; first configured candidate",
+            "variant": "all",
         }
     results: dict[str, dict[str, dict[str, float]]] = {}
+    variant = holdout.variant
+    progress.say(
+        f"{holdout.repeat_share:.1%} of holdout pairs repeat a training pair: models are judged "
+        + ("on all items" if variant == "all" else "on items the user has not touched")
+    )
     for name in [*names, "popularity"]:
         if name in results:
             continue
         with progress.stage(f"evaluate {name}") as tally:
             model = fit_model(make_model(name, config), holdout.train, dataset)
             results[name] = ranking_metrics(model_scorer(model), holdout)
-            tally.count, tally.unit = results[name]["all"].get("users", 0), "holdout users"
+            tally.count, tally.unit = results[name][variant].get("users", 0), "holdout users"
         progress.say(
             f"{name}: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in results[name]["all"].items() if k != "users")
+            + ", ".join(f"{k} {v:.4f}" for k, v in results[name][variant].items() if k != "users")
         )
-    chosen = max(names, key=lambda n: results[n]["all"].get(SELECTION_METRIC, -1.0))
-    ranked = sorted(names, key=lambda n: -results[n]["all"].get(SELECTION_METRIC, -1.0))
-    reason = f"highest holdout {SELECTION_METRIC} among {', '.join(names)}: " + ", ".join(
-        f"{n} {results[n]['all'].get(SELECTION_METRIC, 0):.4f}" for n in ranked
+
+    def score(name: str) -> float:
+        return results[name][variant].get(SELECTION_METRIC, -1.0)
+
+    chosen = max(names, key=score)
+    ranked = sorted(names, key=lambda n: -score(n))
+    reason = (
+        f"highest holdout {SELECTION_METRIC} ({variant} items; {holdout.repeat_share:.0%} of "
+        f"holdout pairs repeat a known pair) among {', '.join(names)}: "
+        + ", ".join(f"{n} {score(n):.4f}" for n in ranked)
     )
     return {
         "holdout": holdout.describe(),
@@ -282,6 +296,7 @@ def select_model(
         "selected": chosen,
         "skipped": skipped,
         "reason": reason,
+        "variant": variant,
     }
 
 
@@ -326,8 +341,9 @@ def quality_gate(
     else:
         scorer = published_scorer(published, holdout.train.user_ids, holdout.train.item_ids)
         method = "published arrays"
-    old = ranking_metrics(scorer, holdout)["all"].get(SELECTION_METRIC, 0.0)
-    new = evaluation["models"][evaluation["selected"]]["all"].get(SELECTION_METRIC, 0.0)
+    variant = evaluation["variant"]
+    old = ranking_metrics(scorer, holdout)[variant].get(SELECTION_METRIC, 0.0)
+    new = evaluation["models"][evaluation["selected"]][variant].get(SELECTION_METRIC, 0.0)
     passed = new >= old * (1.0 - tolerance)
     verdict = {
         "checked": True,

@@ -63,7 +63,9 @@ def markdown(result: dict[str, Any], inputs: TrainInputs) -> str:
         f"# Offline evaluation of {inputs.events.name}",
         "",
         f"Holdout: {holdout['method']}, {holdout['test_users']} users, {holdout['test_pairs']} "
-        f"user-item pairs; trained on {holdout['train_events']} events.",
+        f"user-item pairs; trained on {holdout['train_events']} events. "
+        f"{holdout['repeat_share']:.1%} of holdout pairs repeat a training pair, so models are "
+        f"judged on **{result['variant']}** items.",
         "",
         f"Selected: **{result['selected']}** ({result['reason']}).",
         "",
@@ -71,6 +73,7 @@ def markdown(result: dict[str, Any], inputs: TrainInputs) -> str:
     for variant, title in (
         ("all", "All items (repeat purchases count)"),
         ("new", "New items only (items the user bought before excluded)"),
+        ("unseen", "Unseen items only (every item the user touched before excluded)"),
     ):
         lines += [
             f"## {title}",
@@ -101,7 +104,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
     metrics = ("ndcg@10", "recall@10", "hit_rate@10", "coverage@10")
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5))
     for axis, metric in zip(axes, metrics, strict=True):
-        values = [result["models"][n]["all"].get(metric, 0.0) for n in names]
+        values = [result["models"][n][result["variant"]].get(metric, 0.0) for n in names]
         bars = axis.bar(
             names,
             values,
@@ -111,7 +114,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
         axis.set_title(metric)
         axis.margins(y=0.15)
         axis.tick_params(axis="x", rotation=30)
-    fig.suptitle("Holdout metrics (selected model in green)")
+    fig.suptitle(f"Holdout metrics, {result['variant']} items (selected model in green)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,214 @@
+"""Offline quality on every real dataset in ../shared/data, with a time-respecting split.
+
+For each dataset: import it into the data contract, cut a test period off the end of the log
+(see SPLITS), let the pipeline choose its default model using only the training period (it
+carves its own validation split from the end of that period, exactly as `recsvc train` does),
+then fit every model family on the whole training period and score all of them on the test
+period. The row "default" is the model the pipeline chose; the target is that it matches the
+best of item-kNN, ALS and EASE and is far above popularity.
+
+    .venv/bin/python bench/quality.py [--datasets a,b] [--models als,...] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recsvc.config import Config  # noqa: E402
+from training.evaluate import Holdout, holdout_split, model_scorer, ranking_metrics  # noqa: E402
+from training.importers import import_dataset  # noqa: E402
+from training.interactions import build_interactions  # noqa: E402
+from training.pipeline import (  # noqa: E402
+    TrainInputs,
+    candidates,
+    fit_model,
+    ingest_and_clean,
+    make_model,
+    select_model,
+)
+from training.progress import Progress  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+# dataset name: (import format, source folder, test period)
+SPLITS = {
+    "online-retail": ("online-retail", "online-retail", "last 20% of events (global cut)"),
+    "movielens-100k": ("movielens", "movielens-100k", "last 20% of events (global cut)"),
+    "movielens-latest-small": (
+        "movielens",
+        "movielens-latest-small",
+        "last 20% of events (global cut)",
+    ),
+    "taobao": ("taobao", "taobao-userbehavior", "last 20% of events (global cut)"),
+    "tmall": ("tmall", "tmall-brand-2013", "2013-07-16..08-15 (the contest's last month)"),
+    "multibehavior": ("multibehavior", "mbcgcn-multibehavior", "the given test.txt purchases"),
+}
+TEST_SHARE = 0.2
+TMALL_CUT_MS = 1373904000000  # 2013-07-16T00:00:00+08:00
+FAMILIES = ["popularity", "itemknn", "als", "ease", "bpr", "lightfm"]
+REFERENCE = ("itemknn", "als", "ease")
+
+
+def outer_split(name: str, data_dir: Path, events: pa.Table, config: Config) -> Holdout:
+    """Training period and test period for one dataset (see SPLITS)."""
+    signals = config.signals
+    if name == "multibehavior":
+        train = build_interactions(events, signals)
+        test_events, _ = ingest_and_clean(
+            TrainInputs(data_dir / "test-events.csv"),
+            config,
+            data_dir / "rejects-test",
+            Progress("test", open(os.devnull, "w")),  # noqa: SIM115
+        )
+        test = build_interactions(test_events.events, signals, train.user_ids, train.item_ids)
+        truth = test.confidence.copy()
+        truth.data[:] = 1.0
+        return Holdout(events, train, truth, "given test.txt", None)
+    if name == "tmall":
+        ts = events.column("timestamp_ms")
+        before = pc.less(ts, TMALL_CUT_MS)
+        train_events, test_events = events.filter(before), events.filter(pc.invert(before))
+        train = build_interactions(train_events, signals)
+        test = build_interactions(test_events, signals, train.user_ids, train.item_ids)
+        truth = test.confidence.copy()
+        truth.data[:] = 1.0
+        return Holdout(train_events, train, truth, "temporal", TMALL_CUT_MS)
+    split = holdout_split(events, signals, TEST_SHARE, config.training.seed)
+    assert split is not None
+    return split
+
+
+def run_dataset(name: str, work: Path, families: list[str], progress: Progress) -> dict:
+    fmt, folder, described = SPLITS[name]
+    data_dir = work / name
+    if not (data_dir / "events.csv").exists():
+        progress.say(import_dataset(fmt, SHARED / folder, data_dir).summary())
+    config = Config()
+    inputs = TrainInputs(
+        data_dir / "events.csv",
+        data_dir / "items.csv" if (data_dir / "items.csv").exists() else None,
+        data_dir / "users.csv" if (data_dir / "users.csv").exists() else None,
+    )
+    dataset, _ = ingest_and_clean(inputs, config, data_dir / "rejects", progress)
+    outer = outer_split(name, data_dir, dataset.events, config)
+    train_part = dataclasses.replace(dataset, events=outer.train_events)
+
+    # The default choice sees only the training period, as a scheduled `recsvc train` would.
+    started = time.perf_counter()
+    names, skipped = candidates(config, outer.train.shape[1])
+    inner = holdout_split(
+        outer.train_events, config.signals, config.training.validation_share, config.training.seed
+    )
+    selection = select_model(names, skipped, inner, train_part, config, progress)
+    chosen = selection["selected"]
+    progress.say(f"{name}: default selection -> {chosen} ({selection['reason']})")
+    selection_seconds = time.perf_counter() - started
+
+    # The test period is judged like the pipeline judges its validation split.
+    variant = outer.variant
+    rows: dict[str, dict] = {}
+    for family in families:
+        if family == "ease" and outer.train.shape[1] > config.model.ease.max_items:
+            continue
+        with progress.stage(f"{name}: fit and score {family}"):
+            start = time.perf_counter()
+            model = fit_model(make_model(family, config), outer.train, train_part)
+            fit_seconds = time.perf_counter() - start
+            metrics = ranking_metrics(model_scorer(model), outer)
+        rows[family] = {"fit_s": round(fit_seconds, 2), **metrics}
+        progress.say(f"{name} {family}: ndcg@10 {metrics[variant].get('ndcg@10', 0):.4f}")
+    reference = max(
+        (rows[f][variant]["ndcg@10"] for f in REFERENCE if f in rows), default=float("nan")
+    )
+    default = rows[chosen][variant]["ndcg@10"] if chosen in rows else float("nan")
+    return {
+        "dataset": name,
+        "test_period": described,
+        "split": outer.describe(),
+        "train_shape": list(outer.train.shape),
+        "selected": chosen,
+        "selection_reason": selection["reason"],
+        "selection_s": round(selection_seconds, 1),
+        "models": rows,
+        "default_ndcg@10": default,
+        "best_reference_ndcg@10": reference,
+        "default_vs_best_reference": round(default / reference, 4) if reference else None,
+        "variant": variant,
+        "default_vs_popularity": round(default / rows["popularity"][variant]["ndcg@10"], 2)
+        if rows.get("popularity", {}).get(variant, {}).get("ndcg@10")
+        else None,
+    }
+
+
+def table(results: list[dict]) -> str:
+    header = [
+        "dataset",
+        "test period",
+        "repeats",
+        "judged on",
+        *FAMILIES,
+        "default (chosen)",
+        "default / best ref.",
+        "default / popularity",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        cells = [
+            r["dataset"],
+            r["test_period"],
+            f"{r['split']['repeat_share']:.0%}",
+            r["variant"],
+        ]
+        for family in FAMILIES:
+            value = r["models"].get(family, {}).get(r["variant"], {}).get("ndcg@10")
+            cells.append("-" if value is None else f"{value:.4f}")
+        cells.append(f"{r['default_ndcg@10']:.4f} ({r['selected']})")
+        cells.append(f"{r['default_vs_best_reference']:.3f}")
+        cells.append(f"{r['default_vs_popularity']:.1f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default=",".join(SPLITS))
+    parser.add_argument("--models", default=",".join(FAMILIES))
+    parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "data")
+    parser.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "quality.json")
+    args = parser.parse_args()
+    if not SHARED.exists():
+        sys.exit(f"bench/quality.py: {SHARED} is absent; the real datasets are needed")
+    progress = Progress("quality")
+    results = []
+    for name in args.datasets.split(","):
+        results.append(run_dataset(name, args.work, args.models.split(","), progress))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nNDCG@10 on the test period ({platform.node()}, {platform.processor() or ''})\n")
+    print(table(results))
+    for r in results:
+        for variant in ("all", "new", "unseen"):
+            values = {f: m.get(variant, {}).get("ndcg@10") for f, m in r["models"].items()}
+            print(f"{r['dataset']} ndcg@10 on {variant} items: {values}")
+        print(f"{r['dataset']} fit seconds: { {f: m['fit_s'] for f, m in r['models'].items()} }")
+    print(f"wrote {args.json}; numpy {np.__version__}")
+
+
+if __name__ == "__main__":
+    main()
