@@ -78,6 +78,22 @@ def _evaluate(args: argparse.Namespace) -> None:
     evaluate_models(TrainInputs(args.events, args.items, args.users), config, args.out, models)
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from recsvc.config import load_config
+    from training.pipeline import TrainInputs
+    from training.tune import tune
+
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    tune(
+        TrainInputs(args.events, args.items, args.users),
+        load_config(args.config),
+        args.out,
+        models,
+        args.budget,
+        args.trials,
+    )
+
+
 def _models_list(args: argparse.Namespace) -> None:
     import json
 
@@ -192,6 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated types (default: model.candidates of the config)",
     )
     evaluate.set_defaults(run=_evaluate)
+
+    tuning = roles.add_parser(
+        "tune", help="search hyper-parameters (Optuna) and write the best configuration"
+    )
+    _add_input_flags(tuning)
+    tuning.add_argument("--out", type=Path, required=True, help="TOML file to write")
+    tuning.add_argument("--budget", type=float, default=600.0, help="seconds to search")
+    tuning.add_argument(
+        "--trials", type=int, default=None, help="stop after this many trials (repeatable runs)"
+    )
+    tuning.add_argument(
+        "--models", default=None, help="comma-separated types (default: all tunable)"
+    )
+    tuning.set_defaults(run=_tune)
 
     serve = roles.add_parser("serve", help="serve the current model over gRPC")
     serve.add_argument("--model-dir", type=Path, required=True)

@@ -240,3 +240,35 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise BadInput(f"config: {where} must be {hint.__name__}, got {type(value).__name__}")
+
+
+def dump_config(config: Config, header: str = "") -> str:
+    """The TOML text of `config`, every key written; load_config reads it back unchanged."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    _dump_table(config, "", lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _dump_table(table: Any, where: str, lines: list[str]) -> None:
+    scalars, tables = [], []
+    for f in dataclasses.fields(table):
+        value = getattr(table, f.name)
+        (tables if dataclasses.is_dataclass(value) else scalars).append((f.name, value))
+    if scalars:
+        if where:
+            lines += ["", f"[{where}]"]
+        lines += [f"{name} = {_toml_value(value)}" for name, value in scalars]
+    for name, value in tables:
+        _dump_table(value, f"{where}.{name}" if where else name, lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -137,3 +137,47 @@ def test_same_input_and_seed_give_the_same_model(
     for array in a.glob("*.npy"):
         np.testing.assert_array_equal(np.load(array), np.load(b / array.name))
     assert again.manifest["metrics"] == trained.manifest["metrics"]
+
+
+def test_tune_searches_without_seeing_the_test_period(shop_inputs, tmp_path) -> None:
+    import json
+
+    from recsvc.cli import main
+    from recsvc.config import load_config
+
+    out = tmp_path / "tuned.toml"
+    code = main(
+        [
+            "tune",
+            "--events",
+            str(shop_inputs.events),
+            "--out",
+            str(out),
+            "--trials",
+            "6",
+            "--models",
+            "itemknn,als",
+        ]
+    )
+    assert code == 0
+    tuned = load_config(out)
+    assert tuned.model.type in ("itemknn", "als")
+    result = json.loads(out.with_suffix(".trials.json").read_text())
+    assert result["trials"] == 6 and len(result["all_trials"]) == 6
+    # The defaults are the first trials, so tuning never ends below them on validation.
+    assert result["validation"]["tuned"] >= result["validation"]["default"]
+    assert result["search_data_end_ms"] < result["test_cut_ms"]
+    assert (
+        main(
+            [
+                "tune",
+                "--events",
+                str(shop_inputs.events),
+                "--out",
+                str(out),
+                "--models",
+                "popularity",
+            ]
+        )
+        == 2
+    )
