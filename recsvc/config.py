@@ -96,6 +96,7 @@ class SignalsConfig:
     purchase: float = 8.0
     scaling: Literal["log", "bm25", "none"] = "log"
     half_life_days: float = 0.0
+    trending_half_life_days: float = 7.0
 
     def weight(self, event: str) -> float:
         return float(getattr(self, event))
@@ -152,7 +153,7 @@ class LightFMConfig:
     epochs: int = 30
 
 
-ModelType = Literal["auto", "als", "bpr", "itemknn", "ease", "lightfm", "popularity"]
+ModelType = Literal["auto", "als", "bpr", "itemknn", "ease", "lightfm", "popularity", "trending"]
 
 
 @dataclass(frozen=True)

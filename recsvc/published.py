@@ -3,7 +3,9 @@
     manifest.json           schema version, model type and parameters, data fingerprint,
                             creation time, metrics, ingest summaries (written last)
     model/                  the personalised model (recsvc.models format: .npy + model.json)
-    fallback/               the popularity model served to unknown users
+    fallback/               the non-personalised model (popularity or trending, whichever
+                            did better on the holdout) served to unknown users
+    trending/               time-decayed popularity, for "what is hot" lists
     user_ids.npy            sorted ids: row i of the model is user_ids[i]
     item_ids.npy            sorted ids: column j of the model is item_ids[j]
     item_categories.npy     category of each item ("" where the catalogue did not say)
@@ -37,6 +39,7 @@ def write_published(
     *,
     model: Recommender,
     fallback: Recommender,
+    trending: Recommender,
     user_ids: np.ndarray,
     item_ids: np.ndarray,
     item_categories: np.ndarray,
@@ -46,6 +49,7 @@ def write_published(
 ) -> None:
     model.save(directory / "model")
     fallback.save(directory / "fallback")
+    trending.save(directory / "trending")
     arrays = {
         "user_ids": np.asarray(user_ids, dtype=str),
         "item_ids": np.asarray(item_ids, dtype=str),
@@ -67,6 +71,7 @@ class PublishedModel:
     manifest: dict[str, Any]
     model: Recommender
     fallback: Recommender
+    trending: Recommender
     user_ids: np.ndarray
     item_ids: np.ndarray
     item_categories: np.ndarray
@@ -93,6 +98,7 @@ class PublishedModel:
             manifest=manifest,
             model=load_model(directory / "model", mmap=mmap),
             fallback=load_model(directory / "fallback", mmap=mmap),
+            trending=load_model(directory / "trending", mmap=mmap),
             user_ids=array("user_ids"),
             item_ids=array("item_ids"),
             item_categories=array("item_categories"),
@@ -107,7 +113,7 @@ class PublishedModel:
     def check(self) -> None:
         """Refuses a model whose parts disagree, before it can serve a single request."""
         n_users, n_items = self.user_ids.size, self.item_ids.size
-        if self.model.n_items != n_items or self.fallback.n_items != n_items:
+        if {self.model.n_items, self.fallback.n_items, self.trending.n_items} != {n_items}:
             raise ValueError(f"model {self.version}: item count differs between parts")
         if (
             self.item_categories.size != n_items

@@ -17,6 +17,7 @@ from recsvc.published import PublishedModel
 MAX_K = 1000
 REASON_PERSONAL = "personal"
 REASON_POPULAR = "popular"
+REASON_TRENDING = "trending"
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,28 @@ class RecommenderCore:
         exclude = _one_row(excluded, model.item_ids.size)
         if user is None:
             ids, scores = model.fallback.recommend(np.zeros(1, np.int64), k, exclude)
-            reason, fallback = REASON_POPULAR, True
+            reason, fallback = _fallback_reason(model.fallback), True
         else:
             ids, scores = model.model.recommend(np.array([user]), k, exclude)
             reason, fallback = REASON_PERSONAL, False
         return Recommendations(_scored(model, ids[0], scores[0], reason), model.version, fallback)
+
+    def popular_items(
+        self, k: int, categories: list[str] | tuple[str, ...] = (), trending: bool = False
+    ) -> Recommendations:
+        """The most popular (or, with `trending`, the hottest) items, optionally only those
+        in `categories`."""
+        _require_k(k)
+        model = self.model
+        source = model.trending if trending else model.fallback
+        exclude = None
+        if categories:
+            outside = np.flatnonzero(~np.isin(model.item_categories, list(categories)))
+            exclude = _one_row(outside, model.item_ids.size)
+        ids, scores = source.recommend(np.zeros(1, np.int64), k, exclude)
+        return Recommendations(
+            _scored(model, ids[0], scores[0], _fallback_reason(source)), model.version
+        )
 
     def similar_items(self, item_id: str, k: int) -> Recommendations:
         _require_id(item_id, "item_id")
@@ -88,6 +106,10 @@ class RecommenderCore:
         return Recommendations(
             _scored(model, ids[0], scores[0], f"similar_to:{item_id}"), model.version
         )
+
+
+def _fallback_reason(model: object) -> str:
+    return REASON_TRENDING if getattr(model, "model_type", "") == "trending" else REASON_POPULAR
 
 
 def _require_id(value: str, name: str) -> None:

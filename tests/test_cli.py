@@ -146,7 +146,15 @@ def test_evaluate_writes_side_by_side_reports(shop_inputs, tmp_path: Path) -> No
     import json
 
     result = json.loads((out / "evaluation.json").read_text())
-    assert set(result["models"]) == {"als", "itemknn", "bpr", "lightfm", "ease", "popularity"}
+    assert set(result["models"]) == {
+        "als",
+        "itemknn",
+        "bpr",
+        "lightfm",
+        "ease",
+        "popularity",
+        "trending",
+    }
     table = (out / "evaluation.md").read_text()
     for name in result["models"]:
         assert f"| {name} |" in table

@@ -88,3 +88,20 @@ def test_empty_ids_are_invalid(core: RecommenderCore) -> None:
 def test_no_model_loaded_is_unavailable() -> None:
     with pytest.raises(Unavailable):
         RecommenderCore().recommend("u0001", 5)
+
+
+def test_popular_items_overall_per_category_and_trending(core: RecommenderCore) -> None:
+    model = core.model
+    overall = core.popular_items(20)
+    assert len(overall.items) == 20
+    assert [i.score for i in overall.items] == sorted(
+        (i.score for i in overall.items), reverse=True
+    )
+    category = str(model.item_categories[model.item_index(overall.items[-1].item_id)])
+    in_category = core.popular_items(10, [category])
+    assert in_category.items
+    for item in in_category.items:
+        assert model.item_categories[model.item_index(item.item_id)] == category
+    hot = core.popular_items(10, trending=True)
+    assert {i.reason for i in hot.items} == {"trending"}
+    assert core.popular_items(5, ["no-such-category"]).items == []

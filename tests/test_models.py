@@ -20,6 +20,7 @@ from recsvc.models import (
     LightFMRecommender,
     PopularityRecommender,
     Recommender,
+    TrendingRecommender,
     load_model,
 )
 
@@ -128,6 +129,19 @@ class TestPopularity(RecommenderContract):
         matrix = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], np.float32))
         ids, _ = PopularityRecommender().fit(matrix).recommend(np.array([0]), 3)
         assert ids[0].tolist() == [0, 1, 2]
+
+
+class TestTrending(RecommenderContract):
+    personalised = False
+
+    def make(self) -> Recommender:
+        return TrendingRecommender()
+
+    def test_weight_not_head_count_decides(self) -> None:
+        # Item 2 has one user but a heavy recent weight; item 0 many users with faded weights.
+        matrix = sp.csr_matrix(np.array([[0.1, 0, 0], [0.1, 0.2, 0], [0.1, 0, 5.0]], np.float32))
+        ids, _ = TrendingRecommender().fit(matrix).recommend(np.array([0]), 3)
+        assert ids[0].tolist() == [2, 0, 1]
 
 
 class TestBPR(RecommenderContract):

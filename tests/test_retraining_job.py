@@ -18,11 +18,12 @@ import pytest
 from recsvc.cli import main
 from recsvc.config import CleaningConfig, Config, ModelConfig, SignalsConfig, TrainingConfig
 from recsvc.errors import QualityGateRefused
+from recsvc.models import PopularityRecommender, TrendingRecommender
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from training.cleaning import clean_events
 from training.evaluate import holdout_split
-from training.interactions import event_weights
+from training.interactions import build_interactions, event_weights
 from training.pipeline import TrainInputs, TrainResult, train
 from training.progress import Progress
 
@@ -222,7 +223,7 @@ def test_log_without_repeats_is_judged_and_served_on_unseen_items(
     evaluation = result.manifest["evaluation"]
     assert evaluation["holdout"]["repeat_share"] == 0.0
     assert evaluation["variant"] == "unseen" and "unseen items" in evaluation["reason"]
-    assert result.manifest["serving"] == {"exclude_seen": True}
+    assert result.manifest["serving"]["exclude_seen"] is True
 
     from service.core import RecommenderCore
 
@@ -239,4 +240,19 @@ def test_shop_log_with_repeats_is_judged_on_all_items(trained: TrainResult) -> N
     evaluation = trained.manifest["evaluation"]
     assert evaluation["holdout"]["repeat_share"] > 0.05
     assert evaluation["variant"] == "all"
-    assert trained.manifest["serving"] == {"exclude_seen": False}
+    assert trained.manifest["serving"]["exclude_seen"] is False
+
+
+def test_trending_follows_recent_sales_where_popularity_follows_all_time() -> None:
+    day = 86_400_000
+    now = 100 * day
+    rows = [(f"old{u}", "old-hit", "purchase", now - 70 * day) for u in range(60)]
+    rows += [(f"new{u}", "new-hit", "purchase", now - u * day // 10) for u in range(30)]
+    rows += [("x", "steady", "view", now - d * day) for d in range(0, 70, 7)]
+    interactions = build_interactions(events_table(rows), SignalsConfig())
+    items = interactions.item_ids.tolist()
+    popular, _ = PopularityRecommender().fit(interactions.confidence).recommend(np.zeros(1), 3)
+    hot, _ = TrendingRecommender().fit(interactions.recent).recommend(np.zeros(1), 3)
+    assert items[popular[0][0]] == "old-hit"
+    assert items[hot[0][0]] == "new-hit"
+    assert items[hot[0][-1]] == "old-hit"  # ten half-lives ago: faded below a weekly viewer

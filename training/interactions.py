@@ -19,6 +19,7 @@ class Interactions:
     item_ids: np.ndarray  # sorted unicode; column j is item_ids[j]
     confidence: sp.csr_matrix  # float32, weighted and scaled event strength
     purchased: sp.csr_matrix  # 1 where the user bought the item
+    recent: sp.csr_matrix  # unscaled event weights halved every trending_half_life_days
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -42,16 +43,20 @@ def encode_sorted(
 MS_PER_DAY = 86_400_000
 
 
-def event_weights(events: pa.Table, signals: SignalsConfig) -> np.ndarray:
-    """Per-event weight by type, halved every `half_life_days` back from the newest event."""
+def event_weights(
+    events: pa.Table, signals: SignalsConfig, half_life_days: float | None = None
+) -> np.ndarray:
+    """Per-event weight by type, halved every half-life (default `signals.half_life_days`)
+    back from the newest event."""
+    half_life = signals.half_life_days if half_life_days is None else half_life_days
     weights = np.zeros(events.num_rows, dtype=np.float64)
     names = events.column("event").to_numpy(zero_copy_only=False)
     for name in EVENT_NAMES:
         weights[names == name] = signals.weight(name)
-    if signals.half_life_days > 0 and events.num_rows:
+    if half_life > 0 and events.num_rows:
         ts = events.column("timestamp_ms").to_numpy().astype(np.float64)
         age_days = (ts.max() - ts) / MS_PER_DAY
-        weights *= np.exp2(-age_days / signals.half_life_days)
+        weights *= np.exp2(-age_days / half_life)
     return weights.astype(np.float32)
 
 
@@ -88,4 +93,9 @@ def build_interactions(
     )
     purchased.sum_duplicates()
     purchased.data[:] = 1.0
-    return Interactions(user_vocab, item_vocab, confidence, purchased)
+    trend = event_weights(events, signals, signals.trending_half_life_days)
+    recent = sp.csr_matrix(
+        (trend[known], (users[known], items[known])), shape=shape, dtype=np.float32
+    )
+    recent.sum_duplicates()
+    return Interactions(user_vocab, item_vocab, confidence, purchased, recent)

@@ -24,6 +24,7 @@ from recsvc.models import (
     LightFMRecommender,
     PopularityRecommender,
     Recommender,
+    TrendingRecommender,
 )
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel, write_published
@@ -44,6 +45,8 @@ from training.progress import Progress
 
 log = logging.getLogger(__name__)
 SELECTION_METRIC = f"ndcg@{K}"
+# Non-personalised models, always evaluated; the better one serves users the model lacks.
+FALLBACKS = ("popularity", "trending")
 
 
 @dataclass(frozen=True)
@@ -102,11 +105,16 @@ def make_model(name: str, config: Config) -> Recommender:
         )
     if name == "popularity":
         return PopularityRecommender()
+    if name == "trending":
+        return TrendingRecommender()
     raise BadInput(f"unknown model type {name!r}")
 
 
 def fit_model(model: Recommender, interactions: Interactions, dataset: Dataset) -> Recommender:
-    """Fits from scratch; the hybrid model also gets user and item features."""
+    """Fits from scratch; the hybrid model also gets user and item features, and trending
+    learns from time-decayed weights."""
+    if isinstance(model, TrendingRecommender):
+        return model.fit(interactions.recent)
     if isinstance(model, LightFMRecommender):
         return model.fit(
             interactions.confidence,
@@ -179,7 +187,8 @@ def train(
     with progress.stage(f"fit {chosen} on all data") as tally:
         model = fit_model(make_model(chosen, config), interactions, dataset)
         tally.count, tally.unit = interactions.shape[0], "users"
-    fallback = PopularityRecommender().fit(interactions.confidence)
+    fallback = fit_model(make_model(evaluation["fallback"], config), interactions, dataset)
+    trending = TrendingRecommender().fit(interactions.recent)
 
     manifest = {
         "model_type": model.model_type,
@@ -191,7 +200,10 @@ def train(
         "n_items": int(interactions.shape[1]),
         "n_interactions": int(interactions.confidence.nnz),
         "metrics": evaluation["models"].get(chosen, {}),
-        "serving": {"exclude_seen": evaluation["variant"] == "unseen"},
+        "serving": {
+            "exclude_seen": evaluation["variant"] == "unseen",
+            "fallback": evaluation["fallback"],
+        },
         "evaluation": evaluation,
         "quality_gate": gate,
         "ingest": [r.as_dict() for r in dataset.reports],
@@ -204,6 +216,7 @@ def train(
                 staging,
                 model=model,
                 fallback=fallback,
+                trending=trending,
                 user_ids=interactions.user_ids,
                 item_ids=interactions.item_ids,
                 item_categories=item_categories(interactions, dataset),
@@ -261,6 +274,7 @@ def select_model(
             "skipped": skipped,
             "reason": "no holdout possible; first configured candidate",
             "variant": "all",
+            "fallback": "popularity",
         }
     results: dict[str, dict[str, dict[str, float]]] = {}
     variant = holdout.variant
@@ -268,7 +282,7 @@ def select_model(
         f"{holdout.repeat_share:.1%} of holdout pairs repeat a training pair: models are judged "
         + ("on all items" if variant == "all" else "on items the user has not touched")
     )
-    for name in [*names, "popularity"]:
+    for name in [*names, *FALLBACKS]:
         if name in results:
             continue
         with progress.stage(f"evaluate {name}") as tally:
@@ -284,6 +298,7 @@ def select_model(
         return results[name][variant].get(SELECTION_METRIC, -1.0)
 
     chosen = max(names, key=score)
+    fallback = max(FALLBACKS, key=score)
     ranked = sorted(names, key=lambda n: -score(n))
     reason = (
         f"highest holdout {SELECTION_METRIC} ({variant} items; {holdout.repeat_share:.0%} of "
@@ -297,6 +312,7 @@ def select_model(
         "skipped": skipped,
         "reason": reason,
         "variant": variant,
+        "fallback": fallback,
     }
 
 

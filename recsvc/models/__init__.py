@@ -8,7 +8,7 @@ from pathlib import Path
 from recsvc.models.base import DESCRIPTION_FILE, Recommender
 from recsvc.models.factor import ALSRecommender, BPRRecommender, LightFMRecommender
 from recsvc.models.neighbours import EASERecommender, ItemKNNRecommender
-from recsvc.models.popularity import PopularityRecommender
+from recsvc.models.popularity import PopularityRecommender, TrendingRecommender
 
 MODEL_TYPES: dict[str, type[Recommender]] = {
     cls.model_type: cls
@@ -19,6 +19,7 @@ MODEL_TYPES: dict[str, type[Recommender]] = {
         EASERecommender,
         LightFMRecommender,
         PopularityRecommender,
+        TrendingRecommender,
     )
 }
 
@@ -40,5 +41,6 @@ __all__ = [
     "LightFMRecommender",
     "PopularityRecommender",
     "Recommender",
+    "TrendingRecommender",
     "load_model",
 ]

@@ -1,4 +1,4 @@
-"""Non-personalised popularity: the fallback for users the model has never seen."""
+"""Non-personalised popularity and trending: the fallbacks for users the model has never seen."""
 
 from __future__ import annotations
 
@@ -34,3 +34,19 @@ class PopularityRecommender(Recommender):
         scores = self.score(items)
         scores[np.arange(items.size), items] = -np.inf
         return top_k(scores, k)
+
+
+class TrendingRecommender(PopularityRecommender):
+    """Scores every item by the sum of its matrix values.
+
+    Fitted on time-decayed, unscaled event weights (Interactions.recent, half-life
+    signals.trending_half_life_days), this is what sells now rather than what sold ever.
+    """
+
+    model_type: ClassVar[str] = "trending"
+
+    def fit(self, user_items: sp.csr_matrix) -> Self:
+        matrix = check_user_items(user_items)
+        sums = np.bincount(matrix.indices, weights=matrix.data, minlength=matrix.shape[1])
+        self.item_scores = sums.astype(np.float32)
+        return self
