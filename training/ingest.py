@@ -175,6 +175,22 @@ def _read_csv(path: Path, columns: list[str] | None, required: list[str], what: 
     present = csv_header(path)
     _check_columns(present, required, what, path)
     wanted = [c for c in (columns or present) if c in present]
+    table, malformed = _read_csv_text(path, wanted, use_threads=True)
+    if malformed:
+        # Only the single-threaded reader knows the line number of a malformed row.
+        table, malformed = _read_csv_text(path, wanted, use_threads=False)
+    # Data starts on line 2; rows the reader skipped as malformed take their lines with them.
+    n_lines = table.num_rows + len(malformed)
+    positions = np.arange(2, 2 + n_lines, dtype=np.int64)
+    if malformed:
+        positions = np.setdiff1d(positions, [m[0] for m in malformed], assume_unique=True)
+    return RawTable(path, table, positions, sorted(malformed), "line")
+
+
+def _read_csv_text(
+    path: Path, columns: list[str], use_threads: bool
+) -> tuple[pa.Table, list[tuple[int, str, str]]]:
+    """`columns` of a CSV file as text, and (line, detail, text) of rows that did not split."""
     malformed: list[tuple[int, str, str]] = []
 
     def on_invalid(row: pa_csv.InvalidRow) -> str:
@@ -184,22 +200,16 @@ def _read_csv(path: Path, columns: list[str] | None, required: list[str], what: 
 
     table = pa_csv.read_csv(
         path,
-        # Single-threaded so the reader can report the line number of a malformed row.
-        read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 24),
+        read_options=pa_csv.ReadOptions(use_threads=use_threads, block_size=1 << 24),
         parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
         convert_options=pa_csv.ConvertOptions(
-            include_columns=wanted,
-            column_types={c: pa.string() for c in wanted},
+            include_columns=columns,
+            column_types={c: pa.string() for c in columns},
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
         ),
     )
-    # Data starts on line 2; rows the reader skipped as malformed take their lines with them.
-    n_lines = table.num_rows + len(malformed)
-    positions = np.arange(2, 2 + n_lines, dtype=np.int64)
-    if malformed:
-        positions = np.setdiff1d(positions, [m[0] for m in malformed], assume_unique=True)
-    return RawTable(path, table, positions, sorted(malformed), "line")
+    return table, malformed
 
 
 def csv_header(path: Path) -> list[str]:
@@ -238,6 +248,12 @@ def parse_timestamps_ms(column: pa.ChunkedArray) -> np.ndarray:
         numbers = column.to_numpy(zero_copy_only=False).astype(np.float64)
         return np.where(numbers >= EPOCH_MS_THRESHOLD, numbers, numbers * 1000.0)
     text = as_text(column)
+    # Fast paths for a column written in one format, the usual case.
+    for target in (pa.timestamp("ms", tz="UTC"), pa.timestamp("ms")):
+        try:
+            return _cast_dates(text, target, strict=True)
+        except pa.ArrowInvalid:
+            pass
     out = np.full(len(text), np.nan)
     is_epoch = pc.match_substring_regex(text, EPOCH_NUMBER).to_numpy(zero_copy_only=False)
     if is_epoch.any():
@@ -253,10 +269,12 @@ def parse_timestamps_ms(column: pa.ChunkedArray) -> np.ndarray:
     return out
 
 
-def _cast_dates(text: pa.ChunkedArray, target: pa.DataType) -> np.ndarray:
+def _cast_dates(text: pa.ChunkedArray, target: pa.DataType, strict: bool = False) -> np.ndarray:
     try:
         return pc.cast(text, target).cast(pa.int64()).to_numpy(zero_copy_only=False).astype(float)
     except pa.ArrowInvalid:
+        if strict:
+            raise
         # A well-shaped but impossible date (month 13) fails the whole cast; find it value by value.
         out = np.full(len(text), np.nan)
         for i, value in enumerate(text.to_pylist()):
@@ -386,10 +404,11 @@ def load_events(
     source_event = as_text(table.column(cols.event))
     mapping = config.events.names.source_to_event()
     keys = pa.array(list(mapping))
-    targets = np.asarray([*mapping.values(), ""], dtype=object)
-    slot = pc.index_in(source_event, value_set=keys).to_numpy(zero_copy_only=False)
-    slot = np.where(np.isnan(slot.astype(float)), len(mapping), slot).astype(np.int64)
-    event = targets[slot]
+    targets = pa.array([*mapping.values(), ""])
+    slot = pc.fill_null(pc.index_in(source_event, value_set=keys), len(mapping))
+    slot = slot.to_numpy(zero_copy_only=False).astype(np.int64)
+    event = targets.take(pa.array(slot))
+    is_ignored = pc.equal(event, "ignore").to_numpy(zero_copy_only=False)
     checks.reject(
         slot == len(mapping),
         "unknown_event",
@@ -438,7 +457,7 @@ def load_events(
         known = pc.is_in(item, value_set=items.column("item_id")).to_numpy(zero_copy_only=False)
         checks.reject(~known, "unknown_item", "item_id is not in the items file")
 
-    ignored_mask = checks.ok & (event == "ignore")
+    ignored_mask = checks.ok & is_ignored
     report = IngestReport(source=str(path), rows_read=n + len(raw.malformed))
     report.ignored.update(_values_at(source_event, np.flatnonzero(ignored_mask)))
 
@@ -447,7 +466,7 @@ def load_events(
         {
             "user_id": user.filter(keep),
             "item_id": item.filter(keep),
-            "event": pa.array(event[keep].astype(str)),
+            "event": event.filter(pa.array(keep)),
             "timestamp_ms": pa.array(ts_ms[keep].astype(np.int64)),
             "quantity": pa.array(quantity[keep]),
             "price": pa.array(price[keep], from_pandas=True),
@@ -485,12 +504,21 @@ def _describe(
 
 def _drop_duplicates(events: pa.Table) -> tuple[pa.Table, np.ndarray]:
     """Removes exact repeats; returns the table and (duplicate row, first row) pairs."""
+    none = np.empty((0, 2), dtype=np.int64)
     if events.num_rows == 0:
-        return events, np.empty((0, 2), dtype=np.int64)
+        return events, none
     parts = [
         pc.dictionary_encode(events.column(c)).combine_chunks().indices.to_numpy()
         for c in ("user_id", "item_id", "event")
     ]
+    # Fast path: no two rows share a hash of (user, item, event, time), so none repeats.
+    with np.errstate(over="ignore"):
+        mixed = np.zeros(events.num_rows, dtype=np.uint64)
+        for part in (*parts, events.column("timestamp_ms").to_numpy()):
+            mixed = (mixed ^ part.astype(np.uint64)) * np.uint64(0x100000001B3)
+    mixed.sort()
+    if not (mixed[1:] == mixed[:-1]).any():
+        return events, none
     parts.append(events.column("timestamp_ms").to_numpy())
     parts.append(events.column("quantity").to_numpy())
     parts.append(np.nan_to_num(events.column("price").to_numpy(zero_copy_only=False), nan=-1.0))
@@ -500,7 +528,7 @@ def _drop_duplicates(events: pa.Table) -> tuple[pa.Table, np.ndarray]:
         sorted_part = part[order]
         same_as_previous &= sorted_part[1:] == sorted_part[:-1]
     if not same_as_previous.any():
-        return events, np.empty((0, 2), dtype=np.int64)
+        return events, none
     # Within a run of equal rows the sort is stable, so the run's first element is the original.
     run_start = np.maximum.accumulate(
         np.where(np.r_[True, ~same_as_previous], np.arange(order.size), 0)
