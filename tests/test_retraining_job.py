@@ -256,3 +256,28 @@ def test_trending_follows_recent_sales_where_popularity_follows_all_time() -> No
     assert items[popular[0][0]] == "old-hit"
     assert items[hot[0][0]] == "new-hit"
     assert items[hot[0][-1]] == "old-hit"  # ten half-lives ago: faded below a weekly viewer
+
+
+def test_user_last_n_holds_out_each_users_newest_events() -> None:
+    rows = [("z", f"i{t}", "view", t * 1000) for t in range(10)]
+    rows += [("a", f"i{t}", "view", (10 + t) * 1000) for t in range(5)]
+    rows += [("b", "i9", "view", 17_000), ("b", "i8", "view", 12_000)]
+    rows += [("c", "i1", "view", 19_000)]  # a single event stays in training
+    holdout = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1, user_last_n=2)
+    assert holdout is not None and holdout.method == "user_last"
+    events = holdout.train_events
+    pairs = zip(
+        events.column("user_id").to_pylist(), events.column("item_id").to_pylist(), strict=True
+    )
+    train = set(pairs)
+    assert train == {("z", f"i{t}") for t in range(8)} | {
+        ("a", "i0"),
+        ("a", "i1"),
+        ("a", "i2"),
+        ("b", "i8"),  # b has two events: only the newest is held out
+        ("c", "i1"),
+    }
+    users, items = holdout.train.user_ids, holdout.train.item_ids
+    test = {(users[r], items[c]) for r, c in zip(*holdout.test.nonzero(), strict=True)}
+    # i9 is held out for z and b, but no training event has it, so it cannot be scored.
+    assert test == {("z", "i8"), ("a", "i3"), ("a", "i4")}

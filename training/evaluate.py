@@ -67,13 +67,20 @@ class Holdout:
 
 
 def holdout_split(
-    events: pa.Table, signals: SignalsConfig, share: float, seed: int
+    events: pa.Table, signals: SignalsConfig, share: float, seed: int, user_last_n: int = 0
 ) -> Holdout | None:
-    """The holdout for `events`, or None when there is too little data for an honest one."""
+    """The holdout for `events`, or None when there is too little data for an honest one.
+
+    By default the newest `share` of events (one cut date for everyone); with `user_last_n`,
+    each user's last N events instead (never a user's only event).
+    """
     ts = events.column("timestamp_ms").to_numpy()
     if ts.size < 2 or not 0 < share < 1:
         return None
-    if np.unique(ts).size > 1:
+    if np.unique(ts).size > 1 and user_last_n > 0:
+        before = ~_last_events(events, user_last_n)
+        method, cut_ms = "user_last", None
+    elif np.unique(ts).size > 1:
         cut = int(np.quantile(ts, 1.0 - share))
         before = pc.less(events.column("timestamp_ms"), cut).to_numpy(zero_copy_only=False)
         if before.all() or not before.any():
@@ -95,6 +102,22 @@ def holdout_split(
     if test.nnz == 0:
         return None
     return Holdout(train_events, train, test, method, cut_ms)
+
+
+def _last_events(events: pa.Table, n: int) -> np.ndarray:
+    """Mask of each user's last `n` events by time, keeping at least one event per user."""
+    users = pc.dictionary_encode(events.column("user_id")).combine_chunks().indices.to_numpy()
+    ts = events.column("timestamp_ms").to_numpy()
+    order = np.lexsort((np.arange(ts.size), ts, users))
+    sorted_users = users[order]
+    ends = np.r_[np.flatnonzero(np.diff(sorted_users)) + 1, sorted_users.size]
+    starts = np.r_[0, ends[:-1]]
+    sizes = ends - starts
+    from_end = np.repeat(ends, sizes) - np.arange(sorted_users.size)  # 1 for a user's last
+    keep_one = np.repeat(sizes, sizes) > from_end
+    last = np.zeros(ts.size, dtype=bool)
+    last[order] = (from_end <= n) & keep_one
+    return last
 
 
 def model_scorer(model: Recommender) -> Scorer:

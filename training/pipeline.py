@@ -178,7 +178,11 @@ def train(
     names, skipped = candidates(config, interactions.shape[1])
     with progress.stage("holdout split"):
         holdout = holdout_split(
-            events, config.signals, config.training.validation_share, config.training.seed
+            events,
+            config.signals,
+            config.training.validation_share,
+            config.training.seed,
+            config.training.holdout_user_last_n,
         )
     evaluation = select_model(names, skipped, holdout, dataset, config, progress)
     chosen = evaluation["selected"]

@@ -44,7 +44,11 @@ def evaluate_models(
     n_items = pc.count_distinct(events.column("item_id")).as_py()
     names, skipped = candidates(config, n_items)
     holdout = holdout_split(
-        events, config.signals, config.training.validation_share, config.training.seed
+        events,
+        config.signals,
+        config.training.validation_share,
+        config.training.seed,
+        config.training.holdout_user_last_n,
     )
     if holdout is None:
         raise BadInput("too little data for a holdout: nothing to evaluate")
