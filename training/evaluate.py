@@ -150,66 +150,91 @@ def published_scorer(
 def ranking_metrics(
     score: Scorer, holdout: Holdout, k: int = K, batch: int = 512
 ) -> dict[str, dict[str, float]]:
-    """{"all", "new", "unseen"}: precision, recall, NDCG, MAP, hit rate, coverage, popularity."""
+    """{"all", "new", "unseen"}: precision, recall, NDCG, MAP, hit rate, coverage, popularity.
+
+    Each batch of users is scored once; the three variants differ only in what is masked.
+    """
     train = holdout.train
     seen_by = np.diff(sp.csc_matrix(train.confidence).indptr)
     popularity = seen_by / max(train.shape[0], 1)  # share of users who touched each item
-    return {
-        "all": _metrics(score, holdout.test, None, popularity, k, batch),
-        "new": _metrics(score, holdout.test, train.purchased, popularity, k, batch),
-        "unseen": _metrics(score, holdout.test, train.confidence, popularity, k, batch),
+    variants = {
+        "all": _Variant(holdout.test, None, popularity, k),
+        "new": _Variant(holdout.test, train.purchased, popularity, k),
+        "unseen": _Variant(holdout.test, train.confidence, popularity, k),
     }
-
-
-def _metrics(
-    score: Scorer,
-    test: sp.csr_matrix,
-    exclude: sp.csr_matrix | None,
-    popularity: np.ndarray,
-    k: int,
-    batch: int,
-) -> dict[str, float]:
-    if exclude is not None:
-        test = (test - test.multiply(exclude > 0)).tocsr()
-        test.eliminate_zeros()
-    users = np.flatnonzero(np.diff(test.indptr))
-    if users.size == 0:
-        return {}
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    sums = np.zeros(5)
-    recommended = np.zeros(test.shape[1], dtype=bool)
-    popularity_sum, popularity_n = 0.0, 0
+    users = np.flatnonzero(np.diff(holdout.test.indptr))
     for start in range(0, users.size, batch):
         chunk = users[start : start + batch]
-        scores = np.array(score(chunk), dtype=np.float32)
+        scores = np.asarray(score(chunk), dtype=np.float32)
+        for variant in variants.values():
+            variant.add(chunk, scores)
+    return {name: variant.result() for name, variant in variants.items()}
+
+
+class _Variant:
+    """Running sums of the metrics for one way of masking the user's history."""
+
+    NAMES = ("precision", "recall", "ndcg", "map", "hit_rate")
+
+    def __init__(
+        self,
+        test: sp.csr_matrix,
+        exclude: sp.csr_matrix | None,
+        popularity: np.ndarray,
+        k: int,
+    ) -> None:
         if exclude is not None:
-            mask_rows(scores, exclude[chunk])
+            test = (test - test.multiply(exclude > 0)).tocsr()
+            test.eliminate_zeros()
+        self.test, self.exclude, self.popularity, self.k = test, exclude, popularity, k
+        self.has_truth = np.diff(test.indptr) > 0
+        self.discounts = 1.0 / np.log2(np.arange(2, k + 2))
+        self.sums = np.zeros(len(self.NAMES))
+        self.users = 0
+        self.recommended = np.zeros(test.shape[1], dtype=bool)
+        self.popularity_sum, self.popularity_n = 0.0, 0
+
+    def add(self, chunk: np.ndarray, scores: np.ndarray) -> None:
+        """Adds the users of `chunk` (rows of `scores`) that have something to find."""
+        keep = self.has_truth[chunk]
+        if not keep.any():
+            return
+        chunk, scores = chunk[keep], scores[keep]  # a copy: masking must not leak across variants
+        if self.exclude is not None:
+            mask_rows(scores, self.exclude[chunk])
+        k = self.k
         ids, _ = top_k(scores, k)
         valid = ids >= 0
-        truth = test[chunk]
+        truth = self.test[chunk]
         hits = np.zeros(ids.shape, dtype=bool)
         for row in range(chunk.size):
             relevant = truth.indices[truth.indptr[row] : truth.indptr[row + 1]]
             hits[row] = np.isin(ids[row], relevant) & valid[row]
         n_rel = np.diff(truth.indptr)
         width = hits.shape[1]
-        ideal = np.array([discounts[: min(n, k)].sum() for n in n_rel])
+        ideal = np.array([self.discounts[: min(n, k)].sum() for n in n_rel])
         precision_at = np.cumsum(hits, axis=1) / np.arange(1, width + 1)
-        sums += [
+        self.sums += [
             (hits.sum(1) / k).sum(),
             (hits.sum(1) / n_rel).sum(),
-            ((hits * discounts[:width]).sum(1) / ideal).sum(),
+            ((hits * self.discounts[:width]).sum(1) / ideal).sum(),
             ((precision_at * hits).sum(1) / np.minimum(n_rel, k)).sum(),
             hits.any(1).sum(),
         ]
-        recommended[ids[valid]] = True
-        popularity_sum += float(popularity[ids[valid]].sum())
-        popularity_n += int(valid.sum())
-    names = ("precision", "recall", "ndcg", "map", "hit_rate")
-    result = {
-        f"{name}@{k}": round(float(v / users.size), 6) for name, v in zip(names, sums, strict=True)
-    }
-    result[f"coverage@{k}"] = round(float(recommended.mean()), 6)
-    result[f"popularity@{k}"] = round(popularity_sum / max(popularity_n, 1), 6)
-    result["users"] = int(users.size)
-    return result
+        self.users += chunk.size
+        self.recommended[ids[valid]] = True
+        self.popularity_sum += float(self.popularity[ids[valid]].sum())
+        self.popularity_n += int(valid.sum())
+
+    def result(self) -> dict[str, float]:
+        if self.users == 0:
+            return {}
+        k = self.k
+        result = {
+            f"{name}@{k}": round(float(v / self.users), 6)
+            for name, v in zip(self.NAMES, self.sums, strict=True)
+        }
+        result[f"coverage@{k}"] = round(float(self.recommended.mean()), 6)
+        result[f"popularity@{k}"] = round(self.popularity_sum / max(self.popularity_n, 1), 6)
+        result["users"] = int(self.users)
+        return result
