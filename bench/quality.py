@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recsvc.config import Config  # noqa: E402
+from recsvc.models import BlendRecommender  # noqa: E402
 from training.evaluate import Holdout, holdout_split, model_scorer, ranking_metrics  # noqa: E402
 from training.importers import import_dataset  # noqa: E402
 from training.interactions import build_interactions  # noqa: E402
@@ -133,6 +134,12 @@ def run_dataset(name: str, work: Path, families: list[str], progress: Progress) 
             metrics = ranking_metrics(model_scorer(model), outer)
         rows[family] = {"fit_s": round(fit_seconds, 2), **metrics}
         progress.say(f"{name} {family}: ndcg@10 {metrics[variant].get('ndcg@10', 0):.4f}")
+    if chosen == "blend":
+        with progress.stage(f"{name}: fit and score the chosen blend"):
+            blend = BlendRecommender(
+                selection["blend"]["members"], selection["blend"]["weights"]
+            ).fit(outer.train.confidence)
+            rows["blend"] = {"fit_s": 0.0, **ranking_metrics(model_scorer(blend), outer)}
     reference = max(
         (rows[f][variant]["ndcg@10"] for f in REFERENCE if f in rows), default=float("nan")
     )
@@ -143,6 +150,8 @@ def run_dataset(name: str, work: Path, families: list[str], progress: Progress) 
         "split": outer.describe(),
         "train_shape": list(outer.train.shape),
         "selected": chosen,
+        "blend": selection["blend"]
+        and {k: v for k, v in selection["blend"].items() if k != "metrics"},
         "selection_reason": selection["reason"],
         "selection_s": round(selection_seconds, 1),
         "models": rows,
@@ -178,7 +187,12 @@ def table(results: list[dict]) -> str:
         for family in FAMILIES:
             value = r["models"].get(family, {}).get(r["variant"], {}).get("ndcg@10")
             cells.append("-" if value is None else f"{value:.4f}")
-        cells.append(f"{r['default_ndcg@10']:.4f} ({r['selected']})")
+        chosen = r["selected"]
+        if chosen == "blend":
+            members = [m["model_type"] for m in r["blend"]["members"]]
+            weights = r["blend"]["weights"]
+            chosen = " + ".join(f"{w:.2f} {m}" for m, w in zip(members, weights, strict=True))
+        cells.append(f"{r['default_ndcg@10']:.4f} ({chosen})")
         cells.append(f"{r['default_vs_best_reference']:.3f}")
         cells.append(f"{r['default_vs_popularity']:.1f}x")
         lines.append("| " + " | ".join(cells) + " |")

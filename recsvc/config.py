@@ -161,6 +161,7 @@ ModelType = Literal["auto", "als", "bpr", "itemknn", "ease", "lightfm", "popular
 class ModelConfig:
     type: ModelType = "auto"
     candidates: list[ModelType] = field(default_factory=lambda: ["als", "itemknn", "ease"])
+    blend: bool = True
     als: ALSConfig = field(default_factory=ALSConfig)
     bpr: BPRConfig = field(default_factory=BPRConfig)
     itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from recsvc.models import (
     ALSRecommender,
+    BlendRecommender,
     BPRRecommender,
     EASERecommender,
     ItemKNNRecommender,
@@ -142,6 +143,35 @@ class TestTrending(RecommenderContract):
         matrix = sp.csr_matrix(np.array([[0.1, 0, 0], [0.1, 0.2, 0], [0.1, 0, 5.0]], np.float32))
         ids, _ = TrendingRecommender().fit(matrix).recommend(np.array([0]), 3)
         assert ids[0].tolist() == [2, 0, 1]
+
+
+class TestBlend(RecommenderContract):
+    def make(self) -> Recommender:
+        return BlendRecommender(
+            [
+                {"model_type": "itemknn", "params": {"neighbours": 20, "weighting": "cosine"}},
+                {"model_type": "ease", "params": {"l2": 10.0, "max_items": 100}},
+            ],
+            [0.5, 0.5],
+        )
+
+    def test_a_lone_weight_ranks_like_its_member(self) -> None:
+        matrix = block_matrix()
+        knn = ItemKNNRecommender(20, "cosine").fit(matrix)
+        ease = EASERecommender(10.0).fit(matrix)
+        alone = BlendRecommender.of_fitted([knn, ease], [0.0, 1.0])
+        users = np.arange(N_USERS)
+        np.testing.assert_array_equal(
+            alone.recommend(users, 5, exclude=matrix)[0],
+            ease.recommend(users, 5, exclude=matrix)[0],
+        )
+
+    def test_bad_blends_are_refused(self) -> None:
+        knn = ItemKNNRecommender(20, "cosine").fit(block_matrix())
+        with pytest.raises(ValueError, match="two or more"):
+            BlendRecommender.of_fitted([knn], [1.0])
+        with pytest.raises(ValueError, match="non-negative"):
+            BlendRecommender.of_fitted([knn, knn], [1.0, -1.0])
 
 
 class TestBPR(RecommenderContract):

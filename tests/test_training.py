@@ -48,7 +48,7 @@ def test_model_recovers_planted_category_preferences(trained: TrainResult, shop:
 def test_selection_picks_the_best_candidate_and_says_why(trained: TrainResult) -> None:
     evaluation = trained.manifest["evaluation"]
     models = evaluation["models"]
-    assert set(models) == {"als", "itemknn", "ease", "popularity", "trending"}
+    assert set(models) - {"blend"} == {"als", "itemknn", "ease", "popularity", "trending"}
     variant = evaluation["variant"]
     best = max(("als", "itemknn", "ease"), key=lambda n: models[n][variant]["ndcg@10"])
     assert evaluation["selected"] == best == trained.manifest["model_type"]

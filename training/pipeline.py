@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from recsvc.errors import BadInput, QualityGateRefused
 from recsvc.models import (
     MODEL_TYPES,
     ALSRecommender,
+    BlendRecommender,
     BPRRecommender,
     EASERecommender,
     ItemKNNRecommender,
@@ -47,6 +49,11 @@ log = logging.getLogger(__name__)
 SELECTION_METRIC = f"ndcg@{K}"
 # Non-personalised models, always evaluated; the better one serves users the model lacks.
 FALLBACKS = ("popularity", "trending")
+BLEND = "blend"
+BLENDABLE = ("als", "bpr", "itemknn", "ease")
+BLEND_WEIGHTS = (0.25, 0.5, 0.75)
+# A blend costs two models' scoring time per request: it must earn it on the holdout.
+BLEND_MARGIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,12 @@ def train(
     gate = quality_gate(store, holdout, evaluation, dataset, config, progress)
 
     with progress.stage(f"fit {chosen} on all data") as tally:
-        model = fit_model(make_model(chosen, config), interactions, dataset)
+        unfitted = (
+            BlendRecommender(evaluation["blend"]["members"], evaluation["blend"]["weights"])
+            if chosen == BLEND
+            else make_model(chosen, config)
+        )
+        model = fit_model(unfitted, interactions, dataset)
         tally.count, tally.unit = interactions.shape[0], "users"
     fallback = fit_model(make_model(evaluation["fallback"], config), interactions, dataset)
     trending = TrendingRecommender().fit(interactions.recent)
@@ -274,6 +286,7 @@ def select_model(
         return {
             "holdout": None,
             "models": {},
+            "blend": None,
             "selected": names[0],
             "skipped": skipped,
             "reason": "no holdout possible; first configured candidate",
@@ -286,12 +299,14 @@ def select_model(
         f"{holdout.repeat_share:.1%} of holdout pairs repeat a training pair: models are judged "
         + ("on all items" if variant == "all" else "on items the user has not touched")
     )
+    fitted: dict[str, Recommender] = {}
     for name in [*names, *FALLBACKS]:
         if name in results:
             continue
         with progress.stage(f"evaluate {name}") as tally:
             model = fit_model(make_model(name, config), holdout.train, dataset)
             results[name] = ranking_metrics(model_scorer(model), holdout)
+            fitted[name] = model
             tally.count, tally.unit = results[name][variant].get("users", 0), "holdout users"
         progress.say(
             f"{name}: "
@@ -301,15 +316,29 @@ def select_model(
     def score(name: str) -> float:
         return results[name][variant].get(SELECTION_METRIC, -1.0)
 
-    chosen = max(names, key=score)
+    blend = None
+    if config.model.type == "auto" and config.model.blend:
+        blend = best_blend(names, fitted, score, holdout, progress)
+        if blend is not None:
+            results[BLEND] = blend.pop("metrics")
+    best_single = max(names, key=score)
+    chosen = best_single
+    if blend is not None and score(BLEND) > score(best_single) * (1 + BLEND_MARGIN):
+        chosen = BLEND
     fallback = max(FALLBACKS, key=score)
-    ranked = sorted(names, key=lambda n: -score(n))
+    ranked = sorted([*names, *([BLEND] if blend else [])], key=lambda n: -score(n))
     reason = (
         f"highest holdout {SELECTION_METRIC} ({variant} items; {holdout.repeat_share:.0%} of "
-        f"holdout pairs repeat a known pair) among {', '.join(names)}: "
+        f"holdout pairs repeat a known pair) among {', '.join(ranked)}: "
         + ", ".join(f"{n} {score(n):.4f}" for n in ranked)
+        + (
+            f"; a blend must beat the best single model by {BLEND_MARGIN:.0%} to be chosen"
+            if blend
+            else ""
+        )
     )
     return {
+        "blend": blend,
         "holdout": holdout.describe(),
         "models": results,
         "selected": chosen,
@@ -318,6 +347,30 @@ def select_model(
         "variant": variant,
         "fallback": fallback,
     }
+
+
+def best_blend(
+    names: list[str],
+    fitted: dict[str, Recommender],
+    score: Callable[[str], float],
+    holdout: Holdout,
+    progress: Progress,
+) -> dict[str, Any] | None:
+    """The best weighting of the two best blendable candidates, scored on the holdout."""
+    blendable = sorted((n for n in names if n in BLENDABLE), key=lambda n: -score(n))[:2]
+    if len(blendable) < 2:
+        return None
+    best: dict[str, Any] | None = None
+    with progress.stage(f"evaluate blends of {' and '.join(blendable)}"):
+        for weight in BLEND_WEIGHTS:
+            weights = [weight, 1.0 - weight]
+            blend = BlendRecommender.of_fitted([fitted[n] for n in blendable], weights)
+            metrics = ranking_metrics(model_scorer(blend), holdout)
+            value = metrics[holdout.variant].get(SELECTION_METRIC, -1.0)
+            progress.say(f"blend {blendable[0]} {weight:.2f} + {blendable[1]}: {value:.4f}")
+            if best is None or value > best["metrics"][holdout.variant][SELECTION_METRIC]:
+                best = {"members": blend.members, "weights": weights, "metrics": metrics}
+    return best
 
 
 def quality_gate(

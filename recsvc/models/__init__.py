@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from recsvc.models.base import DESCRIPTION_FILE, Recommender
+from recsvc.models.blend import BlendRecommender
 from recsvc.models.factor import ALSRecommender, BPRRecommender, LightFMRecommender
 from recsvc.models.neighbours import EASERecommender, ItemKNNRecommender
 from recsvc.models.popularity import PopularityRecommender, TrendingRecommender
@@ -20,6 +21,7 @@ MODEL_TYPES: dict[str, type[Recommender]] = {
         LightFMRecommender,
         PopularityRecommender,
         TrendingRecommender,
+        BlendRecommender,
     )
 }
 
@@ -36,6 +38,7 @@ __all__ = [
     "MODEL_TYPES",
     "ALSRecommender",
     "BPRRecommender",
+    "BlendRecommender",
     "EASERecommender",
     "ItemKNNRecommender",
     "LightFMRecommender",
