@@ -180,6 +180,52 @@ class InputsConfig:
 
 
 @dataclass(frozen=True)
+class RulesConfig:
+    """Business rules applied to every list the server returns."""
+
+    drop_unavailable: bool = True
+    max_per_category: int = 0
+    new_item_days: float = 14.0
+    boost_new: float = 0.0
+    promoted_tag: str = "promoted"
+    boost_promoted: float = 0.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_id_length: int = 256
+    max_list_size: int = 1000
+    max_k: int = 500
+    max_events_per_call: int = 1000
+    max_message_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    name: str = ""
+    weight: float = 1.0
+    strategy: Literal["model", "popular", "trending"] = "model"
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = ""
+    salt: str = ""
+    variants: list[VariantConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    event_store: str = ""
+    realtime_events_per_user: int = 200
+    api_keys_file: str = ""
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    experiments: list[ExperimentConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Config:
     inputs: InputsConfig = field(default_factory=InputsConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -187,6 +233,7 @@ class Config:
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -205,7 +252,28 @@ def load_config(path: Path | None = None) -> Config:
         name: str(base / value) if value else ""
         for name, value in dataclasses.asdict(config.inputs).items()
     }
-    return dataclasses.replace(config, inputs=InputsConfig(**resolved))
+    serving = config.serving
+    if serving.api_keys_file:
+        serving = dataclasses.replace(serving, api_keys_file=str(base / serving.api_keys_file))
+    _check_experiments(serving.experiments)
+    return dataclasses.replace(config, inputs=InputsConfig(**resolved), serving=serving)
+
+
+def _check_experiments(experiments: list[ExperimentConfig]) -> None:
+    names = [e.name for e in experiments]
+    for experiment in experiments:
+        where = f"serving.experiments {experiment.name or '(unnamed)'}"
+        if not experiment.name or names.count(experiment.name) > 1:
+            raise BadInput(f"config: {where}: every experiment needs a unique name")
+        if len(experiment.variants) < 2:
+            raise BadInput(f"config: {where}: needs at least two variants")
+        variant_names = [v.name for v in experiment.variants]
+        if "" in variant_names or len(set(variant_names)) != len(variant_names):
+            raise BadInput(f"config: {where}: every variant needs a unique name")
+        if any(v.weight < 0 for v in experiment.variants) or not any(
+            v.weight > 0 for v in experiment.variants
+        ):
+            raise BadInput(f"config: {where}: weights must be >= 0 and not all 0")
 
 
 def build(cls: type[T], raw: dict[str, Any], where: str) -> T:
@@ -235,6 +303,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         (item_type,) = typing.get_args(hint)
         if not isinstance(value, list):
             raise BadInput(f"config: {where} must be a list")
+        if dataclasses.is_dataclass(item_type):
+            return [build(item_type, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return [_coerce(item_type, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (types.UnionType, typing.Union):
         raise TypeError(f"unsupported config type at {where}")
@@ -252,17 +322,26 @@ def dump_config(config: Config, header: str = "") -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def _dump_table(table: Any, where: str, lines: list[str]) -> None:
-    scalars, tables = [], []
+def _dump_table(table: Any, where: str, lines: list[str], array: bool = False) -> None:
+    scalars, tables, arrays = [], [], []
     for f in dataclasses.fields(table):
         value = getattr(table, f.name)
-        (tables if dataclasses.is_dataclass(value) else scalars).append((f.name, value))
-    if scalars:
-        if where:
-            lines += ["", f"[{where}]"]
-        lines += [f"{name} = {_toml_value(value)}" for name, value in scalars]
+        if dataclasses.is_dataclass(value):
+            tables.append((f.name, value))
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            arrays.append((f.name, value))
+        else:
+            scalars.append((f.name, value))
+    if array:
+        lines += ["", f"[[{where}]]"]
+    elif scalars and where:
+        lines += ["", f"[{where}]"]
+    lines += [f"{name} = {_toml_value(value)}" for name, value in scalars]
     for name, value in tables:
         _dump_table(value, f"{where}.{name}" if where else name, lines)
+    for name, elements in arrays:
+        for element in elements:
+            _dump_table(element, f"{where}.{name}" if where else name, lines, array=True)
 
 
 def _toml_value(value: Any) -> str:

@@ -8,11 +8,16 @@
     trending/               time-decayed popularity, for "what is hot" lists
     user_ids.npy            sorted ids: row i of the model is user_ids[i]
     item_ids.npy            sorted ids: column j of the model is item_ids[j]
-    item_categories.npy     category of each item ("" where the catalogue did not say)
+    item_categories.npy     per item, from the catalogue: category ("" if unknown), availability,
+    item_available.npy      price (NaN if unknown), tags ("|"-separated), and the time of the
+    item_price.npy          item's first event (for "new item" rules)
+    item_tags.npy
+    item_first_seen_ms.npy
     purchased_indptr.npy    CSR rows: the items each user has bought
     purchased_indices.npy
-    seen_indptr.npy         CSR rows: the items each user has touched in any way; filtered
-    seen_indices.npy        out of recommendations where the manifest's serving.exclude_seen
+    history_indptr.npy      CSR rows: each user's confidence for every item they touched (the
+    history_indices.npy     training matrix), for real-time scoring with fresh events and for
+    history_data.npy        filtering history out where the manifest's serving.exclude_seen
 
 Every array is a plain .npy file loaded with allow_pickle=False and memory-mapped by default,
 so that several server processes share one copy of the model in the page cache.
@@ -42,9 +47,9 @@ def write_published(
     trending: Recommender,
     user_ids: np.ndarray,
     item_ids: np.ndarray,
-    item_categories: np.ndarray,
+    items: ItemAttributes,
     purchased: sp.csr_matrix,
-    seen: sp.csr_matrix,
+    history: sp.csr_matrix,
     manifest: dict[str, Any],
 ) -> None:
     model.save(directory / "model")
@@ -53,16 +58,36 @@ def write_published(
     arrays = {
         "user_ids": np.asarray(user_ids, dtype=str),
         "item_ids": np.asarray(item_ids, dtype=str),
-        "item_categories": np.asarray(item_categories, dtype=str),
+        "item_categories": np.asarray(items.categories, dtype=str),
+        "item_available": np.asarray(items.available, dtype=bool),
+        "item_price": np.asarray(items.price, dtype=np.float32),
+        "item_tags": np.asarray(items.tags, dtype=str),
+        "item_first_seen_ms": np.asarray(items.first_seen_ms, dtype=np.int64),
         "purchased_indptr": purchased.indptr.astype(np.int64),
         "purchased_indices": purchased.indices.astype(np.int32),
-        "seen_indptr": seen.indptr.astype(np.int64),
-        "seen_indices": seen.indices.astype(np.int32),
+        "history_indptr": history.indptr.astype(np.int64),
+        "history_indices": history.indices.astype(np.int32),
+        "history_data": history.data.astype(np.float32),
     }
     for name, array in arrays.items():
         np.save(directory / f"{name}.npy", array, allow_pickle=False)
     full_manifest = {"schema_version": SCHEMA_VERSION, **manifest}
     (directory / MANIFEST_FILE).write_text(json.dumps(full_manifest, indent=2) + "\n")
+
+
+@dataclass
+class ItemAttributes:
+    """Catalogue facts the serving rules and filters need, one entry per item column."""
+
+    categories: np.ndarray
+    available: np.ndarray
+    price: np.ndarray
+    tags: np.ndarray
+    first_seen_ms: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.categories.size)
 
 
 @dataclass
@@ -74,11 +99,12 @@ class PublishedModel:
     trending: Recommender
     user_ids: np.ndarray
     item_ids: np.ndarray
-    item_categories: np.ndarray
+    items: ItemAttributes
     purchased_indptr: np.ndarray
     purchased_indices: np.ndarray
-    seen_indptr: np.ndarray
-    seen_indices: np.ndarray
+    history_indptr: np.ndarray
+    history_indices: np.ndarray
+    history_data: np.ndarray
 
     @classmethod
     def load(cls, directory: Path, mmap: bool = True) -> PublishedModel:
@@ -101,11 +127,18 @@ class PublishedModel:
             trending=load_model(directory / "trending", mmap=mmap),
             user_ids=array("user_ids"),
             item_ids=array("item_ids"),
-            item_categories=array("item_categories"),
+            items=ItemAttributes(
+                categories=array("item_categories"),
+                available=array("item_available"),
+                price=array("item_price"),
+                tags=array("item_tags"),
+                first_seen_ms=array("item_first_seen_ms"),
+            ),
             purchased_indptr=array("purchased_indptr"),
             purchased_indices=array("purchased_indices"),
-            seen_indptr=array("seen_indptr"),
-            seen_indices=array("seen_indices"),
+            history_indptr=array("history_indptr"),
+            history_indices=array("history_indices"),
+            history_data=array("history_data"),
         )
         loaded.check()
         return loaded
@@ -116,9 +149,16 @@ class PublishedModel:
         if {self.model.n_items, self.fallback.n_items, self.trending.n_items} != {n_items}:
             raise ValueError(f"model {self.version}: item count differs between parts")
         if (
-            self.item_categories.size != n_items
+            {
+                self.items.categories.size,
+                self.items.available.size,
+                self.items.price.size,
+                self.items.tags.size,
+                self.items.first_seen_ms.size,
+            }
+            != {n_items}
             or self.purchased_indptr.size != n_users + 1
-            or self.seen_indptr.size != n_users + 1
+            or self.history_indptr.size != n_users + 1
         ):
             raise ValueError(f"model {self.version}: id maps and arrays disagree in size")
         if n_items and not np.all(self.item_ids[1:] > self.item_ids[:-1]):
@@ -150,7 +190,14 @@ class PublishedModel:
         )
 
     def seen_by(self, user: int) -> np.ndarray:
-        return np.asarray(self.seen_indices[self.seen_indptr[user] : self.seen_indptr[user + 1]])
+        """Items the user touched before the model was trained."""
+        start, end = self.history_indptr[user], self.history_indptr[user + 1]
+        return np.asarray(self.history_indices[start:end])
+
+    def history_of(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        """(items, confidences) of the user's training row."""
+        start, end = self.history_indptr[user], self.history_indptr[user + 1]
+        return np.asarray(self.history_indices[start:end]), np.asarray(self.history_data[start:end])
 
 
 def sorted_positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -88,7 +88,7 @@ class RecommenderCore:
         source = model.trending if trending else model.fallback
         exclude = None
         if categories:
-            outside = np.flatnonzero(~np.isin(model.item_categories, list(categories)))
+            outside = np.flatnonzero(~np.isin(model.items.categories, list(categories)))
             exclude = _one_row(outside, model.item_ids.size)
         ids, scores = source.recommend(np.zeros(1, np.int64), k, exclude)
         return Recommendations(

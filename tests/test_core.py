@@ -97,11 +97,11 @@ def test_popular_items_overall_per_category_and_trending(core: RecommenderCore) 
     assert [i.score for i in overall.items] == sorted(
         (i.score for i in overall.items), reverse=True
     )
-    category = str(model.item_categories[model.item_index(overall.items[-1].item_id)])
+    category = str(model.items.categories[model.item_index(overall.items[-1].item_id)])
     in_category = core.popular_items(10, [category])
     assert in_category.items
     for item in in_category.items:
-        assert model.item_categories[model.item_index(item.item_id)] == category
+        assert model.items.categories[model.item_index(item.item_id)] == category
     hot = core.popular_items(10, trending=True)
     assert {i.reason for i in hot.items} == {"trending"}
     assert core.popular_items(5, ["no-such-category"]).items == []

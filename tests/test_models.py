@@ -73,6 +73,21 @@ class RecommenderContract:
             same = (similar // BLOCK_ITEMS) == (np.arange(N_ITEMS) // BLOCK_ITEMS)[:, None]
             assert same.mean() > 0.9
 
+    def test_scores_a_history_it_was_not_fitted_on(self) -> None:
+        """A user given only by their interactions (a new user, or fresh events) is served
+        from their block, like the users the model was fitted on."""
+        matrix = block_matrix()
+        model = self.make().fit(block_matrix(seed=1))
+        scores = model.score_history(matrix)
+        assert scores.shape == (N_USERS, N_ITEMS)
+        from recsvc.models.base import mask_rows, top_k
+
+        mask_rows(scores, matrix)
+        ids, _ = top_k(scores, 3)
+        if self.personalised:
+            in_block = (ids // BLOCK_ITEMS) == (np.arange(N_USERS) // BLOCK_USERS)[:, None]
+            assert in_block.mean() > 0.9
+
     def test_more_than_catalogue_pads_with_minus_one(self) -> None:
         matrix = block_matrix()
         model = self.make().fit(matrix)
@@ -118,6 +133,14 @@ class TestALS(RecommenderContract):
         return ALSRecommender(
             factors=4, iterations=15, regularization=0.1, alpha=40.0, random_state=3
         )
+
+    def test_fold_in_reproduces_the_fitted_users(self) -> None:
+        matrix = block_matrix()
+        model = self.make().fit(matrix)
+        fitted = np.argsort(-model.score(np.arange(N_USERS)), axis=1)[:, :5]
+        folded = np.argsort(-model.score_history(matrix), axis=1)[:, :5]
+        overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(fitted, folded, strict=True)])
+        assert overlap > 0.8, overlap
 
 
 class TestPopularity(RecommenderContract):

@@ -32,7 +32,7 @@ def preferred_share(model: PublishedModel, shop: SampleShop, personal: bool) -> 
         scores[exclude] = -np.inf
         top = np.argsort(-scores)[:10]
         wanted = set(shop.preferred_categories[user_id])
-        shares.append(np.mean([model.item_categories[i] in wanted for i in top]))
+        shares.append(np.mean([model.items.categories[i] in wanted for i in top]))
     assert len(shares) > 500
     return float(np.mean(shares))
 

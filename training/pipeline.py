@@ -29,7 +29,7 @@ from recsvc.models import (
     TrendingRecommender,
 )
 from recsvc.modelstore import ModelStore
-from recsvc.published import PublishedModel, write_published
+from recsvc.published import ItemAttributes, PublishedModel, sorted_positions, write_published
 from training.cleaning import CleaningReport, clean_events
 from training.evaluate import (
     Holdout,
@@ -143,18 +143,39 @@ def candidates(config: Config, n_items: int) -> tuple[list[str], dict[str, str]]
     return names, skipped
 
 
-def item_categories(interactions: Interactions, dataset: Dataset) -> np.ndarray:
-    categories = np.full(interactions.item_ids.size, "", dtype=object)
+def item_attributes(interactions: Interactions, dataset: Dataset) -> ItemAttributes:
+    """Catalogue facts per item column; items missing from the catalogue get neutral values."""
+    n = interactions.item_ids.size
+    events = dataset.events
+    codes = sorted_positions(interactions.item_ids, events.column("item_id").to_numpy().astype(str))
+    stamps = events.column("timestamp_ms").to_numpy()
+    first_seen = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    known = codes >= 0
+    np.minimum.at(first_seen, codes[known], stamps[known])
+    attributes = ItemAttributes(
+        categories=np.full(n, "", dtype=object),
+        available=np.ones(n, dtype=bool),
+        price=np.full(n, np.nan, dtype=np.float32),
+        tags=np.full(n, "", dtype=object),
+        first_seen_ms=first_seen,
+    )
     if dataset.items is not None:
-        catalogue = dict(
-            zip(
-                dataset.items.column("item_id").to_pylist(),
-                dataset.items.column("category").to_pylist(),
-                strict=True,
-            )
+        catalogue = dataset.items
+        rows = sorted_positions(
+            interactions.item_ids, catalogue.column("item_id").to_numpy().astype(str)
         )
-        categories[:] = [catalogue.get(i, "") for i in interactions.item_ids.tolist()]
-    return categories.astype(str)
+        inside = rows >= 0
+        for name, column in (
+            ("categories", "category"),
+            ("available", "available"),
+            ("price", "price"),
+            ("tags", "tags"),
+        ):
+            values = catalogue.column(column).to_numpy(zero_copy_only=False)
+            getattr(attributes, name)[rows[inside]] = values[inside]
+    attributes.categories = attributes.categories.astype(str)
+    attributes.tags = attributes.tags.astype(str)
+    return attributes
 
 
 def train(
@@ -235,9 +256,9 @@ def train(
                 trending=trending,
                 user_ids=interactions.user_ids,
                 item_ids=interactions.item_ids,
-                item_categories=item_categories(interactions, dataset),
+                items=item_attributes(interactions, dataset),
                 purchased=interactions.purchased,
-                seen=interactions.confidence,
+                history=interactions.confidence,
                 manifest=manifest,
             ),
             suffix=manifest["data_fingerprint"][:8],

@@ -45,6 +45,12 @@ class Recommender(ABC):
         """Dense scores of shape (len(users), n_items)."""
 
     @abstractmethod
+    def score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        """Dense scores for users given only by their interactions (rows over the items, as in
+        the fit matrix): users the model was not fitted on, or known users with events newer
+        than the fit. Nothing is refitted; shape (history rows, n_items)."""
+
+    @abstractmethod
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k items most similar to each item in `items`, the item itself left out."""
 

@@ -71,6 +71,14 @@ class BlendRecommender(Recommender):
         assert total is not None
         return total
 
+    def score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        total = None
+        for weight, model in zip(self.weights, self.models, strict=True):
+            part = standardise(model.score_history(history)) * np.float32(weight)
+            total = part if total is None else total + part
+        assert total is not None
+        return total
+
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.models[int(np.argmax(self.weights))].similar_items(items, k)
 

@@ -29,6 +29,19 @@ class FactorRecommender(Recommender):
     def score(self, users: np.ndarray) -> np.ndarray:
         return np.asarray(self.user_factors[users] @ self.item_factors.T, dtype=np.float32)
 
+    def score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        """Item-to-item: the sum of each history item's cosine similarity (in factor space) to
+        every item, weighted by the history's confidences. No user vector is needed, so it works
+        for any model whose item factors carry the similarity."""
+        history = sp.csr_matrix(history, dtype=np.float32)
+        unit = self._unit_item_factors()
+        profile = np.asarray(history @ unit)  # (rows, factors): a user's taste, summed
+        return np.asarray(profile @ unit.T, dtype=np.float32)
+
+    def _unit_item_factors(self) -> np.ndarray:
+        norms = np.linalg.norm(self.item_factors, axis=1, keepdims=True)
+        return np.asarray(self.item_factors / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         items = np.asarray(items, dtype=np.int64)
         norms = np.linalg.norm(self.item_factors, axis=1)
@@ -75,6 +88,25 @@ class ALSRecommender(FactorRecommender):
         )
         model.fit(matrix, show_progress=False)
         return self._keep_factors(model.user_factors, model.item_factors)
+
+    def score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        """Folds each history row in as implicit's ALS fits a user, item factors held fixed:
+        with confidence c_i = alpha r_i, x = (Y'Y + reg I + sum_i (c_i - 1) y_i y_i')^-1
+        sum_i c_i y_i (an exact solve where training takes conjugate-gradient steps)."""
+        history = sp.csr_matrix(history, dtype=np.float32)
+        items = np.asarray(self.item_factors, dtype=np.float64)
+        if not hasattr(self, "_gram"):  # Y'Y: computed once per loaded model, then reused
+            self._gram = items.T @ items + self.regularization * np.eye(items.shape[1])
+        users = np.zeros((history.shape[0], items.shape[1]))
+        for row in range(history.shape[0]):
+            start, end = history.indptr[row], history.indptr[row + 1]
+            if start == end:
+                continue
+            factors = items[history.indices[start:end]]
+            confidence = self.alpha * history.data[start:end].astype(np.float64)
+            lhs = self._gram + (factors.T * (confidence - 1.0)) @ factors
+            users[row] = np.linalg.solve(lhs, factors.T @ confidence)
+        return np.asarray(users @ items.T, dtype=np.float32)
 
 
 class BPRRecommender(FactorRecommender):

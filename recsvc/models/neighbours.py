@@ -37,7 +37,10 @@ class ItemBasedRecommender(Recommender):
         raise NotImplementedError
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        history = self.history(users)
+        return self.score_history(self.history(users))
+
+    def score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        history = sp.csr_matrix(history, dtype=np.float32)
         # Only items in these users' histories contribute: multiply just those rows.
         seen = np.unique(history.indices)
         product = history[:, seen] @ self.item_rows(seen)

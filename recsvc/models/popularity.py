@@ -29,6 +29,9 @@ class PopularityRecommender(Recommender):
     def score(self, users: np.ndarray) -> np.ndarray:
         return np.tile(np.asarray(self.item_scores, dtype=np.float32), (len(users), 1))
 
+    def score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        return self.score(np.zeros(history.shape[0], dtype=np.int64))
+
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         items = np.asarray(items, dtype=np.int64)
         scores = self.score(items)

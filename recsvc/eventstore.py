@@ -1,0 +1,253 @@
+"""The event store: events recorded by the server, read by the next training run.
+
+Chosen by URL, like Gorse's storage: `sqlite:///path/events.db` (the embedded default, one file
+in WAL mode, so the server writes while a training job reads). Privacy deletions live here too:
+`forget` removes a user's events and remembers the user, so that every later training run leaves
+them out of every input, and appends a line to an audit log beside the store.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+import pyarrow as pa
+
+from recsvc.errors import BadInput
+
+EVENT_COLUMNS = ("user_id", "item_id", "event", "timestamp_ms", "quantity", "price")
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    user_id: str
+    item_id: str
+    event: str  # view, cart or purchase
+    timestamp_ms: int
+    quantity: float = 1.0
+    price: float | None = None
+    variant: str = ""  # "experiment/variant" the user was in when the event happened
+    recommendation_id: str = ""  # the Recommend response the event followed, if any
+
+
+class EventStore(Protocol):
+    def append(self, events: list[StoredEvent]) -> int: ...
+
+    def forget(self, user_id: str, reason: str = "") -> int: ...
+
+    def forgotten_users(self) -> set[str]: ...
+
+    def read_events(self) -> pa.Table: ...
+
+    def read_outcomes(self) -> pa.Table: ...
+
+    def record_impressions(self, rows: list[tuple[str, str, str, int, int]]) -> None: ...
+
+    def read_impressions(self) -> pa.Table: ...
+
+    def close(self) -> None: ...
+
+
+def open_event_store(url: str) -> EventStore:
+    """The store named by `url`; a bare path means SQLite."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "sqlite"):
+        path = parsed.path if parsed.scheme else url
+        if parsed.scheme and parsed.netloc:  # sqlite://relative/path
+            path = parsed.netloc + parsed.path
+        if not path:
+            raise BadInput(f"event store URL {url!r} names no file")
+        return SQLiteEventStore(Path(path))
+    raise BadInput(f"unknown event store {url!r}: use sqlite:///path/events.db")
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    quantity REAL NOT NULL,
+    price REAL,
+    variant TEXT NOT NULL DEFAULT '',
+    recommendation_id TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id);
+CREATE TABLE IF NOT EXISTS forgotten (
+    user_id TEXT PRIMARY KEY,
+    forgotten_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS impressions (
+    recommendation_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    n_items INTEGER NOT NULL
+);
+"""
+
+
+class SQLiteEventStore:
+    """One SQLite file in WAL mode; every append is one transaction, synced to disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.audit_path = path.with_name(path.name + ".audit.log")
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
+
+    def append(self, events: list[StoredEvent]) -> int:
+        rows = [
+            (
+                e.user_id,
+                e.item_id,
+                e.event,
+                int(e.timestamp_ms),
+                float(e.quantity),
+                e.price,
+                e.variant,
+                e.recommendation_id,
+            )
+            for e in events
+        ]
+        with self._lock:
+            db = self._connection()
+            db.execute("BEGIN")
+            try:
+                db.executemany(
+                    "INSERT INTO events (user_id, item_id, event, timestamp_ms, quantity, price,"
+                    " variant, recommendation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return len(rows)
+
+    def forget(self, user_id: str, reason: str = "") -> int:
+        now = int(time.time() * 1000)
+        with self._lock:
+            db = self._connection()
+            db.execute("BEGIN")
+            try:
+                removed = db.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+                db.execute("DELETE FROM impressions WHERE user_id = ?", (user_id,))
+                db.execute(
+                    "INSERT OR REPLACE INTO forgotten (user_id, forgotten_ms) VALUES (?, ?)",
+                    (user_id, now),
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            audit = {
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1000)),
+                "action": "forget_user",
+                "user_id": user_id,
+                "events_deleted": removed,
+                "reason": reason,
+            }
+            with open(self.audit_path, "a", encoding="utf-8") as log:
+                log.write(json.dumps(audit) + "\n")
+        return removed
+
+    def forgotten_users(self) -> set[str]:
+        with self._lock:
+            rows = self._connection().execute("SELECT user_id FROM forgotten").fetchall()
+        return {r[0] for r in rows}
+
+    def read_events(self) -> pa.Table:
+        """All stored events in the data contract's clean columns, oldest first."""
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT user_id, item_id, event, timestamp_ms, quantity, price FROM events"
+                    " ORDER BY id"
+                )
+                .fetchall()
+            )
+        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in EVENT_COLUMNS]
+        return pa.table(
+            {
+                "user_id": pa.array(columns[0], pa.string()),
+                "item_id": pa.array(columns[1], pa.string()),
+                "event": pa.array(columns[2], pa.string()),
+                "timestamp_ms": pa.array(columns[3], pa.int64()),
+                "quantity": pa.array(columns[4], pa.float64()),
+                "price": pa.array(columns[5], pa.float64()),
+            }
+        )
+
+    def read_outcomes(self) -> pa.Table:
+        """Events that followed a recommendation: variant, recommendation id, event."""
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT variant, recommendation_id, event FROM events"
+                    " WHERE recommendation_id != ''"
+                )
+                .fetchall()
+            )
+        columns = list(zip(*rows, strict=True)) if rows else [[], [], []]
+        return pa.table(
+            {
+                "variant": pa.array(columns[0], pa.string()),
+                "recommendation_id": pa.array(columns[1], pa.string()),
+                "event": pa.array(columns[2], pa.string()),
+            }
+        )
+
+    def record_impressions(self, rows: list[tuple[str, str, str, int, int]]) -> None:
+        """(recommendation_id, user_id, variant, timestamp_ms, n_items) per response served."""
+        with self._lock:
+            db = self._connection()
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT OR IGNORE INTO impressions"
+                " (recommendation_id, user_id, variant, timestamp_ms, n_items)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.execute("COMMIT")
+
+    def read_impressions(self) -> pa.Table:
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute("SELECT recommendation_id, variant FROM impressions")
+                .fetchall()
+            )
+        columns = list(zip(*rows, strict=True)) if rows else [[], []]
+        return pa.table(
+            {
+                "recommendation_id": pa.array(columns[0], pa.string()),
+                "variant": pa.array(columns[1], pa.string()),
+            }
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
