@@ -60,10 +60,16 @@ def _train(args: argparse.Namespace) -> None:
 
     events = pick(args.events, config.inputs.events)
     model_dir = pick(args.model_dir, config.inputs.model_dir)
-    if events is None or model_dir is None:
-        raise BadInput("train needs --events and --model-dir (or [inputs] in --config)")
+    event_store = args.event_store or config.inputs.event_store or None
+    if (events is None and event_store is None) or model_dir is None:
+        raise BadInput(
+            "train needs --events (or --event-store) and --model-dir (or [inputs] in --config)"
+        )
     inputs = TrainInputs(
-        events, pick(args.items, config.inputs.items), pick(args.users, config.inputs.users)
+        events,
+        pick(args.items, config.inputs.items),
+        pick(args.users, config.inputs.users),
+        event_store,
     )
     train(inputs, model_dir, config, rejects_dir=args.rejects_dir)
 
@@ -127,9 +133,27 @@ def _models_rollback(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    from service.server import serve
+    from recsvc.config import load_config
+    from service.observability import JsonFormatter
+    from service.server import ServeOptions, serve
 
-    asyncio.run(serve(args.model_dir, args.host, args.port, args.reload_interval, args.grace))
+    if args.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
+    logging.getLogger("recsvc.access").setLevel(
+        logging.INFO if args.access_log else logging.WARNING
+    )
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        reload_interval=args.reload_interval,
+        grace=args.grace,
+        metrics_port=args.metrics_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        event_store=args.event_store or "",
+    )
+    asyncio.run(serve(args.model_dir, load_config(args.config).serving, options))
 
 
 def _recommend(args: argparse.Namespace) -> None:
@@ -192,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_flags(train, events_required=False)
     train.add_argument("--model-dir", type=Path, default=None)
     train.add_argument(
+        "--event-store",
+        default=None,
+        help="URL of the server's event store (sqlite:///path/events.db): its events are "
+        "added to the inputs and forgotten users are left out",
+    )
+    train.add_argument(
         "--rejects-dir",
         type=Path,
         default=None,
@@ -238,6 +268,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds to let requests in flight finish on SIGTERM/SIGINT",
+    )
+    serve.add_argument("--config", type=Path, default=None, help="TOML config ([serving])")
+    serve.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+    )
+    serve.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain")
+    serve.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
+    serve.add_argument(
+        "--event-store",
+        default=None,
+        help="event store URL (default: serving.event_store, else MODEL_DIR/events.db)",
+    )
+    serve.add_argument(
+        "--log-format", choices=["text", "json"], default="json", help="log line format"
+    )
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one log line per call: request id, method, status, milliseconds",
     )
     serve.set_defaults(run=_serve)
 

@@ -177,6 +177,7 @@ class InputsConfig:
     items: str = ""
     users: str = ""
     model_dir: str = ""
+    event_store: str = ""
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,7 @@ def load_config(path: Path | None = None) -> Config:
     config = build(Config, raw, "")
     base = Path(path).resolve().parent
     resolved = {
-        name: str(base / value) if value else ""
+        name: str(base / value) if value and name != "event_store" else value
         for name, value in dataclasses.asdict(config.inputs).items()
     }
     serving = config.serving

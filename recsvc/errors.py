@@ -23,3 +23,11 @@ class BadInput(RecsvcError):
 
 class QualityGateRefused(RecsvcError):
     """The new model is worse than the published one beyond tolerance (CLI exit code 3)."""
+
+
+class Unauthenticated(RecsvcError):
+    """The call carries no valid API key."""
+
+
+class PermissionDenied(RecsvcError):
+    """The key is valid but may not make this call (an admin call with a client key)."""

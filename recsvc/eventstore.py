@@ -41,7 +41,7 @@ class EventStore(Protocol):
 
     def forget(self, user_id: str, reason: str = "") -> int: ...
 
-    def forgotten_users(self) -> set[str]: ...
+    def forgotten_users(self) -> dict[str, int]: ...
 
     def read_events(self) -> pa.Table: ...
 
@@ -170,10 +170,13 @@ class SQLiteEventStore:
                 log.write(json.dumps(audit) + "\n")
         return removed
 
-    def forgotten_users(self) -> set[str]:
+    def forgotten_users(self) -> dict[str, int]:
+        """User id -> when it was forgotten (epoch ms)."""
         with self._lock:
-            rows = self._connection().execute("SELECT user_id FROM forgotten").fetchall()
-        return {r[0] for r in rows}
+            rows = (
+                self._connection().execute("SELECT user_id, forgotten_ms FROM forgotten").fetchall()
+            )
+        return {user: int(ms) for user, ms in rows}
 
     def read_events(self) -> pa.Table:
         """All stored events in the data contract's clean columns, oldest first."""

@@ -1,23 +1,48 @@
-"""The recommendation core, independent of gRPC: validates requests, scores, falls back.
+"""The recommendation core, independent of gRPC: validates requests, scores, filters, applies
+business rules and experiments, and keeps users' fresh events for real-time results.
 
-It holds the current PublishedModel behind one reference; swapping the reference is atomic,
-so a request runs from start to end on the model it started with, even during a reload.
+It holds the current model behind one reference; swapping the reference is atomic, so a request
+runs from start to end on the model it started with, even during a reload.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from recsvc.config import EVENT_NAMES, ExperimentConfig, ServingConfig, VariantConfig
 from recsvc.errors import InvalidArgument, NotFound, Unavailable
+from recsvc.eventstore import EventStore, StoredEvent
+from recsvc.models.base import top_k
 from recsvc.published import PublishedModel
 
-MAX_K = 1000
 REASON_PERSONAL = "personal"
 REASON_POPULAR = "popular"
 REASON_TRENDING = "trending"
+# Users whose fresh events are kept in memory; the least recently active are dropped first.
+REALTIME_USERS = 200_000
+# Events may be stamped a little in the future (client clocks); more is a client mistake.
+MAX_FUTURE_MS = 24 * 3_600_000
+# When a per-category cap is on, the cap is filled from this many times k candidates.
+CAP_CANDIDATES = 20
+
+
+@dataclass(frozen=True)
+class Filters:
+    include_categories: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    exclude_item_ids: tuple[str, ...] = ()
+    available_only: bool = False
+    min_price: float | None = None
+    max_price: float | None = None
 
 
 @dataclass(frozen=True)
@@ -32,108 +57,544 @@ class Recommendations:
     items: list[ScoredItem]
     model_version: str
     fallback: bool = False
+    variant: str = ""  # "experiment/variant", empty when no experiment runs
+    recommendation_id: str = ""
+
+
+@dataclass(frozen=True)
+class EventInput:
+    user_id: str
+    item_id: str
+    event: str
+    timestamp_ms: int = 0  # 0: now
+    quantity: float = 1.0
+    price: float | None = None
+    recommendation_id: str = ""
+
+
+@dataclass
+class ServingModel:
+    """A published model plus what serving derives from it once, at load, off the request path."""
+
+    published: PublishedModel
+    category_codes: np.ndarray  # int32 code of each item's category
+    category_vocabulary: dict[str, int]
+    unavailable: np.ndarray  # bool per item
+    new: np.ndarray  # bool per item: first seen within rules.new_item_days of the data end
+    promoted: np.ndarray  # bool per item
+    signal_weights: dict[str, float]
+    scaling: str
+
+    @classmethod
+    def prepare(cls, published: PublishedModel, config: ServingConfig) -> ServingModel:
+        items = published.items
+        vocabulary, codes = np.unique(items.categories, return_inverse=True)
+        data_end = int(published.manifest.get("data_end_ms", 0))
+        new_after = data_end - config.rules.new_item_days * 86_400_000
+        tag = config.rules.promoted_tag
+        promoted = (
+            np.array([tag in t.split("|") for t in items.tags.tolist()], dtype=bool)
+            if tag
+            else np.zeros(items.size, dtype=bool)
+        )
+        signals = published.manifest.get("config", {}).get("signals", {})
+        return cls(
+            published=published,
+            category_codes=codes.astype(np.int32),
+            category_vocabulary={str(c): i for i, c in enumerate(vocabulary.tolist())},
+            unavailable=~np.asarray(items.available, dtype=bool),
+            new=np.asarray(items.first_seen_ms) >= new_after,
+            promoted=promoted,
+            signal_weights={e: float(signals.get(e, 1.0)) for e in EVENT_NAMES},
+            scaling=str(signals.get("scaling", "log")),
+        )
+
+    @property
+    def version(self) -> str:
+        return self.published.version
+
+    @property
+    def n_items(self) -> int:
+        return int(self.published.item_ids.size)
+
+    def category_mask(self, categories: tuple[str, ...]) -> np.ndarray:
+        codes = [self.category_vocabulary[c] for c in categories if c in self.category_vocabulary]
+        return np.isin(self.category_codes, codes)
+
+
+@dataclass
+class _Fresh:
+    """One user's events since the model was trained, newest last."""
+
+    events: deque[tuple[str, str, int]] = field(default_factory=deque)  # item, event, time
+
+
+class RealtimeHistory:
+    """Recent events per user, bounded per user and in the number of users."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._users: OrderedDict[str, _Fresh] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, user_id: str, item_id: str, event: str, timestamp_ms: int) -> None:
+        with self._lock:
+            fresh = self._users.pop(user_id, None) or _Fresh(deque(maxlen=self.per_user))
+            fresh.events.append((item_id, event, timestamp_ms))
+            self._users[user_id] = fresh
+            while len(self._users) > REALTIME_USERS:
+                self._users.popitem(last=False)
+
+    def of(self, user_id: str) -> list[tuple[str, str, int]]:
+        with self._lock:
+            fresh = self._users.get(user_id)
+            return list(fresh.events) if fresh else []
+
+    def forget(self, user_id: str) -> None:
+        with self._lock:
+            self._users.pop(user_id, None)
+
+    def drop_before(self, timestamp_ms: int) -> None:
+        """Drops events a newly loaded model was trained on."""
+        with self._lock:
+            for user_id in list(self._users):
+                kept = [e for e in self._users[user_id].events if e[2] > timestamp_ms]
+                if kept:
+                    self._users[user_id].events = deque(kept, maxlen=self.per_user)
+                else:
+                    del self._users[user_id]
+
+
+def assign_variant(experiment: ExperimentConfig, user_id: str) -> VariantConfig:
+    """Deterministic bucketing: a hash of salt and user id picks a variant by weight."""
+    digest = hashlib.sha256(f"{experiment.salt}\0{user_id}".encode()).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64
+    total = sum(v.weight for v in experiment.variants)
+    edge = 0.0
+    for variant in experiment.variants:
+        edge += variant.weight / total
+        if point < edge:
+            return variant
+    return experiment.variants[-1]
 
 
 class RecommenderCore:
-    def __init__(self) -> None:
-        self._model: PublishedModel | None = None
+    def __init__(
+        self,
+        config: ServingConfig | None = None,
+        event_store: EventStore | None = None,
+    ) -> None:
+        self.config = config or ServingConfig()
+        self.event_store = event_store
+        self._model: ServingModel | None = None
+        self._pinned: dict[str, ServingModel] = {}
+        self.realtime = RealtimeHistory(self.config.realtime_events_per_user)
+        # user -> when forgotten (ms); a model trained before that must not personalise them.
+        self._forgotten: dict[str, int] = event_store.forgotten_users() if event_store else {}
+        self._impressions: list[tuple[str, str, str, int, int]] = []
+        self._impressions_lock = threading.Lock()
+
+    # -- models -------------------------------------------------------------------------
 
     @property
-    def model(self) -> PublishedModel:
+    def serving(self) -> ServingModel:
         model = self._model
         if model is None:
             raise Unavailable("no model is loaded yet")
         return model
 
     @property
+    def model(self) -> PublishedModel:
+        return self.serving.published
+
+    @property
     def version(self) -> str | None:
         model = self._model
         return model.version if model is not None else None
 
-    def swap(self, model: PublishedModel) -> None:
-        self._model = model
+    def prepare(self, published: PublishedModel) -> ServingModel:
+        """Derives serving state and checks the model answers; raises if it cannot serve."""
+        serving = ServingModel.prepare(published, self.config)
+        probe = np.zeros(1, dtype=np.int64)
+        published.fallback.recommend(probe, 1)
+        if published.user_ids.size:
+            published.model.recommend(probe, 1)
+        return serving
+
+    def swap(self, model: PublishedModel | ServingModel) -> None:
+        serving = model if isinstance(model, ServingModel) else self.prepare(model)
+        self._model = serving
+        self.realtime.drop_before(int(serving.published.manifest.get("data_end_ms", 0)))
+
+    def pin(self, serving: ServingModel) -> None:
+        """Keeps a version that an experiment variant asks for."""
+        self._pinned[serving.version] = serving
+
+    def pinned_loaded(self) -> set[str]:
+        return set(self._pinned)
+
+    def pinned_versions(self) -> set[str]:
+        return {
+            v.model_version
+            for e in self.config.experiments[:1]
+            for v in e.variants
+            if v.model_version
+        }
+
+    # -- requests -------------------------------------------------------------------------
 
     def recommend(
         self,
         user_id: str,
         k: int,
-        exclude_item_ids: list[str] | tuple[str, ...] = (),
+        filters: Filters = Filters(),
         exclude_purchased: bool = False,
+        context_item_ids: tuple[str, ...] | list[str] = (),
     ) -> Recommendations:
-        _require_id(user_id, "user_id")
-        _require_k(k)
-        model = self.model
-        excluded = model.item_indices(list(exclude_item_ids))
-        user = model.user_index(user_id)
+        self._check_id(user_id, "user_id")
+        self._check_k(k)
+        self._check_filters(filters)
+        self._check_list(context_item_ids, "context_item_ids")
+        serving = self.serving
+        variant_name, variant = "", None
+        if self.config.experiments:
+            experiment = self.config.experiments[0]
+            variant = assign_variant(experiment, user_id)
+            variant_name = f"{experiment.name}/{variant.name}"
+            if variant.model_version:
+                serving = self._pinned.get(variant.model_version, serving)
+        model = serving.published
+        forgotten_ms = self._forgotten.get(user_id)
+        trained_before_forget = forgotten_ms is not None and forgotten_ms >= _trained_at_ms(model)
+        user = None if trained_before_forget else model.user_index(user_id)
+        fresh = self.realtime.of(user_id)
+        context = model.item_indices(list(context_item_ids))
+
+        allowed = self._allowed(serving, filters)
         if user is not None and exclude_purchased:
-            excluded = np.union1d(excluded, model.purchased_by(user))
+            allowed[model.purchased_by(user)] = False
         if user is not None and model.exclude_seen:
-            excluded = np.union1d(excluded, model.seen_by(user))
-        exclude = _one_row(excluded, model.item_ids.size)
-        if user is None:
-            ids, scores = model.fallback.recommend(np.zeros(1, np.int64), k, exclude)
-            reason, fallback = _fallback_reason(model.fallback), True
-        else:
-            ids, scores = model.model.recommend(np.array([user]), k, exclude)
+            allowed[model.seen_by(user)] = False
+
+        reasons: np.ndarray | None = None
+        strategy = variant.strategy if variant else "model"
+        if strategy != "model":
+            source = model.trending if strategy == "trending" else model.fallback
+            scores = source.score(np.zeros(1, np.int64))[0]
+            reason, fallback = _fallback_reason(source), True
+        elif fresh or context.size:
+            history = self._history_row(serving, user, fresh, context)
+            if model.exclude_seen:
+                allowed[history.indices] = False
+            scores, reasons = self._score_history(serving, history, user, context)
             reason, fallback = REASON_PERSONAL, False
-        return Recommendations(_scored(model, ids[0], scores[0], reason), model.version, fallback)
+        elif user is not None:
+            scores = model.model.score(np.array([user]))[0]
+            reason, fallback = REASON_PERSONAL, False
+        else:
+            scores = model.fallback.score(np.zeros(1, np.int64))[0]
+            reason, fallback = _fallback_reason(model.fallback), True
+        picked, picked_scores = self._select(serving, scores, allowed, k)
+        items = [
+            ScoredItem(
+                str(model.item_ids[i]),
+                float(s),
+                str(reasons[i]) if reasons is not None and reasons[i] else reason,
+            )
+            for i, s in zip(picked, picked_scores, strict=True)
+        ]
+        recommendation_id = uuid.uuid4().hex
+        self._note_impression(recommendation_id, user_id, variant_name, len(items))
+        return Recommendations(items, model.version, fallback, variant_name, recommendation_id)
 
-    def popular_items(
-        self, k: int, categories: list[str] | tuple[str, ...] = (), trending: bool = False
-    ) -> Recommendations:
-        """The most popular (or, with `trending`, the hottest) items, optionally only those
-        in `categories`."""
-        _require_k(k)
-        model = self.model
-        source = model.trending if trending else model.fallback
-        exclude = None
-        if categories:
-            outside = np.flatnonzero(~np.isin(model.items.categories, list(categories)))
-            exclude = _one_row(outside, model.item_ids.size)
-        ids, scores = source.recommend(np.zeros(1, np.int64), k, exclude)
-        return Recommendations(
-            _scored(model, ids[0], scores[0], _fallback_reason(source)), model.version
-        )
-
-    def similar_items(self, item_id: str, k: int) -> Recommendations:
-        _require_id(item_id, "item_id")
-        _require_k(k)
-        model = self.model
+    def similar_items(self, item_id: str, k: int, filters: Filters = Filters()) -> Recommendations:
+        self._check_id(item_id, "item_id")
+        self._check_k(k)
+        self._check_filters(filters)
+        serving = self.serving
+        model = serving.published
         item = model.item_index(item_id)
         if item is None:
             raise NotFound(f"item {item_id!r} is not in model {model.version}")
-        ids, scores = model.model.similar_items(np.array([item]), k)
-        return Recommendations(
-            _scored(model, ids[0], scores[0], f"similar_to:{item_id}"), model.version
+        allowed = self._allowed(serving, filters)
+        allowed[item] = False
+        wanted = min(serving.n_items, k * CAP_CANDIDATES if self._filtering(filters) else k)
+        ids, scores = model.model.similar_items(np.array([item]), wanted)
+        full = np.full(serving.n_items, -np.inf, dtype=np.float32)
+        valid = ids[0] >= 0
+        full[ids[0][valid]] = scores[0][valid]
+        picked, picked_scores = self._select(serving, full, allowed, k, boost=False)
+        items = [
+            ScoredItem(str(model.item_ids[i]), float(s), f"similar_to:{item_id}")
+            for i, s in zip(picked, picked_scores, strict=True)
+        ]
+        return Recommendations(items, model.version)
+
+    def popular_items(
+        self,
+        k: int,
+        categories: tuple[str, ...] | list[str] = (),
+        trending: bool = False,
+        filters: Filters = Filters(),
+    ) -> Recommendations:
+        """The most popular (or, with `trending`, the hottest) items, optionally only those
+        in `categories`."""
+        self._check_k(k)
+        self._check_filters(filters)
+        self._check_list(categories, "categories")
+        serving = self.serving
+        model = serving.published
+        source = model.trending if trending else model.fallback
+        allowed = self._allowed(serving, filters)
+        if categories:
+            allowed &= serving.category_mask(tuple(categories))
+        scores = source.score(np.zeros(1, np.int64))[0]
+        picked, picked_scores = self._select(serving, scores, allowed, k, boost=False)
+        reason = _fallback_reason(source)
+        items = [
+            ScoredItem(str(model.item_ids[i]), float(s), reason)
+            for i, s in zip(picked, picked_scores, strict=True)
+        ]
+        return Recommendations(items, model.version)
+
+    def record_events(self, events: list[EventInput]) -> int:
+        """Validates the whole batch first: one bad event refuses the batch, nothing stored."""
+        limits = self.config.limits
+        if not events:
+            raise InvalidArgument("events must not be empty")
+        if len(events) > limits.max_events_per_call:
+            raise InvalidArgument(
+                f"at most {limits.max_events_per_call} events per call, got {len(events)}"
+            )
+        now = int(time.time() * 1000)
+        stored = []
+        for n, event in enumerate(events):
+            where = f"events[{n}]"
+            self._check_id(event.user_id, f"{where}.user_id")
+            self._check_id(event.item_id, f"{where}.item_id")
+            if event.event not in EVENT_NAMES:
+                raise InvalidArgument(
+                    f"{where}.event must be one of {', '.join(EVENT_NAMES)}, got {event.event!r}"
+                )
+            stamp = event.timestamp_ms or now
+            if stamp < 0 or stamp > now + MAX_FUTURE_MS:
+                raise InvalidArgument(f"{where}.timestamp_ms {stamp} is outside the allowed range")
+            if not (event.quantity > 0 and float(event.quantity).is_integer()):
+                raise InvalidArgument(f"{where}.quantity must be a positive whole number")
+            if event.price is not None and not (event.price >= 0 and np.isfinite(event.price)):
+                raise InvalidArgument(f"{where}.price must be a number >= 0")
+            if len(event.recommendation_id) > limits.max_id_length:
+                raise InvalidArgument(f"{where}.recommendation_id is too long")
+            variant = ""
+            if self.config.experiments:
+                experiment = self.config.experiments[0]
+                variant = f"{experiment.name}/{assign_variant(experiment, event.user_id).name}"
+            stored.append(
+                StoredEvent(
+                    event.user_id,
+                    event.item_id,
+                    event.event,
+                    stamp,
+                    float(event.quantity),
+                    event.price,
+                    variant,
+                    event.recommendation_id,
+                )
+            )
+        if self.event_store is not None:
+            self.event_store.append(stored)
+        for e in stored:
+            self.realtime.add(e.user_id, e.item_id, e.event, e.timestamp_ms)
+        return len(stored)
+
+    def forget_user(self, user_id: str, reason: str = "") -> int:
+        """Deletes stored events, drops real-time state and stops personalising at once."""
+        self._check_id(user_id, "user_id")
+        self._forgotten[user_id] = int(time.time() * 1000)
+        self.realtime.forget(user_id)
+        return self.event_store.forget(user_id, reason) if self.event_store else 0
+
+    def model_info(self) -> dict[str, Any]:
+        model = self.model
+        manifest = model.manifest
+        variant = manifest.get("evaluation", {}).get("variant", "all")
+        metrics = manifest.get("metrics", {}).get(variant, {})
+        return {
+            "version": model.version,
+            "model_type": manifest.get("model_type", ""),
+            "created_at": manifest.get("created_at", ""),
+            "n_users": int(manifest.get("n_users", 0)),
+            "n_items": int(manifest.get("n_items", 0)),
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "metric_variant": variant,
+        }
+
+    def take_impressions(self) -> list[tuple[str, str, str, int, int]]:
+        with self._impressions_lock:
+            taken, self._impressions = self._impressions, []
+        return taken
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _note_impression(self, recommendation_id: str, user_id: str, variant: str, n: int) -> None:
+        if self.event_store is None:
+            return
+        with self._impressions_lock:
+            self._impressions.append(
+                (recommendation_id, user_id, variant, int(time.time() * 1000), n)
+            )
+
+    def _history_row(
+        self, serving: ServingModel, user: int | None, fresh: list, context: np.ndarray
+    ) -> sp.csr_matrix:
+        """The user's training row with fresh events and context items added, as the
+        training matrix would have held them."""
+        model = serving.published
+        raw: dict[int, float] = {}
+        if user is not None:
+            items, confidences = model.history_of(user)
+            for item, confidence in zip(items.tolist(), confidences.tolist(), strict=True):
+                raw[item] = _unscale(confidence, serving.scaling)
+        fresh_items = model.item_indices([e[0] for e in fresh])
+        known = [e for e in fresh if model.item_index(e[0]) is not None]
+        for item, (_, event, _) in zip(fresh_items.tolist(), known, strict=True):
+            raw[item] = raw.get(item, 0.0) + serving.signal_weights[event]
+        for item in context.tolist():
+            raw[item] = raw.get(item, 0.0) + serving.signal_weights["view"]
+        columns = np.fromiter(raw, dtype=np.int64, count=len(raw))
+        values = np.array([_scale(v, serving.scaling) for v in raw.values()], dtype=np.float32)
+        return sp.csr_matrix(
+            (values, columns, [0, columns.size]), shape=(1, serving.n_items), dtype=np.float32
         )
+
+    def _score_history(
+        self,
+        serving: ServingModel,
+        history: sp.csr_matrix,
+        user: int | None,
+        context: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores, and for an anonymous session the context item each item is most like."""
+        model = serving.published
+        scores = model.model.score_history(history)[0]
+        if user is not None or not context.size or context.size > 20:
+            return scores, None
+        weight = np.float32(_scale(serving.signal_weights["view"], serving.scaling))
+        each = sp.csr_matrix(
+            (np.full(context.size, weight), context, np.arange(context.size + 1)),
+            shape=(context.size, serving.n_items),
+        )
+        contributions = model.model.score_history(each)
+        strongest = np.argmax(contributions, axis=0)
+        ids = model.item_ids[context[strongest]]
+        return scores, np.char.add("similar_to:", ids.astype(str))
+
+    def _allowed(self, serving: ServingModel, filters: Filters) -> np.ndarray:
+        model = serving.published
+        allowed = np.ones(serving.n_items, dtype=bool)
+        if self.config.rules.drop_unavailable or filters.available_only:
+            allowed &= ~serving.unavailable
+        if filters.include_categories:
+            allowed &= serving.category_mask(filters.include_categories)
+        if filters.exclude_categories:
+            allowed &= ~serving.category_mask(filters.exclude_categories)
+        if filters.exclude_item_ids:
+            allowed[model.item_indices(list(filters.exclude_item_ids))] = False
+        price = model.items.price
+        if filters.min_price is not None:
+            allowed &= price >= filters.min_price
+        if filters.max_price is not None:
+            allowed &= price <= filters.max_price
+        return allowed
+
+    def _select(
+        self,
+        serving: ServingModel,
+        scores: np.ndarray,
+        allowed: np.ndarray,
+        k: int,
+        boost: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top k allowed items after the rules' boosts and per-category cap."""
+        rules = self.config.rules
+        scores = np.where(allowed, scores, -np.inf).astype(np.float32)
+        if boost and (rules.boost_new or rules.boost_promoted):
+            finite = scores[np.isfinite(scores)]
+            spread = float(finite.std()) if finite.size > 1 else 1.0
+            spread = spread or 1.0
+            scores = scores + spread * (
+                rules.boost_new * serving.new + rules.boost_promoted * serving.promoted
+            ).astype(np.float32)
+        cap = rules.max_per_category
+        wanted = min(k * CAP_CANDIDATES, serving.n_items) if cap else k
+        ids, values = top_k(scores[None, :], wanted)
+        ids, values = ids[0], values[0]
+        keep = ids >= 0
+        ids, values = ids[keep], values[keep]
+        if cap:
+            chosen, counts = [], np.zeros(len(serving.category_vocabulary), dtype=np.int64)
+            for position, item in enumerate(ids.tolist()):
+                code = serving.category_codes[item]
+                if counts[code] < cap:
+                    counts[code] += 1
+                    chosen.append(position)
+                    if len(chosen) == k:
+                        break
+            ids, values = ids[chosen], values[chosen]
+        return ids[:k], values[:k]
+
+    def _filtering(self, filters: Filters) -> bool:
+        return filters != Filters() or self.config.rules.drop_unavailable
+
+    def _check_id(self, value: str, name: str) -> None:
+        if not value:
+            raise InvalidArgument(f"{name} must not be empty")
+        if len(value) > self.config.limits.max_id_length:
+            raise InvalidArgument(
+                f"{name} is longer than {self.config.limits.max_id_length} characters"
+            )
+
+    def _check_k(self, k: int) -> None:
+        if not 1 <= k <= self.config.limits.max_k:
+            raise InvalidArgument(f"k must be between 1 and {self.config.limits.max_k}, got {k}")
+
+    def _check_list(self, values: tuple[str, ...] | list[str], name: str) -> None:
+        if len(values) > self.config.limits.max_list_size:
+            raise InvalidArgument(
+                f"{name} has {len(values)} entries; at most {self.config.limits.max_list_size}"
+            )
+        for value in values:
+            if len(value) > self.config.limits.max_id_length:
+                raise InvalidArgument(f"an entry of {name} is too long")
+
+    def _check_filters(self, filters: Filters) -> None:
+        for name in ("include_categories", "exclude_categories", "exclude_item_ids"):
+            self._check_list(getattr(filters, name), name)
+        for name in ("min_price", "max_price"):
+            value = getattr(filters, name)
+            if value is not None and not np.isfinite(value):
+                raise InvalidArgument(f"{name} must be a finite number")
+        if (
+            filters.min_price is not None
+            and filters.max_price is not None
+            and filters.min_price > filters.max_price
+        ):
+            raise InvalidArgument("min_price is above max_price")
+
+
+def _trained_at_ms(model: PublishedModel) -> int:
+    """When the training run that made `model` read its inputs (0 if not recorded)."""
+    return int(model.manifest.get("started_at_ms", 0))
+
+
+def _unscale(confidence: float, scaling: str) -> float:
+    return float(np.expm1(confidence)) if scaling in ("log", "bm25") else confidence
+
+
+def _scale(raw: float, scaling: str) -> float:
+    # bm25 needs corpus statistics; log1p is the closest per-pair stand-in.
+    return float(np.log1p(raw)) if scaling in ("log", "bm25") else raw
 
 
 def _fallback_reason(model: object) -> str:
     return REASON_TRENDING if getattr(model, "model_type", "") == "trending" else REASON_POPULAR
-
-
-def _require_id(value: str, name: str) -> None:
-    if not value:
-        raise InvalidArgument(f"{name} must not be empty")
-
-
-def _require_k(k: int) -> None:
-    if not 1 <= k <= MAX_K:
-        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
-
-
-def _one_row(indices: np.ndarray, n_items: int) -> sp.csr_matrix:
-    indices = np.unique(indices)
-    return sp.csr_matrix(
-        (np.ones(indices.size, np.float32), indices, [0, indices.size]), shape=(1, n_items)
-    )
-
-
-def _scored(
-    model: PublishedModel, ids: np.ndarray, scores: np.ndarray, reason: str
-) -> list[ScoredItem]:
-    keep = ids >= 0
-    return [
-        ScoredItem(str(model.item_ids[i]), float(s), reason)
-        for i, s in zip(ids[keep], scores[keep], strict=True)
-    ]

@@ -1,22 +1,43 @@
-"""The one place where domain errors become gRPC status codes."""
+"""Server interceptors: the one place where domain errors become gRPC status codes (with the
+metrics and the access log, which need that status), and API-key authentication."""
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from recsvc.errors import InvalidArgument, NotFound, RecsvcError, Unavailable
+from recsvc.errors import (
+    BadInput,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    RecsvcError,
+    Unauthenticated,
+    Unavailable,
+)
+from service.observability import Metrics
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("recsvc.access")
 
 STATUS_OF: dict[type[RecsvcError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
+REQUEST_ID_KEY = "x-request-id"
+Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def status_for(error: RecsvcError) -> grpc.StatusCode:
@@ -26,8 +47,21 @@ def status_for(error: RecsvcError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _wrap(handler: grpc.RpcMethodHandler, behaviour: Behaviour) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns RecsvcError into its status; anything unexpected into INTERNAL, logged."""
+    """Turns RecsvcError into its status, anything unexpected into INTERNAL (logged with a
+    traceback); times every call, counts it by status, and writes one JSON access-log line
+    with the request id (taken from `x-request-id` metadata, or made, and sent back)."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
 
     async def intercept_service(
         self,
@@ -38,21 +72,109 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         behaviour = handler.unary_unary
-        method = handler_call_details.method
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)[:64]
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            response = None
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             try:
-                return await behaviour(request, context)
+                response = await behaviour(request, context)
+                return response
             except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
-            except RecsvcError as exc:
-                await context.abort(status_for(exc), str(exc))
+            except (RecsvcError, BadInput) as exc:
+                code = status_for(exc)
+                await context.abort(code, str(exc))
             except Exception:
-                log.exception("unexpected error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error in %s (request %s)", method, request_id)
+                await context.abort(code, f"internal error (request {request_id})")
+            finally:
+                seconds = time.perf_counter() - started
+                if self.metrics is not None:
+                    self.metrics.observe(method, code.name, seconds, response)
+                access_log.info(
+                    json.dumps(
+                        {
+                            "request_id": request_id,
+                            "method": method,
+                            "code": code.name,
+                            "ms": round(seconds * 1000, 3),
+                            "peer": context.peer(),
+                        }
+                    )
+                )
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return _wrap(handler, guarded)
+
+
+@dataclass(frozen=True)
+class ApiKeys:
+    """Keys and their roles ("client" or "admin"), read from a file of "KEY ROLE" lines."""
+
+    roles: dict[str, str]
+
+    @classmethod
+    def load(cls, path: Path) -> ApiKeys:
+        roles = {}
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("client", "admin"):
+                raise BadInput(f"{path}:{number}: expected 'KEY client' or 'KEY admin'")
+            roles[parts[0]] = parts[1]
+        if not roles:
+            raise BadInput(f"{path} holds no API keys")
+        return cls(roles)
+
+    def role_of(self, key: str) -> str | None:
+        # Compare in constant time so that response timing does not leak key prefixes.
+        found = None
+        for candidate, role in self.roles.items():
+            if hmac.compare_digest(candidate.encode(), key.encode()):
+                found = role
+        return found
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """`authorization: Bearer KEY` on every call of the services in `protected`; the methods in
+    `admin_methods` need an admin key. Health and reflection stay open for probes."""
+
+    def __init__(self, keys: ApiKeys, protected: str, admin_methods: set[str]) -> None:
+        self.keys = keys
+        self.protected = protected
+        self.admin_methods = admin_methods
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        full_method = handler_call_details.method
+        if handler is None or handler.unary_unary is None:
+            return handler
+        if not full_method.startswith(f"/{self.protected}/"):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        header = str(metadata.get("authorization", ""))
+        key = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
+        role = self.keys.role_of(key) if key else None
+        method = full_method.rsplit("/", 1)[-1]
+        behaviour = handler.unary_unary
+
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if role is None:
+                raise Unauthenticated("a valid API key is required: authorization: Bearer KEY")
+            if method in self.admin_methods and role != "admin":
+                raise PermissionDenied(f"{method} needs an admin key")
+            return await behaviour(request, context)
+
+        return _wrap(handler, checked)

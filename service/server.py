@@ -1,11 +1,11 @@
-"""Server assembly and lifecycle: factory, model loading, health, graceful drain."""
+"""Server assembly and lifecycle: factory, model loading and hot reload, health, graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -13,11 +13,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from recsvc.config import ServingConfig
+from recsvc.errors import BadInput
+from recsvc.eventstore import EventStore, open_event_store
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.v1 import recommender_pb2, recommender_pb2_grpc
-from service.core import RecommenderCore
-from service.interceptors import ErrorMappingInterceptor
+from service.core import RecommenderCore, ServingModel
+from service.interceptors import ApiKeys, AuthInterceptor, ErrorMappingInterceptor
+from service.observability import Metrics
 from service.servicer import RecommenderServicer
 
 log = logging.getLogger(__name__)
@@ -25,6 +29,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+ADMIN_METHODS = {"ReloadModel", "ForgetUser"}
+# How often buffered impressions (for experiment reports) are written to the event store.
+IMPRESSION_FLUSH_SECONDS = 1.0
 
 
 @dataclass
@@ -32,16 +39,31 @@ class ServerParts:
     server: grpc.aio.Server
     core: RecommenderCore
     health: health_aio.HealthServicer
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def create_server(
-    core: RecommenderCore, servicer: RecommenderServicer | None = None
+    core: RecommenderCore,
+    servicer: RecommenderServicer | None = None,
+    api_keys: ApiKeys | None = None,
+    metrics: Metrics | None = None,
 ) -> ServerParts:
     """An unstarted server with every service registered and no port bound.
 
     Health reports NOT_SERVING until the caller marks it otherwise (once a model has loaded).
     """
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    metrics = metrics or Metrics()
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorMappingInterceptor(metrics)]
+    if api_keys is not None:
+        interceptors.append(AuthInterceptor(api_keys, SERVICE_NAME, ADMIN_METHODS))
+    size = core.config.limits.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+        ],
+    )
     recommender_pb2_grpc.add_RecommenderServicer_to_server(
         servicer or RecommenderServicer(core), server
     )
@@ -55,7 +77,7 @@ def create_server(
         ),
         server,
     )
-    return ServerParts(server, core, health)
+    return ServerParts(server, core, health, metrics)
 
 
 async def set_health(health: health_aio.HealthServicer, status: int) -> None:
@@ -64,30 +86,51 @@ async def set_health(health: health_aio.HealthServicer, status: int) -> None:
 
 
 class ModelWatcher:
-    """Loads the store's current version, and any later one, off the event loop."""
+    """Loads the store's current version, and any later one, off the event loop.
+
+    A new version is loaded and checked (it must answer a request) in a thread, then swapped
+    in with one reference assignment; one that fails is refused and the old model keeps
+    serving. Versions pinned by an experiment variant are loaded the same way.
+    """
 
     def __init__(self, store: ModelStore, parts: ServerParts, interval: float) -> None:
         self.store = store
         self.parts = parts
         self.interval = interval
-        self._failed: str | None = None
+        self._failed: set[str] = set()
+        self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
-        version = self.store.current_version()
-        if version is None or version in (self.parts.core.version, self._failed):
-            return
+        async with self._lock:
+            core = self.parts.core
+            version = self.store.current_version()
+            if version is not None and version not in (core.version, *self._failed):
+                serving = await self._load(version)
+                if serving is not None:
+                    previous = core.version
+                    core.swap(serving)
+                    self.parts.metrics.model_swapped(
+                        version, str(serving.published.manifest.get("model_type", ""))
+                    )
+                    log.info("serving model %s (was %s)", version, previous)
+                    await set_health(self.parts.health, SERVING)
+            for pinned in core.pinned_versions() - {*core.pinned_loaded(), *self._failed}:
+                serving = await self._load(pinned)
+                if serving is not None:
+                    core.pin(serving)
+                    log.info("loaded version %s for an experiment variant", pinned)
+
+    async def _load(self, version: str) -> ServingModel | None:
+        core = self.parts.core
         try:
-            model = await asyncio.to_thread(PublishedModel.load, self.store.path(version))
+            published = await asyncio.to_thread(PublishedModel.load, self.store.path(version))
+            return await asyncio.to_thread(core.prepare, published)
         except Exception:
-            self._failed = version
+            self._failed.add(version)
             log.exception(
-                "model %s failed to load; still serving %s", version, self.parts.core.version
+                "model %s failed to load or check; still serving %s", version, core.version
             )
-            return
-        previous = self.parts.core.version
-        self.parts.core.swap(model)
-        log.info("serving model %s (was %s)", version, previous)
-        await set_health(self.parts.health, SERVING)
+            return None
 
     async def run(self) -> None:
         while True:
@@ -95,32 +138,93 @@ class ModelWatcher:
             await asyncio.sleep(self.interval)
 
 
-async def serve(
-    model_dir: Path,
-    host: str = "127.0.0.1",
-    port: int = 50051,
-    reload_interval: float = 5.0,
-    grace: float = 10.0,
-) -> None:
+async def flush_impressions(core: RecommenderCore, store: EventStore) -> None:
+    """Writes buffered impressions every second, off the event loop."""
+    while True:
+        await asyncio.sleep(IMPRESSION_FLUSH_SECONDS)
+        taken = core.take_impressions()
+        if taken:
+            try:
+                await asyncio.to_thread(store.record_impressions, taken)
+            except Exception:
+                log.exception("could not store %d impressions", len(taken))
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    reload_interval: float = 5.0
+    grace: float = 10.0
+    metrics_port: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    event_store: str = ""
+
+
+def open_store(model_dir: Path, config: ServingConfig, override: str) -> EventStore:
+    url = override or config.event_store or f"sqlite:///{(model_dir / 'events.db').resolve()}"
+    return open_event_store(url)
+
+
+def _credentials(options: ServeOptions) -> grpc.ServerCredentials | None:
+    if options.tls_cert is None and options.tls_key is None:
+        return None
+    if options.tls_cert is None or options.tls_key is None:
+        raise BadInput("TLS needs both --tls-cert and --tls-key")
+    try:
+        pair = (options.tls_key.read_bytes(), options.tls_cert.read_bytes())
+    except OSError as exc:
+        raise BadInput(f"cannot read TLS files: {exc}") from exc
+    return grpc.ssl_server_credentials([pair])
+
+
+async def serve(model_dir: Path, config: ServingConfig, options: ServeOptions) -> None:
     """Serves until SIGTERM or SIGINT, then drains requests in flight for up to `grace` s."""
-    parts = create_server(RecommenderCore())
-    bound = parts.server.add_insecure_port(f"{host}:{port}")
+    api_keys = ApiKeys.load(Path(config.api_keys_file)) if config.api_keys_file else None
+    credentials = _credentials(options)
+    store = open_store(model_dir, config, options.event_store)
+    core = RecommenderCore(config, store)
+    servicer = RecommenderServicer(core)
+    parts = create_server(core, servicer, api_keys=api_keys)
+    watcher = ModelWatcher(ModelStore(model_dir), parts, options.reload_interval)
+    servicer.reload = watcher.refresh
+    address = f"{options.host}:{options.port}"
+    bound = (
+        parts.server.add_secure_port(address, credentials)
+        if credentials is not None
+        else parts.server.add_insecure_port(address)
+    )
     if bound == 0:
-        raise OSError(f"cannot bind {host}:{port}")
+        raise OSError(f"cannot bind {address}")
+    if options.metrics_port is not None:
+        metrics_port = parts.metrics.serve_http(options.host, options.metrics_port)
+        print(f"recsvc serve: metrics on http://{options.host}:{metrics_port}/metrics", flush=True)
     await set_health(parts.health, NOT_SERVING)
     await parts.server.start()
-    log.info("listening on %s:%d (model dir %s)", host, bound, model_dir)
-    print(f"recsvc serve: listening on {host}:{bound}", flush=True)
+    log.info("listening on %s:%d (model dir %s)", options.host, bound, model_dir)
+    print(
+        f"recsvc serve: listening on {options.host}:{bound}"
+        + (" (TLS)" if credentials else "")
+        + (", API keys required" if api_keys else ""),
+        flush=True,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    watcher = asyncio.create_task(ModelWatcher(ModelStore(model_dir), parts, reload_interval).run())
+    tasks = [
+        asyncio.create_task(watcher.run()),
+        asyncio.create_task(flush_impressions(core, store)),
+    ]
     await stop.wait()
-    log.info("stopping: draining requests in flight (up to %.0fs)", grace)
-    watcher.cancel()
-    await shutdown(parts, grace)
+    log.info("stopping: draining requests in flight (up to %.0fs)", options.grace)
+    for task in tasks:
+        task.cancel()
+    await shutdown(parts, options.grace)
+    store.record_impressions(core.take_impressions())
+    store.close()
     print("recsvc serve: stopped", flush=True)
 
 

@@ -1,21 +1,47 @@
-"""The transport-independent core: validation, fallbacks and filters, without any socket."""
+"""The transport-independent core: validation, fallbacks, filters, rules, real-time events,
+privacy deletion and experiments, without any socket."""
 
 from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from recsvc.config import (
+    ExperimentConfig,
+    LimitsConfig,
+    RulesConfig,
+    ServingConfig,
+    VariantConfig,
+)
 from recsvc.errors import InvalidArgument, NotFound, Unavailable
+from recsvc.eventstore import open_event_store
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from service.core import MAX_K, RecommenderCore
+from service.core import EventInput, Filters, RecommenderCore, assign_variant
 from training.pipeline import TrainResult
+
+WIDE = ServingConfig(limits=LimitsConfig(max_k=5000))
 
 
 @pytest.fixture(scope="module")
-def core(trained: TrainResult) -> RecommenderCore:
-    core = RecommenderCore()
-    core.swap(PublishedModel.load(ModelStore(trained.model_dir).path(trained.version)))
+def published(trained: TrainResult) -> PublishedModel:
+    return PublishedModel.load(ModelStore(trained.model_dir).path(trained.version))
+
+
+@pytest.fixture(scope="module")
+def core(published: PublishedModel) -> RecommenderCore:
+    core = RecommenderCore(WIDE)
+    core.swap(published)
+    return core
+
+
+def fresh_core(published: PublishedModel, config: ServingConfig = WIDE, store=None):
+    core = RecommenderCore(config, store)
+    core.swap(published)
     return core
 
 
@@ -25,39 +51,163 @@ def a_buyer(core: RecommenderCore) -> str:
     return str(model.user_ids[int(np.argmax(counts))])
 
 
+def category_of(core: RecommenderCore, item_id: str) -> str:
+    model = core.model
+    return str(model.items.categories[model.item_index(item_id)])
+
+
 def test_known_user_gets_personal_items(core: RecommenderCore) -> None:
     result = core.recommend("u0001", 10)
     assert not result.fallback
     assert len(result.items) == 10
     assert {i.reason for i in result.items} == {"personal"}
     assert result.model_version == core.version
+    assert result.recommendation_id and result.variant == ""
 
 
 def test_unknown_user_gets_popular_items_never_an_error(core: RecommenderCore) -> None:
     result = core.recommend("someone-we-never-saw", 5)
     assert result.fallback
-    assert [i.reason for i in result.items] == ["popular"] * 5
+    assert {i.reason for i in result.items} <= {"popular", "trending"}
     scores = [i.score for i in result.items]
     assert scores == sorted(scores, reverse=True)
-    top = core.model.item_ids[np.argmax(core.model.fallback.item_scores)]
-    assert result.items[0].item_id == top
 
 
 def test_excluded_and_purchased_items_are_left_out(core: RecommenderCore) -> None:
     user = a_buyer(core)
     first = core.recommend(user, 5)
-    excluded = [first.items[0].item_id, "not-an-item"]
-    second = core.recommend(user, 5, exclude_item_ids=excluded)
+    excluded = (first.items[0].item_id, "not-an-item")
+    second = core.recommend(user, 5, Filters(exclude_item_ids=excluded))
     assert excluded[0] not in {i.item_id for i in second.items}
-    bought = {
-        str(core.model.item_ids[i]) for i in core.model.purchased_by(core.model.user_index(user))
-    }
+    model = core.model
+    bought = {str(model.item_ids[i]) for i in model.purchased_by(model.user_index(user))}
     assert bought
-    everything = core.recommend(user, MAX_K)
+    everything = core.recommend(user, 5000)
     assert bought & {i.item_id for i in everything.items}, "the model does rank bought items"
-    filtered = core.recommend(user, MAX_K, exclude_purchased=True)
+    filtered = core.recommend(user, 5000, exclude_purchased=True)
     assert not bought & {i.item_id for i in filtered.items}
-    assert len(filtered.items) == core.model.item_ids.size - len(bought)
+    available = int(model.items.available.sum())
+    assert len(filtered.items) == available - len(bought & set(_available_ids(core)))
+
+
+def _available_ids(core: RecommenderCore) -> list[str]:
+    model = core.model
+    return [str(i) for i in model.item_ids[np.asarray(model.items.available, dtype=bool)]]
+
+
+def test_category_and_price_filters(core: RecommenderCore) -> None:
+    top = core.recommend("u0001", 20)
+    wanted = category_of(core, top.items[0].item_id)
+    inside = core.recommend("u0001", 10, Filters(include_categories=(wanted,)))
+    assert inside.items and {category_of(core, i.item_id) for i in inside.items} == {wanted}
+    outside = core.recommend("u0001", 10, Filters(exclude_categories=(wanted,)))
+    assert wanted not in {category_of(core, i.item_id) for i in outside.items}
+    prices = core.model.items.price
+    cheap = core.recommend("u0001", 30, Filters(min_price=5.0, max_price=20.0))
+    for item in cheap.items:
+        assert 5.0 <= prices[core.model.item_index(item.item_id)] <= 20.0
+    with pytest.raises(InvalidArgument, match="min_price is above max_price"):
+        core.recommend("u0001", 5, Filters(min_price=9.0, max_price=1.0))
+
+
+def test_unavailable_items_are_never_served(core: RecommenderCore) -> None:
+    unavailable = set(core.model.item_ids[~np.asarray(core.model.items.available)].tolist())
+    assert unavailable, "the sample shop marks some items unavailable"
+    for user in ("u0001", "u0002", "nobody"):
+        assert not unavailable & {i.item_id for i in core.recommend(user, 200).items}
+    assert not unavailable & {i.item_id for i in core.popular_items(200).items}
+
+
+def test_per_category_cap_spreads_the_list(published: PublishedModel) -> None:
+    capped = fresh_core(published, dataclasses.replace(WIDE, rules=RulesConfig(max_per_category=2)))
+    result = capped.recommend("u0001", 10)
+    counts = Counter(category_of(capped, i.item_id) for i in result.items)
+    assert len(result.items) == 10 and max(counts.values()) <= 2
+
+
+def test_promoted_items_are_boosted(published: PublishedModel) -> None:
+    model = published
+    plain = fresh_core(published)
+    promoted_tag = "bestseller"  # the sample shop tags some items
+    promoted = {
+        str(i)
+        for i, tags in zip(model.item_ids, model.items.tags, strict=True)
+        if promoted_tag in str(tags).split("|")
+    }
+    assert promoted
+    rules = RulesConfig(promoted_tag=promoted_tag, boost_promoted=3.0)
+    boosted = fresh_core(published, dataclasses.replace(WIDE, rules=rules))
+    share = [
+        np.mean([i.item_id in promoted for i in c.recommend("u0003", 10).items])
+        for c in (plain, boosted)
+    ]
+    assert share[1] > share[0]
+
+
+def test_context_items_drive_recommendations_for_anonymous_visitors(core: RecommenderCore) -> None:
+    anchor = core.recommend("u0001", 1).items[0].item_id
+    category = category_of(core, anchor)
+    result = core.recommend("anonymous-session-1", 10, context_item_ids=(anchor, "unknown-item"))
+    assert not result.fallback
+    assert {i.reason for i in result.items} == {f"similar_to:{anchor}"}
+    same = np.mean([category_of(core, i.item_id) == category for i in result.items])
+    assert same >= 0.5, same
+
+
+def test_fresh_events_change_the_next_recommendation(published: PublishedModel, tmp_path: Path):
+    store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
+    core = fresh_core(published, store=store)
+    user = "visitor-with-no-history"
+    before = core.recommend(user, 10)
+    assert before.fallback
+    viewed = core.popular_items(50).items[-1].item_id
+    category = category_of(core, viewed)
+    recorded = core.record_events(
+        [EventInput(user, viewed, "view"), EventInput(user, viewed, "cart")]
+    )
+    assert recorded == 2
+    after = core.recommend(user, 10)
+    assert not after.fallback and after.items != before.items
+    assert np.mean([category_of(core, i.item_id) == category for i in after.items]) >= 0.5
+    stored = store.read_events()
+    assert stored.num_rows == 2 and set(stored.column("user_id").to_pylist()) == {user}
+
+
+def test_a_bad_event_refuses_the_whole_batch(published: PublishedModel, tmp_path: Path):
+    store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
+    core = fresh_core(published, store=store)
+    good = EventInput("u1", "i0001", "view")
+    for bad, message in [
+        (EventInput("u1", "i0001", "click"), r"events\[1\]\.event must be one of"),
+        (EventInput("", "i0001", "view"), r"events\[1\]\.user_id must not be empty"),
+        (EventInput("u1", "i0001", "view", quantity=0.5), "quantity"),
+        (EventInput("u1", "i0001", "view", price=-1.0), "price"),
+        (EventInput("u1", "i0001", "view", timestamp_ms=10**15), "timestamp_ms"),
+    ]:
+        with pytest.raises(InvalidArgument, match=message):
+            core.record_events([good, bad])
+    with pytest.raises(InvalidArgument, match="must not be empty"):
+        core.record_events([])
+    assert store.read_events().num_rows == 0
+
+
+def test_forget_user_removes_events_and_personalisation(
+    published: PublishedModel, tmp_path: Path
+) -> None:
+    store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
+    core = fresh_core(published, store=store)
+    user = "u0001"
+    core.record_events(
+        [EventInput(user, "i0001", "purchase"), EventInput("u0002", "i0002", "view")]
+    )
+    assert not core.recommend(user, 5).fallback
+    assert core.forget_user(user, "ticket 42") == 1
+    after = core.recommend(user, 5)
+    assert after.fallback, "a forgotten user is no longer personalised by the old model"
+    assert store.read_events().column("user_id").to_pylist() == ["u0002"]
+    assert user in store.forgotten_users()
+    audit = (tmp_path / "events.db.audit.log").read_text()
+    assert '"user_id": "u0001"' in audit and "ticket 42" in audit
 
 
 def test_similar_items(core: RecommenderCore) -> None:
@@ -66,23 +216,31 @@ def test_similar_items(core: RecommenderCore) -> None:
     assert len(result.items) == 5
     assert item not in {i.item_id for i in result.items}
     assert {i.reason for i in result.items} == {f"similar_to:{item}"}
+    category = category_of(core, result.items[0].item_id)
+    within = core.similar_items(item, 5, Filters(include_categories=(category,)))
+    assert {category_of(core, i.item_id) for i in within.items} == {category}
     with pytest.raises(NotFound):
         core.similar_items("no-such-item", 5)
 
 
-@pytest.mark.parametrize("k", [0, -1, MAX_K + 1])
-def test_k_outside_range_is_invalid(core: RecommenderCore, k: int) -> None:
-    with pytest.raises(InvalidArgument, match="k must be between"):
+@pytest.mark.parametrize("k", [0, -1, 501])
+def test_k_outside_range_is_invalid(published: PublishedModel, k: int) -> None:
+    core = fresh_core(published, ServingConfig())
+    with pytest.raises(InvalidArgument, match="k must be between 1 and 500"):
         core.recommend("u0001", k)
     with pytest.raises(InvalidArgument, match="k must be between"):
         core.similar_items("i0001", k)
 
 
-def test_empty_ids_are_invalid(core: RecommenderCore) -> None:
+def test_limits_on_ids_and_lists(core: RecommenderCore) -> None:
     with pytest.raises(InvalidArgument, match="user_id"):
         core.recommend("", 5)
     with pytest.raises(InvalidArgument, match="item_id"):
         core.similar_items("", 5)
+    with pytest.raises(InvalidArgument, match="longer than 256"):
+        core.recommend("u" * 257, 5)
+    with pytest.raises(InvalidArgument, match="at most 1000"):
+        core.recommend("u0001", 5, Filters(exclude_item_ids=tuple(f"x{n}" for n in range(1001))))
 
 
 def test_no_model_loaded_is_unavailable() -> None:
@@ -94,9 +252,8 @@ def test_popular_items_overall_per_category_and_trending(core: RecommenderCore) 
     model = core.model
     overall = core.popular_items(20)
     assert len(overall.items) == 20
-    assert [i.score for i in overall.items] == sorted(
-        (i.score for i in overall.items), reverse=True
-    )
+    scores = [i.score for i in overall.items]
+    assert scores == sorted(scores, reverse=True)
     category = str(model.items.categories[model.item_index(overall.items[-1].item_id)])
     in_category = core.popular_items(10, [category])
     assert in_category.items
@@ -105,3 +262,51 @@ def test_popular_items_overall_per_category_and_trending(core: RecommenderCore) 
     hot = core.popular_items(10, trending=True)
     assert {i.reason for i in hot.items} == {"trending"}
     assert core.popular_items(5, ["no-such-category"]).items == []
+
+
+def test_variants_are_assigned_deterministically_by_weight() -> None:
+    experiment = ExperimentConfig(
+        "e", "salt-1", [VariantConfig("a", 3.0), VariantConfig("b", 1.0, "popular")]
+    )
+    users = [f"user-{n}" for n in range(4000)]
+    first = [assign_variant(experiment, u).name for u in users]
+    assert first == [assign_variant(experiment, u).name for u in users]
+    share = first.count("a") / len(users)
+    assert 0.72 < share < 0.78
+    reshuffled = dataclasses.replace(experiment, salt="salt-2")
+    moved = np.mean(
+        [assign_variant(reshuffled, u).name != v for u, v in zip(users, first, strict=True)]
+    )
+    assert moved > 0.2
+
+
+def test_experiment_variant_is_returned_and_recorded(published: PublishedModel, tmp_path: Path):
+    experiment = ExperimentConfig(
+        "home", "s", [VariantConfig("model", 1.0), VariantConfig("popular", 1.0, "popular")]
+    )
+    store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
+    core = fresh_core(published, dataclasses.replace(WIDE, experiments=[experiment]), store)
+    seen = {}
+    for n in range(40):
+        user = str(published.user_ids[n])
+        result = core.recommend(user, 5)
+        seen[result.variant] = result
+        expected = assign_variant(experiment, user).name
+        assert result.variant == f"home/{expected}"
+        assert result.fallback == (expected == "popular")
+        core.record_events(
+            [
+                EventInput(
+                    user,
+                    result.items[0].item_id,
+                    "view",
+                    recommendation_id=result.recommendation_id,
+                )
+            ]
+        )
+    assert set(seen) == {"home/model", "home/popular"}
+    store.record_impressions(core.take_impressions())
+    outcomes = store.read_outcomes()
+    assert outcomes.num_rows == 40
+    assert set(outcomes.column("variant").to_pylist()) == {"home/model", "home/popular"}
+    assert store.read_impressions().num_rows == 40

@@ -19,6 +19,8 @@ class CleaningReport:
     sparse_users: int = 0
     sparse_items: int = 0
     sparse_events: int = 0
+    forgotten_users: int = 0  # users deleted on request (ForgetUser), whose events were dropped
+    forgotten_events: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -26,6 +28,12 @@ class CleaningReport:
             f"cleaning: {self.bot_users} bot-like users ({self.bot_events} events) and "
             f"{self.sparse_users} users / {self.sparse_items} items below the minimum "
             f"interactions ({self.sparse_events} events) left out"
+            + (
+                f"; {self.forgotten_events} events of {self.forgotten_users} forgotten users "
+                "left out"
+                if self.forgotten_users
+                else ""
+            )
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -35,6 +43,8 @@ class CleaningReport:
             "sparse_users": self.sparse_users,
             "sparse_items": self.sparse_items,
             "sparse_events": self.sparse_events,
+            "forgotten_users": self.forgotten_users,
+            "forgotten_events": self.forgotten_events,
             "examples": self.examples,
         }
 

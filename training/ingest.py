@@ -351,8 +351,20 @@ class Dataset:
     reports: list[IngestReport]
 
 
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("event", pa.string()),
+        ("timestamp_ms", pa.int64()),
+        ("quantity", pa.float64()),
+        ("price", pa.float64()),
+    ]
+)
+
+
 def load_dataset(
-    events_path: Path,
+    events_path: Path | None,
     config: DataConfig,
     items_path: Path | None = None,
     users_path: Path | None = None,
@@ -366,8 +378,12 @@ def load_dataset(
     if items_path is not None:
         items, report = load_items(items_path, config, writer)
         reports.append(report)
-    events, report = load_events(events_path, config, writer, items, now_ms)
-    reports.insert(0, report)
+    if events_path is not None:
+        events, report = load_events(events_path, config, writer, items, now_ms)
+        events = events.cast(EVENTS_SCHEMA)
+        reports.insert(0, report)
+    else:
+        events = EVENTS_SCHEMA.empty_table()
     users = None
     if users_path is not None:
         users, report = load_users(users_path, config, writer)

@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from recsvc.config import Config
 from recsvc.errors import BadInput, QualityGateRefused
+from recsvc.eventstore import open_event_store
 from recsvc.models import (
     MODEL_TYPES,
     ALSRecommender,
@@ -58,9 +61,10 @@ BLEND_MARGIN = 0.01
 
 @dataclass(frozen=True)
 class TrainInputs:
-    events: Path
+    events: Path | None
     items: Path | None = None
     users: Path | None = None
+    event_store: str | None = None  # URL of the server's event store (RecordEvents, ForgetUser)
 
 
 @dataclass
@@ -79,6 +83,15 @@ def fingerprint(inputs: TrainInputs, config: Config) -> str:
             with open(path, "rb") as handle:
                 while chunk := handle.read(1 << 20):
                     digest.update(chunk)
+    if inputs.event_store:
+        store = open_event_store(inputs.event_store)
+        try:
+            digest.update(b"\0store\0")
+            for column in store.read_events().columns:
+                digest.update(str(column.to_pylist()).encode())
+            digest.update(json.dumps(store.forgotten_users(), sort_keys=True).encode())
+        finally:
+            store.close()
     digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -192,6 +205,7 @@ def train(
     """
     progress = progress or Progress("train")
     store = ModelStore(model_dir)
+    started_at_ms = int(time.time() * 1000)
 
     dataset, cleaning = ingest_and_clean(
         inputs, config, rejects_dir or model_dir / "rejects", progress
@@ -233,6 +247,7 @@ def train(
         "data_fingerprint": fingerprint(inputs, config),
         "data_end_ms": int(events.column("timestamp_ms").to_numpy().max()),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started_at_ms": started_at_ms,
         "n_users": int(interactions.shape[0]),
         "n_items": int(interactions.shape[1]),
         "n_interactions": int(interactions.confidence.nnz),
@@ -279,6 +294,8 @@ def ingest_and_clean(
     inputs: TrainInputs, config: Config, rejects_dir: Path, progress: Progress
 ) -> tuple[Dataset, CleaningReport]:
     """Validated inputs with the cleaning rules applied; BadInput when no event is left."""
+    if inputs.events is None and not inputs.event_store:
+        raise BadInput("no events: give an events file, an event store, or both")
     with progress.stage("ingest") as tally:
         dataset = load_dataset(
             inputs.events, config.data, inputs.items, inputs.users, rejects_dir=rejects_dir
@@ -286,11 +303,50 @@ def ingest_and_clean(
         tally.count = sum(r.rows_read for r in dataset.reports)
     for report in dataset.reports:
         progress.say(report.summary())
+    forgotten: dict[str, int] = {}
+    if inputs.event_store:
+        store = open_event_store(inputs.event_store)
+        try:
+            stored = store.read_events()
+            forgotten = store.forgotten_users()
+        finally:
+            store.close()
+        progress.say(f"event store {inputs.event_store}: {stored.num_rows:,} events")
+        dataset = dataclasses.replace(
+            dataset, events=pa.concat_tables([dataset.events, stored.cast(dataset.events.schema)])
+        )
+    dataset, privacy = leave_out_forgotten(dataset, forgotten)
     events, cleaning = clean_events(dataset.events, config.cleaning)
+    cleaning.forgotten_users, cleaning.forgotten_events = privacy
     progress.say(cleaning.summary())
     if events.num_rows == 0:
-        raise BadInput(f"events file {inputs.events} has no usable rows")
+        raise BadInput("the inputs have no usable events")
     return dataclasses.replace(dataset, events=events), cleaning
+
+
+def leave_out_forgotten(
+    dataset: Dataset, forgotten: dict[str, int]
+) -> tuple[Dataset, tuple[int, int]]:
+    """Drops what forgotten users did up to the moment they were forgotten, and their profile."""
+    if not forgotten:
+        return dataset, (0, 0)
+    events = dataset.events
+    names = pa.array(list(forgotten), pa.string())
+    when = np.array(list(forgotten.values()), dtype=np.int64)
+    slot = pc.index_in(events.column("user_id"), value_set=names)
+    slot = slot.to_numpy(zero_copy_only=False)
+    hit = ~np.isnan(slot.astype(float))
+    stamps = events.column("timestamp_ms").to_numpy()
+    drop = np.zeros(events.num_rows, dtype=bool)
+    drop[hit] = stamps[hit] <= when[slot[hit].astype(np.int64)]
+    users = dataset.users
+    if users is not None:
+        users = users.filter(pc.invert(pc.is_in(users.column("user_id"), value_set=names)))
+    touched = int(np.unique(events.column("user_id").to_numpy(zero_copy_only=False)[drop]).size)
+    return (
+        dataclasses.replace(dataset, events=events.filter(pa.array(~drop)), users=users),
+        (touched, int(drop.sum())),
+    )
 
 
 def select_model(
