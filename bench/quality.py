@@ -49,14 +49,14 @@ from training.progress import Progress  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 # dataset name: (import format, source folder, test period)
 SPLITS = {
-    "online-retail": ("online-retail", "online-retail", "last 20% of events (global cut)"),
-    "movielens-100k": ("movielens", "movielens-100k", "last 20% of events (global cut)"),
+    "online-retail": ("online-retail", "online-retail", "newest 20% of events"),
+    "movielens-100k": ("movielens", "movielens-100k", "newest 20% of events"),
     "movielens-latest-small": (
         "movielens",
         "movielens-latest-small",
-        "last 20% of events (global cut)",
+        "newest 20% of events",
     ),
-    "taobao": ("taobao", "taobao-userbehavior", "last 20% of events (global cut)"),
+    "taobao": ("taobao", "taobao-userbehavior", "newest 20% of events"),
     "tmall": ("tmall", "tmall-brand-2013", "2013-07-16..08-15 (the contest's last month)"),
     "multibehavior": ("multibehavior", "mbcgcn-multibehavior", "the given test.txt purchases"),
 }
@@ -90,7 +90,9 @@ def outer_split(name: str, data_dir: Path, events: pa.Table, config: Config) -> 
         truth = test.confidence.copy()
         truth.data[:] = 1.0
         return Holdout(train_events, train, truth, "temporal", TMALL_CUT_MS)
-    split = holdout_split(events, signals, TEST_SHARE, config.training.seed)
+    split = holdout_split(
+        events, signals, TEST_SHARE, config.training.seed, 0, config.training.min_holdout_users
+    )
     assert split is not None
     return split
 
@@ -114,7 +116,12 @@ def run_dataset(name: str, work: Path, families: list[str], progress: Progress) 
     started = time.perf_counter()
     names, skipped = candidates(config, outer.train.shape[1])
     inner = holdout_split(
-        outer.train_events, config.signals, config.training.validation_share, config.training.seed
+        outer.train_events,
+        config.signals,
+        config.training.validation_share,
+        config.training.seed,
+        config.training.holdout_user_last_n,
+        config.training.min_holdout_users,
     )
     selection = select_model(names, skipped, inner, train_part, config, progress)
     chosen = selection["selected"]
@@ -180,7 +187,7 @@ def table(results: list[dict]) -> str:
     for r in results:
         cells = [
             r["dataset"],
-            r["test_period"],
+            f"{r['test_period']} ({r['split']['method']})",
             f"{r['split']['repeat_share']:.0%}",
             r["variant"],
         ]

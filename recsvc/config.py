@@ -114,6 +114,7 @@ class TrainingConfig:
     seed: int = 42
     validation_share: float = 0.15
     holdout_user_last_n: int = 0
+    min_holdout_users: int = 200
     keep_versions: int = 5
     quality_gate_tolerance: float = 0.05
 

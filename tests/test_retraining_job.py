@@ -281,3 +281,18 @@ def test_user_last_n_holds_out_each_users_newest_events() -> None:
     test = {(users[r], items[c]) for r, c in zip(*holdout.test.nonzero(), strict=True)}
     # i9 is held out for z and b, but no training event has it, so it cannot be scored.
     assert test == {("z", "i8"), ("a", "i3"), ("a", "i4")}
+
+
+def test_too_few_users_after_the_cut_date_fall_back_to_each_users_newest_events() -> None:
+    # Each user comes once, in a burst, like film raters: a cut date leaves few users to judge.
+    rows = [
+        (f"u{u}", f"i{(u + t) % 12}", "view", (u * 100 + t) * 1000)
+        for u in range(30)
+        for t in range(10)
+    ]
+    by_date = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1)
+    assert by_date is None or by_date.describe()["test_users"] <= 1
+    per_user = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1, min_users=20)
+    assert per_user is not None and per_user.method == "user_last_share"
+    assert per_user.describe()["test_users"] == 30
+    assert per_user.train_events.num_rows == 30 * 8  # each user's newest 2 of 10 held out

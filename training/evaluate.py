@@ -67,29 +67,51 @@ class Holdout:
 
 
 def holdout_split(
-    events: pa.Table, signals: SignalsConfig, share: float, seed: int, user_last_n: int = 0
+    events: pa.Table,
+    signals: SignalsConfig,
+    share: float,
+    seed: int,
+    user_last_n: int = 0,
+    min_users: int = 0,
 ) -> Holdout | None:
     """The holdout for `events`, or None when there is too little data for an honest one.
 
-    By default the newest `share` of events (one cut date for everyone); with `user_last_n`,
-    each user's last N events instead (never a user's only event).
+    By default the newest `share` of events (one cut date for everyone). Where that leaves
+    fewer than `min_users` users to judge (users who come in bursts and leave, as in film
+    ratings), each user's newest `share` of events instead, if that judges more users. With
+    `user_last_n`, each user's last N events. A user's only event always stays in training.
     """
     ts = events.column("timestamp_ms").to_numpy()
     if ts.size < 2 or not 0 < share < 1:
         return None
-    if np.unique(ts).size > 1 and user_last_n > 0:
-        before = ~_last_events(events, user_last_n)
-        method, cut_ms = "user_last", None
-    elif np.unique(ts).size > 1:
-        cut = int(np.quantile(ts, 1.0 - share))
-        before = pc.less(events.column("timestamp_ms"), cut).to_numpy(zero_copy_only=False)
-        if before.all() or not before.any():
-            cut = int(ts.max())
-            before = ts < cut
-        method, cut_ms = "temporal", cut
-    else:
+    if np.unique(ts).size == 1:
         before = np.random.default_rng(seed).random(ts.size) >= share
-        method, cut_ms = "per_user", None
+        return _holdout(events, signals, before, "per_user", None)
+    if user_last_n > 0:
+        return _holdout(events, signals, ~_last_events(events, n=user_last_n), "user_last", None)
+    cut = int(np.quantile(ts, 1.0 - share))
+    before = ts < cut
+    if before.all() or not before.any():
+        cut = int(ts.max())
+        before = ts < cut
+    holdout = _holdout(events, signals, before, "temporal", cut)
+    judged = 0 if holdout is None else holdout.describe()["test_users"]
+    if judged < min_users:
+        per_user = _holdout(
+            events, signals, ~_last_events(events, share=share), "user_last_share", None
+        )
+        if per_user is not None and per_user.describe()["test_users"] > judged:
+            return per_user
+    return holdout
+
+
+def _holdout(
+    events: pa.Table,
+    signals: SignalsConfig,
+    before: np.ndarray,
+    method: str,
+    cut_ms: int | None,
+) -> Holdout | None:
     train_events = events.filter(pa.array(before))
     test_events = events.filter(pa.array(~before))
     if train_events.num_rows == 0 or test_events.num_rows == 0:
@@ -104,8 +126,9 @@ def holdout_split(
     return Holdout(train_events, train, test, method, cut_ms)
 
 
-def _last_events(events: pa.Table, n: int) -> np.ndarray:
-    """Mask of each user's last `n` events by time, keeping at least one event per user."""
+def _last_events(events: pa.Table, n: int = 0, share: float = 0.0) -> np.ndarray:
+    """Mask of each user's last `n` events (or newest `share` of them, rounded up) by time,
+    keeping at least one event per user in training."""
     users = pc.dictionary_encode(events.column("user_id")).combine_chunks().indices.to_numpy()
     ts = events.column("timestamp_ms").to_numpy()
     order = np.lexsort((np.arange(ts.size), ts, users))
@@ -113,10 +136,11 @@ def _last_events(events: pa.Table, n: int) -> np.ndarray:
     ends = np.r_[np.flatnonzero(np.diff(sorted_users)) + 1, sorted_users.size]
     starts = np.r_[0, ends[:-1]]
     sizes = ends - starts
+    wanted = np.full(sizes.size, n) if n else np.ceil(share * sizes).astype(np.int64)
     from_end = np.repeat(ends, sizes) - np.arange(sorted_users.size)  # 1 for a user's last
     keep_one = np.repeat(sizes, sizes) > from_end
     last = np.zeros(ts.size, dtype=bool)
-    last[order] = (from_end <= n) & keep_one
+    last[order] = (from_end <= np.repeat(wanted, sizes)) & keep_one
     return last
 
 

@@ -225,6 +225,7 @@ def train(
             config.training.validation_share,
             config.training.seed,
             config.training.holdout_user_last_n,
+            config.training.min_holdout_users,
         )
     evaluation = select_model(names, skipped, holdout, dataset, config, progress)
     chosen = evaluation["selected"]

@@ -49,6 +49,7 @@ def evaluate_models(
         config.training.validation_share,
         config.training.seed,
         config.training.holdout_user_last_n,
+        config.training.min_holdout_users,
     )
     if holdout is None:
         raise BadInput("too little data for a holdout: nothing to evaluate")

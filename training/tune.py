@@ -111,9 +111,11 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dataset, _ = ingest_and_clean(inputs, config, out.parent / "rejects", progress)
     share, seed = config.training.validation_share, config.training.seed
-    last_n = config.training.holdout_user_last_n
-    outer = holdout_split(dataset.events, config.signals, share, seed, last_n)
-    inner = outer and holdout_split(outer.train_events, config.signals, share, seed, last_n)
+    last_n, min_users = config.training.holdout_user_last_n, config.training.min_holdout_users
+    outer = holdout_split(dataset.events, config.signals, share, seed, last_n, min_users)
+    inner = outer and holdout_split(
+        outer.train_events, config.signals, share, seed, last_n, min_users
+    )
     if outer is None or inner is None:
         raise BadInput("too little data to tune: need a test period and a validation period")
     names, skipped = candidates(
