@@ -67,7 +67,12 @@ class RunningServer:
         return code, "".join(self.output)
 
 
-def start_server(model_dir: Path) -> RunningServer:
+def start_server(
+    model_dir: Path, *extra: str, credentials: grpc.ChannelCredentials | None = None
+) -> RunningServer:
+    """`recsvc serve` on a free loopback port; `extra` flags are appended."""
+    if "--event-store" not in extra:
+        extra = (*extra, "--event-store", f"sqlite:///{model_dir / 'test-events.db'}")
     process = subprocess.Popen(
         [
             RECSVC,
@@ -80,6 +85,7 @@ def start_server(model_dir: Path) -> RunningServer:
             "0.2",
             "--grace",
             "5",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -90,19 +96,29 @@ def start_server(model_dir: Path) -> RunningServer:
     for line in process.stdout:
         lines.append(line)
         if line.startswith("recsvc serve: listening on "):
-            target = line.rsplit(" ", 1)[-1].strip()
+            target = line.split("listening on ", 1)[1].split()[0].rstrip(",")
             break
     else:
         raise AssertionError("server exited before listening:\n" + "".join(lines))
     # Keep reading output so the server never blocks on a full pipe.
     reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
     reader.start()
-    return RunningServer(process, target, grpc.insecure_channel(target), lines, reader)
+    channel = (
+        grpc.secure_channel(
+            target, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
+        if credentials is not None
+        else grpc.insecure_channel(target)
+    )
+    return RunningServer(process, target, channel, lines, reader)
 
 
 @pytest.fixture(scope="module")
-def server(trained: TrainResult) -> Iterator[RunningServer]:
-    running = start_server(trained.model_dir)
+def server(
+    trained: TrainResult, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    store = tmp_path_factory.mktemp("store") / "events.db"
+    running = start_server(trained.model_dir, "--event-store", f"sqlite:///{store}")
     running.wait_for_health(health_pb2.HealthCheckResponse.SERVING)
     yield running
     running.stop()

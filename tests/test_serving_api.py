@@ -1,0 +1,363 @@
+"""The serving API end to end over real channels: every RPC, real-time events, privacy
+deletion, API keys, TLS, metrics, hot reload under load, and arbitrary requests."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_server_e2e import RunningServer, start_server
+
+from recsvc.modelstore import ModelStore
+from recsvc.v1 import recommender_pb2 as pb
+from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+from training.pipeline import TrainResult
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained: TrainResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the trained store, so that publishing here disturbs no other test."""
+    target = tmp_path_factory.mktemp("api") / "models"
+    shutil.copytree(trained.model_dir, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def api(model_dir: Path) -> Iterator[RunningServer]:
+    running = start_server(model_dir, "--metrics-port", "0")
+    running.wait_for_health(SERVING)
+    yield running
+    running.stop()
+
+
+def metrics_url(server: RunningServer) -> str:
+    for line in server.output:
+        if "metrics on " in line:
+            return line.split("metrics on ", 1)[1].strip()
+    raise AssertionError("no metrics line in the server output")
+
+
+def test_filters_and_context_over_the_wire(api: RunningServer) -> None:
+    stub = api.stub
+    top = stub.Recommend(pb.RecommendRequest(user_id="u0001", k=5), timeout=5)
+    assert top.recommendation_id and len(top.items) == 5
+    similar = stub.SimilarItems(pb.SimilarItemsRequest(item_id=top.items[0].item_id, k=5))
+    anchor = top.items[0].item_id
+    session = stub.Recommend(
+        pb.RecommendRequest(user_id="anon-42", k=5, context_item_ids=[anchor]), timeout=5
+    )
+    assert not session.fallback
+    assert {i.reason for i in session.items} == {f"similar_to:{anchor}"}
+    filtered = stub.Recommend(
+        pb.RecommendRequest(
+            user_id="u0001", k=10, filters=pb.Filters(min_price=1.0, max_price=15.0)
+        ),
+        timeout=5,
+    )
+    assert filtered.items and len(similar.items) == 5
+    hot = stub.PopularItems(pb.PopularItemsRequest(k=3, trending=True), timeout=5)
+    assert {i.reason for i in hot.items} == {"trending"}
+
+
+def test_recorded_events_show_in_the_next_recommendation(api: RunningServer) -> None:
+    stub = api.stub
+    user = "fresh-visitor-7"
+    before = stub.Recommend(pb.RecommendRequest(user_id=user, k=10), timeout=5)
+    assert before.fallback
+    item = before.items[-1].item_id
+    started = time.monotonic()
+    recorded = stub.RecordEvents(
+        pb.RecordEventsRequest(
+            events=[
+                pb.Event(user_id=user, item_id=item, event="view"),
+                pb.Event(user_id=user, item_id=item, event="cart", quantity=2, price=9.5),
+            ]
+        ),
+        timeout=5,
+    )
+    after = stub.Recommend(pb.RecommendRequest(user_id=user, k=10), timeout=5)
+    assert time.monotonic() - started < 1.0
+    assert recorded.recorded == 2
+    assert not after.fallback and [i.item_id for i in after.items] != [
+        i.item_id for i in before.items
+    ]
+
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RecordEvents(
+            pb.RecordEventsRequest(
+                events=[
+                    pb.Event(user_id=user, item_id=item, event="view"),
+                    pb.Event(user_id=user, item_id=item, event="click"),
+                ]
+            ),
+            timeout=5,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "events[1].event" in caught.value.details()
+
+
+def test_forget_user_over_the_wire(api: RunningServer, model_dir: Path) -> None:
+    stub = api.stub
+    user = "u0007"
+    stub.RecordEvents(
+        pb.RecordEventsRequest(events=[pb.Event(user_id=user, item_id="i0001", event="view")])
+    )
+    assert not stub.Recommend(pb.RecommendRequest(user_id=user, k=3), timeout=5).fallback
+    deleted = stub.ForgetUser(pb.ForgetUserRequest(user_id=user, reason="gdpr-1"), timeout=5)
+    assert deleted.events_deleted == 1
+    assert stub.Recommend(pb.RecommendRequest(user_id=user, k=3), timeout=5).fallback
+    audit = (model_dir / "test-events.db.audit.log").read_text()
+    assert json.loads(audit.splitlines()[-1])["user_id"] == user
+
+
+def test_model_info_reload_and_metrics(api: RunningServer) -> None:
+    info = api.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+    assert info.version and info.model_type and info.n_items > 0
+    assert info.metrics["ndcg@10"] > 0
+    again = api.stub.ReloadModel(pb.ReloadModelRequest(), timeout=5)
+    assert again.version == info.version
+    api.stub.Recommend(pb.RecommendRequest(user_id="nobody-at-all", k=3), timeout=5)
+    with pytest.raises(grpc.RpcError):
+        api.stub.Recommend(pb.RecommendRequest(user_id="", k=3), timeout=5)
+    body = urllib.request.urlopen(metrics_url(api), timeout=5).read().decode()
+    assert 'recsvc_requests_total{code="OK",method="Recommend"}' in body
+    assert 'recsvc_requests_total{code="INVALID_ARGUMENT",method="Recommend"}' in body
+    assert "recsvc_request_seconds_bucket" in body
+    assert "recsvc_fallbacks_total" in body and "recsvc_events_recorded_total" in body
+    assert f'recsvc_model_info{{model_type="{info.model_type}",version="{info.version}"}} 1.0' in (
+        body
+    )
+
+
+def test_access_log_lines_are_json_with_a_request_id(api: RunningServer) -> None:
+    call = api.stub.Recommend.with_call(
+        pb.RecommendRequest(user_id="u0001", k=1),
+        metadata=(("x-request-id", "trace-abc-123"),),
+        timeout=5,
+    )
+    assert ("x-request-id", "trace-abc-123") in call[1].trailing_metadata()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in api.output if x.startswith("{")]
+        mine = [x for x in lines if x.get("request_id") == "trace-abc-123"]
+        if mine:
+            break
+        time.sleep(0.05)
+    assert mine and mine[0]["method"] == "Recommend" and mine[0]["code"] == "OK"
+    assert "ms" in mine[0] and mine[0]["logger"] == "recsvc.access"
+
+
+def test_reload_under_load_fails_no_request_and_refuses_a_broken_version(
+    api: RunningServer, model_dir: Path
+) -> None:
+    store = ModelStore(model_dir)
+    old = store.current_version()
+    assert old is not None
+    outcomes: Counter[str] = Counter()
+    versions: set[str] = set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with grpc.insecure_channel(api.target) as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            while not stop.is_set():
+                try:
+                    r = stub.Recommend(pb.RecommendRequest(user_id="u0003", k=20), timeout=5)
+                    versions.add(r.model_version)
+                    outcomes["OK"] += 1
+                except grpc.RpcError as exc:
+                    outcomes[exc.code().name] += 1
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    source = store.path(old)
+    new = store.publish(
+        lambda staging: shutil.copytree(source, staging, dirs_exist_ok=True), suffix="reload"
+    )
+    deadline = time.monotonic() + 10
+    while new not in versions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # A version whose arrays disagree is refused; the good one keeps serving.
+    broken = store.publish(
+        lambda staging: (
+            shutil.copytree(source, staging, dirs_exist_ok=True),
+            (staging / "item_ids.npy").write_bytes(b"not an array"),
+        ),
+        suffix="broken",
+    )
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert set(outcomes) == {"OK"}, outcomes
+    assert outcomes["OK"] > 20
+    assert new in versions and broken not in versions
+    info = api.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+    assert info.version == new
+    store.set_current(old)
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "server.pem", directory / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_and_api_keys(model_dir: Path, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    (tmp_path / "keys").write_text("# key role\nclient-key-1 client\nadmin-key-1 admin\n")
+    (tmp_path / "serve.toml").write_text('[serving]\napi_keys_file = "keys"\n')
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    running = start_server(
+        model_dir,
+        "--config",
+        str(tmp_path / "serve.toml"),
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        credentials=credentials,
+    )
+    try:
+        running.wait_for_health(SERVING)  # health stays open for load balancers
+        stub = running.stub
+        request = pb.RecommendRequest(user_id="u0001", k=3)
+        for metadata, code in [
+            ((), grpc.StatusCode.UNAUTHENTICATED),
+            ((("authorization", "Bearer wrong"),), grpc.StatusCode.UNAUTHENTICATED),
+        ]:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Recommend(request, metadata=metadata, timeout=5)
+            assert caught.value.code() == code
+        client = (("authorization", "Bearer client-key-1"),)
+        admin = (("authorization", "Bearer admin-key-1"),)
+        assert len(stub.Recommend(request, metadata=client, timeout=5).items) == 3
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ReloadModel(pb.ReloadModelRequest(), metadata=client, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert stub.ReloadModel(pb.ReloadModelRequest(), metadata=admin, timeout=5).version
+        with grpc.insecure_channel(running.target) as plain, pytest.raises(grpc.RpcError):
+            pb_grpc.RecommenderStub(plain).Recommend(request, metadata=client, timeout=2)
+    finally:
+        running.stop()
+
+
+ids = st.text(max_size=300)
+filters = st.builds(
+    pb.Filters,
+    include_categories=st.lists(st.text(max_size=20), max_size=3),
+    exclude_categories=st.lists(st.text(max_size=20), max_size=3),
+    available_only=st.booleans(),
+    min_price=st.floats(allow_nan=True, allow_infinity=True),
+    max_price=st.floats(allow_nan=True, allow_infinity=True),
+)
+k = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+calls = st.one_of(
+    st.tuples(
+        st.just("Recommend"),
+        st.builds(
+            pb.RecommendRequest,
+            user_id=ids,
+            k=k,
+            exclude_item_ids=st.lists(ids, max_size=3),
+            exclude_purchased=st.booleans(),
+            filters=filters,
+            context_item_ids=st.lists(st.sampled_from(["i0001", "i0002", "zz"]) | ids, max_size=3),
+        ),
+    ),
+    st.tuples(
+        st.just("SimilarItems"),
+        st.builds(pb.SimilarItemsRequest, item_id=st.sampled_from(["i0001"]) | ids, k=k),
+    ),
+    st.tuples(
+        st.just("PopularItems"),
+        st.builds(
+            pb.PopularItemsRequest,
+            k=k,
+            categories=st.lists(st.text(max_size=10), max_size=3),
+            trending=st.booleans(),
+            filters=filters,
+        ),
+    ),
+    st.tuples(
+        st.just("RecordEvents"),
+        st.builds(
+            pb.RecordEventsRequest,
+            events=st.lists(
+                st.builds(
+                    pb.Event,
+                    user_id=st.text(min_size=1, max_size=40).map(lambda s: "hyp-" + s) | ids,
+                    item_id=ids,
+                    event=st.sampled_from(["view", "cart", "purchase", "", "buy"]),
+                    timestamp_ms=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+                    quantity=st.floats(allow_nan=True),
+                    price=st.floats(allow_nan=True),
+                    recommendation_id=st.text(max_size=300),
+                ),
+                max_size=4,
+            ),
+        ),
+    ),
+    st.tuples(
+        st.just("ForgetUser"),
+        st.builds(pb.ForgetUserRequest, user_id=st.text(max_size=40).map(lambda s: "hyp-" + s)),
+    ),
+    st.tuples(st.just("GetModelInfo"), st.just(pb.GetModelInfoRequest())),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(call=calls)
+def test_no_client_request_is_ever_an_internal_error(api: RunningServer, call) -> None:
+    method, request = call
+    try:
+        getattr(api.stub, method)(request, timeout=10)
+    except grpc.RpcError as exc:
+        assert exc.code() in {
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.NOT_FOUND,
+        }, (method, exc.code(), exc.details())
