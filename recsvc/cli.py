@@ -100,6 +100,28 @@ def _tune(args: argparse.Namespace) -> None:
     )
 
 
+def _experiments_report(args: argparse.Namespace) -> None:
+    import dataclasses
+    import json
+
+    from recsvc.eventstore import open_event_store
+    from recsvc.experiments import experiment_report, format_report
+
+    store = open_event_store(args.event_store)
+    try:
+        results = experiment_report(store.read_impressions(), store.read_outcomes())
+    finally:
+        store.close()
+    if args.experiment:
+        results = [r for r in results if r.variant.split("/", 1)[0] == args.experiment]
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
+    elif results:
+        print(format_report(results))
+    else:
+        print("no impressions recorded yet")
+
+
 def _models_list(args: argparse.Namespace) -> None:
     import json
 
@@ -314,6 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("version")
     rollback.add_argument("--model-dir", type=Path, required=True)
     rollback.set_defaults(run=_models_rollback)
+
+    experiments = roles.add_parser("experiments", help="A/B experiment results")
+    experiments_cmds = experiments.add_subparsers(dest="experiments_command", required=True)
+    report = experiments_cmds.add_parser(
+        "report", help="impressions, click-through and conversion per variant, with 95% CIs"
+    )
+    report.add_argument("--event-store", required=True, help="e.g. sqlite:///var/models/events.db")
+    report.add_argument("--experiment", default=None, help="only this experiment")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(run=_experiments_report)
 
     check = roles.add_parser("health", help="exit 0 if a server reports SERVING, else 1")
     check.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")

@@ -7,7 +7,6 @@ runs from start to end on the model it started with, even during a reload.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 import uuid
@@ -18,9 +17,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recsvc.config import EVENT_NAMES, ExperimentConfig, ServingConfig, VariantConfig
+from recsvc.config import EVENT_NAMES, ServingConfig
 from recsvc.errors import InvalidArgument, NotFound, Unavailable
 from recsvc.eventstore import EventStore, StoredEvent
+from recsvc.experiments import assign_variant
 from recsvc.models.base import top_k
 from recsvc.published import PublishedModel
 
@@ -163,19 +163,6 @@ class RealtimeHistory:
                     self._users[user_id].events = deque(kept, maxlen=self.per_user)
                 else:
                     del self._users[user_id]
-
-
-def assign_variant(experiment: ExperimentConfig, user_id: str) -> VariantConfig:
-    """Deterministic bucketing: a hash of salt and user id picks a variant by weight."""
-    digest = hashlib.sha256(f"{experiment.salt}\0{user_id}".encode()).digest()
-    point = int.from_bytes(digest[:8], "big") / 2**64
-    total = sum(v.weight for v in experiment.variants)
-    edge = 0.0
-    for variant in experiment.variants:
-        edge += variant.weight / total
-        if point < edge:
-            return variant
-    return experiment.variants[-1]
 
 
 class RecommenderCore:

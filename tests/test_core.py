@@ -19,9 +19,10 @@ from recsvc.config import (
 )
 from recsvc.errors import InvalidArgument, NotFound, Unavailable
 from recsvc.eventstore import open_event_store
+from recsvc.experiments import assign_variant
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from service.core import EventInput, Filters, RecommenderCore, assign_variant
+from service.core import EventInput, Filters, RecommenderCore
 from training.pipeline import TrainResult
 
 WIDE = ServingConfig(limits=LimitsConfig(max_k=5000))
