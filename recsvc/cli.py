@@ -178,24 +178,33 @@ def _serve(args: argparse.Namespace) -> None:
     asyncio.run(serve(args.model_dir, load_config(args.config).serving, options))
 
 
+def _connection(args: argparse.Namespace):
+    import os
+
+    from service.client import Connection
+
+    key = args.api_key or os.environ.get("RECSVC_API_KEY", "")
+    return Connection(args.target, key, args.tls_ca, args.timeout)
+
+
 def _recommend(args: argparse.Namespace) -> None:
     from service.client import recommend
 
     recommend(
-        args.target,
+        _connection(args),
         args.user,
         args.k,
         args.exclude,
         args.exclude_purchased,
+        args.context,
         args.json,
-        args.timeout,
     )
 
 
 def _similar(args: argparse.Namespace) -> None:
     from service.client import similar
 
-    similar(args.target, args.item, args.k, args.json, args.timeout)
+    similar(_connection(args), args.item, args.k, args.json)
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -323,9 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
         client.add_argument("-k", type=int, default=10)
         client.add_argument("--json", action="store_true", help="print JSON instead of a table")
         client.add_argument("--timeout", type=float, default=5.0)
+        client.add_argument("--api-key", default="", help="API key (default: $RECSVC_API_KEY)")
+        client.add_argument("--tls-ca", type=Path, default=None, help="CA file: call over TLS")
         if key == "user":
             client.add_argument("--exclude", action="append", default=[], metavar="ITEM_ID")
             client.add_argument("--exclude-purchased", action="store_true")
+            client.add_argument(
+                "--context",
+                action="append",
+                default=[],
+                metavar="ITEM_ID",
+                help="an item the visitor is looking at (repeatable)",
+            )
         client.set_defaults(run=_recommend if key == "user" else _similar)
     models = roles.add_parser("models", help="published versions")
     models_cmds = models.add_subparsers(dest="models_command", required=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,29 +33,56 @@ def _print(
         print(f"{rank:4d}  {row['item_id']:<24} {row['score']:10.4f}  {row['reason']}")
 
 
+@dataclass(frozen=True)
+class Connection:
+    """Where and how to call: target, optional API key, optional CA file for TLS."""
+
+    target: str
+    api_key: str = ""
+    tls_ca: Path | None = None
+    timeout: float = 5.0
+
+    def channel(self) -> grpc.Channel:
+        if self.tls_ca is None:
+            return grpc.insecure_channel(self.target)
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca.read_bytes())
+        return grpc.secure_channel(self.target, credentials)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+
+
 def recommend(
-    target: str,
+    connection: Connection,
     user_id: str,
     k: int,
     exclude: list[str],
     exclude_purchased: bool,
+    context: list[str],
     as_json: bool,
-    timeout: float,
 ) -> None:
-    with grpc.insecure_channel(target) as channel:
+    with connection.channel() as channel:
         response = pb_grpc.RecommenderStub(channel).Recommend(
             pb.RecommendRequest(
-                user_id=user_id, k=k, exclude_item_ids=exclude, exclude_purchased=exclude_purchased
+                user_id=user_id,
+                k=k,
+                exclude_item_ids=exclude,
+                exclude_purchased=exclude_purchased,
+                context_item_ids=context,
             ),
-            timeout=timeout,
+            timeout=connection.timeout,
+            metadata=connection.metadata,
         )
     _print(response, as_json, f"top {k} for user {user_id}")
 
 
-def similar(target: str, item_id: str, k: int, as_json: bool, timeout: float) -> None:
-    with grpc.insecure_channel(target) as channel:
+def similar(connection: Connection, item_id: str, k: int, as_json: bool) -> None:
+    with connection.channel() as channel:
         response = pb_grpc.RecommenderStub(channel).SimilarItems(
-            pb.SimilarItemsRequest(item_id=item_id, k=k), timeout=timeout
+            pb.SimilarItemsRequest(item_id=item_id, k=k),
+            timeout=connection.timeout,
+            metadata=connection.metadata,
         )
     _print(response, as_json, f"{k} items similar to {item_id}")
 

@@ -4,8 +4,11 @@ deletion, API keys, TLS, metrics, hot reload under load, and arbitrary requests.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
+import os
 import shutil
+import subprocess
 import threading
 import time
 import urllib.request
@@ -18,7 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_server_e2e import RunningServer, start_server
+from test_server_e2e import RECSVC, RunningServer, start_server
 
 from recsvc.modelstore import ModelStore
 from recsvc.v1 import recommender_pb2 as pb
@@ -230,7 +233,12 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "server.pem", directory / "server.key"
@@ -280,6 +288,18 @@ def test_tls_and_api_keys(model_dir: Path, tmp_path: Path) -> None:
         assert stub.ReloadModel(pb.ReloadModelRequest(), metadata=admin, timeout=5).version
         with grpc.insecure_channel(running.target) as plain, pytest.raises(grpc.RpcError):
             pb_grpc.RecommenderStub(plain).Recommend(request, metadata=client, timeout=2)
+        cli = [RECSVC, "recommend", "--target", running.target, "--user", "u0001", "--json"]
+        tls = ["--tls-ca", str(cert)]
+        denied = subprocess.run([*cli, *tls], capture_output=True, text=True)
+        assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+        allowed = subprocess.run(
+            [*cli, *tls, "--context", "i0002"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "RECSVC_API_KEY": "client-key-1"},
+        )
+        assert allowed.returncode == 0, allowed.stderr
+        assert len(json.loads(allowed.stdout)["items"]) == 10
     finally:
         running.stop()
 
