@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from test_server_e2e import RECSVC, RunningServer, start_server
 
 from recsvc.modelstore import ModelStore
+from recsvc.published import PublishedModel
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from training.pipeline import TrainResult
@@ -381,3 +382,71 @@ def test_no_client_request_is_ever_an_internal_error(api: RunningServer, call) -
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.NOT_FOUND,
         }, (method, exc.code(), exc.details())
+
+
+def test_experiment_and_rules_from_config_end_to_end(model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "serve.toml").write_text(
+        """
+[serving.rules]
+max_per_category = 1
+
+[[serving.experiments]]
+name = "home"
+salt = "e2e"
+[[serving.experiments.variants]]
+name = "model"
+weight = 1.0
+[[serving.experiments.variants]]
+name = "trending"
+weight = 1.0
+strategy = "trending"
+"""
+    )
+    store = tmp_path / "events.db"
+    running = start_server(
+        model_dir, "--config", str(tmp_path / "serve.toml"), "--event-store", f"sqlite:///{store}"
+    )
+    try:
+        running.wait_for_health(SERVING)
+        stub = running.stub
+        published = PublishedModel.load(
+            ModelStore(model_dir).path(ModelStore(model_dir).current_version())
+        )
+        variants: Counter[str] = Counter()
+        for n in range(1, 41):
+            user = f"u{n:04d}"
+            response = stub.Recommend(pb.RecommendRequest(user_id=user, k=8), timeout=5)
+            variants[response.variant] += 1
+            assert response.variant in ("home/model", "home/trending")
+            assert response.fallback == (response.variant == "home/trending")
+            per_category = Counter(
+                str(published.items.categories[published.item_index(i.item_id)])
+                for i in response.items
+            )
+            assert max(per_category.values()) == 1, per_category  # the cap holds everywhere
+            stub.RecordEvents(
+                pb.RecordEventsRequest(
+                    events=[
+                        pb.Event(
+                            user_id=user,
+                            item_id=response.items[0].item_id,
+                            event="purchase" if n % 3 == 0 else "view",
+                            recommendation_id=response.recommendation_id,
+                        )
+                    ]
+                ),
+                timeout=5,
+            )
+        assert set(variants) == {"home/model", "home/trending"}
+    finally:
+        running.stop()  # flushes buffered impressions
+    report = subprocess.run(
+        [RECSVC, "experiments", "report", "--event-store", f"sqlite:///{store}", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = {r["variant"]: r for r in json.loads(report.stdout)}
+    assert sum(r["impressions"] for r in rows.values()) == 40
+    assert sum(r["clicks"]["successes"] for r in rows.values()) == 40 - 13
+    assert sum(r["conversions"]["successes"] for r in rows.values()) == 13
