@@ -296,3 +296,31 @@ def test_too_few_users_after_the_cut_date_fall_back_to_each_users_newest_events(
     assert per_user is not None and per_user.method == "user_last_share"
     assert per_user.describe()["test_users"] == 30
     assert per_user.train_events.num_rows == 30 * 8  # each user's newest 2 of 10 held out
+
+
+def test_training_reads_the_event_store_and_leaves_forgotten_users_out(
+    shop_inputs: TrainInputs, tmp_path: Path
+) -> None:
+    from recsvc.eventstore import StoredEvent, open_event_store
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    store = open_event_store(url)
+    late = 1_795_000_000_000  # 2026-11-18, after the shop's log: the newest events in the run
+    store.append(
+        [StoredEvent("new-shopper", f"i{n:04d}", "purchase", late + n) for n in range(1, 6)]
+        + [StoredEvent("u0001", "i0001", "view", late)]
+    )
+    store.forget("u0002")
+    store.close()
+    result = train(
+        dataclasses.replace(shop_inputs, event_store=url),
+        tmp_path / "m",
+        Config(),
+        progress=quiet(),
+    )
+    model = PublishedModel.load(ModelStore(tmp_path / "m").path(result.version))
+    assert model.user_index("new-shopper") is not None
+    assert model.user_index("u0002") is None, "a forgotten user is left out of training"
+    cleaning = result.manifest["cleaning"]
+    assert cleaning["forgotten_users"] == 1 and cleaning["forgotten_events"] > 0
+    assert result.manifest["data_end_ms"] >= late
