@@ -32,8 +32,10 @@ ENV PATH=/opt/recsvc/bin:$PATH \
 USER recsvc
 WORKDIR /home/recsvc
 VOLUME ["/models"]
-EXPOSE 50051
+# gRPC, and Prometheus /metrics.
+EXPOSE 50051 9100
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
   CMD ["recsvc", "health", "--target", "127.0.0.1:50051"]
 ENTRYPOINT ["recsvc"]
-CMD ["serve", "--model-dir", "/models", "--host", "0.0.0.0", "--port", "50051"]
+CMD ["serve", "--model-dir", "/models", "--host", "0.0.0.0", "--port", "50051", \
+     "--metrics-port", "9100"]
