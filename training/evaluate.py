@@ -214,6 +214,7 @@ class _Variant:
         self.has_truth = np.diff(test.indptr) > 0
         self.discounts = 1.0 / np.log2(np.arange(2, k + 2))
         self.sums = np.zeros(len(self.NAMES))
+        self.ndcg_squares = 0.0  # for the standard error of the mean NDCG
         self.users = 0
         self.recommended = np.zeros(test.shape[1], dtype=bool)
         self.popularity_sum, self.popularity_n = 0.0, 0
@@ -238,10 +239,12 @@ class _Variant:
         width = hits.shape[1]
         ideal = np.array([self.discounts[: min(n, k)].sum() for n in n_rel])
         precision_at = np.cumsum(hits, axis=1) / np.arange(1, width + 1)
+        ndcg = (hits * self.discounts[:width]).sum(1) / ideal
+        self.ndcg_squares += float((ndcg**2).sum())
         self.sums += [
             (hits.sum(1) / k).sum(),
             (hits.sum(1) / n_rel).sum(),
-            ((hits * self.discounts[:width]).sum(1) / ideal).sum(),
+            ndcg.sum(),
             ((precision_at * hits).sum(1) / np.minimum(n_rel, k)).sum(),
             hits.any(1).sum(),
         ]
@@ -258,6 +261,9 @@ class _Variant:
             f"{name}@{k}": round(float(v / self.users), 6)
             for name, v in zip(self.NAMES, self.sums, strict=True)
         }
+        mean_ndcg = self.sums[self.NAMES.index("ndcg")] / self.users
+        variance = max(self.ndcg_squares / self.users - mean_ndcg**2, 0.0)
+        result[f"ndcg_se@{k}"] = round(float(np.sqrt(variance / self.users)), 6)
         result[f"coverage@{k}"] = round(float(self.recommended.mean()), 6)
         result[f"popularity@{k}"] = round(self.popularity_sum / max(self.popularity_n, 1), 6)
         result["users"] = int(self.users)
