@@ -145,12 +145,14 @@ def main() -> None:
             f"peak {runs[-1]['peak_rss_mib']:,.0f} MiB",
             flush=True,
         )
-    print(
-        f"\nWhole pipeline, medians of {args.runs} runs ({platform.node()}, {os.cpu_count()} CPUs)"
-    )
-    for key in runs[0]:
-        values = [r[key] for r in runs if key in r]
-        print(f"  {key:<40} {statistics.median(values):>14,.2f}")
+    if runs:  # --runs 0 measures only the ALS overhead
+        print(
+            f"\nWhole pipeline, medians of {args.runs} runs "
+            f"({platform.node()}, {os.cpu_count()} CPUs)"
+        )
+        for key in runs[0]:
+            values = [r[key] for r in runs if key in r]
+            print(f"  {key:<40} {statistics.median(values):>14,.2f}")
     overhead = als_overhead(shop, args.als_runs)
     print(f"\nALS fit on {overhead['matrix']}, medians of {args.als_runs} interleaved runs")
     print(f"  recsvc ALSRecommender.fit   {overhead['ours_median_s']:.2f} s")

@@ -134,6 +134,18 @@ class TestALS(RecommenderContract):
             factors=4, iterations=15, regularization=0.1, alpha=40.0, random_state=3
         )
 
+    def test_all_cores_give_the_single_threaded_factors(self) -> None:
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        matrix = block_matrix()
+        ours = self.make().fit(matrix)
+        one_thread = AlternatingLeastSquares(
+            factors=4, iterations=15, regularization=0.1, alpha=40.0, random_state=3, num_threads=1
+        )
+        one_thread.fit(matrix, show_progress=False)
+        np.testing.assert_array_equal(ours.item_factors, one_thread.item_factors)
+        np.testing.assert_array_equal(ours.user_factors, one_thread.user_factors)
+
     def test_fold_in_reproduces_the_fitted_users(self) -> None:
         matrix = block_matrix()
         model = self.make().fit(matrix)
