@@ -100,6 +100,48 @@ def _tune(args: argparse.Namespace) -> None:
     )
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    import os
+
+    from loadtest.runner import LoadSpec, Workload, format_report, run_load, save_report
+
+    mix = {}
+    for part in args.mix.split(","):
+        name, _, weight = part.partition("=")
+        try:
+            mix[name.strip()] = float(weight)
+        except ValueError as exc:
+            raise BadInput(f"--mix: expected RPC=weight, got {part!r}") from exc
+    spec = LoadSpec(
+        target=args.target,
+        duration_s=args.duration,
+        max_requests=args.requests,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        channels=args.channels,
+        processes=args.processes,
+        mix=mix,
+        k=args.k,
+        zipf=args.zipf,
+        unknown_share=args.unknown_share,
+        timeout_s=args.timeout,
+        api_key=args.api_key or os.environ.get("RECSVC_API_KEY", ""),
+        tls_ca=str(args.tls_ca or ""),
+        seed=args.seed,
+    )
+    report = run_load(spec, Workload.from_model_dir(args.model_dir))
+    print(format_report(report), file=sys.stderr)
+    save_report(report, args.json)
+    return EXIT_OK if set(report["codes"]) <= {"OK"} else EXIT_FAILED
+
+
+def _noop_server(args: argparse.Namespace) -> None:
+    from loadtest.noop import serve_noop
+
+    items = [f"item-{n:07d}" for n in range(args.k)]
+    asyncio.run(serve_noop(args.host, args.port, args.k, items))
+
+
 def _experiments_report(args: argparse.Namespace) -> None:
     import dataclasses
     import json
@@ -354,6 +396,44 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("version")
     rollback.add_argument("--model-dir", type=Path, required=True)
     rollback.set_defaults(run=_models_rollback)
+
+    load = roles.add_parser(
+        "loadtest", help="closed- or open-loop load against a server; HDR latency report"
+    )
+    load.add_argument("--target", default="127.0.0.1:50051")
+    load.add_argument(
+        "--model-dir", type=Path, required=True, help="published model to draw ids from"
+    )
+    load.add_argument("--duration", type=float, default=10.0, help="seconds (always stops)")
+    load.add_argument("--requests", type=int, default=0, help="stop after this many (0: no cap)")
+    load.add_argument("--concurrency", type=int, default=32, help="closed loop: callers")
+    load.add_argument(
+        "--rate", type=float, default=0.0, help="open loop: calls per second (0: closed loop)"
+    )
+    load.add_argument("--channels", type=int, default=4, help="connections per process")
+    load.add_argument("--processes", type=int, default=1, help="client processes")
+    load.add_argument(
+        "--mix",
+        default="Recommend=0.8,SimilarItems=0.15,RecordEvents=0.05",
+        help="RPC=weight,... (Recommend, SimilarItems, RecordEvents)",
+    )
+    load.add_argument("-k", type=int, default=10)
+    load.add_argument("--zipf", type=float, default=1.1, help="skew of user popularity")
+    load.add_argument("--unknown-share", type=float, default=0.05, help="share of unknown users")
+    load.add_argument("--timeout", type=float, default=5.0, help="per call, seconds")
+    load.add_argument("--api-key", default="")
+    load.add_argument("--tls-ca", type=Path, default=None)
+    load.add_argument("--seed", type=int, default=1)
+    load.add_argument("--json", type=Path, default=None, help="write the report here")
+    load.set_defaults(run=_loadtest)
+
+    noop = roles.add_parser(
+        "noop-server", help="benchmark baseline: answers at once with a fixed response"
+    )
+    noop.add_argument("--host", default="127.0.0.1")
+    noop.add_argument("--port", type=int, default=50052)
+    noop.add_argument("-k", type=int, default=10, help="items in each response")
+    noop.set_defaults(run=_noop_server)
 
     experiments = roles.add_parser("experiments", help="A/B experiment results")
     experiments_cmds = experiments.add_subparsers(dest="experiments_command", required=True)
