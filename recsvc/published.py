@@ -35,7 +35,7 @@ import scipy.sparse as sp
 
 from recsvc.models import Recommender, load_model
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: trending, user histories with confidences, item attributes
 MANIFEST_FILE = "manifest.json"
 
 
