@@ -196,7 +196,7 @@ def _models_rollback(args: argparse.Namespace) -> None:
     print(f"current is now {args.version}")
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _serve(args: argparse.Namespace) -> int:
     from recsvc.config import load_config
     from service.observability import JsonFormatter
     from service.server import ServeOptions, serve
@@ -216,8 +216,16 @@ def _serve(args: argparse.Namespace) -> None:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         event_store=args.event_store or "",
+        log_format=args.log_format,
+        access_log=args.access_log,
     )
-    asyncio.run(serve(args.model_dir, load_config(args.config).serving, options))
+    config = load_config(args.config).serving
+    if args.workers > 1:
+        from service.workers import serve_workers
+
+        return serve_workers(args.model_dir, config, options, args.workers)
+    asyncio.run(serve(args.model_dir, config, options))
+    return EXIT_OK
 
 
 def _connection(args: argparse.Namespace):
@@ -343,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to let requests in flight finish on SIGTERM/SIGINT",
     )
     serve.add_argument("--config", type=Path, default=None, help="TOML config ([serving])")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT) and the model's memory",
+    )
     serve.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
     )

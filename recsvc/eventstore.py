@@ -43,6 +43,10 @@ class EventStore(Protocol):
 
     def forgotten_users(self) -> dict[str, int]: ...
 
+    def changes_after(
+        self, event_id: int, forgotten_ms: int
+    ) -> tuple[list[tuple[int, str, str, str, int]], dict[str, int]]: ...
+
     def read_events(self) -> pa.Table: ...
 
     def read_outcomes(self) -> pa.Table: ...
@@ -169,6 +173,24 @@ class SQLiteEventStore:
             with open(self.audit_path, "a", encoding="utf-8") as log:
                 log.write(json.dumps(audit) + "\n")
         return removed
+
+    def changes_after(
+        self, event_id: int, forgotten_ms: int
+    ) -> tuple[list[tuple[int, str, str, str, int]], dict[str, int]]:
+        """Events stored after id `event_id` as (id, user, item, event, time), and users
+        forgotten at or after `forgotten_ms`: how server workers share real-time state."""
+        with self._lock:
+            db = self._connection()
+            events = db.execute(
+                "SELECT id, user_id, item_id, event, timestamp_ms FROM events WHERE id > ?"
+                " ORDER BY id",
+                (event_id,),
+            ).fetchall()
+            forgotten = db.execute(
+                "SELECT user_id, forgotten_ms FROM forgotten WHERE forgotten_ms >= ?",
+                (forgotten_ms,),
+            ).fetchall()
+        return events, {user: int(ms) for user, ms in forgotten}
 
     def forgotten_users(self) -> dict[str, int]:
         """User id -> when it was forgotten (epoch ms)."""

@@ -154,6 +154,18 @@ class RealtimeHistory:
         with self._lock:
             self._users.pop(user_id, None)
 
+    def forget_before(self, user_id: str, timestamp_ms: int) -> None:
+        """Drops the user's events stamped at or before `timestamp_ms` (a privacy deletion)."""
+        with self._lock:
+            fresh = self._users.get(user_id)
+            if fresh is None:
+                return
+            kept = [e for e in fresh.events if e[2] > timestamp_ms]
+            if kept:
+                fresh.events = deque(kept, maxlen=self.per_user)
+            else:
+                del self._users[user_id]
+
     def drop_before(self, timestamp_ms: int) -> None:
         """Drops events a newly loaded model was trained on."""
         with self._lock:
@@ -177,7 +189,12 @@ class RecommenderCore:
         self._pinned: dict[str, ServingModel] = {}
         self.realtime = RealtimeHistory(self.config.realtime_events_per_user)
         # user -> when forgotten (ms); a model trained before that must not personalise them.
-        self._forgotten: dict[str, int] = event_store.forgotten_users() if event_store else {}
+        self._forgotten: dict[str, int] = {}
+        self._last_event_id = 0
+        self._last_forgotten_ms = 0
+        self._sync_lock = threading.Lock()
+        if event_store is not None:
+            self.sync()
         self._impressions: list[tuple[str, str, str, int, int]] = []
         self._impressions_lock = threading.Lock()
 
@@ -388,18 +405,46 @@ class RecommenderCore:
                     event.recommendation_id,
                 )
             )
-        if self.event_store is not None:
+        if self.event_store is None:
+            for e in stored:
+                self.realtime.add(e.user_id, e.item_id, e.event, e.timestamp_ms)
+        else:
             self.event_store.append(stored)
-        for e in stored:
-            self.realtime.add(e.user_id, e.item_id, e.event, e.timestamp_ms)
+            self.sync()  # the store is the one path into real-time state, for every worker
         return len(stored)
+
+    def sync(self) -> None:
+        """Takes in events and deletions that any server process stored since the last sync."""
+        if self.event_store is None:
+            return
+        with self._sync_lock:
+            events, forgotten = self.event_store.changes_after(
+                self._last_event_id, self._last_forgotten_ms
+            )
+            for user_id, when in forgotten.items():
+                if self._forgotten.get(user_id) != when:
+                    self._forgotten[user_id] = when
+                    self.realtime.forget_before(user_id, when)
+                self._last_forgotten_ms = max(self._last_forgotten_ms, when)
+            model = self._model
+            trained_until = (
+                int(model.published.manifest.get("data_end_ms", 0)) if model is not None else 0
+            )
+            for event_id, user_id, item_id, event, stamp in events:
+                self._last_event_id = event_id
+                if stamp > trained_until:
+                    self.realtime.add(user_id, item_id, event, stamp)
 
     def forget_user(self, user_id: str, reason: str = "") -> int:
         """Deletes stored events, drops real-time state and stops personalising at once."""
         self._check_id(user_id, "user_id")
-        self._forgotten[user_id] = int(time.time() * 1000)
-        self.realtime.forget(user_id)
-        return self.event_store.forget(user_id, reason) if self.event_store else 0
+        if self.event_store is None:
+            self._forgotten[user_id] = int(time.time() * 1000)
+            self.realtime.forget(user_id)
+            return 0
+        deleted = self.event_store.forget(user_id, reason)
+        self.sync()
+        return deleted
 
     def model_info(self) -> dict[str, Any]:
         model = self.model

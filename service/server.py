@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 ADMIN_METHODS = {"ReloadModel", "ForgetUser"}
 # How often buffered impressions (for experiment reports) are written to the event store.
 IMPRESSION_FLUSH_SECONDS = 1.0
+# How often a worker takes in events and deletions stored by the other workers.
+SYNC_SECONDS = 0.25
 
 
 @dataclass
@@ -150,6 +153,15 @@ async def flush_impressions(core: RecommenderCore, store: EventStore) -> None:
                 log.exception("could not store %d impressions", len(taken))
 
 
+async def keep_in_sync(core: RecommenderCore) -> None:
+    while True:
+        await asyncio.sleep(SYNC_SECONDS)
+        try:
+            await asyncio.to_thread(core.sync)
+        except Exception:
+            log.exception("could not read the event store")
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     host: str = "127.0.0.1"
@@ -160,6 +172,9 @@ class ServeOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     event_store: str = ""
+    quiet: bool = False  # a worker of several: the parent prints the listening line
+    log_format: str = "json"
+    access_log: bool = True
 
 
 def open_store(model_dir: Path, config: ServingConfig, override: str) -> EventStore:
@@ -179,7 +194,12 @@ def _credentials(options: ServeOptions) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([pair])
 
 
-async def serve(model_dir: Path, config: ServingConfig, options: ServeOptions) -> None:
+async def serve(
+    model_dir: Path,
+    config: ServingConfig,
+    options: ServeOptions,
+    on_ready: Callable[[], object] | None = None,
+) -> None:
     """Serves until SIGTERM or SIGINT, then drains requests in flight for up to `grace` s."""
     api_keys = ApiKeys.load(Path(config.api_keys_file)) if config.api_keys_file else None
     credentials = _credentials(options)
@@ -203,12 +223,15 @@ async def serve(model_dir: Path, config: ServingConfig, options: ServeOptions) -
     await set_health(parts.health, NOT_SERVING)
     await parts.server.start()
     log.info("listening on %s:%d (model dir %s)", options.host, bound, model_dir)
-    print(
-        f"recsvc serve: listening on {options.host}:{bound}"
-        + (" (TLS)" if credentials else "")
-        + (", API keys required" if api_keys else ""),
-        flush=True,
-    )
+    if not options.quiet:
+        print(
+            f"recsvc serve: listening on {options.host}:{bound}"
+            + (" (TLS)" if credentials else "")
+            + (", API keys required" if api_keys else ""),
+            flush=True,
+        )
+    if on_ready is not None:
+        on_ready()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -217,6 +240,7 @@ async def serve(model_dir: Path, config: ServingConfig, options: ServeOptions) -
     tasks = [
         asyncio.create_task(watcher.run()),
         asyncio.create_task(flush_impressions(core, store)),
+        asyncio.create_task(keep_in_sync(core)),
     ]
     await stop.wait()
     log.info("stopping: draining requests in flight (up to %.0fs)", options.grace)
@@ -225,7 +249,8 @@ async def serve(model_dir: Path, config: ServingConfig, options: ServeOptions) -
     await shutdown(parts, options.grace)
     store.record_impressions(core.take_impressions())
     store.close()
-    print("recsvc serve: stopped", flush=True)
+    if not options.quiet:
+        print("recsvc serve: stopped", flush=True)
 
 
 async def shutdown(parts: ServerParts, grace: float) -> None:

@@ -450,3 +450,32 @@ strategy = "trending"
     assert sum(r["impressions"] for r in rows.values()) == 40
     assert sum(r["clicks"]["successes"] for r in rows.values()) == 40 - 13
     assert sum(r["conversions"]["successes"] for r in rows.values()) == 13
+
+
+def test_workers_share_the_port_and_real_time_state(model_dir: Path, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'events.db'}"
+    running = start_server(model_dir, "--workers", "2", "--event-store", store)
+    try:
+        running.wait_for_health(SERVING)
+        user = "multi-worker-visitor"
+        # Separate channels are separate connections: the kernel may give each to either worker.
+        channels = [
+            grpc.insecure_channel(running.target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(6)
+        ]
+        stubs = [pb_grpc.RecommenderStub(c) for c in channels]
+        assert stubs[0].Recommend(pb.RecommendRequest(user_id=user, k=5), timeout=5).fallback
+        item = stubs[0].PopularItems(pb.PopularItemsRequest(k=50), timeout=5).items[-1].item_id
+        stubs[1].RecordEvents(
+            pb.RecordEventsRequest(events=[pb.Event(user_id=user, item_id=item, event="cart")]),
+            timeout=5,
+        )
+        time.sleep(1.0)  # within a second, every worker has taken the event in
+        for stub in stubs:
+            assert not stub.Recommend(pb.RecommendRequest(user_id=user, k=5), timeout=5).fallback
+        for channel in channels:
+            channel.close()
+    finally:
+        code, output = running.stop()
+    assert code == 0, output
+    assert "(2 workers)" in output and output.count("stopping: draining") == 2
