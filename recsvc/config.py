@@ -163,6 +163,8 @@ class ModelConfig:
     type: ModelType = "auto"
     candidates: list[ModelType] = field(default_factory=lambda: ["als", "itemknn", "ease"])
     blend: bool = True
+    ann_min_items: int = 100_000
+    ann_target_recall: float = 0.95
     als: ALSConfig = field(default_factory=ALSConfig)
     bpr: BPRConfig = field(default_factory=BPRConfig)
     itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)

@@ -18,6 +18,8 @@
     history_indptr.npy      CSR rows: each user's confidence for every item they touched (the
     history_indices.npy     training matrix), for real-time scoring with fresh events and for
     history_data.npy        filtering history out where the manifest's serving.exclude_seen
+    ann.faiss               for catalogues past model.ann_min_items and factor models: an HNSW
+                            index of the item factors (faiss format, memory-mapped)
 
 Every array is a plain .npy file loaded with allow_pickle=False and memory-mapped by default,
 so that several server processes share one copy of the model in the page cache.
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recsvc.ann import ItemIndex
 from recsvc.models import Recommender, load_model
 
 SCHEMA_VERSION = 2  # 2: trending, user histories with confidences, item attributes
@@ -51,9 +54,12 @@ def write_published(
     purchased: sp.csr_matrix,
     history: sp.csr_matrix,
     manifest: dict[str, Any],
+    ann: ItemIndex | None = None,
 ) -> None:
     model.save(directory / "model")
     fallback.save(directory / "fallback")
+    if ann is not None:
+        ann.save(directory)
     trending.save(directory / "trending")
     arrays = {
         "user_ids": np.asarray(user_ids, dtype=str),
@@ -105,6 +111,7 @@ class PublishedModel:
     history_indptr: np.ndarray
     history_indices: np.ndarray
     history_data: np.ndarray
+    ann: ItemIndex | None = None
 
     @classmethod
     def load(cls, directory: Path, mmap: bool = True) -> PublishedModel:
@@ -139,6 +146,9 @@ class PublishedModel:
             history_indptr=array("history_indptr"),
             history_indices=array("history_indices"),
             history_data=array("history_data"),
+            ann=ItemIndex.load(directory, int(manifest["ann"]["ef_search"]), mmap=mmap)
+            if manifest.get("ann")
+            else None,
         )
         loaded.check()
         return loaded

@@ -7,6 +7,7 @@ runs from start to end on the model it started with, even during a reload.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -17,10 +18,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recsvc.ann import ItemIndex
 from recsvc.config import EVENT_NAMES, ServingConfig
 from recsvc.errors import InvalidArgument, NotFound, Unavailable
 from recsvc.eventstore import EventStore, StoredEvent
 from recsvc.experiments import assign_variant
+from recsvc.models import ALSRecommender
 from recsvc.models.base import top_k
 from recsvc.published import PublishedModel
 
@@ -33,6 +36,8 @@ REALTIME_USERS = 200_000
 MAX_FUTURE_MS = 24 * 3_600_000
 # When a per-category cap is on, the cap is filled from this many times k candidates.
 CAP_CANDIDATES = 20
+# Candidates fetched from the approximate index before filters and rules are applied.
+ANN_CANDIDATES = 200
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ class ServingModel:
     promoted: np.ndarray  # bool per item
     signal_weights: dict[str, float]
     scaling: str
+    popular_order: np.ndarray  # item indices, most popular first
+    trending_order: np.ndarray
 
     @classmethod
     def prepare(cls, published: PublishedModel, config: ServingConfig) -> ServingModel:
@@ -107,6 +114,8 @@ class ServingModel:
             promoted=promoted,
             signal_weights={e: float(signals.get(e, 1.0)) for e in EVENT_NAMES},
             scaling=str(signals.get("scaling", "log")),
+            popular_order=np.argsort(-np.asarray(published.fallback.item_scores), kind="stable"),
+            trending_order=np.argsort(-np.asarray(published.trending.item_scores), kind="stable"),
         )
 
     @property
@@ -117,9 +126,20 @@ class ServingModel:
     def n_items(self) -> int:
         return int(self.published.item_ids.size)
 
-    def category_mask(self, categories: tuple[str, ...]) -> np.ndarray:
-        codes = [self.category_vocabulary[c] for c in categories if c in self.category_vocabulary]
-        return np.isin(self.category_codes, codes)
+    def codes(self, categories: tuple[str, ...]) -> list[int]:
+        return [self.category_vocabulary[c] for c in categories if c in self.category_vocabulary]
+
+    @property
+    def ann(self) -> ItemIndex | None:
+        return self.published.ann
+
+    def fold_in(self, history: sp.csr_matrix) -> np.ndarray | None:
+        """A query vector for the approximate index from a history row (ALS only, whose
+        fold-in is an exact user vector); None otherwise."""
+        model = self.published.model
+        if self.ann is None or not isinstance(model, ALSRecommender):
+            return None
+        return model.fold_in(history)[0]
 
 
 @dataclass
@@ -274,38 +294,49 @@ class RecommenderCore:
         fresh = self.realtime.of(user_id)
         context = model.item_indices(list(context_item_ids))
 
-        allowed = self._allowed(serving, filters)
+        banned = [model.item_indices(list(filters.exclude_item_ids))]
         if user is not None and exclude_purchased:
-            allowed[model.purchased_by(user)] = False
+            banned.append(model.purchased_by(user))
         if user is not None and model.exclude_seen:
-            allowed[model.seen_by(user)] = False
+            banned.append(model.seen_by(user))
 
         reasons: np.ndarray | None = None
+        picked: tuple[np.ndarray, np.ndarray] | None = None
         strategy = variant.strategy if variant else "model"
+        reason, fallback = REASON_PERSONAL, False
         if strategy != "model":
-            source = model.trending if strategy == "trending" else model.fallback
-            scores = source.score(np.zeros(1, np.int64))[0]
+            trending = strategy == "trending"
+            source = model.trending if trending else model.fallback
             reason, fallback = _fallback_reason(source), True
+            picked = self._pick_popular(serving, trending, k, filters, banned)
         elif fresh or context.size:
             history = self._history_row(serving, user, fresh, context)
             if model.exclude_seen:
-                allowed[history.indices] = False
-            scores, reasons = self._score_history(serving, history, user, context)
-            reason, fallback = REASON_PERSONAL, False
+                banned.append(history.indices)
+            query = serving.fold_in(history)
+            if query is not None and (user is not None or not context.size):
+                picked = self._pick_approximate(serving, query, k, filters, banned)
+            if picked is None:
+                scores, reasons = self._score_history(serving, history, user, context)
+                picked = self._select(serving, scores, None, k, filters, banned)
         elif user is not None:
-            scores = model.model.score(np.array([user]))[0]
-            reason, fallback = REASON_PERSONAL, False
+            if serving.ann is not None:
+                query = np.asarray(model.model.user_factors[user], dtype=np.float32)
+                picked = self._pick_approximate(serving, query, k, filters, banned)
+            if picked is None:
+                scores = model.model.score(np.array([user]))[0]
+                picked = self._select(serving, scores, None, k, filters, banned)
         else:
-            scores = model.fallback.score(np.zeros(1, np.int64))[0]
             reason, fallback = _fallback_reason(model.fallback), True
-        picked, picked_scores = self._select(serving, scores, allowed, k)
+            picked = self._pick_popular(serving, False, k, filters, banned)
+        picked_ids, picked_scores = picked
         items = [
             ScoredItem(
                 str(model.item_ids[i]),
                 float(s),
                 str(reasons[i]) if reasons is not None and reasons[i] else reason,
             )
-            for i, s in zip(picked, picked_scores, strict=True)
+            for i, s in zip(picked_ids, picked_scores, strict=True)
         ]
         recommendation_id = uuid.uuid4().hex
         self._note_impression(recommendation_id, user_id, variant_name, len(items))
@@ -320,14 +351,13 @@ class RecommenderCore:
         item = model.item_index(item_id)
         if item is None:
             raise NotFound(f"item {item_id!r} is not in model {model.version}")
-        allowed = self._allowed(serving, filters)
-        allowed[item] = False
-        wanted = min(serving.n_items, k * CAP_CANDIDATES if self._filtering(filters) else k)
+        wanted = min(serving.n_items, (k + len(filters.exclude_item_ids)) * CAP_CANDIDATES)
         ids, scores = model.model.similar_items(np.array([item]), wanted)
-        full = np.full(serving.n_items, -np.inf, dtype=np.float32)
         valid = ids[0] >= 0
-        full[ids[0][valid]] = scores[0][valid]
-        picked, picked_scores = self._select(serving, full, allowed, k, boost=False)
+        banned = [model.item_indices(list(filters.exclude_item_ids)), np.array([item])]
+        picked, picked_scores = self._select(
+            serving, scores[0][valid], ids[0][valid], k, filters, banned, boost=False
+        )
         items = [
             ScoredItem(str(model.item_ids[i]), float(s), f"similar_to:{item_id}")
             for i, s in zip(picked, picked_scores, strict=True)
@@ -349,11 +379,21 @@ class RecommenderCore:
         serving = self.serving
         model = serving.published
         source = model.trending if trending else model.fallback
-        allowed = self._allowed(serving, filters)
-        if categories:
-            allowed &= serving.category_mask(tuple(categories))
-        scores = source.score(np.zeros(1, np.int64))[0]
-        picked, picked_scores = self._select(serving, scores, allowed, k, boost=False)
+        within = Filters(
+            include_categories=tuple(categories),
+            exclude_categories=filters.exclude_categories,
+            available_only=filters.available_only,
+            min_price=filters.min_price,
+            max_price=filters.max_price,
+        )
+        if categories and filters.include_categories:
+            within = dataclasses.replace(
+                within,
+                include_categories=tuple(set(categories) & set(filters.include_categories))
+                or ("\0none",),
+            )
+        banned = [model.item_indices(list(filters.exclude_item_ids))]
+        picked, picked_scores = self._pick_popular(serving, trending, k, within, banned)
         reason = _fallback_reason(source)
         items = [
             ScoredItem(str(model.item_ids[i]), float(s), reason)
@@ -521,62 +561,118 @@ class RecommenderCore:
         ids = model.item_ids[context[strongest]]
         return scores, np.char.add("similar_to:", ids.astype(str))
 
-    def _allowed(self, serving: ServingModel, filters: Filters) -> np.ndarray:
+    def _allowed(
+        self, serving: ServingModel, filters: Filters, ids: np.ndarray | None
+    ) -> np.ndarray:
+        """Which of the items `ids` (all items when None) pass the filters and rules."""
         model = serving.published
-        allowed = np.ones(serving.n_items, dtype=bool)
+
+        def at(values: np.ndarray) -> np.ndarray:
+            return values if ids is None else values[ids]
+
+        allowed = np.ones(serving.n_items if ids is None else ids.size, dtype=bool)
         if self.config.rules.drop_unavailable or filters.available_only:
-            allowed &= ~serving.unavailable
+            allowed &= ~at(serving.unavailable)
         if filters.include_categories:
-            allowed &= serving.category_mask(filters.include_categories)
+            allowed &= np.isin(
+                at(serving.category_codes), serving.codes(filters.include_categories)
+            )
         if filters.exclude_categories:
-            allowed &= ~serving.category_mask(filters.exclude_categories)
-        if filters.exclude_item_ids:
-            allowed[model.item_indices(list(filters.exclude_item_ids))] = False
-        price = model.items.price
+            allowed &= ~np.isin(
+                at(serving.category_codes), serving.codes(filters.exclude_categories)
+            )
         if filters.min_price is not None:
-            allowed &= price >= filters.min_price
+            allowed &= at(model.items.price) >= filters.min_price
         if filters.max_price is not None:
-            allowed &= price <= filters.max_price
+            allowed &= at(model.items.price) <= filters.max_price
         return allowed
 
     def _select(
         self,
         serving: ServingModel,
         scores: np.ndarray,
-        allowed: np.ndarray,
+        ids: np.ndarray | None,
         k: int,
+        filters: Filters,
+        banned: list[np.ndarray],
         boost: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top k allowed items after the rules' boosts and per-category cap."""
+        """Top k of the candidates `ids` (all items when None) with `scores`, after filters,
+        the banned items, the rules' boosts and the per-category cap."""
         rules = self.config.rules
+        allowed = self._allowed(serving, filters, ids)
+        ban = np.concatenate(banned) if banned else np.empty(0, dtype=np.int64)
+        if ban.size:
+            if ids is None:
+                allowed[ban] = False
+            else:
+                allowed &= ~np.isin(ids, ban)
         scores = np.where(allowed, scores, -np.inf).astype(np.float32)
         if boost and (rules.boost_new or rules.boost_promoted):
             finite = scores[np.isfinite(scores)]
             spread = float(finite.std()) if finite.size > 1 else 1.0
-            spread = spread or 1.0
-            scores = scores + spread * (
-                rules.boost_new * serving.new + rules.boost_promoted * serving.promoted
-            ).astype(np.float32)
+            bonus = rules.boost_new * serving.new + rules.boost_promoted * serving.promoted
+            scores = scores + (spread or 1.0) * (bonus if ids is None else bonus[ids]).astype(
+                np.float32
+            )
         cap = rules.max_per_category
-        wanted = min(k * CAP_CANDIDATES, serving.n_items) if cap else k
-        ids, values = top_k(scores[None, :], wanted)
-        ids, values = ids[0], values[0]
-        keep = ids >= 0
-        ids, values = ids[keep], values[keep]
+        wanted = min(k * CAP_CANDIDATES, scores.size) if cap else k
+        order, values = top_k(scores[None, :], wanted)
+        order, values = order[0], values[0]
+        keep = order >= 0
+        order, values = order[keep], values[keep]
+        chosen = order if ids is None else ids[order]
         if cap:
-            chosen, counts = [], np.zeros(len(serving.category_vocabulary), dtype=np.int64)
-            for position, item in enumerate(ids.tolist()):
+            positions, counts = [], np.zeros(len(serving.category_vocabulary), dtype=np.int64)
+            for position, item in enumerate(chosen.tolist()):
                 code = serving.category_codes[item]
                 if counts[code] < cap:
                     counts[code] += 1
-                    chosen.append(position)
-                    if len(chosen) == k:
+                    positions.append(position)
+                    if len(positions) == k:
                         break
-            ids, values = ids[chosen], values[chosen]
-        return ids[:k], values[:k]
+            chosen, values = chosen[positions], values[positions]
+        return chosen[:k], values[:k]
 
-    def _filtering(self, filters: Filters) -> bool:
-        return filters != Filters() or self.config.rules.drop_unavailable
+    def _pick_popular(
+        self,
+        serving: ServingModel,
+        trending: bool,
+        k: int,
+        filters: Filters,
+        banned: list[np.ndarray],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """From the popularity order computed at load: no full scoring per request."""
+        order = serving.trending_order if trending else serving.popular_order
+        source = serving.published.trending if trending else serving.published.fallback
+        item_scores = np.asarray(source.item_scores)
+        take = min(order.size, max(k * CAP_CANDIDATES, 256) + sum(b.size for b in banned))
+        while True:
+            ids = order[:take]
+            picked = self._select(serving, item_scores[ids], ids, k, filters, banned, boost=False)
+            if picked[0].size >= k or take >= order.size:
+                return picked
+            take = min(order.size, take * 8)
+
+    def _pick_approximate(
+        self,
+        serving: ServingModel,
+        query: np.ndarray,
+        k: int,
+        filters: Filters,
+        banned: list[np.ndarray],
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top k from the approximate index; None when the filters leave too few candidates
+        (the caller then scores exactly) or the model has no index."""
+        index = serving.ann
+        if index is None:
+            return None
+        excluded = sum(b.size for b in banned)
+        wanted = min(serving.n_items, max(ANN_CANDIDATES, 4 * (k + excluded)))
+        ids, scores = index.search(query[None, :], wanted)
+        valid = ids[0] >= 0
+        picked = self._select(serving, scores[0][valid], ids[0][valid], k, filters, banned)
+        return picked if picked[0].size >= k else None
 
     def _check_id(self, value: str, name: str) -> None:
         if not value:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsvc.ann import ItemIndex
 from recsvc.config import Config
 from recsvc.errors import BadInput, QualityGateRefused
 from recsvc.eventstore import open_event_store
@@ -25,6 +26,7 @@ from recsvc.models import (
     BlendRecommender,
     BPRRecommender,
     EASERecommender,
+    FactorRecommender,
     ItemKNNRecommender,
     LightFMRecommender,
     PopularityRecommender,
@@ -263,6 +265,7 @@ def train(
         "cleaning": cleaning.as_dict(),
         "config": dataclasses.asdict(config),
     }
+    ann, manifest["ann"] = build_ann(model, config, progress)
     with progress.stage("publish"):
         version = store.publish(
             lambda staging: write_published(
@@ -276,6 +279,7 @@ def train(
                 purchased=interactions.purchased,
                 history=interactions.confidence,
                 manifest=manifest,
+                ann=ann,
             ),
             suffix=manifest["data_fingerprint"][:8],
         )
@@ -289,6 +293,27 @@ def train(
         + (f", holdout {SELECTION_METRIC} {score:.4f}" if score is not None else "")
     )
     return TrainResult(version, model_dir, manifest)
+
+
+def build_ann(
+    model: Recommender, config: Config, progress: Progress
+) -> tuple[ItemIndex | None, dict[str, Any] | None]:
+    """An approximate index for a factor model past `model.ann_min_items`, its search breadth
+    set to reach `model.ann_target_recall` (recall@10 against exact, on sampled users)."""
+    if not isinstance(model, FactorRecommender) or model.n_items < config.model.ann_min_items:
+        return None, None
+    with progress.stage("approximate index") as tally:
+        index = ItemIndex.build(model.item_factors)
+        tally.count, tally.unit = model.n_items, "items"
+    rng = np.random.default_rng(config.training.seed)
+    users = rng.choice(model.user_factors.shape[0], size=min(1000, model.user_factors.shape[0]))
+    recall = index.tune(
+        np.asarray(model.user_factors[users]),
+        np.asarray(model.item_factors),
+        config.model.ann_target_recall,
+    )
+    progress.say(f"approximate index: recall@10 {recall:.4f} at efSearch {index.ef_search}")
+    return index, {"ef_search": index.ef_search, "recall@10": recall, "sample_users": users.size}
 
 
 def ingest_and_clean(

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from recsvc.models.base import DESCRIPTION_FILE, Recommender
 from recsvc.models.blend import BlendRecommender
-from recsvc.models.factor import ALSRecommender, BPRRecommender, LightFMRecommender
+from recsvc.models.factor import (
+    ALSRecommender,
+    BPRRecommender,
+    FactorRecommender,
+    LightFMRecommender,
+)
 from recsvc.models.neighbours import EASERecommender, ItemKNNRecommender
 from recsvc.models.popularity import PopularityRecommender, TrendingRecommender
 
@@ -40,6 +45,7 @@ __all__ = [
     "BPRRecommender",
     "BlendRecommender",
     "EASERecommender",
+    "FactorRecommender",
     "ItemKNNRecommender",
     "LightFMRecommender",
     "PopularityRecommender",

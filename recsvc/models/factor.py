@@ -91,7 +91,11 @@ class ALSRecommender(FactorRecommender):
         return self._keep_factors(model.user_factors, model.item_factors)
 
     def score_history(self, history: sp.csr_matrix) -> np.ndarray:
-        """Folds each history row in as implicit's ALS fits a user, item factors held fixed:
+        items = np.asarray(self.item_factors, dtype=np.float32)
+        return np.asarray(self.fold_in(history) @ items.T, dtype=np.float32)
+
+    def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        """User vectors for history rows, as implicit's ALS fits a user, item factors fixed:
         with confidence c_i = alpha r_i, x = (Y'Y + reg I + sum_i (c_i - 1) y_i y_i')^-1
         sum_i c_i y_i (an exact solve where training takes conjugate-gradient steps)."""
         history = sp.csr_matrix(history, dtype=np.float32)
@@ -107,7 +111,7 @@ class ALSRecommender(FactorRecommender):
             confidence = self.alpha * history.data[start:end].astype(np.float64)
             lhs = self._gram + (factors.T * (confidence - 1.0)) @ factors
             users[row] = np.linalg.solve(lhs, factors.T @ confidence)
-        return np.asarray(users @ items.T, dtype=np.float32)
+        return users.astype(np.float32)
 
 
 class BPRRecommender(FactorRecommender):

@@ -1,0 +1,62 @@
+"""The approximate index: built past a catalogue size, recall measured, filters still honoured."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from recsvc.config import Config, LimitsConfig, ServingConfig
+from recsvc.modelstore import ModelStore
+from recsvc.published import PublishedModel
+from service.core import Filters, RecommenderCore
+from training.pipeline import TrainInputs, train
+from training.progress import Progress
+
+
+@pytest.fixture(scope="module")
+def indexed(shop_inputs: TrainInputs, tmp_path_factory: pytest.TempPathFactory) -> PublishedModel:
+    config = Config()
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(
+            config.model, type="als", ann_min_items=100, ann_target_recall=0.95
+        ),
+        training=dataclasses.replace(config.training, quality_gate_tolerance=-1.0),
+    )
+    model_dir = tmp_path_factory.mktemp("ann")
+    with open(os.devnull, "w") as quiet:
+        result = train(shop_inputs, model_dir, config, progress=Progress("t", quiet))
+    return PublishedModel.load(ModelStore(model_dir).path(result.version))
+
+
+def test_index_is_published_with_its_measured_recall(indexed: PublishedModel) -> None:
+    ann = indexed.manifest["ann"]
+    assert ann["recall@10"] >= 0.95 and ann["sample_users"] == 1000
+    assert indexed.ann is not None and indexed.ann.ef_search == ann["ef_search"]
+    assert indexed.ann.index.ntotal == indexed.item_ids.size
+
+
+def test_served_lists_match_exact_scoring_and_honour_filters(indexed: PublishedModel) -> None:
+    exact = RecommenderCore(ServingConfig(limits=LimitsConfig(max_k=500)))
+    exact.swap(dataclasses.replace(indexed, ann=None))
+    approximate = RecommenderCore()
+    approximate.swap(indexed)
+    overlaps = []
+    for user in indexed.user_ids[:200].tolist():
+        a = [i.item_id for i in approximate.recommend(user, 10).items]
+        e = [i.item_id for i in exact.recommend(user, 10).items]
+        overlaps.append(len(set(a) & set(e)) / 10)
+    assert np.mean(overlaps) >= 0.9, np.mean(overlaps)
+    top = approximate.recommend("u0001", 20)
+    category = str(indexed.items.categories[indexed.item_index(top.items[0].item_id)])
+    inside = approximate.recommend("u0001", 10, Filters(include_categories=(category,)))
+    assert {str(indexed.items.categories[indexed.item_index(i.item_id)]) for i in inside.items} == {
+        category
+    }
+    bought = set(indexed.item_ids[indexed.purchased_by(indexed.user_index("u0001"))].tolist())
+    assert not bought & {
+        i.item_id for i in approximate.recommend("u0001", 50, exclude_purchased=True).items
+    }
