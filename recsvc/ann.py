@@ -64,7 +64,12 @@ class ItemIndex:
     ) -> float:
         """Sets the smallest efSearch whose recall@k on `user_vectors` reaches `target`;
         returns that recall (the best one seen if no step reaches it)."""
-        exact = np.argpartition(-(user_vectors @ item_vectors.T), k - 1, axis=1)[:, :k]
+        exact = np.concatenate(
+            [
+                np.argpartition(-(chunk @ item_vectors.T), k - 1, axis=1)[:, :k]
+                for chunk in np.array_split(user_vectors, max(1, len(user_vectors) // 50))
+            ]
+        )
         best = (0.0, EF_SEARCH_STEPS[-1])
         for ef in EF_SEARCH_STEPS:
             self.ef_search = ef

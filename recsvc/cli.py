@@ -135,6 +135,14 @@ def _loadtest(args: argparse.Namespace) -> int:
     return EXIT_OK if set(report["codes"]) <= {"OK"} else EXIT_FAILED
 
 
+def _batch_recommend(args: argparse.Namespace) -> None:
+    from training.batch import batch_recommend
+
+    batch_recommend(
+        args.model_dir, args.out, args.k, args.limit, args.batch, args.exclude_purchased
+    )
+
+
 def _noop_server(args: argparse.Namespace) -> None:
     from loadtest.noop import serve_noop
 
@@ -440,6 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=1)
     load.add_argument("--json", type=Path, default=None, help="write the report here")
     load.set_defaults(run=_loadtest)
+
+    batch = roles.add_parser(
+        "batch-recommend", help="top k for every user of the current model, to Parquet"
+    )
+    batch.add_argument("--model-dir", type=Path, required=True)
+    batch.add_argument("--out", type=Path, required=True, help="Parquet file to write")
+    batch.add_argument("-k", type=int, default=10)
+    batch.add_argument("--limit", type=int, default=0, help="only the first N users (0: all)")
+    batch.add_argument("--batch", type=int, default=1024, help="users scored together")
+    batch.add_argument("--exclude-purchased", action="store_true")
+    batch.set_defaults(run=_batch_recommend)
 
     noop = roles.add_parser(
         "noop-server", help="benchmark baseline: answers at once with a fixed response"

@@ -611,10 +611,10 @@ class RecommenderCore:
         if boost and (rules.boost_new or rules.boost_promoted):
             finite = scores[np.isfinite(scores)]
             spread = float(finite.std()) if finite.size > 1 else 1.0
-            bonus = rules.boost_new * serving.new + rules.boost_promoted * serving.promoted
-            scores = scores + (spread or 1.0) * (bonus if ids is None else bonus[ids]).astype(
-                np.float32
-            )
+            new = serving.new if ids is None else serving.new[ids]
+            promoted = serving.promoted if ids is None else serving.promoted[ids]
+            bonus = rules.boost_new * new + rules.boost_promoted * promoted
+            scores = scores + np.float32(spread or 1.0) * bonus.astype(np.float32)
         cap = rules.max_per_category
         wanted = min(k * CAP_CANDIDATES, scores.size) if cap else k
         order, values = top_k(scores[None, :], wanted)

@@ -160,3 +160,39 @@ def test_evaluate_writes_side_by_side_reports(shop_inputs, tmp_path: Path) -> No
         assert f"| {name} |" in table
     assert "New items only" in table
     assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_batch_recommend_writes_every_users_list(trained, tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    from recsvc.modelstore import ModelStore
+    from recsvc.published import PublishedModel
+    from service.core import RecommenderCore
+
+    out = tmp_path / "lists.parquet"
+    assert (
+        main(
+            [
+                "batch-recommend",
+                "--model-dir",
+                str(trained.model_dir),
+                "--out",
+                str(out),
+                "-k",
+                "5",
+                "--batch",
+                "300",
+            ]
+        )
+        == 0
+    )
+    table = pq.read_table(out)
+    published = PublishedModel.load(ModelStore(trained.model_dir).path(trained.version))
+    assert table.num_rows == published.user_ids.size
+    core = RecommenderCore()
+    core.swap(published)
+    row = table.slice(17, 1).to_pylist()[0]
+    served = [i.item_id for i in core.recommend(row["user_id"], 5).items]
+    assert row["item_ids"] == served
+    unavailable = set(published.item_ids[~published.items.available].tolist())
+    assert not unavailable & {i for items in table.column("item_ids").to_pylist() for i in items}
