@@ -479,3 +479,41 @@ def test_workers_share_the_port_and_real_time_state(model_dir: Path, tmp_path: P
         code, output = running.stop()
     assert code == 0, output
     assert "(2 workers)" in output and output.count("stopping: draining") == 2
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_loadtest_reports_rate_latency_and_codes(
+    api: RunningServer, model_dir: Path, tmp_path: Path, mode: str
+) -> None:
+    out = tmp_path / "report.json"
+    command = [
+        RECSVC, "loadtest", "--target", api.target, "--model-dir", str(model_dir),
+        "--duration", "30", "--requests", "300", "--channels", "2", "--json", str(out),
+        "--mix", "Recommend=0.7,SimilarItems=0.2,RecordEvents=0.1",
+    ]  # fmt: skip
+    command += ["--concurrency", "8"] if mode == "closed" else ["--rate", "400"]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 30, "the request cap stops it long before the duration"
+    report = json.loads(out.read_text())
+    assert report["mode"] == mode
+    assert report["codes"] == {"OK": report["completed"]} and 290 <= report["completed"] <= 310
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["p99.9"] <= latency["max"]
+    assert "latency ms" in done.stderr
+
+
+def test_loadtest_counts_errors_by_code(model_dir: Path, tmp_path: Path) -> None:
+    """Against a port nobody listens on, every call fails, and the exit code says so."""
+    from service.workers import free_port
+
+    done = subprocess.run(
+        [RECSVC, "loadtest", "--target", f"127.0.0.1:{free_port('127.0.0.1')}",
+         "--model-dir", str(model_dir), "--duration", "1", "--concurrency", "2",
+         "--timeout", "0.2", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    codes = json.loads((tmp_path / "r.json").read_text())["codes"]
+    assert set(codes) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"} and sum(codes.values()) > 0

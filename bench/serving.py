@@ -1,0 +1,214 @@
+"""Serving speed: recsvc against a no-op gRPC server, same machine, same client, same run.
+
+Alternates, `--repeats` times: the no-op server (fixed response of the same size), then
+`recsvc serve` on the model, each under the same closed-loop Recommend load; reports medians
+and the throughput ratio. Then an open-loop run at half of recsvc's measured maximum gives the
+latency under a steady rate, and the resident memory of each server process is read from /proc.
+
+    .venv/bin/python bench/serving.py --model-dir var/models --label sample
+    .venv/bin/python bench/serving.py --model-dir var/bench/million --config bench/all-rules.toml \
+        --label million --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+from loadtest.runner import LoadSpec, Workload, run_load  # noqa: E402
+from recsvc.modelstore import ModelStore  # noqa: E402
+from service.workers import free_port  # noqa: E402
+
+RECSVC = str(Path(sys.executable).with_name("recsvc"))
+
+
+def start(command: list[str], ready: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if ready in line:
+            return process
+    raise RuntimeError(f"{command[1]} exited before it was ready")
+
+
+def wait_serving(target: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.5)
+    raise RuntimeError(f"{target} never became SERVING")
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """Resident memory of a process, split into anonymous (its own) and file-backed (shared
+    page cache, e.g. the memory-mapped model)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            fields[name] = int(value.split()[0]) / 1024
+    return fields
+
+
+def server_pids(process: subprocess.Popen[str], workers: int) -> list[int]:
+    if workers == 1:
+        return [process.pid]
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    pids = [int(c) for c in children]
+    # spawn starts a resource tracker beside the workers; keep processes that serve.
+    return [p for p in pids if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()]
+
+
+def load(spec: LoadSpec, workload: Workload) -> dict[str, object]:
+    report = run_load(spec, workload)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--config", type=Path, default=None, help="recsvc serve --config")
+    parser.add_argument("--label", default="model")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    workload = Workload.from_model_dir(args.model_dir)
+    version = ModelStore(args.model_dir).current_version()
+    assert version is not None
+    on_disk = sum(
+        f.stat().st_size for f in ModelStore(args.model_dir).path(version).rglob("*") if f.is_file()
+    )
+    host = "127.0.0.1"
+    mix = {"Recommend": 1.0}
+
+    def spec(target: str, rate: float = 0.0) -> LoadSpec:
+        return LoadSpec(
+            target=target,
+            duration_s=args.duration,
+            concurrency=args.concurrency,
+            rate=rate,
+            channels=args.channels,
+            processes=args.client_processes,
+            mix=mix,
+            k=args.k,
+        )
+
+    noop_rates, ours_rates, ours_reports = [], [], []
+    memory: list[dict[str, float]] = []
+    for repeat in range(args.repeats):
+        port = free_port(host)
+        noop = start(
+            [RECSVC, "noop-server", "--port", str(port), "-k", str(args.k)], "listening on"
+        )
+        try:
+            load(dataclass_replace(spec(f"{host}:{port}"), duration_s=2.0), workload)  # warm-up
+            noop_rates.append(load(spec(f"{host}:{port}"), workload)["achieved_rate"])
+        finally:
+            stop(noop)
+        port = free_port(host)
+        command = [
+            RECSVC, "serve", "--model-dir", str(args.model_dir), "--port", str(port),
+            "--workers", str(args.workers), "--no-access-log",
+            "--event-store", f"sqlite:///{ROOT / 'var' / 'bench' / f'serving-{args.label}.db'}",
+        ]  # fmt: skip
+        if args.config:
+            command += ["--config", str(args.config)]
+        ours = start(command, "listening on")
+        try:
+            wait_serving(f"{host}:{port}")
+            load(dataclass_replace(spec(f"{host}:{port}"), duration_s=2.0), workload)  # warm-up
+            report = load(spec(f"{host}:{port}"), workload)
+            ours_rates.append(report["achieved_rate"])
+            ours_reports.append(report)
+            if repeat == args.repeats - 1:
+                half = statistics.median(ours_rates) / 2
+                open_loop = load(spec(f"{host}:{port}", rate=half), workload)
+                memory = [memory_mib(pid) for pid in server_pids(ours, args.workers)]
+        finally:
+            stop(ours)
+        print(
+            f"repeat {repeat + 1}: no-op {noop_rates[-1]:,.0f}/s, recsvc {ours_rates[-1]:,.0f}/s",
+            file=sys.stderr,
+        )
+
+    ratios = [o / n for o, n in zip(ours_rates, noop_rates, strict=True)]
+    result = {
+        "label": args.label,
+        "machine": f"{platform.node()}, {os.cpu_count()} CPUs",
+        "model_version": version,
+        "model_on_disk_mib": round(on_disk / 2**20, 1),
+        "workers": args.workers,
+        "client": {
+            "concurrency": args.concurrency,
+            "channels": args.channels,
+            "processes": args.client_processes,
+            "duration_s": args.duration,
+            "k": args.k,
+        },
+        "noop_rates": noop_rates,
+        "recsvc_rates": ours_rates,
+        "ratio_median": round(statistics.median(ratios), 3),
+        "ratio_of_medians": round(statistics.median(ours_rates) / statistics.median(noop_rates), 3),
+        "closed_loop_latency_ms": ours_reports[len(ours_reports) // 2]["latency_ms"],
+        "closed_loop_codes": [r["codes"] for r in ours_reports],
+        "open_loop": {
+            "target_rate": open_loop["spec"]["rate"],  # type: ignore[index]
+            "achieved_rate": open_loop["achieved_rate"],
+            "latency_ms": open_loop["latency_ms"],
+            "codes": open_loop["codes"],
+            "dropped": open_loop["dropped"],
+        },
+        "memory_mib": memory,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+def dataclass_replace(spec: LoadSpec, **changes: object) -> LoadSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)
+
+
+if __name__ == "__main__":
+    main()
