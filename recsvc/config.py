@@ -223,6 +223,7 @@ class ExperimentConfig:
 class ServingConfig:
     event_store: str = ""
     realtime_events_per_user: int = 200
+    cache_size: int = 50_000
     api_keys_file: str = ""
     rules: RulesConfig = field(default_factory=RulesConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

@@ -124,7 +124,11 @@ class PublishedModel:
         mode = "r" if mmap else None
 
         def array(name: str) -> np.ndarray:
-            return np.load(directory / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
+            # A plain ndarray view of the mapping: still shared, without np.memmap's slow
+            # per-index Python overhead.
+            return np.asarray(
+                np.load(directory / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
+            )
 
         loaded = cls(
             version=directory.name,

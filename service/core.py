@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.ann import ItemIndex
-from recsvc.config import EVENT_NAMES, ServingConfig
+from recsvc.config import EVENT_NAMES, ServingConfig, VariantConfig
 from recsvc.errors import InvalidArgument, NotFound, Unavailable
 from recsvc.eventstore import EventStore, StoredEvent
 from recsvc.experiments import assign_variant
@@ -197,6 +197,42 @@ class RealtimeHistory:
                     del self._users[user_id]
 
 
+class ListCache:
+    """Least-recently-used lists, keyed by everything a list depends on (model version, user,
+    request fields, the user's fresh events and deletion), so a hit is always what scoring
+    would return; popular users under a skewed load are served without scoring."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[object, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[object, ...]) -> Any:
+        if not self.size:
+            return None
+        with self._lock:
+            value = self._entries.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: tuple[object, ...], value: Any) -> None:
+        if not self.size:
+            return
+        with self._lock:
+            self._entries[key] = value
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 class RecommenderCore:
     def __init__(
         self,
@@ -208,6 +244,7 @@ class RecommenderCore:
         self._model: ServingModel | None = None
         self._pinned: dict[str, ServingModel] = {}
         self.realtime = RealtimeHistory(self.config.realtime_events_per_user)
+        self._lists = ListCache(self.config.cache_size)
         # user -> when forgotten (ms); a model trained before that must not personalise them.
         self._forgotten: dict[str, int] = {}
         self._last_event_id = 0
@@ -248,6 +285,7 @@ class RecommenderCore:
     def swap(self, model: PublishedModel | ServingModel) -> None:
         serving = model if isinstance(model, ServingModel) else self.prepare(model)
         self._model = serving
+        self._lists.clear()
         self.realtime.drop_before(int(serving.published.manifest.get("data_end_ms", 0)))
 
     def pin(self, serving: ServingModel) -> None:
@@ -289,11 +327,48 @@ class RecommenderCore:
                 serving = self._pinned.get(variant.model_version, serving)
         model = serving.published
         forgotten_ms = self._forgotten.get(user_id)
+        fresh = self.realtime.of(user_id)
+        # Everything the list depends on; the user's fresh events and deletion included.
+        key = (
+            model.version,
+            user_id,
+            k,
+            filters,
+            exclude_purchased,
+            tuple(context_item_ids),
+            len(fresh),
+            fresh[-1] if fresh else None,
+            forgotten_ms,
+        )
+        cached = self._lists.get(key)
+        if cached is None:
+            cached = self._compute_list(
+                serving, variant, user_id, k, filters, exclude_purchased, context_item_ids, fresh
+            )
+            self._lists.put(key, cached)
+        items, fallback = cached
+        recommendation_id = uuid.uuid4().hex
+        self._note_impression(recommendation_id, user_id, variant_name, len(items))
+        return Recommendations(
+            list(items), model.version, fallback, variant_name, recommendation_id
+        )
+
+    def _compute_list(
+        self,
+        serving: ServingModel,
+        variant: VariantConfig | None,
+        user_id: str,
+        k: int,
+        filters: Filters,
+        exclude_purchased: bool,
+        context_item_ids: tuple[str, ...] | list[str],
+        fresh: list[tuple[str, str, int]],
+    ) -> tuple[tuple[ScoredItem, ...], bool]:
+        model = serving.published
+        forgotten_ms = self._forgotten.get(user_id)
         trained_before_forget = forgotten_ms is not None and forgotten_ms >= _trained_at_ms(model)
         user = None if trained_before_forget else model.user_index(user_id)
-        fresh = self.realtime.of(user_id)
         context = model.item_indices(list(context_item_ids))
-
         banned = [model.item_indices(list(filters.exclude_item_ids))]
         if user is not None and exclude_purchased:
             banned.append(model.purchased_by(user))
@@ -330,17 +405,15 @@ class RecommenderCore:
             reason, fallback = _fallback_reason(model.fallback), True
             picked = self._pick_popular(serving, False, k, filters, banned)
         picked_ids, picked_scores = picked
-        items = [
+        items = tuple(
             ScoredItem(
                 str(model.item_ids[i]),
                 float(s),
                 str(reasons[i]) if reasons is not None and reasons[i] else reason,
             )
             for i, s in zip(picked_ids, picked_scores, strict=True)
-        ]
-        recommendation_id = uuid.uuid4().hex
-        self._note_impression(recommendation_id, user_id, variant_name, len(items))
-        return Recommendations(items, model.version, fallback, variant_name, recommendation_id)
+        )
+        return items, fallback
 
     def similar_items(self, item_id: str, k: int, filters: Filters = Filters()) -> Recommendations:
         self._check_id(item_id, "item_id")

@@ -98,17 +98,18 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 seconds = time.perf_counter() - started
                 if self.metrics is not None:
                     self.metrics.observe(method, code.name, seconds, response)
-                access_log.info(
-                    json.dumps(
-                        {
-                            "request_id": request_id,
-                            "method": method,
-                            "code": code.name,
-                            "ms": round(seconds * 1000, 3),
-                            "peer": context.peer(),
-                        }
+                if access_log.isEnabledFor(logging.INFO):
+                    access_log.info(
+                        json.dumps(
+                            {
+                                "request_id": request_id,
+                                "method": method,
+                                "code": code.name,
+                                "ms": round(seconds * 1000, 3),
+                                "peer": context.peer(),
+                            }
+                        )
                     )
-                )
 
         return _wrap(handler, guarded)
 

@@ -48,6 +48,7 @@ class Metrics:
             ["version", "model_type"],
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.model_loaded_at = Gauge(
             "recsvc_model_loaded_timestamp_seconds",
             "When the serving model was swapped in",
@@ -55,8 +56,13 @@ class Metrics:
         )
 
     def observe(self, method: str, code: str, seconds: float, response: Any) -> None:
-        self.requests.labels(method, code).inc()
-        self.latency.labels(method, code).observe(seconds)
+        # Looking a labelled child up costs more than updating it: keep them.
+        children = self._children.get((method, code))
+        if children is None:
+            children = (self.requests.labels(method, code), self.latency.labels(method, code))
+            self._children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if response is None:
             return
         if method == "Recommend" and getattr(response, "fallback", False):

@@ -311,3 +311,19 @@ def test_experiment_variant_is_returned_and_recorded(published: PublishedModel, 
     assert outcomes.num_rows == 40
     assert set(outcomes.column("variant").to_pylist()) == {"home/model", "home/popular"}
     assert store.read_impressions().num_rows == 40
+
+
+def test_repeated_requests_reuse_the_list_until_something_changes(
+    published: PublishedModel, tmp_path: Path
+) -> None:
+    store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
+    core = fresh_core(published, store=store)
+    first = core.recommend("u0005", 10)
+    again = core.recommend("u0005", 10)
+    assert again.items == first.items and again.recommendation_id != first.recommendation_id
+    assert core._lists.hits == 1
+    assert core.recommend("u0005", 9).items == first.items[:9]  # another request: computed
+    core.record_events([EventInput("u0005", core.popular_items(60).items[-1].item_id, "cart")])
+    assert core.recommend("u0005", 10).items != first.items
+    uncached = fresh_core(published, dataclasses.replace(WIDE, cache_size=0))
+    assert uncached.recommend("u0005", 10).items == first.items

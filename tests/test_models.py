@@ -88,6 +88,15 @@ class RecommenderContract:
             in_block = (ids // BLOCK_ITEMS) == (np.arange(N_USERS) // BLOCK_USERS)[:, None]
             assert in_block.mean() > 0.9
 
+    def test_one_user_scores_like_a_batch(self) -> None:
+        """Serving scores one user at a time, through a faster path: same numbers."""
+        model = self.make().fit(block_matrix())
+        batch = model.score(np.arange(N_USERS))
+        for user in (0, 7, 33):
+            np.testing.assert_allclose(
+                model.score(np.array([user]))[0], batch[user], rtol=1e-5, atol=1e-6
+            )
+
     def test_more_than_catalogue_pads_with_minus_one(self) -> None:
         matrix = block_matrix()
         model = self.make().fit(matrix)

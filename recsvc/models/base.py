@@ -86,8 +86,10 @@ class Recommender(ABC):
             )
         model = cls(**description["params"])
         for name in cls.array_names:
-            array = np.load(
-                directory / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False
+            array = np.asarray(  # an ndarray view of the mapping (see PublishedModel.load)
+                np.load(
+                    directory / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False
+                )
             )
             setattr(model, name, array)
         return model

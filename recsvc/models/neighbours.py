@@ -37,7 +37,19 @@ class ItemBasedRecommender(Recommender):
         raise NotImplementedError
 
     def score(self, users: np.ndarray) -> np.ndarray:
+        users = np.asarray(users, dtype=np.int64)
+        if users.size == 1:  # the serving path: plain numpy, no sparse-matrix construction
+            start, end = self.user_items_indptr[users[0]], self.user_items_indptr[users[0] + 1]
+            items = np.asarray(self.user_items_indices[start:end], dtype=np.int64)
+            weights = np.asarray(self.user_items_data[start:end], dtype=np.float32)
+            return self.score_items(items, weights)[None, :]
         return self.score_history(self.history(users))
+
+    def score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """One user's scores from their items and confidences."""
+        return self.score_history(
+            sp.csr_matrix((weights, items, [0, items.size]), shape=(1, self.n_items))
+        )[0]
 
     def score_history(self, history: sp.csr_matrix) -> np.ndarray:
         history = sp.csr_matrix(history, dtype=np.float32)
@@ -110,6 +122,17 @@ class ItemKNNRecommender(ItemBasedRecommender):
         self._keep_history(matrix)
         return self
 
+    def score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        starts = np.asarray(self.similarity_indptr[items], dtype=np.int64)
+        lengths = np.asarray(self.similarity_indptr[items + 1], dtype=np.int64) - starts
+        take = np.repeat(starts - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(
+            lengths.sum()
+        )
+        contribution = self.similarity_data[take] * np.repeat(weights, lengths)
+        return np.bincount(
+            self.similarity_indices[take], weights=contribution, minlength=self.n_items
+        ).astype(np.float32)
+
     def item_rows(self, items: np.ndarray) -> sp.csr_matrix:
         return csr_rows(
             self.similarity_data,
@@ -159,3 +182,6 @@ class EASERecommender(ItemBasedRecommender):
 
     def item_rows(self, items: np.ndarray) -> np.ndarray:
         return np.asarray(self.weights[items])
+
+    def score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return np.asarray(weights @ self.weights[items], dtype=np.float32)
