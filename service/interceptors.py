@@ -4,6 +4,7 @@ metrics and the access log, which need that status), and API-key authentication.
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import logging
 import time
@@ -55,13 +56,12 @@ def _wrap(handler: grpc.RpcMethodHandler, behaviour: Behaviour) -> grpc.RpcMetho
     )
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns RecsvcError into its status, anything unexpected into INTERNAL (logged with a
-    traceback); times every call, counts it by status, and writes one JSON access-log line
-    with the request id (taken from `x-request-id` metadata, or made, and sent back)."""
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once and reuses the wrapper: building a handler per call
+    costs more than most of what the wrapper does. Per-call facts come from the context."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
-        self.metrics = metrics
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -71,15 +71,49 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
+        full_method = handler_call_details.method
+        cached = self._wrapped.get(full_method)
+        if cached is None or cached[0] is not handler:
+            wrapped = self.wrap(full_method, handler)
+            cached = (handler, wrapped)
+            self._wrapped[full_method] = cached
+        return cached[1]
+
+    def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return str(value)
+    return ""
+
+
+class ErrorMappingInterceptor(WrappingInterceptor):
+    """Turns RecsvcError into its status, anything unexpected into INTERNAL (logged with a
+    traceback); times every call, counts it by status, and writes one JSON access-log line
+    with the request id (taken from `x-request-id` metadata, or made, and sent back)."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        super().__init__()
+        self.metrics = metrics
+        self._prefix = uuid.uuid4().hex[:12]
+        self._counter = itertools.count(1)
+
+    def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         behaviour = handler.unary_unary
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)[:64]
+        method = full_method.rsplit("/", 1)[-1]
+        metrics = self.metrics
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             response = None
+            # Unique per process and cheap: a random prefix and a counter.
+            request_id = _metadata(context, REQUEST_ID_KEY)[:64] or (
+                f"{self._prefix}-{next(self._counter):x}"
+            )
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             try:
                 response = await behaviour(request, context)
@@ -96,8 +130,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(code, f"internal error (request {request_id})")
             finally:
                 seconds = time.perf_counter() - started
-                if self.metrics is not None:
-                    self.metrics.observe(method, code.name, seconds, response)
+                if metrics is not None:
+                    metrics.observe(method, code.name, seconds, response)
                 if access_log.isEnabledFor(logging.INFO):
                     access_log.info(
                         json.dumps(
@@ -144,34 +178,26 @@ class ApiKeys:
         return found
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(WrappingInterceptor):
     """`authorization: Bearer KEY` on every call of the services in `protected`; the methods in
     `admin_methods` need an admin key. Health and reflection stay open for probes."""
 
     def __init__(self, keys: ApiKeys, protected: str, admin_methods: set[str]) -> None:
+        super().__init__()
         self.keys = keys
         self.protected = protected
         self.admin_methods = admin_methods
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        full_method = handler_call_details.method
-        if handler is None or handler.unary_unary is None:
-            return handler
+    def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if not full_method.startswith(f"/{self.protected}/"):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        header = str(metadata.get("authorization", ""))
-        key = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
-        role = self.keys.role_of(key) if key else None
         method = full_method.rsplit("/", 1)[-1]
         behaviour = handler.unary_unary
 
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            header = _metadata(context, "authorization")
+            key = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
+            role = self.keys.role_of(key) if key else None
             if role is None:
                 raise Unauthenticated("a valid API key is required: authorization: Bearer KEY")
             if method in self.admin_methods and role != "admin":

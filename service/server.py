@@ -231,6 +231,9 @@ async def serve(
             flush=True,
         )
     if on_ready is not None:
+        # A worker of several reports ready once it has loaded the current model (if any):
+        # a connection the kernel hands it must not find it still loading.
+        await watcher.refresh()
         on_ready()
 
     stop = asyncio.Event()
