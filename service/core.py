@@ -50,6 +50,9 @@ class Filters:
     max_price: float | None = None
 
 
+NO_FILTERS = Filters()
+
+
 @dataclass(frozen=True)
 class ScoredItem:
     item_id: str
@@ -64,6 +67,7 @@ class Recommendations:
     fallback: bool = False
     variant: str = ""  # "experiment/variant", empty when no experiment runs
     recommendation_id: str = ""
+    cached_items: tuple[ScoredItem, ...] = ()  # the same tuple object while the list is reused
 
 
 @dataclass(frozen=True)
@@ -315,8 +319,10 @@ class RecommenderCore:
     ) -> Recommendations:
         self._check_id(user_id, "user_id")
         self._check_k(k)
-        self._check_filters(filters)
-        self._check_list(context_item_ids, "context_item_ids")
+        if filters != NO_FILTERS:
+            self._check_filters(filters)
+        if context_item_ids:
+            self._check_list(context_item_ids, "context_item_ids")
         serving = self.serving
         variant_name, variant = "", None
         if self.config.experiments:
@@ -350,7 +356,7 @@ class RecommenderCore:
         recommendation_id = uuid.uuid4().hex
         self._note_impression(recommendation_id, user_id, variant_name, len(items))
         return Recommendations(
-            list(items), model.version, fallback, variant_name, recommendation_id
+            list(items), model.version, fallback, variant_name, recommendation_id, items
         )
 
     def _compute_list(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,14 +11,23 @@ import grpc
 
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-from service.core import EventInput, Filters, Recommendations, RecommenderCore
+from service.core import NO_FILTERS, EventInput, Filters, Recommendations, RecommenderCore
+
+# Converted lists, by the identity of the core's (cached, immutable) item tuples.
+CONVERTED_LISTS = 4096
+
+
+def _convert(items: Any) -> list[pb.ScoredItem]:
+    return [pb.ScoredItem(item_id=i.item_id, score=i.score, reason=i.reason) for i in items]
 
 
 def _items(result: Recommendations) -> list[pb.ScoredItem]:
-    return [pb.ScoredItem(item_id=i.item_id, score=i.score, reason=i.reason) for i in result.items]
+    return _convert(result.items)
 
 
 def _filters(message: pb.Filters, exclude_item_ids: Any = ()) -> Filters:
+    if not exclude_item_ids and message.ByteSize() == 0:
+        return NO_FILTERS
     return Filters(
         include_categories=tuple(message.include_categories),
         exclude_categories=tuple(message.exclude_categories),
@@ -49,6 +59,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> None:
         self.core = core
         self.reload = reload  # set by the server once its model watcher exists
+        self._converted: OrderedDict[int, tuple[Any, list[pb.ScoredItem]]] = OrderedDict()
+
+    def _recommended_items(self, items: Any) -> list[pb.ScoredItem]:
+        """Protobuf items for a list, converted once while the core keeps reusing the list."""
+        key = id(items)
+        hit = self._converted.get(key)
+        if hit is not None and hit[0] is items:
+            return hit[1]
+        converted = _convert(items)
+        self._converted[key] = (items, converted)  # holding `items` keeps its id unique
+        if len(self._converted) > CONVERTED_LISTS:
+            self._converted.popitem(last=False)
+        return converted
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
@@ -61,7 +84,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             tuple(request.context_item_ids),
         )
         return pb.RecommendResponse(
-            items=_items(result),
+            items=self._recommended_items(result.cached_items),
             model_version=result.model_version,
             fallback=result.fallback,
             variant=result.variant,
