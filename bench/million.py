@@ -90,7 +90,8 @@ def generate(n_users: int, n_items: int, seed: int, progress: Progress) -> dict[
     trending.item_scores = counts * rng.random(n_items).astype(np.float32)
     now = int(time.time() * 1000)
     attributes = ItemAttributes(
-        categories=np.char.add("cat-", (item_cluster % 200).astype(str)),
+        # Taste clusters cut across categories, as in a real shop (a style spans departments).
+        categories=np.char.add("cat-", rng.integers(0, 200, n_items).astype(str)),
         available=rng.random(n_items) > 0.02,
         price=rng.lognormal(3.0, 1.0, n_items).astype(np.float32),
         tags=np.where(rng.random(n_items) < 0.01, "promoted", ""),

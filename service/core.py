@@ -38,6 +38,7 @@ MAX_FUTURE_MS = 24 * 3_600_000
 CAP_CANDIDATES = 20
 # Candidates fetched from the approximate index before filters and rules are applied.
 ANN_CANDIDATES = 200
+ANN_MAX_CANDIDATES = 20_000
 
 
 @dataclass(frozen=True)
@@ -748,10 +749,15 @@ class RecommenderCore:
             return None
         excluded = sum(b.size for b in banned)
         wanted = min(serving.n_items, max(ANN_CANDIDATES, 4 * (k + excluded)))
-        ids, scores = index.search(query[None, :], wanted)
-        valid = ids[0] >= 0
-        picked = self._select(serving, scores[0][valid], ids[0][valid], k, filters, banned)
-        return picked if picked[0].size >= k else None
+        while True:  # widen the search before giving up on it: filters and caps thin it out
+            ids, scores = index.search(query[None, :], wanted)
+            valid = ids[0] >= 0
+            picked = self._select(serving, scores[0][valid], ids[0][valid], k, filters, banned)
+            if picked[0].size >= k:
+                return picked
+            if wanted >= min(serving.n_items, ANN_MAX_CANDIDATES):
+                return None
+            wanted = min(serving.n_items, ANN_MAX_CANDIDATES, wanted * 8)
 
     def _check_id(self, value: str, name: str) -> None:
         if not value:

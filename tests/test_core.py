@@ -327,3 +327,13 @@ def test_repeated_requests_reuse_the_list_until_something_changes(
     assert core.recommend("u0005", 10).items != first.items
     uncached = fresh_core(published, dataclasses.replace(WIDE, cache_size=0))
     assert uncached.recommend("u0005", 10).items == first.items
+
+
+def test_id_lookups_never_confuse_longer_ids(published: PublishedModel) -> None:
+    from recsvc.published import sorted_positions
+
+    ids = np.array(["a", "b", "cc"])
+    assert sorted_positions(ids, np.array(["cc", "ccc", "b", "z"])).tolist() == [2, -1, 1, -1]
+    user = str(published.user_ids[0])
+    assert published.user_index(user) == 0
+    assert published.user_index(user + "0") is None  # truncated, it would match
