@@ -44,7 +44,9 @@ class ItemIndex:
     def load(cls, directory: Path, ef_search: int, mmap: bool = True) -> ItemIndex:
         import faiss
 
-        flags = faiss.IO_FLAG_MMAP if mmap else 0
+        # MMAP_IFC maps the graph and the vectors in place (plain MMAP copies the HNSW graph
+        # into each process's own memory).
+        flags = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) if mmap else 0
         index = faiss.read_index(str(directory / INDEX_FILE), flags)
         return cls(index, ef_search)
 
