@@ -34,10 +34,6 @@ def _exclusions(model: PublishedModel, users: np.ndarray, exclude_purchased: boo
     if exclude_purchased:
         parts.append((model.purchased_indptr, model.purchased_indices))
     rows, cols = [], []
-    unavailable = np.flatnonzero(~np.asarray(model.items.available, dtype=bool))
-    if unavailable.size:
-        rows.append(np.repeat(np.arange(users.size), unavailable.size))
-        cols.append(np.tile(unavailable, users.size))
     for indptr, indices in parts:
         for row, user in enumerate(users.tolist()):
             items = np.asarray(indices[indptr[user] : indptr[user + 1]])
@@ -66,6 +62,7 @@ def batch_recommend(
         raise BadInput(f"no published model in {model_dir}")
     model = PublishedModel.load(store.path(version))
     n_users = model.user_ids.size if not limit else min(limit, model.user_ids.size)
+    available = np.asarray(model.items.available, dtype=bool)
     writer = None
     started = last = time.perf_counter()
     done = 0
@@ -76,15 +73,11 @@ def batch_recommend(
             widest = int(np.diff(excluded.indptr).max(initial=0))
             if model.ann is not None:
                 vectors = np.asarray(model.model.user_factors[users])  # type: ignore[attr-defined]
-                ids, scores = model.ann.search(vectors, k + widest)
-                keep = ~np.array(
-                    [
-                        np.isin(
-                            ids[r], excluded.indices[excluded.indptr[r] : excluded.indptr[r + 1]]
-                        )
-                        for r in range(users.size)
-                    ]
-                ) & (ids >= 0)
+                ids, scores = model.ann.search(vectors, 2 * k + widest)
+                keep = (ids >= 0) & available[np.maximum(ids, 0)]
+                for r in np.flatnonzero(np.diff(excluded.indptr)):
+                    row = excluded.indices[excluded.indptr[r] : excluded.indptr[r + 1]]
+                    keep[r] &= ~np.isin(ids[r], row)
                 order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
                 ids = np.where(
                     np.take_along_axis(keep, order, 1), np.take_along_axis(ids, order, 1), -1
@@ -92,6 +85,7 @@ def batch_recommend(
                 scores = np.take_along_axis(scores, order, 1)
             else:
                 scores = model.model.score(users)
+                scores[:, ~available] = -np.inf
                 mask_rows(scores, excluded)
                 ids, scores = top_k(scores, k)
             item_lists = [model.item_ids[row[row >= 0]].tolist() for row in ids]
