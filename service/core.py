@@ -36,8 +36,9 @@ REALTIME_USERS = 200_000
 MAX_FUTURE_MS = 24 * 3_600_000
 # When a per-category cap is on, the cap is filled from this many times k candidates.
 CAP_CANDIDATES = 20
-# Candidates fetched from the approximate index before filters and rules are applied.
-ANN_CANDIDATES = 200
+# Candidates fetched from the approximate index before filters and rules are applied (more
+# when a request excludes items; the search widens if filters leave fewer than k).
+ANN_CANDIDATES = 40
 ANN_MAX_CANDIDATES = 20_000
 
 
