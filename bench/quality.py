@@ -33,7 +33,13 @@ sys.path.insert(0, str(ROOT))
 
 from recsvc.config import Config  # noqa: E402
 from recsvc.models import BlendRecommender  # noqa: E402
-from training.evaluate import Holdout, holdout_split, model_scorer, ranking_metrics  # noqa: E402
+from training.evaluate import (  # noqa: E402
+    Holdout,
+    holdout_split,
+    model_scorer,
+    ranking_metrics,
+    validation_holdout,
+)
 from training.importers import import_dataset  # noqa: E402
 from training.interactions import build_interactions  # noqa: E402
 from training.pipeline import (  # noqa: E402
@@ -115,14 +121,7 @@ def run_dataset(name: str, work: Path, families: list[str], progress: Progress) 
     # The default choice sees only the training period, as a scheduled `recsvc train` would.
     started = time.perf_counter()
     names, skipped = candidates(config, outer.train.shape[1])
-    inner = holdout_split(
-        outer.train_events,
-        config.signals,
-        config.training.validation_share,
-        config.training.seed,
-        config.training.holdout_user_last_n,
-        config.training.min_holdout_users,
-    )
+    inner = validation_holdout(outer.train_events, config)
     selection = select_model(names, skipped, inner, train_part, config, progress)
     chosen = selection["selected"]
     progress.say(f"{name}: default selection -> {chosen} ({selection['reason']})")

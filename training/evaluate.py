@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from recsvc.config import SignalsConfig
+from recsvc.config import Config, SignalsConfig
 from recsvc.models import Recommender
 from recsvc.models.base import mask_rows, top_k
 from recsvc.published import PublishedModel, sorted_positions
@@ -103,6 +103,19 @@ def holdout_split(
         if per_user is not None and per_user.describe()["test_users"] > judged:
             return per_user
     return holdout
+
+
+def validation_holdout(events: pa.Table, config: Config) -> Holdout | None:
+    """The holdout the training job carves with `config`'s [training] settings."""
+    t = config.training
+    return holdout_split(
+        events,
+        config.signals,
+        t.validation_share,
+        t.seed,
+        t.holdout_user_last_n,
+        t.min_holdout_users,
+    )
 
 
 def _holdout(

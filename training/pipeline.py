@@ -40,10 +40,10 @@ from training.evaluate import (
     Holdout,
     K,
     Scorer,
-    holdout_split,
     model_scorer,
     published_scorer,
     ranking_metrics,
+    validation_holdout,
 )
 from training.features import item_features, user_features
 from training.ingest import Dataset, load_dataset
@@ -221,14 +221,7 @@ def train(
 
     names, skipped = candidates(config, interactions.shape[1])
     with progress.stage("holdout split"):
-        holdout = holdout_split(
-            events,
-            config.signals,
-            config.training.validation_share,
-            config.training.seed,
-            config.training.holdout_user_last_n,
-            config.training.min_holdout_users,
-        )
+        holdout = validation_holdout(events, config)
     evaluation = select_model(names, skipped, holdout, dataset, config, progress)
     chosen = evaluation["selected"]
     gate = quality_gate(store, holdout, evaluation, dataset, config, progress)

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 
 from recsvc.config import Config
 from recsvc.errors import BadInput
-from training.evaluate import holdout_split
+from training.evaluate import validation_holdout
 from training.pipeline import TrainInputs, candidates, ingest_and_clean, select_model
 from training.progress import Progress
 
@@ -43,14 +43,7 @@ def evaluate_models(
     events = dataset.events
     n_items = pc.count_distinct(events.column("item_id")).as_py()
     names, skipped = candidates(config, n_items)
-    holdout = holdout_split(
-        events,
-        config.signals,
-        config.training.validation_share,
-        config.training.seed,
-        config.training.holdout_user_last_n,
-        config.training.min_holdout_users,
-    )
+    holdout = validation_holdout(events, config)
     if holdout is None:
         raise BadInput("too little data for a holdout: nothing to evaluate")
     result = select_model(names, skipped, holdout, dataset, config, progress)

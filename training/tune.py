@@ -19,7 +19,7 @@ import optuna
 
 from recsvc.config import Config, SignalsConfig, dump_config
 from recsvc.errors import BadInput
-from training.evaluate import Holdout, holdout_split, model_scorer, ranking_metrics
+from training.evaluate import Holdout, model_scorer, ranking_metrics, validation_holdout
 from training.interactions import build_interactions
 from training.pipeline import (
     SELECTION_METRIC,
@@ -111,11 +111,8 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dataset, _ = ingest_and_clean(inputs, config, out.parent / "rejects", progress)
     share, seed = config.training.validation_share, config.training.seed
-    last_n, min_users = config.training.holdout_user_last_n, config.training.min_holdout_users
-    outer = holdout_split(dataset.events, config.signals, share, seed, last_n, min_users)
-    inner = outer and holdout_split(
-        outer.train_events, config.signals, share, seed, last_n, min_users
-    )
+    outer = validation_holdout(dataset.events, config)
+    inner = outer and validation_holdout(outer.train_events, config)
     if outer is None or inner is None:
         raise BadInput("too little data to tune: need a test period and a validation period")
     names, skipped = candidates(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -64,20 +65,18 @@ class BlendRecommender(Recommender):
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
+        return self._combine(lambda model: model.score(users))
+
+    def _combine(self, scores_of: Callable[[Recommender], np.ndarray]) -> np.ndarray:
         total = None
         for weight, model in zip(self.weights, self.models, strict=True):
-            part = standardise(model.score(users)) * np.float32(weight)
+            part = standardise(scores_of(model)) * np.float32(weight)
             total = part if total is None else total + part
         assert total is not None
         return total
 
     def score_history(self, history: sp.csr_matrix) -> np.ndarray:
-        total = None
-        for weight, model in zip(self.weights, self.models, strict=True):
-            part = standardise(model.score_history(history)) * np.float32(weight)
-            total = part if total is None else total + part
-        assert total is not None
-        return total
+        return self._combine(lambda model: model.score_history(history))
 
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.models[int(np.argmax(self.weights))].similar_items(items, k)
