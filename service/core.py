@@ -590,7 +590,8 @@ class RecommenderCore:
     # -- internals -----------------------------------------------------------------------
 
     def _note_impression(self, recommendation_id: str, user_id: str, variant: str, n: int) -> None:
-        if self.event_store is None:
+        # Impressions serve the experiment report only: without a variant there is no report.
+        if self.event_store is None or not variant:
             return
         with self._impressions_lock:
             self._impressions.append(
