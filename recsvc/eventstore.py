@@ -106,17 +106,21 @@ class SQLiteEventStore:
         self.audit_path = path.with_name(path.name + ".audit.log")
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._impressions_db: sqlite3.Connection | None = None
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(SCHEMA)
-            self._db = db
+            self._db = self._open("FULL")
         return self._db
+
+    def _open(self, synchronous: str) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(SCHEMA)
+        return db
 
     def append(self, events: list[StoredEvent]) -> int:
         rows = [
@@ -246,7 +250,12 @@ class SQLiteEventStore:
     def record_impressions(self, rows: list[tuple[str, str, str, int, int]]) -> None:
         """(recommendation_id, user_id, variant, timestamp_ms, n_items) per response served."""
         with self._lock:
-            db = self._connection()
+            # Impressions are statistics, written every second: their own connection does not
+            # wait for the disk (WAL with synchronous=NORMAL survives a crash of the process,
+            # not of the machine); events keep synchronous=FULL.
+            if self._impressions_db is None:
+                self._impressions_db = self._open("NORMAL")
+            db = self._impressions_db
             db.execute("BEGIN")
             db.executemany(
                 "INSERT OR IGNORE INTO impressions"
@@ -273,6 +282,7 @@ class SQLiteEventStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            for db in (self._db, self._impressions_db):
+                if db is not None:
+                    db.close()
+            self._db = self._impressions_db = None
