@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -112,6 +113,10 @@ class ModelWatcher:
                 if serving is not None:
                     previous = core.version
                     core.swap(serving)
+                    # What a model load allocated lives until the next swap: move it out of
+                    # the collector's reach, so full collections stay short under load.
+                    gc.collect()
+                    gc.freeze()
                     self.parts.metrics.model_swapped(
                         version, str(serving.published.manifest.get("model_type", ""))
                     )
