@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -10,7 +9,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recsvc.models.base import DESCRIPTION_FILE, Recommender, check_user_items
+from recsvc.models.base import Recommender, check_user_items
 
 
 class BlendRecommender(Recommender):
@@ -82,20 +81,15 @@ class BlendRecommender(Recommender):
         return self.models[int(np.argmax(self.weights))].similar_items(items, k)
 
     def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        super().save(directory)  # the description; a blend has no arrays of its own
         for i, model in enumerate(self.models):
             model.save(directory / f"member{i}")
-        description = {"model_type": self.model_type, "params": self.get_params()}
-        (directory / DESCRIPTION_FILE).write_text(json.dumps(description, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: Path, mmap: bool = True) -> Self:
         from recsvc.models import load_model
 
-        description = json.loads((directory / DESCRIPTION_FILE).read_text())
-        if description["model_type"] != cls.model_type:
-            raise ValueError(f"{directory} holds a {description['model_type']} model, not a blend")
-        blend = cls(**description["params"])
+        blend = super().load(directory, mmap)
         blend._check()
         blend.models = [
             load_model(directory / f"member{i}", mmap=mmap) for i in range(len(blend.members))
