@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -25,7 +26,7 @@ from recsvc.eventstore import EventStore, StoredEvent
 from recsvc.experiments import assign_variant
 from recsvc.models import ALSRecommender
 from recsvc.models.base import top_k
-from recsvc.published import PublishedModel
+from recsvc.published import PublishedModel, sorted_positions
 
 REASON_PERSONAL = "personal"
 REASON_POPULAR = "popular"
@@ -66,12 +67,12 @@ class ScoredItem(NamedTuple):
 
 @dataclass(frozen=True)
 class Recommendations:
-    items: list[ScoredItem]
+    # Recommend returns the cached tuple itself, the same object while the list is reused.
+    items: Sequence[ScoredItem]
     model_version: str
     fallback: bool = False
     variant: str = ""  # "experiment/variant", empty when no experiment runs
     recommendation_id: str = ""
-    cached_items: tuple[ScoredItem, ...] = ()  # the same tuple object while the list is reused
 
 
 @dataclass(frozen=True)
@@ -353,15 +354,21 @@ class RecommenderCore:
         cached = self._lists.get(key)
         if cached is None:
             cached = self._compute_list(
-                serving, variant, user_id, k, filters, exclude_purchased, context_item_ids, fresh
+                serving,
+                variant,
+                user_id,
+                k,
+                filters,
+                exclude_purchased,
+                context_item_ids,
+                fresh,
+                forgotten_ms,
             )
             self._lists.put(key, cached)
         items, fallback = cached
         recommendation_id = uuid.uuid4().hex
         self._note_impression(recommendation_id, user_id, variant_name, len(items))
-        return Recommendations(
-            list(items), model.version, fallback, variant_name, recommendation_id, items
-        )
+        return Recommendations(items, model.version, fallback, variant_name, recommendation_id)
 
     def _compute_list(
         self,
@@ -373,9 +380,9 @@ class RecommenderCore:
         exclude_purchased: bool,
         context_item_ids: tuple[str, ...] | list[str],
         fresh: list[tuple[str, str, int]],
+        forgotten_ms: int | None,
     ) -> tuple[tuple[ScoredItem, ...], bool]:
         model = serving.published
-        forgotten_ms = self._forgotten.get(user_id)
         trained_before_forget = forgotten_ms is not None and forgotten_ms >= _trained_at_ms(model)
         user = None if trained_before_forget else model.user_index(user_id)
         context = model.item_indices(list(context_item_ids))
@@ -611,10 +618,11 @@ class RecommenderCore:
             items, confidences = model.history_of(user)
             for item, confidence in zip(items.tolist(), confidences.tolist(), strict=True):
                 raw[item] = _unscale(confidence, serving.scaling)
-        fresh_items = model.item_indices([e[0] for e in fresh])
-        known = [e for e in fresh if model.item_index(e[0]) is not None]
-        for item, (_, event, _) in zip(fresh_items.tolist(), known, strict=True):
-            raw[item] = raw.get(item, 0.0) + serving.signal_weights[event]
+        # One vectorised lookup; items the model does not know (position -1) are skipped.
+        positions = sorted_positions(model.item_ids, np.array([e[0] for e in fresh], dtype=str))
+        for item, (_, event, _) in zip(positions.tolist(), fresh, strict=True):
+            if item >= 0:
+                raw[item] = raw.get(item, 0.0) + serving.signal_weights[event]
         for item in context.tolist():
             raw[item] = raw.get(item, 0.0) + serving.signal_weights["view"]
         columns = np.fromiter(raw, dtype=np.int64, count=len(raw))

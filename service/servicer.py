@@ -11,7 +11,7 @@ import grpc
 
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-from service.core import NO_FILTERS, EventInput, Filters, Recommendations, RecommenderCore
+from service.core import NO_FILTERS, EventInput, Filters, RecommenderCore
 
 # Converted lists, by the identity of the core's (cached, immutable) item tuples.
 CONVERTED_LISTS = 4096
@@ -19,10 +19,6 @@ CONVERTED_LISTS = 4096
 
 def _convert(items: Any) -> list[pb.ScoredItem]:
     return [pb.ScoredItem(item_id=i.item_id, score=i.score, reason=i.reason) for i in items]
-
-
-def _items(result: Recommendations) -> list[pb.ScoredItem]:
-    return _convert(result.items)
 
 
 def _filters(message: pb.Filters, exclude_item_ids: Any = ()) -> Filters:
@@ -84,7 +80,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             tuple(request.context_item_ids),
         )
         return pb.RecommendResponse(
-            items=self._recommended_items(result.cached_items),
+            items=self._recommended_items(result.items),
             model_version=result.model_version,
             fallback=result.fallback,
             variant=result.variant,
@@ -99,7 +95,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             request.k,
             _filters(request.filters, request.exclude_item_ids),
         )
-        return pb.SimilarItemsResponse(items=_items(result), model_version=result.model_version)
+        return pb.SimilarItemsResponse(
+            items=_convert(result.items), model_version=result.model_version
+        )
 
     async def PopularItems(
         self, request: pb.PopularItemsRequest, context: grpc.aio.ServicerContext
@@ -110,7 +108,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             request.trending,
             _filters(request.filters),
         )
-        return pb.PopularItemsResponse(items=_items(result), model_version=result.model_version)
+        return pb.PopularItemsResponse(
+            items=_convert(result.items), model_version=result.model_version
+        )
 
     async def RecordEvents(
         self, request: pb.RecordEventsRequest, context: grpc.aio.ServicerContext
