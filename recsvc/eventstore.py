@@ -21,7 +21,21 @@ import pyarrow as pa
 
 from recsvc.errors import BadInput
 
-EVENT_COLUMNS = ("user_id", "item_id", "event", "timestamp_ms", "quantity", "price")
+# The data contract's clean events: what ingest produces and what the store hands to training.
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("event", pa.string()),
+        ("timestamp_ms", pa.int64()),
+        ("quantity", pa.float64()),
+        ("price", pa.float64()),
+    ]
+)
+OUTCOMES_SCHEMA = pa.schema(
+    [("variant", pa.string()), ("recommendation_id", pa.string()), ("event", pa.string())]
+)
+IMPRESSIONS_SCHEMA = pa.schema([("recommendation_id", pa.string()), ("variant", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -206,45 +220,25 @@ class SQLiteEventStore:
 
     def read_events(self) -> pa.Table:
         """All stored events in the data contract's clean columns, oldest first."""
-        with self._lock:
-            rows = (
-                self._connection()
-                .execute(
-                    "SELECT user_id, item_id, event, timestamp_ms, quantity, price FROM events"
-                    " ORDER BY id"
-                )
-                .fetchall()
-            )
-        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in EVENT_COLUMNS]
-        return pa.table(
-            {
-                "user_id": pa.array(columns[0], pa.string()),
-                "item_id": pa.array(columns[1], pa.string()),
-                "event": pa.array(columns[2], pa.string()),
-                "timestamp_ms": pa.array(columns[3], pa.int64()),
-                "quantity": pa.array(columns[4], pa.float64()),
-                "price": pa.array(columns[5], pa.float64()),
-            }
+        return self._query(
+            f"SELECT {', '.join(EVENTS_SCHEMA.names)} FROM events ORDER BY id", EVENTS_SCHEMA
         )
 
     def read_outcomes(self) -> pa.Table:
         """Events that followed a recommendation: variant, recommendation id, event."""
+        return self._query(
+            "SELECT variant, recommendation_id, event FROM events WHERE recommendation_id != ''",
+            OUTCOMES_SCHEMA,
+        )
+
+    def _query(self, sql: str, schema: pa.Schema) -> pa.Table:
+        """The rows of `sql` as a table whose columns are `schema`'s, in that order."""
         with self._lock:
-            rows = (
-                self._connection()
-                .execute(
-                    "SELECT variant, recommendation_id, event FROM events"
-                    " WHERE recommendation_id != ''"
-                )
-                .fetchall()
-            )
-        columns = list(zip(*rows, strict=True)) if rows else [[], [], []]
+            rows = self._connection().execute(sql).fetchall()
+        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema.names]
         return pa.table(
-            {
-                "variant": pa.array(columns[0], pa.string()),
-                "recommendation_id": pa.array(columns[1], pa.string()),
-                "event": pa.array(columns[2], pa.string()),
-            }
+            [pa.array(values, f.type) for values, f in zip(columns, schema, strict=True)],
+            schema=schema,
         )
 
     def record_impressions(self, rows: list[tuple[str, str, str, int, int]]) -> None:
@@ -266,19 +260,7 @@ class SQLiteEventStore:
             db.execute("COMMIT")
 
     def read_impressions(self) -> pa.Table:
-        with self._lock:
-            rows = (
-                self._connection()
-                .execute("SELECT recommendation_id, variant FROM impressions")
-                .fetchall()
-            )
-        columns = list(zip(*rows, strict=True)) if rows else [[], []]
-        return pa.table(
-            {
-                "recommendation_id": pa.array(columns[0], pa.string()),
-                "variant": pa.array(columns[1], pa.string()),
-            }
-        )
+        return self._query("SELECT recommendation_id, variant FROM impressions", IMPRESSIONS_SCHEMA)
 
     def close(self) -> None:
         with self._lock:

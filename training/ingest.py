@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from recsvc.config import DataConfig
 from recsvc.errors import BadInput
+from recsvc.eventstore import EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -349,18 +350,6 @@ class Dataset:
     items: pa.Table | None  # item_id, category, brand, price, available, tags
     users: pa.Table | None  # user_id plus attribute columns
     reports: list[IngestReport]
-
-
-EVENTS_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("event", pa.string()),
-        ("timestamp_ms", pa.int64()),
-        ("quantity", pa.float64()),
-        ("price", pa.float64()),
-    ]
-)
 
 
 def load_dataset(

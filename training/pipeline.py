@@ -331,9 +331,7 @@ def ingest_and_clean(
         finally:
             store.close()
         progress.say(f"event store {inputs.event_store}: {stored.num_rows:,} events")
-        dataset = dataclasses.replace(
-            dataset, events=pa.concat_tables([dataset.events, stored.cast(dataset.events.schema)])
-        )
+        dataset = dataclasses.replace(dataset, events=pa.concat_tables([dataset.events, stored]))
     dataset, privacy = leave_out_forgotten(dataset, forgotten)
     events, cleaning = clean_events(dataset.events, config.cleaning)
     cleaning.forgotten_users, cleaning.forgotten_events = privacy
