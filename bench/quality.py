@@ -26,7 +26,6 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,13 +34,13 @@ from recsvc.config import Config  # noqa: E402
 from recsvc.models import BlendRecommender  # noqa: E402
 from training.evaluate import (  # noqa: E402
     Holdout,
+    holdout_from_mask,
     holdout_split,
     model_scorer,
     ranking_metrics,
     validation_holdout,
 )
 from training.importers import import_dataset  # noqa: E402
-from training.interactions import build_interactions  # noqa: E402
 from training.pipeline import (  # noqa: E402
     TrainInputs,
     candidates,
@@ -76,29 +75,23 @@ def outer_split(name: str, data_dir: Path, events: pa.Table, config: Config) -> 
     """Training period and test period for one dataset (see SPLITS)."""
     signals = config.signals
     if name == "multibehavior":
-        train = build_interactions(events, signals)
-        test_events, _ = ingest_and_clean(
+        test, _ = ingest_and_clean(
             TrainInputs(data_dir / "test-events.csv"),
             config,
             data_dir / "rejects-test",
             Progress("test", open(os.devnull, "w")),  # noqa: SIM115
         )
-        test = build_interactions(test_events.events, signals, train.user_ids, train.item_ids)
-        truth = test.confidence.copy()
-        truth.data[:] = 1.0
-        return Holdout(events, train, truth, "given test.txt", None)
-    if name == "tmall":
-        ts = events.column("timestamp_ms")
-        before = pc.less(ts, TMALL_CUT_MS)
-        train_events, test_events = events.filter(before), events.filter(pc.invert(before))
-        train = build_interactions(train_events, signals)
-        test = build_interactions(test_events, signals, train.user_ids, train.item_ids)
-        truth = test.confidence.copy()
-        truth.data[:] = 1.0
-        return Holdout(train_events, train, truth, "temporal", TMALL_CUT_MS)
-    split = holdout_split(
-        events, signals, TEST_SHARE, config.training.seed, 0, config.training.min_holdout_users
-    )
+        before = np.arange(events.num_rows + test.events.num_rows) < events.num_rows
+        split = holdout_from_mask(
+            pa.concat_tables([events, test.events]), signals, before, "given test.txt", None
+        )
+    elif name == "tmall":
+        before = events.column("timestamp_ms").to_numpy() < TMALL_CUT_MS
+        split = holdout_from_mask(events, signals, before, "temporal", TMALL_CUT_MS)
+    else:
+        split = holdout_split(
+            events, signals, TEST_SHARE, config.training.seed, 0, config.training.min_holdout_users
+        )
     assert split is not None
     return split
 

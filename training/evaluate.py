@@ -86,18 +86,20 @@ def holdout_split(
         return None
     if np.unique(ts).size == 1:
         before = np.random.default_rng(seed).random(ts.size) >= share
-        return _holdout(events, signals, before, "per_user", None)
+        return holdout_from_mask(events, signals, before, "per_user", None)
     if user_last_n > 0:
-        return _holdout(events, signals, ~_last_events(events, n=user_last_n), "user_last", None)
+        return holdout_from_mask(
+            events, signals, ~_last_events(events, n=user_last_n), "user_last", None
+        )
     cut = int(np.quantile(ts, 1.0 - share))
     before = ts < cut
     if before.all() or not before.any():
         cut = int(ts.max())
         before = ts < cut
-    holdout = _holdout(events, signals, before, "temporal", cut)
+    holdout = holdout_from_mask(events, signals, before, "temporal", cut)
     judged = 0 if holdout is None else holdout.describe()["test_users"]
     if judged < min_users:
-        per_user = _holdout(
+        per_user = holdout_from_mask(
             events, signals, ~_last_events(events, share=share), "user_last_share", None
         )
         if per_user is not None and per_user.describe()["test_users"] > judged:
@@ -118,13 +120,15 @@ def validation_holdout(events: pa.Table, config: Config) -> Holdout | None:
     )
 
 
-def _holdout(
+def holdout_from_mask(
     events: pa.Table,
     signals: SignalsConfig,
     before: np.ndarray,
     method: str,
     cut_ms: int | None,
 ) -> Holdout | None:
+    """Trains on the events where `before` holds, tests on the others (in the training
+    part's index space, pairs only); None when either side is empty."""
     train_events = events.filter(pa.array(before))
     test_events = events.filter(pa.array(~before))
     if train_events.num_rows == 0 or test_events.num_rows == 0:
