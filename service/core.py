@@ -469,19 +469,13 @@ class RecommenderCore:
         serving = self.serving
         model = serving.published
         source = model.trending if trending else model.fallback
-        within = Filters(
-            include_categories=tuple(categories),
-            exclude_categories=filters.exclude_categories,
-            available_only=filters.available_only,
-            min_price=filters.min_price,
-            max_price=filters.max_price,
-        )
+        # `categories` and the filters' include list both restrict: keep what both allow.
+        wanted = tuple(categories) or filters.include_categories
         if categories and filters.include_categories:
-            within = dataclasses.replace(
-                within,
-                include_categories=tuple(set(categories) & set(filters.include_categories))
-                or ("\0none",),
-            )
+            wanted = tuple(c for c in categories if c in set(filters.include_categories))
+            if not wanted:
+                return Recommendations([], model.version)
+        within = dataclasses.replace(filters, include_categories=wanted, exclude_item_ids=())
         banned = [model.item_indices(list(filters.exclude_item_ids))]
         picked, picked_scores = self._pick_popular(serving, trending, k, within, banned)
         reason = _fallback_reason(source)

@@ -263,6 +263,10 @@ def test_popular_items_overall_per_category_and_trending(core: RecommenderCore) 
     hot = core.popular_items(10, trending=True)
     assert {i.reason for i in hot.items} == {"trending"}
     assert core.popular_items(5, ["no-such-category"]).items == []
+    # The filters' own include list applies too, alone or together with `categories`.
+    filtered = core.popular_items(10, filters=Filters(include_categories=(category,)))
+    assert filtered.items == in_category.items
+    assert core.popular_items(5, [category], filters=Filters(include_categories=("x",))).items == []
 
 
 def test_variants_are_assigned_deterministically_by_weight() -> None:
