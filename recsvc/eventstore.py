@@ -38,6 +38,10 @@ OUTCOMES_SCHEMA = pa.schema(
 IMPRESSIONS_SCHEMA = pa.schema([("recommendation_id", pa.string()), ("variant", pa.string())])
 
 
+# How long a connection waits for another process's lock before it reports "locked".
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
 @dataclass(frozen=True)
 class StoredEvent:
     user_id: str
@@ -129,11 +133,24 @@ class SQLiteEventStore:
 
     def _open(self, synchronous: str) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
+        db = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False, isolation_level=None
+        )
+        # Switching a new file to WAL takes an exclusive lock and SQLite may answer "locked"
+        # without waiting when other processes (server workers starting together) open it at the
+        # same moment; so retry for as long as the busy timeout would have waited.
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    db.close()
+                    raise
+                time.sleep(0.01)
         db.execute(f"PRAGMA synchronous={synchronous}")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(SCHEMA)
         return db
 
     def append(self, events: list[StoredEvent]) -> int:
