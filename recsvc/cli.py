@@ -143,6 +143,35 @@ def _batch_recommend(args: argparse.Namespace) -> None:
     )
 
 
+def _audience_export(args: argparse.Namespace) -> None:
+    from recsvc.config import load_config
+    from training.marketing import export_audience
+
+    export_audience(
+        args.model_dir,
+        args.out,
+        item_id=args.item or "",
+        category=args.category or "",
+        segment_id=args.segment or "",
+        k=args.k,
+        exclude_buyers=args.exclude_buyers,
+        config=load_config(args.config).serving,
+        event_store=args.event_store or "",
+    )
+
+
+def _segments_report(args: argparse.Namespace) -> None:
+    from training.marketing import segments_report
+
+    print(segments_report(args.model_dir, args.out))
+
+
+def _profile(args: argparse.Namespace) -> None:
+    from service.client import user_profile
+
+    user_profile(_connection(args), args.user_id)
+
+
 def _noop_server(args: argparse.Namespace) -> None:
     from loadtest.noop import serve_noop
 
@@ -409,6 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="an item the visitor is looking at (repeatable)",
             )
         client.set_defaults(run=_recommend if key == "user" else _similar)
+    profile = roles.add_parser("profile", help="ask a server for a user's profile (JSON)")
+    profile.add_argument("user_id")
+    profile.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")
+    profile.add_argument("--timeout", type=float, default=5.0)
+    profile.add_argument("--api-key", default="", help="API key (default: $RECSVC_API_KEY)")
+    profile.add_argument("--tls-ca", type=Path, default=None, help="CA file: call over TLS")
+    profile.set_defaults(run=_profile)
     models = roles.add_parser("models", help="published versions")
     models_cmds = models.add_subparsers(dest="models_command", required=True)
     listing = models_cmds.add_parser("list", help="versions, newest last; * marks current")
@@ -450,15 +486,47 @@ def build_parser() -> argparse.ArgumentParser:
     load.set_defaults(run=_loadtest)
 
     batch = roles.add_parser(
-        "batch-recommend", help="top k for every user of the current model, to Parquet"
+        "batch-recommend", help="top k for every user of the current model, to Parquet or CSV"
     )
     batch.add_argument("--model-dir", type=Path, required=True)
-    batch.add_argument("--out", type=Path, required=True, help="Parquet file to write")
+    batch.add_argument(
+        "--out", type=Path, required=True, help="file to write: .parquet, or .csv (lists |-joined)"
+    )
     batch.add_argument("-k", type=int, default=10)
     batch.add_argument("--limit", type=int, default=0, help="only the first N users (0: all)")
     batch.add_argument("--batch", type=int, default=1024, help="users scored together")
     batch.add_argument("--exclude-purchased", action="store_true")
     batch.set_defaults(run=_batch_recommend)
+
+    audience = roles.add_parser("audience", help="campaign audiences")
+    audience_cmds = audience.add_subparsers(dest="audience_command", required=True)
+    export = audience_cmds.add_parser(
+        "export", help="the users most likely to buy, ranked, to Parquet or CSV"
+    )
+    export.add_argument("--model-dir", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True, help=".parquet or .csv")
+    target = export.add_mutually_exclusive_group()
+    target.add_argument("--item", help="item id (a new catalogue item works too)")
+    target.add_argument("--category")
+    export.add_argument("--segment", help="segment id, e.g. rfm:at_risk or cluster:3")
+    export.add_argument("-k", type=int, default=0, help="users to keep (0: every eligible user)")
+    export.add_argument("--exclude-buyers", action="store_true")
+    export.add_argument("--config", type=Path, default=None, help="TOML config ([serving])")
+    export.add_argument(
+        "--event-store",
+        default=None,
+        help="the server's event store, whose deletions are honoured (default as for serve)",
+    )
+    export.set_defaults(run=_audience_export)
+
+    segments = roles.add_parser("segments", help="customer segments")
+    segments_cmds = segments.add_subparsers(dest="segments_command", required=True)
+    seg_report = segments_cmds.add_parser(
+        "report", help="segments.md with charts (PNG) for the current model"
+    )
+    seg_report.add_argument("--model-dir", type=Path, required=True)
+    seg_report.add_argument("--out", type=Path, required=True, help="directory to write")
+    seg_report.set_defaults(run=_segments_report)
 
     noop = roles.add_parser(
         "noop-server", help="benchmark baseline: answers at once with a fixed response"

@@ -173,6 +173,19 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ProfilesConfig:
+    """Customer profiles, lifecycle stages and segments, built by every training run."""
+
+    new_days: float = 14.0
+    at_risk_days: float = 30.0
+    churned_days: float = 60.0
+    reactivated_gap_days: float = 30.0
+    top_tags: int = 5
+    clusters: int = 8
+    coldstart: bool = True
+
+
+@dataclass(frozen=True)
 class InputsConfig:
     """Paths for a scheduled job; relative ones are relative to the config file. "" = unset."""
 
@@ -202,6 +215,7 @@ class LimitsConfig:
     max_k: int = 500
     max_events_per_call: int = 1000
     max_message_bytes: int = 4 * 1024 * 1024
+    max_audience: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -219,12 +233,31 @@ class ExperimentConfig:
     variants: list[VariantConfig] = field(default_factory=list)
 
 
+Strategy = Literal["personal", "repurchase", "trending", "popular"]
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """Which strategy serves Recommend for a user in each lifecycle stage."""
+
+    new: Strategy = "personal"
+    active: Strategy = "personal"
+    reactivated: Strategy = "personal"
+    at_risk: Strategy = "repurchase"
+    churned: Strategy = "repurchase"
+
+    def strategy(self, stage: str) -> Strategy:
+        return getattr(self, stage)
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     event_store: str = ""
     realtime_events_per_user: int = 200
     cache_size: int = 50_000
     api_keys_file: str = ""
+    profile_clock: Literal["events", "wall"] = "events"
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     experiments: list[ExperimentConfig] = field(default_factory=list)
@@ -238,6 +271,7 @@ class Config:
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
 
 

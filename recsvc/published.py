@@ -20,6 +20,10 @@
     history_data.npy        filtering history out where the manifest's serving.exclude_seen
     ann.faiss               for catalogues past model.ann_min_items and factor models: an HNSW
                             index of the item factors (faiss format, memory-mapped)
+    profiles/               customer profiles, one row per user (recsvc.profiles)
+    segments.json           RFM segments and behavioural clusters, described
+    coldstart/              the hybrid model for attribute-only users and new items, when a
+                            users or items file was given (recsvc.coldstart)
 
 Every array is a plain .npy file loaded with allow_pickle=False and memory-mapped by default,
 so that several server processes share one copy of the model in the page cache.
@@ -36,10 +40,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsvc.ann import ItemIndex
+from recsvc.coldstart import ColdStart
+from recsvc.ids import lookup_sorted, sorted_positions
 from recsvc.models import Recommender, load_model
+from recsvc.profiles import UserProfiles
 
-SCHEMA_VERSION = 2  # 2: trending, user histories with confidences, item attributes
+SCHEMA_VERSION = 3  # 2: trending, histories, item attributes; 3: profiles, segments, cold start
 MANIFEST_FILE = "manifest.json"
+SEGMENTS_FILE = "segments.json"
 
 
 def write_published(
@@ -54,9 +62,16 @@ def write_published(
     purchased: sp.csr_matrix,
     history: sp.csr_matrix,
     manifest: dict[str, Any],
+    profiles: UserProfiles,
+    segments: list[dict[str, Any]],
     ann: ItemIndex | None = None,
+    coldstart: ColdStart | None = None,
 ) -> None:
     model.save(directory / "model")
+    profiles.save(directory / "profiles")
+    (directory / SEGMENTS_FILE).write_text(json.dumps(segments, indent=2) + "\n")
+    if coldstart is not None:
+        coldstart.save(directory / "coldstart")
     fallback.save(directory / "fallback")
     if ann is not None:
         ann.save(directory)
@@ -111,7 +126,10 @@ class PublishedModel:
     history_indptr: np.ndarray
     history_indices: np.ndarray
     history_data: np.ndarray
+    profiles: UserProfiles
+    segments: list[dict[str, Any]]
     ann: ItemIndex | None = None
+    coldstart: ColdStart | None = None
 
     @classmethod
     def load(cls, directory: Path, mmap: bool = True) -> PublishedModel:
@@ -150,6 +168,11 @@ class PublishedModel:
             history_indptr=array("history_indptr"),
             history_indices=array("history_indices"),
             history_data=array("history_data"),
+            profiles=UserProfiles.load(directory / "profiles", mmap=mmap),
+            segments=json.loads((directory / SEGMENTS_FILE).read_text()),
+            coldstart=ColdStart.load(directory / "coldstart", mmap=mmap)
+            if (directory / "coldstart").is_dir()
+            else None,
             ann=ItemIndex.load(directory, int(manifest["ann"]["ef_search"]), mmap=mmap)
             if manifest.get("ann")
             else None,
@@ -181,10 +204,10 @@ class PublishedModel:
             raise ValueError(f"model {self.version}: user ids are not sorted and unique")
 
     def user_index(self, user_id: str) -> int | None:
-        return _lookup(self.user_ids, user_id)
+        return lookup_sorted(self.user_ids, user_id)
 
     def item_index(self, item_id: str) -> int | None:
-        return _lookup(self.item_ids, item_id)
+        return lookup_sorted(self.item_ids, item_id)
 
     def item_indices(self, item_ids: list[str]) -> np.ndarray:
         """Indices of the known ids among `item_ids`; unknown ones are skipped."""
@@ -212,40 +235,3 @@ class PublishedModel:
         """(items, confidences) of the user's training row."""
         start, end = self.history_indptr[user], self.history_indptr[user + 1]
         return np.asarray(self.history_indices[start:end]), np.asarray(self.history_data[start:end])
-
-
-def sorted_positions(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Index of each of `wanted` in the sorted, unique `sorted_ids`; -1 where absent."""
-    if sorted_ids.size == 0:
-        return np.full(wanted.size, -1, dtype=np.int64)
-    wanted = np.asarray(wanted)
-    width = _width(sorted_ids)
-    if width is not None and wanted.dtype.kind == "U":
-        # Search in the ids' own dtype: a wider query dtype would make numpy cast (copy) the
-        # whole id array on every call. Longer ids cannot be present, and would be truncated.
-        too_long = np.char.str_len(wanted) > width if wanted.size else np.zeros(0, bool)
-        wanted = wanted.astype(sorted_ids.dtype)
-    else:
-        too_long = np.zeros(wanted.size, dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, wanted), sorted_ids.size - 1)
-    return np.where((sorted_ids[pos] == wanted) & ~too_long, pos, -1).astype(np.int64)
-
-
-def _width(ids: np.ndarray) -> int | None:
-    """Characters in a fixed-width unicode id array's dtype."""
-    return ids.dtype.itemsize // 4 if ids.dtype.kind == "U" else None
-
-
-def _lookup(sorted_ids: np.ndarray, key: str) -> int | None:
-    """Binary search in a sorted id array: no per-process dict, works on memory-mapped ids."""
-    width = _width(sorted_ids)
-    if width is not None:
-        if len(key) > width:
-            return None
-        probe: object = np.array(key, dtype=sorted_ids.dtype)  # no cast of the whole array
-    else:
-        probe = key
-    pos = int(np.searchsorted(sorted_ids, probe))
-    if pos < sorted_ids.size and sorted_ids[pos] == key:
-        return pos
-    return None

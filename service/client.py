@@ -21,14 +21,25 @@ def _print(
         for i in response.items
     ]
     fallback = getattr(response, "fallback", False)
+    strategy = getattr(response, "strategy", "")
+    stage = getattr(response, "lifecycle_stage", "")
     if as_json:
         print(
             json.dumps(
-                {"model_version": response.model_version, "fallback": fallback, "items": rows}
+                {
+                    "model_version": response.model_version,
+                    "fallback": fallback,
+                    "strategy": strategy,
+                    "lifecycle_stage": stage,
+                    "items": rows,
+                }
             )
         )
         return
-    print(f"{header} (model {response.model_version}{', fallback' if fallback else ''})")
+    served = (
+        f", {strategy} for a{'n' if stage[:1] in 'aeiou' else ''} {stage} user" if stage else ""
+    )
+    print(f"{header} (model {response.model_version}{served})")
     for rank, row in enumerate(rows, 1):
         print(f"{rank:4d}  {row['item_id']:<24} {row['score']:10.4f}  {row['reason']}")
 
@@ -85,6 +96,19 @@ def similar(connection: Connection, item_id: str, k: int, as_json: bool) -> None
             metadata=connection.metadata,
         )
     _print(response, as_json, f"{k} items similar to {item_id}")
+
+
+def user_profile(connection: Connection, user_id: str) -> None:
+    """Prints the profile as JSON (protobuf field names)."""
+    from google.protobuf.json_format import MessageToDict
+
+    with connection.channel() as channel:
+        response = pb_grpc.RecommenderStub(channel).GetUserProfile(
+            pb.GetUserProfileRequest(user_id=user_id),
+            timeout=connection.timeout,
+            metadata=connection.metadata,
+        )
+    print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
 
 
 def health(target: str, service: str, timeout: float) -> bool:

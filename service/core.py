@@ -24,13 +24,17 @@ from recsvc.config import EVENT_NAMES, ServingConfig, VariantConfig
 from recsvc.errors import InvalidArgument, NotFound, Unavailable
 from recsvc.eventstore import EventStore, StoredEvent
 from recsvc.experiments import assign_variant
+from recsvc.ids import sorted_positions
 from recsvc.models import ALSRecommender
 from recsvc.models.base import top_k
-from recsvc.published import PublishedModel, sorted_positions
+from recsvc.published import PublishedModel
+from service import marketing
 
 REASON_PERSONAL = "personal"
 REASON_POPULAR = "popular"
 REASON_TRENDING = "trending"
+REASON_HYBRID = "hybrid"
+REASON_REPURCHASE = "repurchase"
 # Users whose fresh events are kept in memory; the least recently active are dropped first.
 REALTIME_USERS = 200_000
 # Events may be stamped a little in the future (client clocks); more is a client mistake.
@@ -73,6 +77,8 @@ class Recommendations:
     fallback: bool = False
     variant: str = ""  # "experiment/variant", empty when no experiment runs
     recommendation_id: str = ""
+    strategy: str = ""  # personal, hybrid, repurchase, trending, popular or fallback
+    lifecycle_stage: str = ""
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ class ServingModel:
     scaling: str
     popular_order: np.ndarray  # item indices, most popular first
     trending_order: np.ndarray
+    profile_rows: np.ndarray  # per model user, their row in the profiles (-1 none)
 
     @classmethod
     def prepare(cls, published: PublishedModel, config: ServingConfig) -> ServingModel:
@@ -125,6 +132,7 @@ class ServingModel:
             scaling=str(signals.get("scaling", "log")),
             popular_order=np.argsort(-np.asarray(published.fallback.item_scores), kind="stable"),
             trending_order=np.argsort(-np.asarray(published.trending.item_scores), kind="stable"),
+            profile_rows=sorted_positions(published.profiles.user_ids, published.user_ids),
         )
 
     @property
@@ -134,6 +142,17 @@ class ServingModel:
     @property
     def n_items(self) -> int:
         return int(self.published.item_ids.size)
+
+    def price_of(self, fresh: list[tuple[str, str, int]]) -> dict[str, float]:
+        """Catalogue prices of the items in fresh events (for the monetary value of a fresh
+        purchase); unknown items and prices are left out."""
+        model = self.published
+        positions = sorted_positions(model.item_ids, np.array([e[0] for e in fresh], dtype=str))
+        prices = {}
+        for (item_id, _, _), position in zip(fresh, positions.tolist(), strict=True):
+            if position >= 0 and np.isfinite(price := float(model.items.price[position])):
+                prices[item_id] = price
+        return prices
 
     def codes(self, categories: tuple[str, ...]) -> list[int]:
         return [self.category_vocabulary[c] for c in categories if c in self.category_vocabulary]
@@ -178,6 +197,15 @@ class RealtimeHistory:
         with self._lock:
             fresh = self._users.get(user_id)
             return list(fresh.events) if fresh else []
+
+    def users_who(self, item_ids: set[str], event: str) -> set[str]:
+        """Users with a fresh `event` on any of `item_ids` (audiences leave buyers out)."""
+        with self._lock:
+            return {
+                user_id
+                for user_id, fresh in self._users.items()
+                if any(e[1] == event and e[0] in item_ids for e in fresh.events)
+            }
 
     def forget(self, user_id: str) -> None:
         with self._lock:
@@ -258,6 +286,7 @@ class RecommenderCore:
         self._forgotten: dict[str, int] = {}
         self._last_event_id = 0
         self._last_forgotten_ms = 0
+        self._newest_event_ms = 0  # the profile clock, with profile_clock = "events"
         self._sync_lock = threading.Lock()
         if event_store is not None:
             self.sync()
@@ -321,6 +350,7 @@ class RecommenderCore:
         filters: Filters = Filters(),
         exclude_purchased: bool = False,
         context_item_ids: tuple[str, ...] | list[str] = (),
+        user_attributes: dict[str, str] | None = None,
     ) -> Recommendations:
         self._check_id(user_id, "user_id")
         self._check_k(k)
@@ -328,6 +358,9 @@ class RecommenderCore:
             self._check_filters(filters)
         if context_item_ids:
             self._check_list(context_item_ids, "context_item_ids")
+        attributes = tuple(sorted((user_attributes or {}).items()))
+        if attributes:
+            self._check_attributes(attributes)
         serving = self.serving
         variant_name, variant = "", None
         if self.config.experiments:
@@ -339,6 +372,7 @@ class RecommenderCore:
         model = serving.published
         forgotten_ms = self._forgotten.get(user_id)
         fresh = self.realtime.of(user_id)
+        stage = marketing.user_stage(serving, user_id, fresh, self.now_ms(serving))
         # Everything the list depends on; the user's fresh events and deletion included.
         key = (
             model.version,
@@ -350,6 +384,8 @@ class RecommenderCore:
             len(fresh),
             fresh[-1] if fresh else None,
             forgotten_ms,
+            stage,
+            attributes,
         )
         cached = self._lists.get(key)
         if cached is None:
@@ -363,12 +399,16 @@ class RecommenderCore:
                 context_item_ids,
                 fresh,
                 forgotten_ms,
+                stage,
+                dict(attributes),
             )
             self._lists.put(key, cached)
-        items, fallback = cached
+        items, fallback, strategy = cached
         recommendation_id = uuid.uuid4().hex
         self._note_impression(recommendation_id, user_id, variant_name, len(items))
-        return Recommendations(items, model.version, fallback, variant_name, recommendation_id)
+        return Recommendations(
+            items, model.version, fallback, variant_name, recommendation_id, strategy, stage
+        )
 
     def _compute_list(
         self,
@@ -381,7 +421,9 @@ class RecommenderCore:
         context_item_ids: tuple[str, ...] | list[str],
         fresh: list[tuple[str, str, int]],
         forgotten_ms: int | None,
-    ) -> tuple[tuple[ScoredItem, ...], bool]:
+        stage: str,
+        user_attributes: dict[str, str],
+    ) -> tuple[tuple[ScoredItem, ...], bool, str]:
         model = serving.published
         trained_before_forget = forgotten_ms is not None and forgotten_ms >= _trained_at_ms(model)
         user = None if trained_before_forget else model.user_index(user_id)
@@ -392,15 +434,21 @@ class RecommenderCore:
         if user is not None and model.exclude_seen:
             banned.append(model.seen_by(user))
 
-        reasons: np.ndarray | None = None
+        reasons: np.ndarray | dict[int, str] | None = None  # per item, where they differ
         picked: tuple[np.ndarray, np.ndarray] | None = None
-        strategy = variant.strategy if variant else "model"
+        # An experiment's variant decides first; then the strategy of the user's stage.
+        strategy = variant.strategy if variant and variant.strategy != "model" else ""
+        strategy = strategy or self.config.lifecycle.strategy(stage)
         reason, fallback = REASON_PERSONAL, False
-        if strategy != "model":
-            trending = strategy == "trending"
-            source = model.trending if trending else model.fallback
+        bought = self._bought_before(serving, user, fresh) if strategy == "repurchase" else None
+        if strategy == "repurchase" and (bought is None or not bought[0].size):
+            strategy = "personal"  # nothing bought before: nothing to buy again
+        if strategy == "repurchase" and bought is not None:
+            picked, reasons = self._pick_repurchase(serving, bought, k, filters, banned)
+        elif strategy in ("popular", "trending"):
+            source = model.trending if strategy == "trending" else model.fallback
             reason, fallback = _fallback_reason(source), True
-            picked = self._pick_popular(serving, trending, k, filters, banned)
+            picked = self._pick_popular(serving, strategy == "trending", k, filters, banned)
         elif fresh or context.size:
             history = self._history_row(serving, user, fresh, context)
             if model.exclude_seen:
@@ -418,9 +466,15 @@ class RecommenderCore:
             if picked is None:
                 scores = model.model.score(np.array([user]))[0]
                 picked = self._select(serving, scores, None, k, filters, banned)
+        elif (vector := self._attribute_vector(serving, user_id, user_attributes)) is not None:
+            reason, fallback = REASON_HYBRID, True
+            scores = model.coldstart.item_scores(vector)  # type: ignore[union-attr]
+            picked = self._select(serving, scores, None, k, filters, banned)
         else:
             reason, fallback = _fallback_reason(model.fallback), True
             picked = self._pick_popular(serving, False, k, filters, banned)
+        if strategy == "personal":
+            strategy = reason if fallback else REASON_PERSONAL
         picked_ids, picked_scores = picked
         items = tuple(
             ScoredItem(
@@ -430,7 +484,7 @@ class RecommenderCore:
             )
             for i, s in zip(picked_ids, picked_scores, strict=True)
         )
-        return items, fallback
+        return items, fallback, strategy
 
     def similar_items(self, item_id: str, k: int, filters: Filters = Filters()) -> Recommendations:
         self._check_id(item_id, "item_id")
@@ -440,7 +494,7 @@ class RecommenderCore:
         model = serving.published
         item = model.item_index(item_id)
         if item is None:
-            raise NotFound(f"item {item_id!r} is not in model {model.version}")
+            return self._similar_to_new_item(serving, item_id, k, filters)
         wanted = min(serving.n_items, (k + len(filters.exclude_item_ids)) * CAP_CANDIDATES)
         ids, scores = model.model.similar_items(np.array([item]), wanted)
         valid = ids[0] >= 0
@@ -532,6 +586,7 @@ class RecommenderCore:
         if self.event_store is None:
             for e in stored:
                 self.realtime.add(e.user_id, e.item_id, e.event, e.timestamp_ms)
+                self._newest_event_ms = max(self._newest_event_ms, e.timestamp_ms)
         else:
             self.event_store.append(stored)
             self.sync()  # the store is the one path into real-time state, for every worker
@@ -556,6 +611,7 @@ class RecommenderCore:
             )
             for event_id, user_id, item_id, event, stamp in events:
                 self._last_event_id = event_id
+                self._newest_event_ms = max(self._newest_event_ms, stamp)
                 if stamp > trained_until:
                     self.realtime.add(user_id, item_id, event, stamp)
 
@@ -585,6 +641,72 @@ class RecommenderCore:
             "metric_variant": variant,
         }
 
+    # -- precision marketing ------------------------------------------------------------
+
+    def now_ms(self, serving: ServingModel | None = None) -> int:
+        """The clock of recency and lifecycle stages (serving.profile_clock)."""
+        if self.config.profile_clock == "wall":
+            return int(time.time() * 1000)
+        model = (serving or self.serving).published
+        return max(int(model.manifest.get("data_end_ms", 0)), self._newest_event_ms)
+
+    def user_profile(self, user_id: str) -> dict[str, Any]:
+        self._check_id(user_id, "user_id")
+        serving = self.serving
+        fresh = [] if user_id in self._forgotten else self.realtime.of(user_id)
+        if user_id in self._forgotten and self._forgotten[user_id] >= _trained_at_ms(
+            serving.published
+        ):
+            raise NotFound(f"user {user_id!r} was forgotten")
+        return marketing.user_profile(serving, user_id, fresh, self.now_ms(serving))
+
+    def list_segments(self, kind: str = "") -> list[dict[str, Any]]:
+        return marketing.list_segments(self.serving, kind)
+
+    def get_segment(self, segment_id: str) -> dict[str, Any]:
+        self._check_id(segment_id, "segment_id")
+        return marketing.get_segment(self.serving, segment_id)
+
+    def find_audience(
+        self,
+        *,
+        item_id: str = "",
+        category: str = "",
+        segment_id: str = "",
+        k: int = 100,
+        exclude_buyers: bool = False,
+    ) -> marketing.Audience:
+        limit = self.config.limits.max_audience
+        if not 1 <= k <= limit:
+            raise InvalidArgument(f"k must be between 1 and {limit}, got {k}")
+        for value, name in (
+            (item_id, "item_id"),
+            (category, "category"),
+            (segment_id, "segment_id"),
+        ):
+            if len(value) > self.config.limits.max_id_length:
+                raise InvalidArgument(f"{name} is longer than {self.config.limits.max_id_length}")
+        serving = self.serving
+        targets = set()
+        if item_id:
+            targets = {item_id}
+        elif category:
+            items = serving.published.item_ids
+            code = serving.category_vocabulary.get(category, -1)
+            targets = set(items[serving.category_codes == code].tolist()) if code >= 0 else set()
+        fresh_buyers = self.realtime.users_who(targets, "purchase") if targets else set()
+        return marketing.find_audience(
+            serving,
+            item_id=item_id,
+            category=category,
+            segment_id=segment_id,
+            k=k,
+            exclude_buyers=exclude_buyers,
+            left_out=set(self._forgotten),
+            fresh_buyers=fresh_buyers,
+            now_ms=self.now_ms(serving),
+        )
+
     def take_impressions(self) -> list[tuple[str, str, str, int, int]]:
         with self._impressions_lock:
             taken, self._impressions = self._impressions, []
@@ -600,6 +722,83 @@ class RecommenderCore:
             self._impressions.append(
                 (recommendation_id, user_id, variant, int(time.time() * 1000), n)
             )
+
+    def _bought_before(
+        self, serving: ServingModel, user: int | None, fresh: list[tuple[str, str, int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Items the user bought (training and fresh purchases) and how strongly: the training
+        confidence, plus one purchase weight per fresh purchase."""
+        model = serving.published
+        strength: dict[int, float] = {}
+        if user is not None:
+            bought = model.purchased_by(user)
+            items, confidences = model.history_of(user)
+            known = dict(zip(items.tolist(), confidences.tolist(), strict=True))
+            strength = {int(i): known.get(int(i), 1.0) for i in bought.tolist()}
+        purchases = [e[0] for e in fresh if e[1] == "purchase"]
+        if purchases:
+            weight = serving.signal_weights["purchase"]
+            for position in sorted_positions(model.item_ids, np.array(purchases, dtype=str)):
+                if position >= 0:
+                    strength[int(position)] = strength.get(int(position), 0.0) + weight
+        ids = np.fromiter(strength, dtype=np.int64, count=len(strength))
+        return ids, np.fromiter(strength.values(), dtype=np.float32, count=len(strength))
+
+    def _pick_repurchase(
+        self,
+        serving: ServingModel,
+        bought: tuple[np.ndarray, np.ndarray],
+        k: int,
+        filters: Filters,
+        banned: list[np.ndarray],
+    ) -> tuple[tuple[np.ndarray, np.ndarray], dict[int, str]]:
+        """What the user bought before, strongest first, then trending items; with reasons."""
+        items, strength = bought
+        again = self._select(serving, strength, items, k, filters, banned, boost=False)
+        reasons = {int(i): REASON_REPURCHASE for i in again[0].tolist()}
+        ids, scores = again
+        if ids.size < k:
+            more = self._pick_popular(serving, True, k - ids.size, filters, [*banned, ids])
+            reasons |= {int(i): REASON_TRENDING for i in more[0].tolist()}
+            # Below every repurchase score, in trending order.
+            floor = float(scores.min()) if scores.size else 0.0
+            ranks = floor - 1.0 - np.arange(more[0].size, dtype=np.float32)
+            ids, scores = np.concatenate([ids, more[0]]), np.concatenate([scores, ranks])
+        return (ids, scores.astype(np.float32)), reasons
+
+    def _attribute_vector(
+        self, serving: ServingModel, user_id: str, attributes: dict[str, str]
+    ) -> np.ndarray | None:
+        """The hybrid model's vector for a user the model lacks, from the request's attributes
+        or the users file's; None without a hybrid model or a known attribute."""
+        model = serving.published
+        if model.coldstart is None:
+            return None
+        if not attributes:
+            row = model.profiles.index(user_id)
+            if row is None or not model.profiles.attribute_names:
+                return None
+            values = model.profiles.attributes[row].tolist()
+            attributes = dict(zip(model.profiles.attribute_names, values, strict=True))
+        return model.coldstart.user_vector(attributes)
+
+    def _similar_to_new_item(
+        self, serving: ServingModel, item_id: str, k: int, filters: Filters
+    ) -> Recommendations:
+        """Items like a catalogue item that has no events yet, from its attributes."""
+        model = serving.published
+        coldstart = model.coldstart
+        new = coldstart.new_item_index(item_id) if coldstart is not None else None
+        if coldstart is None or new is None:
+            raise NotFound(f"item {item_id!r} is not in model {model.version}")
+        banned = [model.item_indices(list(filters.exclude_item_ids))]
+        scores = coldstart.similar_to_new_item(new)
+        picked, picked_scores = self._select(serving, scores, None, k, filters, banned, boost=False)
+        items = [
+            ScoredItem(str(model.item_ids[i]), float(s), f"similar_attributes:{item_id}")
+            for i, s in zip(picked, picked_scores, strict=True)
+        ]
+        return Recommendations(items, model.version, strategy=REASON_HYBRID)
 
     def _history_row(
         self, serving: ServingModel, user: int | None, fresh: list, context: np.ndarray
@@ -772,6 +971,17 @@ class RecommenderCore:
             raise InvalidArgument(
                 f"{name} is longer than {self.config.limits.max_id_length} characters"
             )
+
+    def _check_attributes(self, attributes: tuple[tuple[str, str], ...]) -> None:
+        limit = self.config.limits.max_id_length
+        if len(attributes) > self.config.limits.max_list_size:
+            raise InvalidArgument("too many user_attributes")
+        for name, value in attributes:
+            if not name or len(name) > limit or len(value) > limit:
+                raise InvalidArgument(
+                    f"user_attributes: names must be non-empty and names and values at most "
+                    f"{limit} characters ({name[:40]!r})"
+                )
 
     def _check_k(self, k: int) -> None:
         if not 1 <= k <= self.config.limits.max_k:

@@ -78,6 +78,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             _filters(request.filters, request.exclude_item_ids),
             request.exclude_purchased,
             tuple(request.context_item_ids),
+            dict(request.user_attributes),
         )
         return pb.RecommendResponse(
             items=self._recommended_items(result.items),
@@ -85,6 +86,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             fallback=result.fallback,
             variant=result.variant,
             recommendation_id=result.recommendation_id,
+            strategy=result.strategy,
+            lifecycle_stage=result.lifecycle_stage,
         )
 
     async def SimilarItems(
@@ -147,3 +150,83 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if self.reload is not None:
             await self.reload()
         return _model_info(self.core.model_info())
+
+    async def GetUserProfile(
+        self, request: pb.GetUserProfileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UserProfile:
+        profile = self.core.user_profile(request.user_id)
+        rfm = profile["rfm"]
+        return pb.UserProfile(
+            user_id=profile["user_id"],
+            attributes=profile["attributes"],
+            top_categories=[pb.WeightedTag(name=n, weight=w) for n, w in profile["top_categories"]],
+            top_brands=[pb.WeightedTag(name=n, weight=w) for n, w in profile["top_brands"]],
+            price_band=profile["price_band"],
+            active_hours_utc=profile["active_hours_utc"],
+            active_weekdays=profile["active_weekdays"],
+            rfm=pb.RFM(
+                recency_days=rfm["recency_days"],
+                frequency=rfm["frequency"],
+                monetary=rfm["monetary"],
+                r=rfm["r"],
+                f=rfm["f"],
+                m=rfm["m"],
+                segment=rfm["segment"],
+            ),
+            lifecycle_stage=profile["lifecycle_stage"],
+            rfm_segment_id=profile["rfm_segment_id"],
+            cluster_segment_id=profile["cluster_segment_id"],
+            first_seen_ms=profile["first_seen_ms"],
+            last_seen_ms=profile["last_seen_ms"],
+            fresh_events=profile["fresh_events"],
+            model_version=profile["model_version"],
+        )
+
+    async def ListSegments(
+        self, request: pb.ListSegmentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSegmentsResponse:
+        segments = self.core.list_segments(request.kind)
+        return pb.ListSegmentsResponse(
+            segments=[_segment(s) for s in segments], model_version=self.core.version or ""
+        )
+
+    async def GetSegment(
+        self, request: pb.GetSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Segment:
+        return _segment(self.core.get_segment(request.segment_id))
+
+    async def FindAudience(
+        self, request: pb.FindAudienceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FindAudienceResponse:
+        # Scores every user: off the event loop, so Recommend calls keep flowing meanwhile.
+        audience = await asyncio.to_thread(
+            self.core.find_audience,
+            item_id=request.item_id,
+            category=request.category,
+            segment_id=request.segment_id,
+            k=request.k,
+            exclude_buyers=request.exclude_buyers,
+        )
+        return pb.FindAudienceResponse(
+            users=[
+                pb.AudienceMember(user_id=u, score=s)
+                for u, s in zip(audience.user_ids, audience.scores, strict=True)
+            ],
+            basis=audience.basis,
+            model_version=audience.model_version,
+        )
+
+
+def _segment(segment: dict[str, Any]) -> pb.Segment:
+    return pb.Segment(
+        id=segment["id"],
+        kind=segment["kind"],
+        name=segment["name"],
+        size=segment["size"],
+        top_categories=[
+            pb.CategoryShare(category=c, share=s) for c, s in segment["top_categories"]
+        ],
+        average_order_value=segment["average_order_value"],
+        stage_mix=segment["stage_mix"],
+        method=segment["clustering"],
+    )

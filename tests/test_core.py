@@ -334,7 +334,7 @@ def test_repeated_requests_reuse_the_list_until_something_changes(
 
 
 def test_id_lookups_never_confuse_longer_ids(published: PublishedModel) -> None:
-    from recsvc.published import sorted_positions
+    from recsvc.ids import sorted_positions
 
     ids = np.array(["a", "b", "cc"])
     assert sorted_positions(ids, np.array(["cc", "ccc", "b", "z"])).tolist() == [2, -1, 1, -1]

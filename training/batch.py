@@ -1,4 +1,4 @@
-"""`recsvc batch-recommend`: top-k for every user of a published model, to a Parquet file.
+"""`recsvc batch-recommend`: top-k for every user of a published model, to Parquet or CSV.
 
 For e-mail campaigns and caches. Users are scored in batches: with the approximate index when the
 version has one (faiss searches a batch on every core), otherwise exactly, a batch of users
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from recsvc.errors import BadInput
@@ -22,6 +21,7 @@ from recsvc.models.base import mask_rows, top_k
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from training.progress import Progress
+from training.tables import TableWriter
 
 PROGRESS_SECONDS = 5.0
 
@@ -63,10 +63,9 @@ def batch_recommend(
     model = PublishedModel.load(store.path(version))
     n_users = model.user_ids.size if not limit else min(limit, model.user_ids.size)
     available = np.asarray(model.items.available, dtype=bool)
-    writer = None
     started = last = time.perf_counter()
     done = 0
-    try:
+    with TableWriter(out) as writer:
         for start in range(0, n_users, batch):
             users = np.arange(start, min(start + batch, n_users))
             excluded = _exclusions(model, users, exclude_purchased)
@@ -99,18 +98,12 @@ def batch_recommend(
                     "scores": pa.array(score_lists, pa.list_(pa.float32())),
                 }
             )
-            if writer is None:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(out, table.schema)
-            writer.write_table(table)
+            writer.write(table)
             done += users.size
             now = time.perf_counter()
             if now - last >= PROGRESS_SECONDS:
                 last = now
                 progress.say(f"{done:,}/{n_users:,} users, {done / (now - started):,.0f} users/s")
-    finally:
-        if writer is not None:
-            writer.close()
     seconds = time.perf_counter() - started
     rate = done / seconds if seconds else 0.0
     progress.say(

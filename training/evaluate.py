@@ -23,9 +23,10 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recsvc.config import Config, SignalsConfig
+from recsvc.ids import sorted_positions
 from recsvc.models import Recommender
 from recsvc.models.base import mask_rows, top_k
-from recsvc.published import PublishedModel, sorted_positions
+from recsvc.published import PublishedModel
 from training.interactions import Interactions, build_interactions
 
 Scorer = Callable[[np.ndarray], np.ndarray]

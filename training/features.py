@@ -15,8 +15,9 @@ PRICE_BANDS = 5
 
 def _one_hot(
     ids: np.ndarray, table: pa.Table | None, key: str, columns: dict[str, list[str]]
-) -> sp.csr_matrix:
-    """Identity block plus one column per (attribute, value) seen in `columns`."""
+) -> tuple[sp.csr_matrix, list[str]]:
+    """Identity block plus one column per (attribute, value) seen in `columns`; the names of
+    those attribute columns, in order."""
     n = ids.size
     rows, cols = list(range(n)), list(range(n))
     vocabulary: dict[str, int] = {}
@@ -34,10 +35,20 @@ def _one_hot(
         (np.ones(len(rows), np.float32), (rows, cols)), shape=(n, n + len(vocabulary))
     )
     totals = np.asarray(matrix.sum(axis=1)).ravel()
-    return sp.csr_matrix(sp.diags(1.0 / totals) @ matrix, dtype=np.float32)
+    return sp.csr_matrix(sp.diags(1.0 / totals) @ matrix, dtype=np.float32), list(vocabulary)
 
 
 def user_features(user_ids: np.ndarray, users: pa.Table | None) -> sp.csr_matrix:
+    return user_feature_table(user_ids, users)[0]
+
+
+def item_features(item_ids: np.ndarray, items: pa.Table | None) -> sp.csr_matrix:
+    return item_feature_table(item_ids, items)[0]
+
+
+def user_feature_table(
+    user_ids: np.ndarray, users: pa.Table | None
+) -> tuple[sp.csr_matrix, list[str]]:
     columns = {}
     if users is not None:
         for name in users.column_names:
@@ -46,7 +57,9 @@ def user_features(user_ids: np.ndarray, users: pa.Table | None) -> sp.csr_matrix
     return _one_hot(user_ids, users, "user_id", columns)
 
 
-def item_features(item_ids: np.ndarray, items: pa.Table | None) -> sp.csr_matrix:
+def item_feature_table(
+    item_ids: np.ndarray, items: pa.Table | None
+) -> tuple[sp.csr_matrix, list[str]]:
     columns: dict[str, list[str]] = {}
     if items is not None:
         columns["category"] = [f"category={v}" for v in items.column("category").to_pylist()]

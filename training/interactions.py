@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recsvc.config import EVENT_NAMES, SignalsConfig
-from recsvc.published import sorted_positions
+from recsvc.ids import sorted_positions
 
 
 @dataclass

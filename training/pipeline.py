@@ -17,9 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsvc.ann import ItemIndex
+from recsvc.coldstart import ColdStart
 from recsvc.config import Config
 from recsvc.errors import BadInput, QualityGateRefused
 from recsvc.eventstore import open_event_store
+from recsvc.ids import sorted_positions
 from recsvc.models import (
     MODEL_TYPES,
     ALSRecommender,
@@ -34,8 +36,10 @@ from recsvc.models import (
     TrendingRecommender,
 )
 from recsvc.modelstore import ModelStore
-from recsvc.published import ItemAttributes, PublishedModel, sorted_positions, write_published
+from recsvc.profiles import UserProfiles
+from recsvc.published import ItemAttributes, PublishedModel, write_published
 from training.cleaning import CleaningReport, clean_events
+from training.coldstart import fit_coldstart
 from training.evaluate import (
     Holdout,
     K,
@@ -48,6 +52,7 @@ from training.evaluate import (
 from training.features import item_features, user_features
 from training.ingest import Dataset, load_dataset
 from training.interactions import Interactions, build_interactions
+from training.profiles import assign_clusters, build_profiles, describe_segments
 from training.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -236,6 +241,7 @@ def train(
         tally.count, tally.unit = interactions.shape[0], "users"
     fallback = fit_model(make_model(evaluation["fallback"], config), interactions, dataset)
     trending = TrendingRecommender().fit(interactions.recent)
+    profiles, segments, coldstart = build_marketing(model, interactions, dataset, config, progress)
 
     manifest = {
         "model_type": model.model_type,
@@ -272,7 +278,10 @@ def train(
                 purchased=interactions.purchased,
                 history=interactions.confidence,
                 manifest=manifest,
+                profiles=profiles,
+                segments=segments,
                 ann=ann,
+                coldstart=coldstart,
             ),
             suffix=manifest["data_fingerprint"][:8],
         )
@@ -286,6 +295,43 @@ def train(
         + (f", holdout {SELECTION_METRIC} {score:.4f}" if score is not None else "")
     )
     return TrainResult(version, model_dir, manifest)
+
+
+def build_marketing(
+    model: Recommender,
+    interactions: Interactions,
+    dataset: Dataset,
+    config: Config,
+    progress: Progress,
+) -> tuple[UserProfiles, list[dict[str, Any]], ColdStart | None]:
+    """Customer profiles, segments and, where attributes exist, the hybrid cold-start model."""
+    with progress.stage("user profiles") as tally:
+        profiles = build_profiles(dataset.events, dataset.items, dataset.users, config)
+        tally.count, tally.unit = profiles.size, "users"
+    with progress.stage("segments"):
+        clustering = assign_clusters(
+            profiles,
+            model,
+            interactions.user_ids,
+            interactions.confidence,
+            config.profiles.clusters,
+            config.training.seed,
+        )
+        segments = describe_segments(profiles, clustering)
+    progress.say(f"segments: {len(segments)} ({clustering} and RFM)")
+    coldstart = None
+    if config.profiles.coldstart and (dataset.users is not None or dataset.items is not None):
+        with progress.stage("hybrid cold-start model") as tally:
+            coldstart = fit_coldstart(
+                interactions.confidence,
+                interactions.user_ids,
+                interactions.item_ids,
+                dataset.users,
+                dataset.items,
+                config,
+            )
+            tally.count, tally.unit = interactions.confidence.nnz, "user-item pairs"
+    return profiles, segments, coldstart
 
 
 def build_ann(

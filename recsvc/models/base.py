@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 DESCRIPTION_FILE = "model.json"
+AFFINITY_BLOCK = 1024  # users scored at once by the generic user_affinity
 
 
 class Recommender(ABC):
@@ -69,6 +70,16 @@ class Recommender(ABC):
         if exclude is not None:
             mask_rows(scores, exclude)
         return top_k(scores, k)
+
+    def user_affinity(self, items: np.ndarray, n_users: int) -> np.ndarray:
+        """Each fitted user's mean score over `items`: who is most likely to want them.
+        Scores users in blocks; models that can do it in one product override this."""
+        items = np.asarray(items, dtype=np.int64)
+        affinity = np.empty(n_users, dtype=np.float32)
+        for start in range(0, n_users, AFFINITY_BLOCK):
+            users = np.arange(start, min(n_users, start + AFFINITY_BLOCK))
+            affinity[users] = self.score(users)[:, items].mean(axis=1)
+        return affinity
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,11 @@ class FactorRecommender(Recommender):
         profile = np.asarray(history @ unit)  # (rows, factors): a user's taste, summed
         return np.asarray(profile @ unit.T, dtype=np.float32)
 
+    def user_affinity(self, items: np.ndarray, n_users: int) -> np.ndarray:
+        # Mean of inner products = inner product with the mean item vector: one product.
+        target = np.asarray(self.item_factors[np.asarray(items, dtype=np.int64)]).mean(axis=0)
+        return np.asarray(self.user_factors[:n_users] @ target, dtype=np.float32)
+
     def _unit_item_factors(self) -> np.ndarray:
         norms = np.linalg.norm(self.item_factors, axis=1, keepdims=True)
         return np.asarray(self.item_factors / np.where(norms > 0, norms, 1.0), dtype=np.float32)

@@ -59,6 +59,16 @@ class ItemBasedRecommender(Recommender):
         dense = product.toarray() if sp.issparse(product) else np.asarray(product)
         return dense.astype(np.float32)
 
+    def item_columns(self, items: np.ndarray) -> sp.csr_matrix | np.ndarray:
+        """Columns `items` of the item-item matrix (what each item contributes to them)."""
+        raise NotImplementedError
+
+    def user_affinity(self, items: np.ndarray, n_users: int) -> np.ndarray:
+        history = self.history(np.arange(n_users))
+        product = history @ self.item_columns(np.asarray(items, dtype=np.int64))
+        dense = product.toarray() if sp.issparse(product) else np.asarray(product)
+        return dense.mean(axis=1).astype(np.float32)
+
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         items = np.asarray(items, dtype=np.int64)
         rows = self.item_rows(items)
@@ -142,6 +152,9 @@ class ItemKNNRecommender(ItemBasedRecommender):
             self.n_items,
         )
 
+    def item_columns(self, items: np.ndarray) -> sp.csr_matrix:
+        return self.item_rows(np.arange(self.n_items)).tocsc()[:, items]
+
 
 class EASERecommender(ItemBasedRecommender):
     """EASE (Steck 2019): a closed-form item-item linear model; strong on small catalogues.
@@ -182,6 +195,9 @@ class EASERecommender(ItemBasedRecommender):
 
     def item_rows(self, items: np.ndarray) -> np.ndarray:
         return np.asarray(self.weights[items])
+
+    def item_columns(self, items: np.ndarray) -> np.ndarray:
+        return np.asarray(self.weights[:, items])
 
     def score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return np.asarray(weights @ self.weights[items], dtype=np.float32)

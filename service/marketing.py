@@ -1,0 +1,226 @@
+"""Precision marketing over the serving model: live profiles, segments and campaign audiences.
+
+Transport-independent like the rest of the core: plain values in, plain values out, domain
+errors (NotFound, InvalidArgument) for the interceptor to map to status codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recsvc.errors import InvalidArgument, NotFound
+from recsvc.ids import sorted_positions
+from recsvc.profiles import (
+    DAY_MS,
+    PRICE_BANDS,
+    WEEKDAYS,
+    UserProfiles,
+    apply_fresh,
+    quantile_score,
+    stage_of,
+    stored_row,
+)
+
+if TYPE_CHECKING:
+    from service.core import ServingModel
+
+Fresh = list[tuple[str, str, int]]  # (item, event, time) since the model was trained
+
+
+@dataclass(frozen=True)
+class Audience:
+    user_ids: list[str]
+    scores: list[float]
+    basis: str  # how users were ranked, for the campaign's records
+    model_version: str
+
+
+def live_facts(serving: ServingModel, user_id: str, fresh: Fresh) -> tuple[int | None, dict]:
+    """The user's profile row (None if training never saw them) and their stored facts
+    advanced by fresh events."""
+    profiles = serving.published.profiles
+    row = profiles.index(user_id)
+    facts = stored_row(profiles, row)
+    if fresh:
+        facts = apply_fresh(facts, fresh, profiles.rules, serving.price_of(fresh))
+    return row, facts
+
+
+def user_stage(serving: ServingModel, user_id: str, fresh: Fresh, now_ms: int) -> str:
+    _, facts = live_facts(serving, user_id, fresh)
+    return stage_of(facts, serving.published.profiles.rules, now_ms)
+
+
+def user_profile(serving: ServingModel, user_id: str, fresh: Fresh, now_ms: int) -> dict[str, Any]:
+    """Everything known about one user; NotFound when neither training nor RecordEvents has
+    seen them."""
+    profiles = serving.published.profiles
+    row, facts = live_facts(serving, user_id, fresh)
+    if row is None and not fresh:
+        raise NotFound(f"user {user_id!r} has no profile in model {serving.version}")
+    attributes: dict[str, str] = {}
+    top_categories: list[tuple[str, float]] = []
+    top_brands: list[tuple[str, float]] = []
+    price_band, hours, weekdays, cluster = "", [], [], -1
+    if row is not None:
+        values = profiles.attributes[row].tolist()
+        attributes = {n: v for n, v in zip(profiles.attribute_names, values, strict=True) if v}
+        top_categories = profiles.tags("category", row)
+        top_brands = profiles.tags("brand", row)
+        band = int(profiles.price_band[row])
+        price_band = PRICE_BANDS[band] if band >= 0 else ""
+        hours = [int(h) for h in profiles.active_hours[row] if h >= 0]
+        weekdays = [WEEKDAYS[int(d)] for d in profiles.active_weekdays[row] if d >= 0]
+        cluster = int(profiles.cluster[row])
+    rfm = profiles.rfm(facts["last_purchase_ms"], facts["orders"], facts["monetary"], now_ms)
+    return {
+        "user_id": user_id,
+        "attributes": attributes,
+        "top_categories": top_categories,
+        "top_brands": top_brands,
+        "price_band": price_band,
+        "active_hours_utc": hours,
+        "active_weekdays": weekdays,
+        "rfm": rfm,
+        "lifecycle_stage": stage_of(facts, profiles.rules, now_ms),
+        "cluster_segment_id": f"cluster:{cluster}" if cluster >= 0 else "",
+        "rfm_segment_id": f"rfm:{rfm['segment']}",
+        "first_seen_ms": facts["first_ms"],
+        "last_seen_ms": facts["last_ms"],
+        "fresh_events": len(fresh),
+        "model_version": serving.version,
+    }
+
+
+def list_segments(serving: ServingModel, kind: str = "") -> list[dict[str, Any]]:
+    if kind not in ("", "rfm", "cluster"):
+        raise InvalidArgument(f"kind must be rfm, cluster or empty, got {kind!r}")
+    return [s for s in serving.published.segments if not kind or s["kind"] == kind]
+
+
+def get_segment(serving: ServingModel, segment_id: str) -> dict[str, Any]:
+    for segment in serving.published.segments:
+        if segment["id"] == segment_id:
+            return segment
+    raise NotFound(f"segment {segment_id!r} is not in model {serving.version}")
+
+
+def segment_members(serving: ServingModel, segment_id: str, now_ms: int) -> np.ndarray:
+    """Boolean mask over profile rows: who is in the segment now."""
+    get_segment(serving, segment_id)  # NotFound for an unknown id
+    profiles = serving.published.profiles
+    kind, _, name = segment_id.partition(":")
+    if kind == "cluster":
+        return np.asarray(profiles.cluster) == int(name)
+    return profiles.rfm_segments(now_ms) == name
+
+
+def find_audience(
+    serving: ServingModel,
+    *,
+    item_id: str,
+    category: str,
+    segment_id: str,
+    k: int,
+    exclude_buyers: bool,
+    left_out: set[str],
+    fresh_buyers: set[str],
+    now_ms: int,
+) -> Audience:
+    """The k users most likely to buy the item (or from the category), optionally within a
+    segment; or, for a segment alone, its most valuable members by RFM. `left_out` (forgotten
+    users) never appear; `fresh_buyers` are those who bought the target since training."""
+    if item_id and category:
+        raise InvalidArgument("give item_id or category, not both")
+    if not (item_id or category or segment_id):
+        raise InvalidArgument("give an item_id, a category or a segment_id")
+    model = serving.published
+    profiles = model.profiles
+    if item_id or category:
+        scores, basis, targets = _affinity(serving, item_id, category)
+        user_ids = model.user_ids
+        eligible = np.isfinite(scores)
+        if segment_id:
+            members = segment_members(serving, segment_id, now_ms)
+            rows = serving.profile_rows
+            eligible &= (rows >= 0) & members[np.maximum(rows, 0)]
+            basis += f", within {segment_id}"
+        if exclude_buyers and targets.size:
+            eligible &= ~_bought_any(serving, targets)
+    else:
+        members = segment_members(serving, segment_id, now_ms)
+        user_ids = profiles.user_ids
+        scores = _rfm_value(profiles, now_ms)
+        eligible = members
+        basis = f"members of {segment_id}, by RFM value (100 R + 10 F + M, then spend)"
+    dropped = left_out | (fresh_buyers if exclude_buyers else set())
+    if dropped:
+        names = np.array(sorted(dropped))
+        eligible &= sorted_positions(names, user_ids.astype(names.dtype)) < 0
+    candidates = np.flatnonzero(eligible)
+    order = candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
+    return Audience(
+        [str(u) for u in user_ids[order]],
+        [float(s) for s in scores[order]],
+        basis,
+        serving.version,
+    )
+
+
+def _rfm_value(profiles: UserProfiles, now_ms: int) -> np.ndarray:
+    """100 R + 10 F + M with spend as a tie-break below one point; 0 for non-buyers."""
+    edges = profiles.meta["rfm_edges"]
+    orders = np.asarray(profiles.orders)
+    r = quantile_score(
+        (now_ms - np.asarray(profiles.last_purchase_ms)) / DAY_MS, edges["recency_days"], False
+    )
+    f = quantile_score(orders, edges["frequency"], True)
+    monetary = np.asarray(profiles.monetary, dtype=np.float64)
+    m = quantile_score(monetary, edges["monetary"], True)
+    spend = monetary / (1.0 + monetary.max()) if monetary.size else monetary
+    value = 100.0 * r + 10.0 * f + m + spend
+    return np.where(orders > 0, value, 0.0)
+
+
+def _affinity(
+    serving: ServingModel, item_id: str, category: str
+) -> tuple[np.ndarray, str, np.ndarray]:
+    """(score per model user, how it was computed, the target item indices)."""
+    model = serving.published
+    n_users = int(model.user_ids.size)
+    if item_id:
+        item = model.item_index(item_id)
+        if item is not None:
+            targets = np.array([item])
+            scores = model.model.user_affinity(targets, n_users)
+            return scores, f"{model.model.model_type} score for {item_id}", targets
+        coldstart = model.coldstart
+        new = coldstart.new_item_index(item_id) if coldstart is not None else None
+        if new is None:
+            raise NotFound(f"item {item_id!r} is neither in model {model.version} nor new")
+        scores = coldstart.user_affinity_to_new_item(new)
+        return scores, f"hybrid score from the attributes of new item {item_id}", np.empty(0, int)
+    code = serving.category_vocabulary.get(category)
+    if code is None or not category:
+        raise NotFound(f"category {category!r} has no item in model {model.version}")
+    targets = np.flatnonzero(serving.category_codes == code)
+    scores = model.model.user_affinity(targets, n_users)
+    return (
+        scores,
+        f"{model.model.model_type} mean score over {targets.size} {category} items",
+        (targets),
+    )
+
+
+def _bought_any(serving: ServingModel, items: np.ndarray) -> np.ndarray:
+    """Per model user: bought any of `items` before the model was trained."""
+    model = serving.published
+    indices = np.asarray(model.purchased_indices)
+    hits = np.flatnonzero(np.isin(indices, items))
+    buyers = np.searchsorted(np.asarray(model.purchased_indptr), hits, side="right") - 1
+    bought = np.zeros(model.user_ids.size, dtype=bool)
+    bought[buyers] = True
+    return bought

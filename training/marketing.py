@@ -1,0 +1,164 @@
+"""Offline marketing jobs on a published model: audience export and the segments report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from recsvc.config import ServingConfig
+from recsvc.errors import BadInput
+from recsvc.modelstore import ModelStore
+from recsvc.profiles import STAGES
+from recsvc.published import PublishedModel
+from training.progress import Progress
+from training.tables import TableWriter
+
+ROWS_PER_WRITE = 100_000
+
+
+def _current(model_dir: Path) -> PublishedModel:
+    store = ModelStore(model_dir)
+    version = store.current_version()
+    if version is None:
+        raise BadInput(f"no published model in {model_dir}")
+    return PublishedModel.load(store.path(version))
+
+
+def export_audience(
+    model_dir: Path,
+    out: Path,
+    *,
+    item_id: str = "",
+    category: str = "",
+    segment_id: str = "",
+    k: int = 0,
+    exclude_buyers: bool = False,
+    config: ServingConfig | None = None,
+    event_store: str = "",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Writes rank, user_id, score for the audience (every eligible user when k is 0), with the
+    same ranking as FindAudience. The server's event store (found as `recsvc serve` finds it)
+    supplies deletions and fresh purchases, so forgotten users never appear."""
+    from service.core import RecommenderCore
+    from service.server import open_store
+
+    progress = progress or Progress("audience")
+    config = config or ServingConfig()
+    model = _current(model_dir)
+    store = open_store(model_dir, config, event_store)
+    # An export may list every user: lift the per-request limit that protects the server.
+    limits = dataclasses.replace(config.limits, max_audience=max(1, model.profiles.size))
+    core = RecommenderCore(dataclasses.replace(config, limits=limits), store)
+    try:
+        core.swap(model)
+        started = time.perf_counter()
+        with progress.stage("rank users") as tally:
+            audience = core.find_audience(
+                item_id=item_id,
+                category=category,
+                segment_id=segment_id,
+                k=k or max(1, model.profiles.size),
+                exclude_buyers=exclude_buyers,
+            )
+            tally.count, tally.unit = len(audience.user_ids), "users"
+        with TableWriter(out) as writer, progress.stage(f"write {out}") as tally:
+            for start in range(0, len(audience.user_ids), ROWS_PER_WRITE):
+                end = min(start + ROWS_PER_WRITE, len(audience.user_ids))
+                writer.write(
+                    pa.table(
+                        {
+                            "rank": pa.array(np.arange(start + 1, end + 1), pa.int64()),
+                            "user_id": pa.array(audience.user_ids[start:end], pa.string()),
+                            "score": pa.array(audience.scores[start:end], pa.float64()),
+                        }
+                    )
+                )
+                progress.say(f"{end:,}/{len(audience.user_ids):,} rows written")
+            tally.count, tally.unit = len(audience.user_ids), "rows"
+    finally:
+        store.close()
+    progress.say(f"audience: {audience.basis}; {len(audience.user_ids):,} users -> {out}")
+    return {
+        "users": len(audience.user_ids),
+        "basis": audience.basis,
+        "model_version": audience.model_version,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def segments_report(model_dir: Path, out_dir: Path) -> Path:
+    """segments.md with two charts (segment sizes with their stage mix; top categories per
+    cluster), from the current model's segments. Returns the Markdown file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model = _current(model_dir)
+    segments = model.segments
+    if not segments:
+        raise BadInput(f"model {model.version} has no segments")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    figure, axes = plt.subplots(figsize=(10, 0.35 * len(segments) + 1.5))
+    names = [s["name"] if s["kind"] == "rfm" else s["id"] for s in segments]
+    left = np.zeros(len(segments))
+    for stage in STAGES:
+        counts = np.array([s["stage_mix"].get(stage, 0) for s in segments], dtype=float)
+        axes.barh(names, counts, left=left, label=stage)
+        left += counts
+    axes.invert_yaxis()
+    axes.set_xlabel("users")
+    axes.set_title(f"Segments of model {model.version}, by lifecycle stage")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(out_dir / "segment_sizes.png", dpi=110)
+    plt.close(figure)
+
+    clusters = [s for s in segments if s["kind"] == "cluster"]
+    categories = sorted({c for s in clusters for c, _ in s["top_categories"]})
+    if clusters and categories:
+        grid = np.array(
+            [[dict(s["top_categories"]).get(c, 0.0) for c in categories] for s in clusters]
+        )
+        figure, axes = plt.subplots(figsize=(1 + 0.6 * len(categories), 1 + 0.45 * len(clusters)))
+        image = axes.imshow(grid, cmap="Blues", aspect="auto")
+        axes.set_xticks(range(len(categories)), categories, rotation=45, ha="right")
+        axes.set_yticks(range(len(clusters)), [s["id"] for s in clusters])
+        axes.set_title("Share of each cluster's event weight, top categories")
+        figure.colorbar(image, ax=axes)
+        figure.tight_layout()
+        figure.savefig(out_dir / "cluster_categories.png", dpi=110)
+        plt.close(figure)
+
+    lines = [
+        f"# Segments of model {model.version}",
+        "",
+        f"{model.profiles.size:,} users with a profile. RFM segments come from recency and "
+        "frequency scores (quintiles among buyers); clusters from "
+        f"{clusters[0]['clustering'] if clusters else 'no clustering'}.",
+        "",
+        "![segment sizes](segment_sizes.png)",
+        "",
+    ]
+    if clusters and categories:
+        lines += ["![top categories per cluster](cluster_categories.png)", ""]
+    lines += [
+        "| segment | users | average order value | top categories | " + " | ".join(STAGES) + " |",
+        "|---|---:|---:|---|" + "---:|" * len(STAGES),
+    ]
+    for s in segments:
+        top = ", ".join(f"{c} {share:.0%}" for c, share in s["top_categories"][:3])
+        mix = " | ".join(str(s["stage_mix"].get(stage, 0)) for stage in STAGES)
+        lines.append(
+            f"| {s['id']} | {s['size']:,} | {s['average_order_value']:,.2f} | {top} | {mix} |"
+        )
+    report = out_dir / "segments.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report

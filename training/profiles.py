@@ -1,0 +1,351 @@
+"""Builds customer profiles and segments from one training run's clean inputs.
+
+Everything is computed with sorts and bincounts over the event columns, so a log of millions of
+events takes seconds. Segments are of two kinds: RFM segments (rules on the RFM scores) and
+behavioural clusters (k-means over the users' vectors); each is described for a marketer by
+size, top categories, average order value and stage mix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from recsvc.config import Config
+from recsvc.ids import sorted_positions
+from recsvc.models import FactorRecommender, Recommender
+from recsvc.profiles import (
+    PRICE_BANDS,
+    STAGES,
+    LifecycleRules,
+    UserProfiles,
+)
+
+QUINTILES = (0.2, 0.4, 0.6, 0.8)
+SVD_FACTORS = 32
+KMEANS_ITERATIONS = 25
+
+
+def build_profiles(
+    events: pa.Table,
+    items: pa.Table | None,
+    users: pa.Table | None,
+    config: Config,
+) -> UserProfiles:
+    """One profile per user in the events or the users file, as of the newest event."""
+    profile_cfg = config.profiles
+    event_users = events.column("user_id").to_numpy(zero_copy_only=False).astype(str)
+    listed = (
+        users.column("user_id").to_numpy(zero_copy_only=False).astype(str)
+        if users is not None
+        else np.empty(0, dtype=str)
+    )
+    user_ids = np.unique(np.concatenate([event_users, listed]))
+    n = user_ids.size
+    user = sorted_positions(user_ids, event_users)
+    stamps = events.column("timestamp_ms").to_numpy()
+    kinds = events.column("event").to_numpy(zero_copy_only=False).astype(str)
+    now_ms = int(stamps.max()) if stamps.size else 0
+    rules = LifecycleRules.of(profile_cfg)
+
+    order = np.lexsort((stamps, user))
+    user_sorted, stamps_sorted = user[order], stamps[order]
+    has_events = np.bincount(user, minlength=n) > 0
+    first_ms = np.zeros(n, dtype=np.int64)
+    last_ms = np.zeros(n, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, user_sorted[1:] != user_sorted[:-1]]) if n else []
+    if stamps.size:
+        first_ms[user_sorted[starts]] = stamps_sorted[starts]
+        ends = np.r_[np.asarray(starts)[1:], user_sorted.size] - 1
+        last_ms[user_sorted[ends]] = stamps_sorted[ends]
+    # An event that follows a long enough gap in the same user's history is a return.
+    reactivated_ms = np.zeros(n, dtype=np.int64)
+    returned = np.flatnonzero(
+        (user_sorted[1:] == user_sorted[:-1])
+        & (stamps_sorted[1:] - stamps_sorted[:-1] >= rules.reactivated_gap_ms)
+    )
+    np.maximum.at(reactivated_ms, user_sorted[returned + 1], stamps_sorted[returned + 1])
+
+    price = _event_prices(events, items)
+    bought = kinds == "purchase"
+    last_purchase_ms = np.zeros(n, dtype=np.int64)
+    np.maximum.at(last_purchase_ms, user[bought], stamps[bought])
+    # An order is one purchase moment: the lines of one basket share a timestamp.
+    baskets = np.unique(np.column_stack([user[bought], stamps[bought]]), axis=0)
+    orders = (
+        np.bincount(baskets[:, 0], minlength=n).astype(np.int32)
+        if baskets.size
+        else (np.zeros(n, dtype=np.int32))
+    )
+    quantity = events.column("quantity").to_numpy()
+    monetary = np.bincount(user[bought], weights=(quantity * price)[bought], minlength=n)
+
+    buyers = orders > 0
+    days = (now_ms - last_purchase_ms[buyers]) / 86_400_000
+    rfm_edges = {
+        "recency_days": _edges(days),
+        "frequency": _edges(orders[buyers]),
+        "monetary": _edges(monetary[buyers]),
+    }
+    event_weight = _weights(kinds, config)
+    arrays: dict[str, np.ndarray] = {
+        "user_ids": user_ids,
+        "has_events": has_events,
+        "first_ms": first_ms,
+        "last_ms": last_ms,
+        "reactivated_ms": reactivated_ms,
+        "last_purchase_ms": last_purchase_ms,
+        "orders": orders,
+        "monetary": monetary,
+        "price_band": _price_bands(user, price, event_weight, n, items),
+        "active_hours": _busiest(user, (stamps // 3_600_000) % 24, 24, 3, n),
+        # 1970-01-01 was a Thursday: day 0 is weekday 3 counting from Monday.
+        "active_weekdays": _busiest(user, (stamps // 86_400_000 + 3) % 7, 7, 2, n),
+        "cluster": np.full(n, -1, dtype=np.int16),
+    }
+    for kind in ("category", "brand"):
+        values = _item_column(events, items, kind)
+        indptr, codes, tag_weights, vocabulary = _top_tags(
+            user, values, event_weight, n, profile_cfg.top_tags
+        )
+        arrays |= {
+            f"{kind}_indptr": indptr,
+            f"{kind}_codes": codes,
+            f"{kind}_weights": tag_weights,
+            f"{kind}_vocabulary": vocabulary,
+        }
+    names, attributes = _attributes(user_ids, users)
+    arrays["attributes"] = attributes
+    meta = {
+        "as_of_ms": now_ms,
+        "rules": {
+            "new_days": profile_cfg.new_days,
+            "at_risk_days": profile_cfg.at_risk_days,
+            "churned_days": profile_cfg.churned_days,
+            "reactivated_gap_days": profile_cfg.reactivated_gap_days,
+        },
+        "rfm_edges": rfm_edges,
+    }
+    return UserProfiles(arrays, names, meta)
+
+
+def _weights(kinds: np.ndarray, config: Config) -> np.ndarray:
+    weight = np.zeros(kinds.size)
+    for name in ("view", "cart", "purchase"):
+        weight[kinds == name] = config.signals.weight(name)
+    return weight
+
+
+def _edges(values: np.ndarray) -> list[float]:
+    if values.size == 0:
+        return [0.0] * len(QUINTILES)
+    return [float(v) for v in np.quantile(values.astype(float), QUINTILES)]
+
+
+def _item_lookup(events: pa.Table, items: pa.Table | None) -> np.ndarray:
+    """Row of each event's item in the catalogue; -1 where the catalogue lacks it."""
+    event_items = events.column("item_id").to_numpy(zero_copy_only=False).astype(str)
+    if items is None:
+        return np.full(event_items.size, -1, dtype=np.int64)
+    catalogue = items.column("item_id").to_numpy(zero_copy_only=False).astype(str)
+    order = np.argsort(catalogue)
+    pos = sorted_positions(catalogue[order], event_items)
+    return np.where(pos >= 0, order[np.maximum(pos, 0)], -1)
+
+
+def _item_column(
+    events: pa.Table, items: pa.Table | None, name: str, missing: object = ""
+) -> np.ndarray:
+    """The catalogue's `name` for each event's item; `missing` where the catalogue lacks it."""
+    rows = _item_lookup(events, items)
+    if items is None:
+        return np.full(rows.size, missing, dtype=object)
+    values = np.asarray([*items.column(name).to_pylist(), missing], dtype=object)
+    values[np.equal(values, None)] = missing
+    return values[np.where(rows >= 0, rows, values.size - 1)]
+
+
+def _event_prices(events: pa.Table, items: pa.Table | None) -> np.ndarray:
+    """Each event's unit price: the event's own, else the catalogue's, else 0."""
+    price = events.column("price").to_numpy(zero_copy_only=False).astype(float)
+    if items is not None:
+        catalogue = _item_column(events, items, "price", np.nan).astype(float)
+        price = np.where(np.isnan(price), catalogue, price)
+    return np.nan_to_num(price, nan=0.0)
+
+
+def _price_bands(
+    user: np.ndarray, price: np.ndarray, weight: np.ndarray, n: int, items: pa.Table | None
+) -> np.ndarray:
+    """Band of each user's weighted mean price, on the catalogue's price quintiles."""
+    band = np.full(n, -1, dtype=np.int8)
+    known = price > 0
+    if items is None or not known.any():
+        return band
+    catalogue = items.column("price").to_numpy(zero_copy_only=False).astype(float)
+    catalogue = catalogue[~np.isnan(catalogue)]
+    if catalogue.size == 0:
+        return band
+    edges = np.quantile(catalogue, QUINTILES)
+    total = np.bincount(user[known], weights=weight[known], minlength=n)
+    spent = np.bincount(user[known], weights=(weight * price)[known], minlength=n)
+    has = total > 0
+    mean = np.divide(spent, total, out=np.zeros(n), where=has)
+    band[has] = np.searchsorted(edges, mean[has], side="right").astype(np.int8)
+    assert band.max() < len(PRICE_BANDS)
+    return band
+
+
+def _busiest(user: np.ndarray, slot: np.ndarray, slots: int, keep: int, n: int) -> np.ndarray:
+    """The `keep` slots (hours, weekdays) with most events per user, busiest first."""
+    counts = np.bincount(user * slots + slot, minlength=n * slots).reshape(n, slots)
+    top = np.argsort(-counts, axis=1, kind="stable")[:, :keep]
+    return np.where(np.take_along_axis(counts, top, axis=1) > 0, top, -1).astype(np.int8)
+
+
+def _top_tags(
+    user: np.ndarray, values: np.ndarray, weight: np.ndarray, n: int, keep: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per user, the `keep` values with the largest share of the user's event weight."""
+    present = values != ""
+    vocabulary, codes = np.unique(values[present].astype(str), return_inverse=True)
+    pairs, inverse = np.unique(
+        user[present].astype(np.int64) * max(1, vocabulary.size) + codes, return_inverse=True
+    )
+    sums = np.bincount(inverse, weights=weight[present])
+    pair_user = pairs // max(1, vocabulary.size)
+    pair_code = pairs % max(1, vocabulary.size)
+    totals = np.bincount(pair_user, weights=sums, minlength=n)
+    share = sums / np.where(totals[pair_user] > 0, totals[pair_user], 1.0)
+    order = np.lexsort((-share, pair_user))
+    rank = np.arange(order.size) - np.searchsorted(pair_user[order], pair_user[order])
+    kept = order[rank < keep]
+    counts = np.bincount(pair_user[kept], minlength=n)
+    indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    return (
+        indptr,
+        pair_code[kept].astype(np.int32),
+        share[kept].astype(np.float32),
+        vocabulary.astype(str),
+    )
+
+
+def _attributes(user_ids: np.ndarray, users: pa.Table | None) -> tuple[list[str], np.ndarray]:
+    if users is None:
+        return [], np.empty((user_ids.size, 0), dtype=str)
+    names = [c for c in users.column_names if c != "user_id"]
+    rows = sorted_positions(
+        user_ids, users.column("user_id").to_numpy(zero_copy_only=False).astype(str)
+    )
+    table = np.full((user_ids.size, len(names)), "", dtype=object)
+    for j, name in enumerate(names):
+        table[rows, j] = users.column(name).to_pylist()
+    return names, table.astype(str)
+
+
+def assign_clusters(
+    profiles: UserProfiles,
+    model: Recommender,
+    model_user_ids: np.ndarray,
+    confidence: sp.csr_matrix,
+    clusters: int,
+    seed: int,
+) -> str:
+    """k-means over the users' vectors, written into `profiles`; returns what was clustered."""
+    import faiss
+
+    if isinstance(model, FactorRecommender):
+        vectors, source = np.asarray(model.user_factors, dtype=np.float32), "model user factors"
+    else:
+        from scipy.sparse.linalg import svds
+
+        rank = min(SVD_FACTORS, min(confidence.shape) - 1)
+        if rank < 1:
+            return "none: too little data"
+        left, singular, _ = svds(confidence.astype(np.float64), k=rank, random_state=seed)
+        vectors, source = (left * singular).astype(np.float32), f"truncated SVD, {rank} factors"
+    k = min(clusters, vectors.shape[0])
+    if k < 2:
+        return "none: too few users"
+    # Unit length, so that clusters group tastes rather than activity levels.
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    kmeans = faiss.Kmeans(
+        vectors.shape[1], k, niter=KMEANS_ITERATIONS, seed=seed, spherical=True, verbose=False
+    )
+    kmeans.train(np.ascontiguousarray(vectors))
+    _, assigned = kmeans.index.search(np.ascontiguousarray(vectors), 1)
+    rows = sorted_positions(profiles.user_ids, np.asarray(model_user_ids, dtype=str))
+    profiles.arrays["cluster"][rows[rows >= 0]] = assigned[rows >= 0, 0]
+    return f"k-means (k={k}) over {source}"
+
+
+def describe_segments(profiles: UserProfiles, clustering: str) -> list[dict[str, Any]]:
+    """Every RFM segment and cluster, described for a marketer."""
+    now_ms = int(profiles.meta["as_of_ms"])
+    stages = profiles.rules.stages(
+        profiles.has_events, profiles.first_ms, profiles.last_ms, profiles.reactivated_ms, now_ms
+    )
+    rfm = profiles.rfm_segments(now_ms)
+    segments = []
+    for name in sorted(set(rfm.tolist())):
+        segments.append(_describe(profiles, rfm == name, stages, f"rfm:{name}", "rfm", name))
+    for cluster in sorted(set(profiles.cluster.tolist()) - {-1}):
+        members = profiles.cluster == cluster
+        top = ", ".join(c for c, _ in _top_categories(profiles, members)[:3])
+        segments.append(
+            _describe(
+                profiles,
+                members,
+                stages,
+                f"cluster:{cluster}",
+                "cluster",
+                f"cluster {cluster}: {top or 'no category data'}",
+            )
+        )
+    for segment in segments:
+        segment["clustering"] = clustering if segment["kind"] == "cluster" else "RFM scores"
+    return segments
+
+
+def _top_categories(profiles: UserProfiles, members: np.ndarray) -> list[tuple[str, float]]:
+    indptr = profiles.category_indptr
+    counts = np.diff(indptr)
+    rows = np.repeat(np.arange(profiles.size), counts)
+    chosen = members[rows]
+    weights = np.bincount(
+        profiles.category_codes[chosen],
+        weights=profiles.category_weights[chosen],
+        minlength=profiles.category_vocabulary.size,
+    )
+    total = weights.sum()
+    order = np.argsort(-weights)[:5]
+    return [
+        (str(profiles.category_vocabulary[c]), round(float(weights[c] / total), 4))
+        for c in order
+        if weights[c] > 0
+    ]
+
+
+def _describe(
+    profiles: UserProfiles,
+    members: np.ndarray,
+    stages: np.ndarray,
+    segment_id: str,
+    kind: str,
+    name: str,
+) -> dict[str, Any]:
+    orders = int(profiles.orders[members].sum())
+    return {
+        "id": segment_id,
+        "kind": kind,
+        "name": name,
+        "size": int(members.sum()),
+        "top_categories": _top_categories(profiles, members),
+        "average_order_value": round(float(profiles.monetary[members].sum()) / orders, 2)
+        if orders
+        else 0.0,
+        "stage_mix": {stage: int((stages[members] == i).sum()) for i, stage in enumerate(STAGES)},
+    }
