@@ -2,7 +2,8 @@
 
 The factors have structure (users and items drawn around 2,000 taste clusters), so that nearest
 neighbours are meaningful and the approximate index's recall is a real measurement. Each user has
-a 10-item history and 2 purchases; items have categories, prices, availability, promotions and
+a 10-item history and 2 purchases (also the event log its profiles and segments come
+from); items have categories, prices, availability, promotions and
 first-seen times, so that every business rule has something to act on. The published version is
 an ordinary ALS model: `recsvc serve` loads it like any other.
 
@@ -20,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +30,10 @@ sys.path.insert(0, str(ROOT))
 from recsvc.config import Config  # noqa: E402
 from recsvc.models import ALSRecommender, PopularityRecommender, TrendingRecommender  # noqa: E402
 from recsvc.modelstore import ModelStore  # noqa: E402
+from recsvc.profiles import UserProfiles  # noqa: E402
 from recsvc.published import ItemAttributes, write_published  # noqa: E402
 from training.pipeline import build_ann  # noqa: E402
+from training.profiles import assign_clusters, build_profiles, describe_segments  # noqa: E402
 from training.progress import Progress  # noqa: E402
 
 FACTORS = 64
@@ -97,17 +101,68 @@ def generate(n_users: int, n_items: int, seed: int, progress: Progress) -> dict[
         tags=np.where(rng.random(n_items) < 0.01, "promoted", ""),
         first_seen_ms=now - rng.integers(0, 365, n_items) * 86_400_000,
     )
+    user_ids, item_ids = ids("u", n_users), ids("i", n_items)
+    profiles, segments = marketing(
+        history, bought, user_ids, item_ids, attributes, model, rng, now, progress
+    )
     return {
         "model": model,
         "fallback": popularity,
         "trending": trending,
-        "user_ids": ids("u", n_users),
-        "item_ids": ids("i", n_items),
+        "user_ids": user_ids,
+        "item_ids": item_ids,
         "items": attributes,
         "purchased": bought,
         "history": history,
+        "profiles": profiles,
+        "segments": segments,
         "data_end_ms": now,
     }
+
+
+def marketing(
+    history: sp.csr_matrix,
+    bought: sp.csr_matrix,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    attributes: ItemAttributes,
+    model: ALSRecommender,
+    rng: np.random.Generator,
+    now: int,
+    progress: Progress,
+) -> tuple[UserProfiles, list[dict]]:
+    """Profiles and segments from an event log implied by the histories: a view per history
+    entry and a purchase per bought item, spread over the last 120 days."""
+    config = Config()
+    with progress.stage("profiles and segments") as tally:
+        views, purchases = history.tocoo(), bought.tocoo()
+        users = np.concatenate([views.row, purchases.row])
+        items = np.concatenate([views.col, purchases.col])
+        events = pa.table(
+            {
+                "user_id": pa.array(user_ids[users]),
+                "item_id": pa.array(item_ids[items]),
+                "event": pa.array(["view"] * views.nnz + ["purchase"] * purchases.nnz),
+                "timestamp_ms": pa.array(now - rng.integers(0, 120 * 86_400_000, users.size)),
+                "quantity": pa.array(np.ones(users.size)),
+                "price": pa.array(attributes.price[items].astype(np.float64)),
+            }
+        )
+        catalogue = pa.table(
+            {
+                "item_id": pa.array(item_ids),
+                "category": pa.array(attributes.categories),
+                "brand": pa.array(np.full(item_ids.size, "")),
+                "price": pa.array(attributes.price.astype(np.float64)),
+            }
+        )
+        profiles = build_profiles(events, catalogue, None, config)
+        clustering = assign_clusters(
+            profiles, model, user_ids, history, config.profiles.clusters, config.training.seed
+        )
+        segments = describe_segments(profiles, clustering)
+        tally.count, tally.unit = events.num_rows, "events"
+    return profiles, segments
 
 
 def main() -> None:

@@ -752,19 +752,27 @@ class RecommenderCore:
         filters: Filters,
         banned: list[np.ndarray],
     ) -> tuple[tuple[np.ndarray, np.ndarray], dict[int, str]]:
-        """What the user bought before, strongest first, then trending items; with reasons."""
+        """What the user bought before, strongest first, then trending items, chosen together
+        so that filters and the per-category cap apply to the whole list; with reasons."""
         items, strength = bought
-        again = self._select(serving, strength, items, k, filters, banned, boost=False)
-        reasons = {int(i): REASON_REPURCHASE for i in again[0].tolist()}
-        ids, scores = again
-        if ids.size < k:
-            more = self._pick_popular(serving, True, k - ids.size, filters, [*banned, ids])
-            reasons |= {int(i): REASON_TRENDING for i in more[0].tolist()}
-            # Below every repurchase score, in trending order.
-            floor = float(scores.min()) if scores.size else 0.0
-            ranks = floor - 1.0 - np.arange(more[0].size, dtype=np.float32)
-            ids, scores = np.concatenate([ids, more[0]]), np.concatenate([scores, ranks])
-        return (ids, scores.astype(np.float32)), reasons
+        floor = float(strength.min()) - 1.0
+        take = min(serving.n_items, max(k * CAP_CANDIDATES, 256) + items.size)
+        while True:
+            trending = serving.trending_order[:take]
+            trending = trending[~np.isin(trending, items)]
+            candidates = np.concatenate([items, trending])
+            # Trending items rank below every repurchase, in trending order.
+            scores = np.concatenate([strength, floor - np.arange(trending.size, dtype=np.float32)])
+            picked = self._select(serving, scores, candidates, k, filters, banned, boost=False)
+            if picked[0].size >= k or take >= serving.n_items:
+                break
+            take = min(serving.n_items, take * 8)
+        again = set(items.tolist())
+        reasons = {
+            int(i): REASON_REPURCHASE if int(i) in again else REASON_TRENDING
+            for i in picked[0].tolist()
+        }
+        return picked, reasons
 
     def _attribute_vector(
         self, serving: ServingModel, user_id: str, attributes: dict[str, str]

@@ -326,6 +326,34 @@ calls = st.one_of(
             exclude_purchased=st.booleans(),
             filters=filters,
             context_item_ids=st.lists(st.sampled_from(["i0001", "i0002", "zz"]) | ids, max_size=3),
+            user_attributes=st.dictionaries(
+                st.sampled_from(["age_band", "gender", ""]) | ids, ids, max_size=3
+            ),
+        ),
+    ),
+    st.tuples(
+        st.just("GetUserProfile"),
+        st.builds(pb.GetUserProfileRequest, user_id=st.sampled_from(["u0001", "u0002"]) | ids),
+    ),
+    st.tuples(
+        st.just("ListSegments"),
+        st.builds(pb.ListSegmentsRequest, kind=st.sampled_from(["rfm", "cluster", ""]) | ids),
+    ),
+    st.tuples(
+        st.just("GetSegment"),
+        st.builds(
+            pb.GetSegmentRequest, segment_id=st.sampled_from(["rfm:lost", "cluster:1"]) | ids
+        ),
+    ),
+    st.tuples(
+        st.just("FindAudience"),
+        st.builds(
+            pb.FindAudienceRequest,
+            item_id=st.sampled_from(["i0001", ""]) | ids,
+            category=st.sampled_from(["garden", ""]) | ids,
+            segment_id=st.sampled_from(["rfm:lost", "cluster:x", ""]) | ids,
+            k=k,
+            exclude_buyers=st.booleans(),
         ),
     ),
     st.tuples(
@@ -382,6 +410,38 @@ def test_no_client_request_is_ever_an_internal_error(api: RunningServer, call) -
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.NOT_FOUND,
         }, (method, exc.code(), exc.details())
+
+
+def test_marketing_calls_over_the_wire(api: RunningServer) -> None:
+    profile = api.stub.GetUserProfile(pb.GetUserProfileRequest(user_id="u0001"), timeout=10)
+    assert profile.lifecycle_stage in ("new", "active", "reactivated", "at_risk", "churned")
+    assert profile.rfm_segment_id.startswith("rfm:") and profile.attributes["age_band"]
+    segments = api.stub.ListSegments(pb.ListSegmentsRequest(kind="cluster"), timeout=10)
+    assert segments.segments and all(s.kind == "cluster" for s in segments.segments)
+    one = api.stub.GetSegment(pb.GetSegmentRequest(segment_id=segments.segments[0].id), timeout=10)
+    assert one.size == segments.segments[0].size and one.method.startswith("k-means")
+    audience = api.stub.FindAudience(
+        pb.FindAudienceRequest(category="garden", k=20, exclude_buyers=True), timeout=10
+    )
+    assert len(audience.users) == 20 and "garden" in audience.basis
+    listed = api.stub.Recommend(
+        pb.RecommendRequest(user_id="walk-in", k=5, user_attributes={"age_band": "55+"}),
+        timeout=10,
+    )
+    assert listed.strategy == "hybrid" and listed.lifecycle_stage == "new"
+    for call, request, code in (
+        ("GetUserProfile", pb.GetUserProfileRequest(user_id="nobody"), "NOT_FOUND"),
+        ("GetSegment", pb.GetSegmentRequest(segment_id="rfm:nobody"), "NOT_FOUND"),
+        (
+            "FindAudience",
+            pb.FindAudienceRequest(item_id="i0001", category="garden", k=5),
+            "INVALID_ARGUMENT",
+        ),
+        ("FindAudience", pb.FindAudienceRequest(k=5), "INVALID_ARGUMENT"),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            getattr(api.stub, call)(request, timeout=10)
+        assert caught.value.code().name == code, (call, caught.value.details())
 
 
 def test_experiment_and_rules_from_config_end_to_end(model_dir: Path, tmp_path: Path) -> None:

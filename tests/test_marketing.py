@@ -1,0 +1,368 @@
+"""Precision marketing: profiles and lifecycle stages by their documented rules, RFM segments,
+clusters, hybrid cold start with planted structure, lifecycle strategies, audiences that find the
+planted buyers, and the export and report commands."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from recsvc.config import Config, LifecycleConfig, ProfilesConfig, ServingConfig
+from recsvc.errors import InvalidArgument, NotFound
+from recsvc.modelstore import ModelStore
+from recsvc.profiles import DAY_MS, STAGES, LifecycleRules
+from recsvc.published import PublishedModel
+from service.core import EventInput, RecommenderCore
+from training.marketing import export_audience, segments_report
+from training.pipeline import TrainInputs, TrainResult, train
+from training.profiles import build_profiles
+from training.progress import Progress
+from training.sample_shop import AGE_AFFINITY, SampleShop
+
+NOW = 1_790_000_000_000
+RULES = LifecycleRules.of(ProfilesConfig())
+
+
+def events_table(rows: list[tuple[str, str, str, float, float]]) -> pa.Table:
+    """(user, item, event, days before NOW, price) rows as a clean events table."""
+    return pa.table(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "event": [r[2] for r in rows],
+            "timestamp_ms": pa.array([NOW - int(r[3] * DAY_MS) for r in rows], pa.int64()),
+            "quantity": pa.array([1.0] * len(rows)),
+            "price": pa.array([r[4] for r in rows], pa.float64()),
+        }
+    )
+
+
+def stage_by_user(rows: list[tuple[str, str, str, float, float]]) -> dict[str, str]:
+    profiles = build_profiles(events_table(rows), None, None, Config())
+    stages = profiles.rules.stages(
+        profiles.has_events, profiles.first_ms, profiles.last_ms, profiles.reactivated_ms, NOW
+    )
+    return {str(u): STAGES[int(s)] for u, s in zip(profiles.user_ids, stages, strict=True)}
+
+
+def test_lifecycle_stages_follow_the_documented_thresholds() -> None:
+    # Defaults: new < 14 days since the first event; at risk after 30 idle days, churned
+    # after 60; reactivated = back within 30 days after a gap of at least 30. "now" is the
+    # newest event (the clock user below).
+    rows = [
+        ("clock", "i1", "view", 0, 1.0),
+        ("newbie", "i1", "view", 3, 1.0),
+        ("regular", "i1", "view", 40, 1.0),
+        ("regular", "i1", "view", 20, 1.0),
+        ("regular", "i1", "view", 1, 1.0),
+        ("lapsing", "i1", "view", 50, 1.0),
+        ("lapsing", "i1", "view", 35, 1.0),
+        ("gone", "i1", "view", 90, 1.0),
+        ("gone", "i1", "view", 61, 1.0),
+        ("returner", "i1", "view", 100, 1.0),
+        ("returner", "i1", "view", 5, 1.0),
+    ]
+    stages = stage_by_user(rows)
+    assert stages["newbie"] == "new"
+    assert stages["regular"] == "active"
+    assert stages["lapsing"] == "at_risk"
+    assert stages["gone"] == "churned"
+    assert stages["returner"] == "reactivated"
+
+
+@given(
+    has_events=st.booleans(),
+    first=st.integers(0, 400),
+    span=st.integers(0, 400),
+    reactivated=st.integers(-1, 400),
+    now=st.integers(0, 900),
+)
+def test_request_path_stage_agrees_with_training_stages(
+    has_events: bool, first: int, span: int, reactivated: int, now: int
+) -> None:
+    first_ms, last_ms = first * DAY_MS, (first + span) * DAY_MS
+    back_ms = 0 if reactivated < 0 else reactivated * DAY_MS
+    vector = RULES.stages(
+        np.array([has_events]),
+        np.array([first_ms]),
+        np.array([last_ms]),
+        np.array([back_ms]),
+        now * DAY_MS,
+    )
+    assert STAGES[int(vector[0])] == RULES.stage(
+        has_events, first_ms, last_ms, back_ms, now * DAY_MS
+    )
+
+
+def test_rfm_scores_and_segments_rank_buyers() -> None:
+    rows = [("clock", "i1", "view", 0, 1.0)]
+    # Twenty buyers from frequent, recent and big spenders down to one small order long ago.
+    for n in range(20):
+        for order in range(20 - n):
+            rows.append((f"b{n:02d}", "i1", "purchase", n * 3 + order * 0.01, 10.0 * (20 - n)))
+    rows.append(("browser", "i1", "view", 1, 5.0))
+    profiles = build_profiles(events_table(rows), None, None, Config())
+    segments = dict(
+        zip(profiles.user_ids.tolist(), profiles.rfm_segments(NOW).tolist(), strict=True)
+    )
+    best = profiles.index("b00")
+    worst = profiles.index("b19")
+    assert (
+        profiles.rfm(
+            int(profiles.last_purchase_ms[best]),
+            int(profiles.orders[best]),
+            float(profiles.monetary[best]),
+            NOW,
+        )["segment"]
+        == "champions"
+    )
+    assert segments["b00"] == "champions"
+    assert segments["b19"] == "lost"
+    assert segments["browser"] == "prospect"
+    assert profiles.orders[best] == 20 and profiles.orders[worst] == 1
+    assert profiles.monetary[best] == pytest.approx(20 * 200.0)
+
+
+@pytest.fixture(scope="module")
+def published(trained: TrainResult) -> PublishedModel:
+    return PublishedModel.load(ModelStore(trained.model_dir).path(trained.version))
+
+
+@pytest.fixture(scope="module")
+def core(published: PublishedModel) -> RecommenderCore:
+    core = RecommenderCore(ServingConfig())
+    core.swap(published)
+    return core
+
+
+def test_profiles_recover_each_users_planted_categories(
+    core: RecommenderCore, shop: SampleShop
+) -> None:
+    hits = total = 0
+    for user_id, preferred in list(shop.preferred_categories.items())[:400]:
+        try:
+            profile = core.user_profile(user_id)
+        except NotFound:
+            continue
+        total += 1
+        hits += profile["top_categories"][0][0] in preferred
+        assert profile["attributes"]["age_band"]  # static attributes from the users file
+    assert total > 300
+    assert hits / total > 0.8, f"top category is a planted favourite for {hits}/{total}"
+
+
+def test_segments_partition_the_users_and_describe_themselves(core: RecommenderCore) -> None:
+    model = core.model
+    rfm = core.list_segments("rfm")
+    clusters = core.list_segments("cluster")
+    assert sum(s["size"] for s in rfm) == model.profiles.size
+    assert 2 <= len(clusters) <= ProfilesConfig().clusters
+    assert sum(s["size"] for s in clusters) == model.user_ids.size
+    for segment in rfm + clusters:
+        assert sum(segment["stage_mix"].values()) == segment["size"]
+        assert segment["top_categories"]
+    champions = core.get_segment("rfm:champions")
+    lost = core.get_segment("rfm:lost")
+    assert champions["average_order_value"] > 0 and lost["size"] > 0
+    with pytest.raises(NotFound):
+        core.get_segment("rfm:nobody")
+    with pytest.raises(InvalidArgument):
+        core.list_segments("astrology")
+
+
+def test_real_time_events_update_recency_stage_and_rfm(published: PublishedModel) -> None:
+    core = RecommenderCore(ServingConfig())
+    core.swap(published)
+    profiles = published.profiles
+    now = core.now_ms()
+    stages = profiles.rules.stages(
+        profiles.has_events, profiles.first_ms, profiles.last_ms, profiles.reactivated_ms, now
+    )
+    lapsed = str(profiles.user_ids[np.flatnonzero(stages == STAGES.index("at_risk"))[0]])
+    before = core.user_profile(lapsed)
+    assert before["lifecycle_stage"] == "at_risk"
+    core.record_events([EventInput(lapsed, str(published.item_ids[0]), "purchase", now + 1000)])
+    after = core.user_profile(lapsed)
+    assert after["lifecycle_stage"] == "reactivated"  # back after 30+ idle days
+    assert after["rfm"]["frequency"] == before["rfm"]["frequency"] + 1
+    assert after["rfm"]["recency_days"] == 0.0
+    assert after["fresh_events"] == 1
+    # A user nobody has seen has no profile until their first event.
+    with pytest.raises(NotFound):
+        core.user_profile("never-seen")
+    core.record_events([EventInput("never-seen", str(published.item_ids[0]), "view", now)])
+    assert core.user_profile("never-seen")["lifecycle_stage"] == "new"
+
+
+def test_at_risk_buyers_are_offered_repurchases_then_trending(published: PublishedModel) -> None:
+    core = RecommenderCore(ServingConfig())
+    core.swap(published)
+    profiles = published.profiles
+    now = core.now_ms()
+    stages = profiles.rules.stages(
+        profiles.has_events, profiles.first_ms, profiles.last_ms, profiles.reactivated_ms, now
+    )
+    at_risk_buyers = np.flatnonzero((stages == STAGES.index("at_risk")) & (profiles.orders > 0))
+    user_id = str(profiles.user_ids[at_risk_buyers[0]])
+    result = core.recommend(user_id, 10)
+    assert (result.strategy, result.lifecycle_stage) == ("repurchase", "at_risk")
+    bought = set(published.item_ids[published.purchased_by(published.user_index(user_id))].tolist())
+    reasons = [i.reason for i in result.items]
+    repurchased = [i.item_id for i in result.items if i.reason == "repurchase"]
+    assert repurchased and set(repurchased) <= bought
+    assert reasons == sorted(reasons, key=lambda r: r != "repurchase")  # repurchases lead
+    # The same user with the personal strategy for every stage gets the model's list.
+    personal = RecommenderCore(ServingConfig(lifecycle=LifecycleConfig(at_risk="personal")))
+    personal.swap(published)
+    assert personal.recommend(user_id, 10).strategy == "personal"
+
+
+def affinity_share(items: list[str], published: PublishedModel, categories: tuple[str, ...]):
+    cats = published.items.categories[[published.item_index(i) for i in items]]
+    return float(np.isin(cats, categories).mean())
+
+
+def test_a_user_known_only_by_attributes_gets_items_of_their_cohort(
+    core: RecommenderCore,
+) -> None:
+    model = core.model
+    assert model.coldstart is not None
+    popular = [i.item_id for i in core.recommend("walk-in", 20).items]
+    for age_band, favoured in AGE_AFFINITY.items():
+        result = core.recommend("walk-in", 20, user_attributes={"age_band": age_band})
+        assert result.strategy == "hybrid" and result.fallback
+        items = [i.item_id for i in result.items]
+        share = affinity_share(items, model, favoured)
+        base = affinity_share(popular, model, favoured)
+        assert share > max(0.5, base + 0.2), (age_band, share, base)
+
+
+def test_audience_for_a_category_finds_its_planted_fans(
+    core: RecommenderCore, shop: SampleShop
+) -> None:
+    fans = {u for u, prefs in shop.preferred_categories.items() if "garden" in prefs}
+    base_rate = len(fans) / len(shop.preferred_categories)
+    audience = core.find_audience(category="garden", k=100)
+    precision = len(set(audience.user_ids) & fans) / len(audience.user_ids)
+    assert precision > 3 * base_rate, (precision, base_rate)
+    # Without buyers: nobody who bought from the category before.
+    model = core.model
+    garden = set(np.flatnonzero(model.items.categories == "garden").tolist())
+    fresh = core.find_audience(category="garden", k=100, exclude_buyers=True)
+    for user_id in fresh.user_ids:
+        bought = set(model.purchased_by(model.user_index(user_id)).tolist())
+        assert not bought & garden
+    with pytest.raises(InvalidArgument):
+        core.find_audience(item_id="i0001", category="garden", k=5)
+    with pytest.raises(InvalidArgument):
+        core.find_audience(category="garden", k=0)
+    with pytest.raises(NotFound):
+        core.find_audience(category="no-such-category", k=5)
+
+
+def test_a_forgotten_user_never_appears_in_an_audience(published: PublishedModel) -> None:
+    core = RecommenderCore(ServingConfig())
+    core.swap(published)
+    top = core.find_audience(category="garden", k=5).user_ids[0]
+    core.forget_user(top)
+    assert top not in core.find_audience(category="garden", k=5000).user_ids
+    with pytest.raises(NotFound):
+        core.user_profile(top)
+
+
+@pytest.fixture(scope="module")
+def cold_shop(
+    shop: SampleShop, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainResult, str, str]:
+    """The sample shop with one garden item's events removed (a new item, in the catalogue
+    only) and one user in the users file who has no event."""
+    directory = tmp_path_factory.mktemp("cold-shop")
+    shop.write(directory)
+    items = shop.items
+    garden = [
+        i
+        for i, c in zip(
+            items.column("item_id").to_pylist(), items.column("category").to_pylist(), strict=True
+        )
+        if c == "garden"
+    ]
+    new_item = garden[0]
+    with open(directory / "events.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    column = rows[0].index("item_id")
+    with open(directory / "events.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(r for r in rows if r[column] != new_item)
+    with open(directory / "users.csv", "a", newline="") as handle:
+        csv.writer(handle).writerow(["prospect-55", "55+", "f", "north"])
+    inputs = TrainInputs(directory / "events.csv", directory / "items.csv", directory / "users.csv")
+    with open(os.devnull, "w") as quiet:
+        result = train(inputs, directory / "models", Config(), progress=Progress("t", quiet))
+    return result, new_item, "prospect-55"
+
+
+def test_a_new_item_known_only_by_attributes_has_similar_items_and_an_audience(
+    cold_shop: tuple[TrainResult, str, str], shop: SampleShop
+) -> None:
+    result, new_item, prospect = cold_shop
+    model = PublishedModel.load(ModelStore(result.model_dir).path(result.version))
+    assert model.item_index(new_item) is None and model.coldstart is not None
+    core = RecommenderCore(ServingConfig())
+    core.swap(model)
+    similar = core.similar_items(new_item, 10)
+    assert similar.strategy == "hybrid"
+    assert affinity_share([i.item_id for i in similar.items], model, ("garden",)) >= 0.8
+    fans = {u for u, prefs in shop.preferred_categories.items() if "garden" in prefs}
+    audience = core.find_audience(item_id=new_item, k=100)
+    precision = len(set(audience.user_ids) & fans) / 100
+    assert precision > 2 * len(fans) / len(shop.preferred_categories), precision
+    # The users-file prospect has a profile and gets hybrid items for a 55+ shopper.
+    profile = core.user_profile(prospect)
+    assert profile["lifecycle_stage"] == "new" and profile["attributes"]["age_band"] == "55+"
+    listed = core.recommend(prospect, 20)
+    assert listed.strategy == "hybrid"
+    assert affinity_share([i.item_id for i in listed.items], model, AGE_AFFINITY["55+"]) > 0.5
+
+
+def test_audience_export_and_segments_report(trained: TrainResult, tmp_path: Path) -> None:
+    quiet = Progress("audience", open(os.devnull, "w"))  # noqa: SIM115
+    as_csv = tmp_path / "garden.csv"
+    summary = export_audience(
+        trained.model_dir,
+        as_csv,
+        category="garden",
+        k=50,
+        event_store=f"sqlite:///{tmp_path / 'events.db'}",
+        progress=quiet,
+    )
+    with open(as_csv) as handle:
+        rows = list(csv.DictReader(handle))
+    assert summary["users"] == len(rows) == 50
+    assert [int(r["rank"]) for r in rows] == list(range(1, 51))
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    everyone = tmp_path / "champions.parquet"
+    export_audience(
+        trained.model_dir,
+        everyone,
+        segment_id="rfm:champions",
+        event_store=f"sqlite:///{tmp_path / 'events.db'}",
+        progress=quiet,
+    )
+    table = pq.read_table(everyone)
+    model = PublishedModel.load(ModelStore(trained.model_dir).path(trained.version))
+    champions = next(s for s in model.segments if s["id"] == "rfm:champions")
+    assert table.num_rows == champions["size"]
+
+    report = segments_report(trained.model_dir, tmp_path / "report")
+    text = report.read_text()
+    assert "rfm:champions" in text and "cluster:0" in text
+    for picture in ("segment_sizes.png", "cluster_categories.png"):
+        assert (tmp_path / "report" / picture).read_bytes()[:4] == b"\x89PNG"
