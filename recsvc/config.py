@@ -257,6 +257,7 @@ class ServingConfig:
     cache_size: int = 50_000
     api_keys_file: str = ""
     profile_clock: Literal["events", "wall"] = "events"
+    audience_propensity_weight: float = 1.0
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

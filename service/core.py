@@ -705,6 +705,7 @@ class RecommenderCore:
             left_out=set(self._forgotten),
             fresh_buyers=fresh_buyers,
             now_ms=self.now_ms(serving),
+            propensity_weight=self.config.audience_propensity_weight,
         )
 
     def take_impressions(self) -> list[tuple[str, str, str, int, int]]:

@@ -129,6 +129,7 @@ def find_audience(
     left_out: set[str],
     fresh_buyers: set[str],
     now_ms: int,
+    propensity_weight: float = 1.0,
 ) -> Audience:
     """The k users most likely to buy the item (or from the category), optionally within a
     segment; or, for a segment alone, its most valuable members by RFM. `left_out` (forgotten
@@ -140,7 +141,10 @@ def find_audience(
     model = serving.published
     profiles = model.profiles
     if item_id or category:
-        scores, basis, targets = _affinity(serving, item_id, category)
+        affinity, basis, targets = _affinity(serving, item_id, category)
+        scores = audience_scores(affinity, np.diff(model.purchased_indptr), propensity_weight)
+        if propensity_weight:
+            basis += f" + {propensity_weight:g} x purchase propensity"
         user_ids = model.user_ids
         eligible = np.isfinite(scores)
         if segment_id:
@@ -168,6 +172,25 @@ def find_audience(
         basis,
         serving.version,
     )
+
+
+def audience_scores(
+    affinity: np.ndarray, purchases: np.ndarray, propensity_weight: float
+) -> np.ndarray:
+    """How likely each user is to buy: the model's affinity for the target and the user's
+    propensity to buy at all (log of items bought), each standardised across users.
+
+    A recommender's scores rank items for one user; across users they are not calibrated, and
+    how much a user buys matters as much as what they like (see bench/audience.py)."""
+    score = _standardised(np.asarray(affinity, dtype=np.float64))
+    if propensity_weight:
+        score = score + propensity_weight * _standardised(np.log1p(purchases.astype(np.float64)))
+    return score
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    spread = values.std() if values.size else 0.0
+    return (values - values.mean()) / spread if spread > 0 else values - values.mean()
 
 
 def _rfm_value(profiles: UserProfiles, now_ms: int) -> np.ndarray:
