@@ -145,13 +145,13 @@ def run_dataset(name: str, work: Path, progress: Progress) -> dict:
                 if not pos.any() or pos.all():
                     continue
                 row = results[variant]
-                for name, ranking in (
+                for ranker, ranking in (
                     ("model", scores),
                     ("affinity", affinity),
                     ("base", activity),
                 ):
-                    row[f"{name}_auc"].append(auc(ranking[keep], pos))
-                    row[f"{name}_p"].append(precision_at(ranking[keep], pos, AT))
+                    row[f"{ranker}_auc"].append(auc(ranking[keep], pos))
+                    row[f"{ranker}_p"].append(precision_at(ranking[keep], pos, AT))
         tally.count, tally.unit = targets.size, "items"
     summary = {
         variant: {key: float(np.mean(values)) for key, values in row.items()}
