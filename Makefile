@@ -42,6 +42,7 @@ demo: install $(SAMPLE)/events.csv
 	@echo "  $(BIN)/recsvc recommend --target 127.0.0.1:$(PORT) --user u0001 -k 10"
 	@echo "  $(BIN)/recsvc similar --target 127.0.0.1:$(PORT) --item i0001 -k 5"
 	@echo "  $(BIN)/recsvc recommend --target 127.0.0.1:$(PORT) --user someone-new"
+	@echo "  $(BIN)/recsvc profile --target 127.0.0.1:$(PORT) u0001"
 	@echo "Stop with Ctrl-C (requests in flight are drained)."
 	@echo
 	exec $(BIN)/recsvc serve --model-dir $(MODELS) --host 127.0.0.1 --port $(PORT)

@@ -27,6 +27,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import rankdata
 
@@ -35,10 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 from recsvc.config import Config, ServingConfig  # noqa: E402
 from recsvc.ids import sorted_positions  # noqa: E402
+from recsvc.models import Recommender  # noqa: E402
 from service.marketing import audience_scores  # noqa: E402
 from training.evaluate import validation_holdout  # noqa: E402
 from training.importers import import_dataset  # noqa: E402
-from training.interactions import build_interactions  # noqa: E402
+from training.ingest import Dataset  # noqa: E402
+from training.interactions import Interactions, build_interactions  # noqa: E402
 from training.pipeline import (  # noqa: E402
     TrainInputs,
     candidates,
@@ -74,7 +77,22 @@ def precision_at(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
     return float(positive[top].mean())
 
 
-def run_dataset(name: str, work: Path, progress: Progress) -> dict:
+@dataclasses.dataclass
+class CutLog:
+    """A dataset cut at its newest TEST_SHARE of events, with the default model fitted before
+    the cut, and the later purchases as (user row, item column) pairs of that model."""
+
+    dataset: Dataset
+    before: pa.Table
+    cut_ms: int
+    config: Config
+    interactions: Interactions
+    model: Recommender
+    model_type: str
+    later_purchases: np.ndarray  # (n, 2): item column, user row; unique
+
+
+def cut_and_fit(name: str, work: Path, progress: Progress) -> CutLog:
     fmt, folder = DATASETS[name]
     data_dir = work / name
     if not (data_dir / "events.csv").exists():
@@ -112,6 +130,17 @@ def run_dataset(name: str, work: Path, progress: Progress) -> dict:
     )
     known = (users >= 0) & (items >= 0)
     pairs = np.unique(np.column_stack([items[known], users[known]]), axis=0)
+    return CutLog(dataset, before, cut, config, interactions, model, chosen, pairs)
+
+
+def run_dataset(name: str, work: Path, progress: Progress) -> dict:
+    log = cut_and_fit(name, work, progress)
+    config, interactions, model, pairs = (
+        log.config,
+        log.interactions,
+        log.model,
+        log.later_purchases,
+    )
     item_of_pair, counts = np.unique(pairs[:, 0], return_counts=True)
     targets = item_of_pair[counts >= MIN_BUYERS]
     rng = np.random.default_rng(config.training.seed)
@@ -160,9 +189,9 @@ def run_dataset(name: str, work: Path, progress: Progress) -> dict:
     }
     return {
         "dataset": name,
-        "model": chosen,
+        "model": log.model_type,
         "users": int(n_users),
-        "cut_ms": cut,
+        "cut_ms": log.cut_ms,
         "target_items": int(targets.size),
         "results": summary,
     }

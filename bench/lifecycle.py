@@ -13,7 +13,6 @@ cut, separately for each stage. The shipped defaults should follow these numbers
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -23,28 +22,15 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np
-import pyarrow.compute as pc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from audience import DATASETS, SHARED, TEST_SHARE  # noqa: E402
+from audience import DATASETS, SHARED, cut_and_fit  # noqa: E402
 
-from recsvc.config import Config  # noqa: E402
 from recsvc.ids import sorted_positions  # noqa: E402
 from recsvc.models import TrendingRecommender  # noqa: E402
 from recsvc.profiles import STAGES  # noqa: E402
-from training.evaluate import validation_holdout  # noqa: E402
-from training.importers import import_dataset  # noqa: E402
-from training.interactions import build_interactions  # noqa: E402
-from training.pipeline import (  # noqa: E402
-    TrainInputs,
-    candidates,
-    fit_model,
-    ingest_and_clean,
-    make_model,
-    select_model,
-)
 from training.profiles import build_profiles  # noqa: E402
 from training.progress import Progress  # noqa: E402
 
@@ -59,50 +45,17 @@ def ndcg(ranked: np.ndarray, relevant: set[int]) -> float:
 
 
 def run_dataset(name: str, work: Path, progress: Progress) -> dict:
-    fmt, folder = DATASETS[name]
-    data_dir = work / name
-    if not (data_dir / "events.csv").exists():
-        progress.say(import_dataset(fmt, SHARED / folder, data_dir).summary())
-    config = Config()
-    inputs = TrainInputs(
-        data_dir / "events.csv",
-        data_dir / "items.csv" if (data_dir / "items.csv").exists() else None,
-    )
-    dataset, _ = ingest_and_clean(inputs, config, data_dir / "rejects", progress)
-    events = dataset.events
-    cut = int(np.quantile(events.column("timestamp_ms").to_numpy(), 1 - TEST_SHARE))
-    before = events.filter(pc.less(events.column("timestamp_ms"), cut))
-    after = events.filter(pc.greater_equal(events.column("timestamp_ms"), cut))
-    train_part = dataclasses.replace(dataset, events=before)
-    interactions = build_interactions(before, config.signals)
-    names, skipped = candidates(config, interactions.shape[1])
-    selection = select_model(
-        names, skipped, validation_holdout(before, config), train_part, config, progress
-    )
-    chosen = selection["selected"]
-    if chosen == "blend":
-        chosen = max(names, key=lambda n: selection["models"][n][selection["variant"]]["ndcg@10"])
-    model = fit_model(make_model(chosen, config), interactions, train_part)
+    log = cut_and_fit(name, work, progress)
+    interactions, model = log.interactions, log.model
     trending = TrendingRecommender().fit(interactions.recent)
     trending_order = np.argsort(-np.asarray(trending.item_scores), kind="stable")
     popular_order = np.argsort(-np.asarray(interactions.confidence.getnnz(axis=0)), kind="stable")
 
-    profiles = build_profiles(before, dataset.items, None, config)
-    stages = profiles.rules.stages(
-        profiles.has_events, profiles.first_ms, profiles.last_ms, profiles.reactivated_ms, cut
-    )
+    profiles = build_profiles(log.before, log.dataset.items, None, log.config)
+    stages = profiles.stages(log.cut_ms)
     stage_of_row = stages[sorted_positions(profiles.user_ids, interactions.user_ids)]
-
-    bought = after.filter(pc.equal(after.column("event"), "purchase"))
-    users = sorted_positions(
-        interactions.user_ids, bought.column("user_id").to_numpy(zero_copy_only=False).astype(str)
-    )
-    items = sorted_positions(
-        interactions.item_ids, bought.column("item_id").to_numpy(zero_copy_only=False).astype(str)
-    )
-    known = (users >= 0) & (items >= 0)
     relevant: dict[int, set[int]] = {}
-    for user, item in zip(users[known].tolist(), items[known].tolist(), strict=True):
+    for item, user in log.later_purchases.tolist():
         relevant.setdefault(user, set()).add(item)
 
     purchased, confidence = interactions.purchased, interactions.confidence
@@ -129,7 +82,7 @@ def run_dataset(name: str, work: Path, progress: Progress) -> dict:
         tally.count, tally.unit = len(relevant), "buyers"
     return {
         "dataset": name,
-        "model": chosen,
+        "model": log.model_type,
         "stages": {
             stage: {"buyers": len(row["personal"])} | {s: float(np.mean(v)) for s, v in row.items()}
             for stage, row in sorted(per_stage.items(), key=lambda kv: STAGES.index(kv[0]))

@@ -183,6 +183,12 @@ class UserProfiles:
         }
         return cls(arrays, list(meta.pop("attribute_names")), meta)
 
+    def stages(self, now_ms: int) -> np.ndarray:
+        """Every user's stage index (into STAGES) as of `now_ms`, from the stored times."""
+        return self.rules.stages(
+            self.has_events, self.first_ms, self.last_ms, self.reactivated_ms, now_ms
+        )
+
     def rfm_segments(self, now_ms: int) -> np.ndarray:
         """Every user's RFM segment as of `now_ms` ("prospect" for those who never bought)."""
         edges = self.meta["rfm_edges"]

@@ -47,9 +47,7 @@ def events_table(rows: list[tuple[str, str, str, float, float]]) -> pa.Table:
 
 def stage_by_user(rows: list[tuple[str, str, str, float, float]]) -> dict[str, str]:
     profiles = build_profiles(events_table(rows), None, None, Config())
-    stages = profiles.rules.stages(
-        profiles.has_events, profiles.first_ms, profiles.last_ms, profiles.reactivated_ms, NOW
-    )
+    stages = profiles.stages(NOW)
     return {str(u): STAGES[int(s)] for u, s in zip(profiles.user_ids, stages, strict=True)}
 
 
@@ -183,9 +181,7 @@ def test_real_time_events_update_recency_stage_and_rfm(published: PublishedModel
     core.swap(published)
     profiles = published.profiles
     now = core.now_ms()
-    stages = profiles.rules.stages(
-        profiles.has_events, profiles.first_ms, profiles.last_ms, profiles.reactivated_ms, now
-    )
+    stages = profiles.stages(now)
     lapsed = str(profiles.user_ids[np.flatnonzero(stages == STAGES.index("at_risk"))[0]])
     before = core.user_profile(lapsed)
     assert before["lifecycle_stage"] == "at_risk"
@@ -207,9 +203,7 @@ def test_at_risk_buyers_are_offered_repurchases_then_trending(published: Publish
     core.swap(published)
     profiles = published.profiles
     now = core.now_ms()
-    stages = profiles.rules.stages(
-        profiles.has_events, profiles.first_ms, profiles.last_ms, profiles.reactivated_ms, now
-    )
+    stages = profiles.stages(now)
     at_risk_buyers = np.flatnonzero((stages == STAGES.index("at_risk")) & (profiles.orders > 0))
     user_id = str(profiles.user_ids[at_risk_buyers[0]])
     result = core.recommend(user_id, 10)

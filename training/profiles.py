@@ -285,9 +285,7 @@ def assign_clusters(
 def describe_segments(profiles: UserProfiles, clustering: str) -> list[dict[str, Any]]:
     """Every RFM segment and cluster, described for a marketer."""
     now_ms = int(profiles.meta["as_of_ms"])
-    stages = profiles.rules.stages(
-        profiles.has_events, profiles.first_ms, profiles.last_ms, profiles.reactivated_ms, now_ms
-    )
+    stages = profiles.stages(now_ms)
     rfm = profiles.rfm_segments(now_ms)
     segments = []
     for name in sorted(set(rfm.tolist())):
