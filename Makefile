@@ -16,7 +16,7 @@ PORT ?= 50051
 export OPENBLAS_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 
-.PHONY: install proto demo test lint format clean
+.PHONY: install proto demo test lint format clean services
 
 install: $(STAMP) $(GENERATED)
 
@@ -55,7 +55,14 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install lint
+# Servers the tests start themselves on loopback (Redis, from the Debian package). Installed when
+# missing and we are root (CI); elsewhere the tests that need them skip and say why.
+services:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		redis-server >/dev/null; } || echo "redis-server not installed: Redis tests will skip"
+
+test: install lint services
 	$(BIN)/python -m pytest
 
 clean:

@@ -1,7 +1,8 @@
 """The event store: events recorded by the server, read by the next training run.
 
 Chosen by URL, like Gorse's storage: `sqlite:///path/events.db` (the embedded default, one file
-in WAL mode, so the server writes while a training job reads). Privacy deletions live here too:
+in WAL mode, so the server writes while a training job reads), or `redis://host:port/db` (shared
+by server replicas on several machines; recsvc/redis_store.py). Privacy deletions live here too:
 `forget` removes a user's events and remembers the user, so that every later training run leaves
 them out of every input, and appends a line to an audit log beside the store.
 """
@@ -86,7 +87,13 @@ def open_event_store(url: str) -> EventStore:
         if not path:
             raise BadInput(f"event store URL {url!r} names no file")
         return SQLiteEventStore(Path(path))
-    raise BadInput(f"unknown event store {url!r}: use sqlite:///path/events.db")
+    if parsed.scheme == "redis":
+        from recsvc.redis_store import RedisEventStore
+
+        return RedisEventStore(url)
+    raise BadInput(
+        f"unknown event store {url!r}: use sqlite:///path/events.db or redis://host:port/db"
+    )
 
 
 SCHEMA = """

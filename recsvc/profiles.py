@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +157,8 @@ class UserProfiles:
             return arrays[name]
         raise AttributeError(name)
 
-    @property
-    def rules(self) -> LifecycleRules:
+    @cached_property
+    def rules(self) -> LifecycleRules:  # read on every request: parsed once
         return LifecycleRules.of(self.meta["rules"])
 
     def index(self, user_id: str) -> int | None:

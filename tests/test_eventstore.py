@@ -1,14 +1,95 @@
-"""The SQLite event store under several processes at once, as `serve --workers N` opens it."""
+"""One contract, every event-store backend: SQLite (embedded) and Redis (a real redis-server).
+
+Plus the SQLite store under several processes at once, as `serve --workers N` opens it."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 from pathlib import Path
 
-from recsvc.eventstore import SQLiteEventStore, StoredEvent
+import pytest
+
+from recsvc.errors import BadInput
+from recsvc.eventstore import EventStore, SQLiteEventStore, StoredEvent, open_event_store
 
 PROCESSES = 12
 ROUNDS = 40
+_prefixes = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'events.db'}"
+    else:
+        # A fresh key prefix per test: the same server, no state shared between tests.
+        url = f"{request.getfixturevalue('redis_url')}?prefix=t{next(_prefixes)}"
+    opened = open_event_store(url)
+    yield opened
+    opened.close()
+
+
+def event(user: str, item: str, kind: str = "view", stamp: int = 1_700_000_000_000, **extra):
+    return StoredEvent(user, item, kind, stamp, **extra)
+
+
+def test_events_read_back_in_order_with_every_field(store: EventStore) -> None:
+    stored = [
+        event("u1", "i1", "view", 1),
+        event("u2", "i2", "purchase", 2, quantity=3.0, price=9.5),
+        event("u1", "i3", "cart", 3, recommendation_id="r1", variant="exp/a"),
+    ]
+    assert store.append(stored) == 3
+    table = store.read_events()
+    assert table.column("user_id").to_pylist() == ["u1", "u2", "u1"]
+    assert table.column("timestamp_ms").to_pylist() == [1, 2, 3]
+    assert table.column("quantity").to_pylist() == [1.0, 3.0, 1.0]
+    assert table.column("price").to_pylist() == [None, 9.5, None]
+    outcomes = store.read_outcomes()
+    assert outcomes.to_pylist() == [
+        {"variant": "exp/a", "recommendation_id": "r1", "event": "cart"}
+    ]
+
+
+def test_changes_after_is_a_cursor_over_new_events_and_deletions(store: EventStore) -> None:
+    store.append([event("u1", "i1", stamp=10), event("u2", "i2", stamp=11)])
+    events, forgotten = store.changes_after(0, 0)
+    assert [(e[1], e[2], e[4]) for e in events] == [("u1", "i1", 10), ("u2", "i2", 11)]
+    cursor = events[-1][0]
+    assert store.changes_after(cursor, 0) == ([], {})
+    store.append([event("u3", "i3", stamp=12)])
+    later, _ = store.changes_after(cursor, 0)
+    assert [e[1] for e in later] == ["u3"] and later[0][0] > cursor
+    store.forget("u1")
+    _, forgotten = store.changes_after(later[0][0], 0)
+    assert set(forgotten) == {"u1"}
+    when = forgotten["u1"]
+    assert store.changes_after(later[0][0], when + 1)[1] == {}
+
+
+def test_forget_deletes_exactly_the_users_events_and_impressions(store: EventStore) -> None:
+    store.append([event("gone", "i1"), event("kept", "i1"), event("gone", "i2")])
+    store.record_impressions(
+        [("r-gone", "gone", "exp/a", 1, 10), ("r-kept", "kept", "exp/a", 1, 10)]
+    )
+    assert store.forget("gone", reason="ticket 42") == 2
+    assert store.read_events().column("user_id").to_pylist() == ["kept"]
+    assert store.read_impressions().column("recommendation_id").to_pylist() == ["r-kept"]
+    assert "gone" in store.forgotten_users()
+    assert store.forget("nobody") == 0
+
+
+def test_impressions_are_counted_once_per_recommendation(store: EventStore) -> None:
+    store.record_impressions([("r1", "u1", "exp/a", 1, 10), ("r2", "u2", "exp/b", 2, 10)])
+    store.record_impressions([("r1", "u1", "exp/a", 1, 10)])  # a retried flush
+    table = store.read_impressions()
+    assert sorted(table.column("recommendation_id").to_pylist()) == ["r1", "r2"]
+
+
+def test_unknown_store_urls_are_refused() -> None:
+    with pytest.raises(BadInput):
+        open_event_store("mysql://somewhere/db")
 
 
 def _open_and_append(path: str, start, user: str) -> None:

@@ -544,6 +544,46 @@ def test_workers_share_the_port_and_real_time_state(model_dir: Path, tmp_path: P
     assert "(2 workers)" in output and output.count("stopping: draining") == 2
 
 
+def test_two_servers_on_one_redis_share_events_and_deletions(
+    model_dir: Path, redis_url: str
+) -> None:
+    """Two replicas (separate processes, separate ports, as behind a load balancer) pointed at
+    the same Redis: an event recorded through one changes the other's next list, and a user
+    forgotten through one is forgotten by the other."""
+    store = f"{redis_url}?prefix=replicas"
+    first = start_server(model_dir, "--event-store", store)
+    second = start_server(model_dir, "--event-store", store)
+    try:
+        first.wait_for_health(SERVING)
+        second.wait_for_health(SERVING)
+        user = "replica-visitor"
+        assert second.stub.Recommend(pb.RecommendRequest(user_id=user, k=5), timeout=5).fallback
+        item = first.stub.PopularItems(pb.PopularItemsRequest(k=50), timeout=5).items[-1].item_id
+        first.stub.RecordEvents(
+            pb.RecordEventsRequest(events=[pb.Event(user_id=user, item_id=item, event="cart")]),
+            timeout=5,
+        )
+        # Replicas take in the store's changes every 0.25 s; 3 s allows for a loaded machine.
+        deadline = time.monotonic() + 3.0
+        while second.stub.Recommend(pb.RecommendRequest(user_id=user, k=5), timeout=5).fallback:
+            assert time.monotonic() < deadline, "the second replica never saw the event"
+            time.sleep(0.05)
+        known = "u0001"
+        assert not first.stub.Recommend(pb.RecommendRequest(user_id=known, k=5), timeout=5).fallback
+        second.stub.ForgetUser(pb.ForgetUserRequest(user_id=known, reason="test"), timeout=5)
+        deadline = time.monotonic() + 3.0
+        while not first.stub.Recommend(pb.RecommendRequest(user_id=known, k=5), timeout=5).fallback:
+            assert time.monotonic() < deadline, "the first replica still personalises"
+            time.sleep(0.05)
+        with pytest.raises(grpc.RpcError) as caught:
+            first.stub.GetUserProfile(pb.GetUserProfileRequest(user_id=known), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        for running in (first, second):
+            code, output = running.stop()
+            assert code == 0, output
+
+
 @pytest.mark.parametrize("mode", ["closed", "open"])
 def test_loadtest_reports_rate_latency_and_codes(
     api: RunningServer, model_dir: Path, tmp_path: Path, mode: str

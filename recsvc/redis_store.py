@@ -1,0 +1,223 @@
+"""The event store on Redis: one shared store for many server replicas behind a load balancer.
+
+`redis://host:port/db[?prefix=recsvc]`. Events and impressions are Redis streams whose entry ids
+are a sequence number ("N-0"), so the cursor a server keeps of what it has taken in is a plain
+integer, as with SQLite. A list per user indexes their entries, so `forget` deletes exactly
+them. Appends and deletions run as Lua scripts: Redis runs a script atomically, so a batch is
+stored whole or not at all, and no replica ever sees half a deletion. The audit log of
+deletions is a Redis list (`<prefix>:audit`), one JSON line per deletion.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pyarrow as pa
+
+from recsvc.errors import BadInput
+from recsvc.eventstore import (
+    EVENTS_SCHEMA,
+    IMPRESSIONS_SCHEMA,
+    OUTCOMES_SCHEMA,
+    StoredEvent,
+)
+
+READ_CHUNK = 10_000
+# KEYS: stream, sequence counter. ARGV: user-index key prefix, fields per entry, then the
+# entries' field values, the user id first. Returns the number of entries stored.
+_APPEND = """
+local per = tonumber(ARGV[2])
+local names = {}
+for n = 1, per do names[n] = ARGV[2 + n] end
+local first = 3 + per
+local stored = 0
+for start = first, #ARGV, per do
+    local seq = redis.call('INCR', KEYS[2])
+    local fields = {}
+    for n = 1, per do
+        fields[#fields + 1] = names[n]
+        fields[#fields + 1] = ARGV[start + n - 1]
+    end
+    redis.call('XADD', KEYS[1], seq .. '-0', unpack(fields))
+    redis.call('RPUSH', ARGV[1] .. ARGV[start], seq)
+    stored = stored + 1
+end
+return stored
+"""
+# KEYS: events stream, the user's event index, impressions stream, the user's impression
+# index, forgotten hash. ARGV: user id, now (ms). Returns the number of events deleted.
+_FORGET = """
+local function drop(stream, index)
+    local ids = redis.call('LRANGE', index, 0, -1)
+    for _, seq in ipairs(ids) do redis.call('XDEL', stream, seq .. '-0') end
+    redis.call('DEL', index)
+    return #ids
+end
+local removed = drop(KEYS[1], KEYS[2])
+drop(KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
+return removed
+"""
+EVENT_FIELDS = (
+    "user_id",
+    "item_id",
+    "event",
+    "timestamp_ms",
+    "quantity",
+    "price",
+    "variant",
+    "recommendation_id",
+)
+IMPRESSION_FIELDS = ("user_id", "recommendation_id", "variant", "timestamp_ms", "n_items")
+
+
+class RedisEventStore:
+    """Same contract as SQLiteEventStore (tests/test_eventstore.py runs one suite on both)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        parsed = urlparse(url)
+        self.prefix = parse_qs(parsed.query).get("prefix", ["recsvc"])[0]
+        try:
+            database = int(parsed.path.lstrip("/") or 0)
+        except ValueError as exc:
+            raise BadInput(f"event store URL {url!r}: the path must be a database number") from exc
+        self._redis = redis.Redis(
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 6379,
+            db=database,
+            password=parsed.password,
+            decode_responses=True,
+            socket_timeout=10,
+        )
+        self._append = self._redis.register_script(_APPEND)
+        self._forget = self._redis.register_script(_FORGET)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def append(self, events: list[StoredEvent]) -> int:
+        values: list[Any] = []
+        for e in events:
+            values += [
+                e.user_id,
+                e.item_id,
+                e.event,
+                int(e.timestamp_ms),
+                repr(float(e.quantity)),
+                "" if e.price is None else repr(float(e.price)),
+                e.variant,
+                e.recommendation_id,
+            ]
+        return int(
+            self._append(
+                keys=[self._key("events"), self._key("events", "seq")],
+                args=[self._key("user-events", ""), len(EVENT_FIELDS), *EVENT_FIELDS, *values],
+            )
+        )
+
+    def forget(self, user_id: str, reason: str = "") -> int:
+        now = int(time.time() * 1000)
+        removed = int(
+            self._forget(
+                keys=[
+                    self._key("events"),
+                    self._key("user-events", user_id),
+                    self._key("impressions"),
+                    self._key("user-impressions", user_id),
+                    self._key("forgotten"),
+                ],
+                args=[user_id, now],
+            )
+        )
+        audit = {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1000)),
+            "action": "forget_user",
+            "user_id": user_id,
+            "events_deleted": removed,
+            "reason": reason,
+        }
+        self._redis.rpush(self._key("audit"), json.dumps(audit))
+        return removed
+
+    def forgotten_users(self) -> dict[str, int]:
+        return {u: int(ms) for u, ms in self._redis.hgetall(self._key("forgotten")).items()}
+
+    def changes_after(
+        self, event_id: int, forgotten_ms: int
+    ) -> tuple[list[tuple[int, str, str, str, int]], dict[str, int]]:
+        events = [
+            (seq, f["user_id"], f["item_id"], f["event"], int(f["timestamp_ms"]))
+            for seq, f in self._entries("events", event_id)
+        ]
+        forgotten = {u: ms for u, ms in self.forgotten_users().items() if ms >= forgotten_ms}
+        return events, forgotten
+
+    def _entries(self, stream: str, after: int = 0):
+        """(sequence number, fields) of the stream's entries after `after`, oldest first."""
+        start = f"({after}-0" if after else "-"
+        while True:
+            chunk = self._redis.xrange(self._key(stream), start, "+", count=READ_CHUNK)
+            for entry_id, fields in chunk:
+                yield int(entry_id.split("-", 1)[0]), fields
+            if len(chunk) < READ_CHUNK:
+                return
+            start = f"({chunk[-1][0]}"
+
+    def read_events(self) -> pa.Table:
+        rows = [f for _, f in self._entries("events")]
+        return pa.table(
+            {
+                "user_id": pa.array([r["user_id"] for r in rows], pa.string()),
+                "item_id": pa.array([r["item_id"] for r in rows], pa.string()),
+                "event": pa.array([r["event"] for r in rows], pa.string()),
+                "timestamp_ms": pa.array([int(r["timestamp_ms"]) for r in rows], pa.int64()),
+                "quantity": pa.array([float(r["quantity"]) for r in rows], pa.float64()),
+                "price": pa.array(
+                    [float(r["price"]) if r["price"] else None for r in rows], pa.float64()
+                ),
+            },
+            schema=EVENTS_SCHEMA,
+        )
+
+    def read_outcomes(self) -> pa.Table:
+        rows = [f for _, f in self._entries("events") if f["recommendation_id"]]
+        return pa.table(
+            [
+                pa.array([r["variant"] for r in rows], pa.string()),
+                pa.array([r["recommendation_id"] for r in rows], pa.string()),
+                pa.array([r["event"] for r in rows], pa.string()),
+            ],
+            schema=OUTCOMES_SCHEMA,
+        )
+
+    def record_impressions(self, rows: list[tuple[str, str, str, int, int]]) -> None:
+        values: list[Any] = []
+        for recommendation_id, user_id, variant, stamp, n_items in rows:
+            values += [user_id, recommendation_id, variant, int(stamp), int(n_items)]
+        if values:
+            self._append(
+                keys=[self._key("impressions"), self._key("impressions", "seq")],
+                args=[
+                    self._key("user-impressions", ""),
+                    len(IMPRESSION_FIELDS),
+                    *IMPRESSION_FIELDS,
+                    *values,
+                ],
+            )
+
+    def read_impressions(self) -> pa.Table:
+        seen: dict[str, str] = {}
+        for _, f in self._entries("impressions"):
+            seen.setdefault(f["recommendation_id"], f["variant"])  # first wins, as in SQLite
+        return pa.table(
+            [pa.array(list(seen), pa.string()), pa.array(list(seen.values()), pa.string())],
+            schema=IMPRESSIONS_SCHEMA,
+        )
+
+    def close(self) -> None:
+        self._redis.close()
