@@ -36,7 +36,7 @@ def _data_validate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     dataset = load_dataset(
-        args.events, config.data, args.items, args.users, rejects_dir=args.rejects_dir
+        Path(args.events), config.data, args.items, args.users, rejects_dir=args.rejects_dir
     )
     for report in dataset.reports:
         print(report.summary())
@@ -50,15 +50,29 @@ def _data_import(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    import dataclasses
+
     from recsvc.config import load_config
     from training.pipeline import TrainInputs, train
 
     config = load_config(args.config)
+    if args.engine or args.spark_master:
+        training = dataclasses.replace(
+            config.training,
+            engine=args.engine or config.training.engine,
+            spark_master=args.spark_master or config.training.spark_master,
+        )
+        config = dataclasses.replace(config, training=training)
 
     def pick(flag: Path | None, configured: str) -> Path | None:
         return flag if flag is not None else (Path(configured) if configured else None)
 
-    events = pick(args.events, config.inputs.events)
+    events: Path | str | None
+    if config.training.engine == "spark":
+        # A cluster URL (hdfs://...) must reach Spark as written: a Path would fold its "//".
+        events = args.events or config.inputs.events or None
+    else:
+        events = pick(Path(args.events) if args.events else None, config.inputs.events)
     model_dir = pick(args.model_dir, config.inputs.model_dir)
     event_store = args.event_store or config.inputs.event_store or None
     if (events is None and event_store is None) or model_dir is None:
@@ -81,7 +95,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     config = load_config(args.config)
     models = [m.strip() for m in args.models.split(",")] if args.models else None
-    evaluate_models(TrainInputs(args.events, args.items, args.users), config, args.out, models)
+    evaluate_models(
+        TrainInputs(Path(args.events), args.items, args.users), config, args.out, models
+    )
 
 
 def _tune(args: argparse.Namespace) -> None:
@@ -91,7 +107,7 @@ def _tune(args: argparse.Namespace) -> None:
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     tune(
-        TrainInputs(args.events, args.items, args.users),
+        TrainInputs(Path(args.events), args.items, args.users),
         load_config(args.config),
         args.out,
         models,
@@ -345,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where rejected rows go (default MODEL_DIR/rejects)",
     )
+    train.add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default=None,
+        help="spark: Spark reads the Parquet events and fits ALS (default: training.engine)",
+    )
+    train.add_argument(
+        "--spark-master", default=None, help="e.g. local[4], yarn (default: training.spark_master)"
+    )
     train.set_defaults(run=_train)
 
     evaluate = roles.add_parser("evaluate", help="compare models on one holdout; write reports")
@@ -556,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_input_flags(parser: argparse.ArgumentParser, events_required: bool = True) -> None:
     parser.add_argument(
-        "--events", type=Path, required=events_required, help="events CSV or Parquet"
+        "--events",
+        required=events_required,
+        help="events CSV or Parquet (with --engine spark: Parquet, a path or a cluster URL)",
     )
     parser.add_argument("--items", type=Path, default=None, help="items (catalogue) file")
     parser.add_argument("--users", type=Path, default=None, help="users file")

@@ -68,7 +68,7 @@ BLEND_MARGIN = 0.01
 
 @dataclass(frozen=True)
 class TrainInputs:
-    events: Path | None
+    events: Path | str | None  # a URL (hdfs://, s3a://) only with the spark engine
     items: Path | None = None
     users: Path | None = None
     event_store: str | None = None  # URL of the server's event store (RecordEvents, ForgetUser)
@@ -86,8 +86,14 @@ def fingerprint(inputs: TrainInputs, config: Config) -> str:
     digest = hashlib.sha256()
     for path in (inputs.events, inputs.items, inputs.users):
         digest.update(b"\0file\0")
-        if path is not None:
-            with open(path, "rb") as handle:
+        if path is None:
+            continue
+        local = Path(path)
+        # A Parquet dataset is a directory; a cluster URL can only be named.
+        files = sorted(local.rglob("*")) if local.is_dir() else [local] if local.exists() else []
+        digest.update(str(path).encode() if not files else b"")
+        for file in (f for f in files if f.is_file()):
+            with open(file, "rb") as handle:
                 while chunk := handle.read(1 << 20):
                     digest.update(chunk)
     if inputs.event_store:
@@ -106,6 +112,12 @@ def fingerprint(inputs: TrainInputs, config: Config) -> str:
 def make_model(name: str, config: Config) -> Recommender:
     """An unfitted model of type `name`, configured from `config`."""
     m, seed = config.model, config.training.seed
+    if name == "als" and config.training.engine == "spark":
+        from training.spark import SparkALSRecommender
+
+        return SparkALSRecommender(
+            m.als.factors, m.als.regularization, m.als.alpha, m.als.iterations, random_state=seed
+        )
     if name == "als":
         return ALSRecommender(
             m.als.factors, m.als.regularization, m.als.alpha, m.als.iterations, random_state=seed
@@ -213,6 +225,10 @@ def train(
     progress = progress or Progress("train")
     store = ModelStore(model_dir)
     started_at_ms = int(time.time() * 1000)
+    if config.training.engine == "spark":
+        from training.spark import spark_config
+
+        config = spark_config(config)
 
     dataset, cleaning = ingest_and_clean(
         inputs, config, rejects_dir or model_dir / "rejects", progress
@@ -362,9 +378,26 @@ def ingest_and_clean(
     if inputs.events is None and not inputs.event_store:
         raise BadInput("no events: give an events file, an event store, or both")
     with progress.stage("ingest") as tally:
-        dataset = load_dataset(
-            inputs.events, config.data, inputs.items, inputs.users, rejects_dir=rejects_dir
-        )
+        if config.training.engine == "spark" and inputs.events is not None:
+            from training.spark import read_events
+
+            dataset = load_dataset(
+                None, config.data, inputs.items, inputs.users, rejects_dir=rejects_dir
+            )
+            events, report = read_events(
+                str(inputs.events), config.data, rejects_dir, config.training.spark_master
+            )
+            dataset = dataclasses.replace(
+                dataset, events=events, reports=[report, *dataset.reports]
+            )
+        else:
+            dataset = load_dataset(
+                Path(inputs.events) if inputs.events is not None else None,
+                config.data,
+                inputs.items,
+                inputs.users,
+                rejects_dir=rejects_dir,
+            )
         tally.count = sum(r.rows_read for r in dataset.reports)
     for report in dataset.reports:
         progress.say(report.summary())

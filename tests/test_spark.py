@@ -1,0 +1,120 @@
+"""`recsvc train --engine spark`: Spark (local[2]) reads Parquet events, rejects bad rows with
+their reason, fits ALS with MLlib, and publishes a model the server serves like any other."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+from test_server_e2e import RECSVC, start_server
+from test_training import preferred_share
+
+from recsvc.modelstore import ModelStore
+from recsvc.published import PublishedModel
+from recsvc.v1 import recommender_pb2 as pb
+from training.sample_shop import SampleShop
+
+if importlib.util.find_spec("pyspark") is None or shutil.which("java") is None:
+    pytest.skip(
+        "the spark engine needs pyspark (make install) and a Java runtime (java on PATH)",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def spark_trained(shop_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample shop's events as a Parquet dataset plus two bad rows, trained by the CLI."""
+    work = tmp_path_factory.mktemp("spark")
+    events = pa_csv.read_csv(shop_dir / "events.csv")
+    bad = pa.table(
+        {
+            "user_id": ["u0001", ""],
+            "item_id": ["i0001", "i0002"],
+            "event": ["click", "view"],
+            "timestamp": events.column("timestamp").slice(0, 2).combine_chunks(),
+            "quantity": pa.array([1, 1], events.schema.field("quantity").type),
+            "price": pa.array([None, None], pa.float64()),
+        }
+    )
+    dataset = work / "events"
+    dataset.mkdir()
+    pq.write_table(events, dataset / "part-0.parquet")
+    pq.write_table(bad, dataset / "part-1.parquet")
+    config = work / "job.toml"
+    config.write_text("[profiles]\ncoldstart = false\n")
+    models = work / "models"
+    result = subprocess.run(
+        [
+            RECSVC,
+            "train",
+            "--engine",
+            "spark",
+            "--spark-master",
+            "local[2]",
+            "--events",
+            f"file://{dataset}",  # a URL, passed to Spark as written
+            "--items",
+            str(shop_dir / "items.csv"),
+            "--users",
+            str(shop_dir / "users.csv"),
+            "--model-dir",
+            str(models),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return models
+
+
+def test_spark_rejects_bad_rows_with_their_reason(spark_trained: Path) -> None:
+    store = ModelStore(spark_trained)
+    manifest = json.loads((store.path(store.current_version()) / "manifest.json").read_text())
+    events = manifest["ingest"][0]
+    assert events["rejected"] == {"unknown_event": 1, "missing_user_id": 1}
+    rejects = pq.read_table(spark_trained / "rejects" / "events.rejects.parquet")
+    assert sorted(rejects.column("reason").to_pylist()) == ["missing_user_id", "unknown_event"]
+    assert manifest["config"]["training"]["engine"] == "spark"
+
+
+def test_spark_trained_als_recovers_the_planted_preferences(
+    spark_trained: Path, shop: SampleShop
+) -> None:
+    store = ModelStore(spark_trained)
+    model = PublishedModel.load(store.path(store.current_version()))
+    assert model.manifest["model_type"] == "als"
+    personal = preferred_share(model, shop, personal=True)
+    popular = preferred_share(model, shop, personal=False)
+    assert personal >= 0.7, personal
+    assert personal >= popular + 0.35, (personal, popular)
+
+
+def test_the_server_serves_a_spark_trained_model(spark_trained: Path) -> None:
+    running = start_server(spark_trained)
+    try:
+        info = running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+        assert info.model_type == "als"
+        listed = running.stub.Recommend(pb.RecommendRequest(user_id="u0001", k=10), timeout=10)
+        assert not listed.fallback and len(listed.items) == 10
+        # Real-time fold-in works on Spark's factors as on implicit's.
+        running.stub.RecordEvents(
+            pb.RecordEventsRequest(
+                events=[pb.Event(user_id="brand-new", item_id="i0001", event="purchase")]
+            ),
+            timeout=10,
+        )
+        fresh = running.stub.Recommend(pb.RecommendRequest(user_id="brand-new", k=5), timeout=10)
+        assert not fresh.fallback and fresh.strategy == "personal"
+    finally:
+        code, output = running.stop()
+    assert code == 0, output
