@@ -13,6 +13,7 @@ COPY protos protos
 COPY recsvc recsvc
 COPY service service
 COPY training training
+COPY loadtest loadtest
 # Generated gRPC code is built here, never committed.
 RUN pip install grpcio-tools \
  && python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \

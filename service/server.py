@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
+LIVENESS_SERVICE = "liveness"
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 ADMIN_METHODS = {"ReloadModel", "ForgetUser"}
 # How often buffered impressions (for experiment reports) are written to the event store.
@@ -226,6 +227,9 @@ async def serve(
         metrics_port = parts.metrics.serve_http(options.host, options.metrics_port)
         print(f"recsvc serve: metrics on http://{options.host}:{metrics_port}/metrics", flush=True)
     await set_health(parts.health, NOT_SERVING)
+    # Alive (answering on its event loop) before any model is loaded: what a liveness probe
+    # asks, so that an empty model store makes pods unready, not restarted over and over.
+    await parts.health.set(LIVENESS_SERVICE, SERVING)
     await parts.server.start()
     log.info("listening on %s:%d (model dir %s)", options.host, bound, model_dir)
     if not options.quiet:

@@ -196,6 +196,7 @@ def test_not_serving_until_a_model_is_published(trained: TrainResult, tmp_path: 
     running = start_server(tmp_path)
     try:
         assert running.health() == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert running.health("liveness") == health_pb2.HealthCheckResponse.SERVING
         assert subprocess.run([RECSVC, "health", "--target", running.target]).returncode == 1
         with pytest.raises(grpc.RpcError) as caught:
             running.stub.Recommend(pb.RecommendRequest(user_id="u0001", k=5), timeout=5)
