@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from grpc_health.v1 import health_pb2
 from test_server_e2e import RECSVC, start_server
 from test_training import preferred_share
 
@@ -102,6 +103,7 @@ def test_spark_trained_als_recovers_the_planted_preferences(
 def test_the_server_serves_a_spark_trained_model(spark_trained: Path) -> None:
     running = start_server(spark_trained)
     try:
+        running.wait_for_health(health_pb2.HealthCheckResponse.SERVING)
         info = running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
         assert info.model_type == "als"
         listed = running.stub.Recommend(pb.RecommendRequest(user_id="u0001", k=10), timeout=10)
