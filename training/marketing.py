@@ -106,7 +106,7 @@ def segments_report(model_dir: Path, out_dir: Path) -> Path:
         raise BadInput(f"model {model.version} has no segments")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    figure, axes = plt.subplots(figsize=(10, 0.35 * len(segments) + 1.5))
+    figure, axes = plt.subplots(figsize=(11, 0.35 * len(segments) + 1.5))
     names = [s["name"] if s["kind"] == "rfm" else s["id"] for s in segments]
     left = np.zeros(len(segments))
     for stage in STAGES:
@@ -116,7 +116,7 @@ def segments_report(model_dir: Path, out_dir: Path) -> Path:
     axes.invert_yaxis()
     axes.set_xlabel("users")
     axes.set_title(f"Segments of model {model.version}, by lifecycle stage")
-    axes.legend(loc="lower right")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="stage")
     figure.tight_layout()
     figure.savefig(out_dir / "segment_sizes.png", dpi=110)
     plt.close(figure)
