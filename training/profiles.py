@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recsvc.config import Config
@@ -23,6 +24,7 @@ from recsvc.profiles import (
     LifecycleRules,
     UserProfiles,
 )
+from training.interactions import encode_sorted
 
 QUINTILES = (0.2, 0.4, 0.6, 0.8)
 SVD_FACTORS = 32
@@ -37,17 +39,19 @@ def build_profiles(
 ) -> UserProfiles:
     """One profile per user in the events or the users file, as of the newest event."""
     profile_cfg = config.profiles
-    event_users = events.column("user_id").to_numpy(zero_copy_only=False).astype(str)
+    # Ids are dictionary-encoded once: per-event work is on integer codes, never on strings.
+    user_codes, event_users = encode_sorted(events.column("user_id"))
     listed = (
         users.column("user_id").to_numpy(zero_copy_only=False).astype(str)
         if users is not None
         else np.empty(0, dtype=str)
     )
-    user_ids = np.unique(np.concatenate([event_users, listed]))
+    user_ids = np.union1d(event_users, listed) if listed.size else event_users
     n = user_ids.size
-    user = sorted_positions(user_ids, event_users)
+    user = sorted_positions(user_ids, event_users)[user_codes]
     stamps = events.column("timestamp_ms").to_numpy()
-    kinds = events.column("event").to_numpy(zero_copy_only=False).astype(str)
+    bought = pc.equal(events.column("event"), "purchase").to_numpy(zero_copy_only=False)
+    catalogue_row = _catalogue_rows(events, items)
     now_ms = int(stamps.max()) if stamps.size else 0
     rules = LifecycleRules.of(profile_cfg)
 
@@ -69,8 +73,7 @@ def build_profiles(
     )
     np.maximum.at(reactivated_ms, user_sorted[returned + 1], stamps_sorted[returned + 1])
 
-    price = _event_prices(events, items)
-    bought = kinds == "purchase"
+    price = _event_prices(events, items, catalogue_row)
     last_purchase_ms = np.zeros(n, dtype=np.int64)
     np.maximum.at(last_purchase_ms, user[bought], stamps[bought])
     # An order is one purchase moment: the lines of one basket share a timestamp.
@@ -90,7 +93,7 @@ def build_profiles(
         "frequency": _edges(orders[buyers]),
         "monetary": _edges(monetary[buyers]),
     }
-    event_weight = _weights(kinds, config)
+    event_weight = _weights(events, config)
     arrays: dict[str, np.ndarray] = {
         "user_ids": user_ids,
         "has_events": has_events,
@@ -107,15 +110,20 @@ def build_profiles(
         "cluster": np.full(n, -1, dtype=np.int16),
     }
     for kind in ("category", "brand"):
-        values = _item_column(events, items, kind)
-        indptr, codes, tag_weights, vocabulary = _top_tags(
-            user, values, event_weight, n, profile_cfg.top_tags
+        vocabulary, codes = _catalogue_codes(items, kind)
+        indptr, codes, tag_weights = _top_tags(
+            user,
+            np.append(codes, -1)[catalogue_row],  # row -1 (not in the catalogue): code -1
+            vocabulary.size,
+            event_weight,
+            n,
+            profile_cfg.top_tags,
         )
         arrays |= {
             f"{kind}_indptr": indptr,
             f"{kind}_codes": codes,
             f"{kind}_weights": tag_weights,
-            f"{kind}_vocabulary": vocabulary,
+            f"{kind}_vocabulary": vocabulary.astype(str),
         }
     names, attributes = _attributes(user_ids, users)
     arrays["attributes"] = attributes
@@ -132,10 +140,11 @@ def build_profiles(
     return UserProfiles(arrays, names, meta)
 
 
-def _weights(kinds: np.ndarray, config: Config) -> np.ndarray:
-    weight = np.zeros(kinds.size)
+def _weights(events: pa.Table, config: Config) -> np.ndarray:
+    weight = np.zeros(events.num_rows)
+    column = events.column("event")
     for name in ("view", "cart", "purchase"):
-        weight[kinds == name] = config.signals.weight(name)
+        weight[pc.equal(column, name).to_numpy(zero_copy_only=False)] = config.signals.weight(name)
     return weight
 
 
@@ -145,35 +154,37 @@ def _edges(values: np.ndarray) -> list[float]:
     return [float(v) for v in np.quantile(values.astype(float), QUINTILES)]
 
 
-def _item_lookup(events: pa.Table, items: pa.Table | None) -> np.ndarray:
+def _catalogue_rows(events: pa.Table, items: pa.Table | None) -> np.ndarray:
     """Row of each event's item in the catalogue; -1 where the catalogue lacks it."""
-    event_items = events.column("item_id").to_numpy(zero_copy_only=False).astype(str)
     if items is None:
-        return np.full(event_items.size, -1, dtype=np.int64)
+        return np.full(events.num_rows, -1, dtype=np.int64)
+    codes, event_items = encode_sorted(events.column("item_id"))
     catalogue = items.column("item_id").to_numpy(zero_copy_only=False).astype(str)
     order = np.argsort(catalogue)
     pos = sorted_positions(catalogue[order], event_items)
-    return np.where(pos >= 0, order[np.maximum(pos, 0)], -1)
+    return np.where(pos >= 0, order[np.maximum(pos, 0)], -1)[codes]
 
 
-def _item_column(
-    events: pa.Table, items: pa.Table | None, name: str, missing: object = ""
-) -> np.ndarray:
-    """The catalogue's `name` for each event's item; `missing` where the catalogue lacks it."""
-    rows = _item_lookup(events, items)
+def _catalogue_codes(items: pa.Table | None, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted vocabulary, code per catalogue row) of a text column; -1 where empty."""
     if items is None:
-        return np.full(rows.size, missing, dtype=object)
-    values = np.asarray([*items.column(name).to_pylist(), missing], dtype=object)
-    values[np.equal(values, None)] = missing
-    return values[np.where(rows >= 0, rows, values.size - 1)]
+        return np.empty(0, dtype=str), np.empty(0, dtype=np.int64)
+    values = np.asarray(items.column(name).fill_null("").to_numpy(zero_copy_only=False), str)
+    vocabulary, codes = np.unique(values, return_inverse=True)
+    codes = codes.astype(np.int64)
+    if vocabulary.size and vocabulary[0] == "":
+        vocabulary, codes = vocabulary[1:], codes - 1
+    return vocabulary, codes
 
 
-def _event_prices(events: pa.Table, items: pa.Table | None) -> np.ndarray:
+def _event_prices(events: pa.Table, items: pa.Table | None, row: np.ndarray) -> np.ndarray:
     """Each event's unit price: the event's own, else the catalogue's, else 0."""
     price = events.column("price").to_numpy(zero_copy_only=False).astype(float)
     if items is not None:
-        catalogue = _item_column(events, items, "price", np.nan).astype(float)
-        price = np.where(np.isnan(price), catalogue, price)
+        catalogue = np.append(
+            items.column("price").to_numpy(zero_copy_only=False).astype(float), np.nan
+        )
+        price = np.where(np.isnan(price), catalogue[row], price)  # row -1: the appended NaN
     return np.nan_to_num(price, nan=0.0)
 
 
@@ -207,17 +218,16 @@ def _busiest(user: np.ndarray, slot: np.ndarray, slots: int, keep: int, n: int) 
 
 
 def _top_tags(
-    user: np.ndarray, values: np.ndarray, weight: np.ndarray, n: int, keep: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per user, the `keep` values with the largest share of the user's event weight."""
-    present = values != ""
-    vocabulary, codes = np.unique(values[present].astype(str), return_inverse=True)
+    user: np.ndarray, codes: np.ndarray, n_values: int, weight: np.ndarray, n: int, keep: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per user, the `keep` value codes with the largest share of the user's event weight."""
+    present = codes >= 0
+    width = max(1, n_values)
     pairs, inverse = np.unique(
-        user[present].astype(np.int64) * max(1, vocabulary.size) + codes, return_inverse=True
+        user[present].astype(np.int64) * width + codes[present], return_inverse=True
     )
     sums = np.bincount(inverse, weights=weight[present])
-    pair_user = pairs // max(1, vocabulary.size)
-    pair_code = pairs % max(1, vocabulary.size)
+    pair_user, pair_code = pairs // width, pairs % width
     totals = np.bincount(pair_user, weights=sums, minlength=n)
     share = sums / np.where(totals[pair_user] > 0, totals[pair_user], 1.0)
     order = np.lexsort((-share, pair_user))
@@ -225,12 +235,7 @@ def _top_tags(
     kept = order[rank < keep]
     counts = np.bincount(pair_user[kept], minlength=n)
     indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
-    return (
-        indptr,
-        pair_code[kept].astype(np.int32),
-        share[kept].astype(np.float32),
-        vocabulary.astype(str),
-    )
+    return indptr, pair_code[kept].astype(np.int32), share[kept].astype(np.float32)
 
 
 def _attributes(user_ids: np.ndarray, users: pa.Table | None) -> tuple[list[str], np.ndarray]:
