@@ -185,6 +185,7 @@ class ProfilesConfig:
     top_tags: int = 5
     clusters: int = 8
     coldstart: bool = True
+    coldstart_epochs: int = 10
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ def fit_coldstart(
         user_features=user_table,
         item_features=train_items,
         sample_weight=interactions,
-        epochs=settings.epochs,
+        epochs=config.profiles.coldstart_epochs,
+        # One thread: LightFM's threads race (Hogwild), and a seed must repeat the run.
         num_threads=1,
     )
     item_biases, item_vectors = model.get_item_representations(train_items)
@@ -93,7 +94,7 @@ def fit_coldstart(
     meta = {
         "loss": settings.loss,
         "factors": settings.factors,
-        "epochs": settings.epochs,
+        "epochs": config.profiles.coldstart_epochs,
         "user_attributes": len(user_names),
         "new_items": int(n_new),
     }
