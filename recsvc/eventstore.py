@@ -74,6 +74,10 @@ class EventStore(Protocol):
 
     def read_impressions(self) -> pa.Table: ...
 
+    def wait_for_change(self, timeout: float) -> None:
+        """Returns when another process may have stored a change, or after `timeout` s."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -285,6 +289,9 @@ class SQLiteEventStore:
 
     def read_impressions(self) -> pa.Table:
         return self._query("SELECT recommendation_id, variant FROM impressions", IMPRESSIONS_SCHEMA)
+
+    def wait_for_change(self, timeout: float) -> None:
+        time.sleep(timeout)  # SQLite tells no one of a commit: readers poll
 
     def close(self) -> None:
         with self._lock:

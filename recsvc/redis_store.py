@@ -5,7 +5,8 @@ are a sequence number ("N-0"), so the cursor a server keeps of what it has taken
 integer, as with SQLite. A list per user indexes their entries, so `forget` deletes exactly
 them. Appends and deletions run as Lua scripts: Redis runs a script atomically, so a batch is
 stored whole or not at all, and no replica ever sees half a deletion. The audit log of
-deletions is a Redis list (`<prefix>:audit`), one JSON line per deletion.
+deletions is a Redis list (`<prefix>:audit`), one JSON line per deletion. Every change is
+also published on `<prefix>:changes`, which replicas wait on instead of polling.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from recsvc.eventstore import (
 )
 
 READ_CHUNK = 10_000
-# KEYS: stream, sequence counter. ARGV: user-index key prefix, fields per entry, then the
-# entries' field values, the user id first. Returns the number of entries stored.
+# KEYS: stream, sequence counter, change channel. ARGV: user-index key prefix, fields per
+# entry, then the entries' field values, the user id first. Returns the entries stored.
 _APPEND = """
 local per = tonumber(ARGV[2])
 local names = {}
@@ -45,10 +46,11 @@ for start = first, #ARGV, per do
     redis.call('RPUSH', ARGV[1] .. ARGV[start], seq)
     stored = stored + 1
 end
+redis.call('PUBLISH', KEYS[3], 'append')
 return stored
 """
 # KEYS: events stream, the user's event index, impressions stream, the user's impression
-# index, forgotten hash. ARGV: user id, now (ms). Returns the number of events deleted.
+# index, forgotten hash, change channel. ARGV: user id, now (ms). Returns the events deleted.
 _FORGET = """
 local function drop(stream, index)
     local ids = redis.call('LRANGE', index, 0, -1)
@@ -59,6 +61,7 @@ end
 local removed = drop(KEYS[1], KEYS[2])
 drop(KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
+redis.call('PUBLISH', KEYS[6], 'forget')
 return removed
 """
 EVENT_FIELDS = (
@@ -94,6 +97,7 @@ class RedisEventStore:
             decode_responses=True,
             socket_timeout=10,
         )
+        self._changes: Any = None  # pub/sub subscription, opened by the first wait_for_change
         self._append = self._redis.register_script(_APPEND)
         self._forget = self._redis.register_script(_FORGET)
 
@@ -115,7 +119,7 @@ class RedisEventStore:
             ]
         return int(
             self._append(
-                keys=[self._key("events"), self._key("events", "seq")],
+                keys=[self._key("events"), self._key("events", "seq"), self._key("changes")],
                 args=[self._key("user-events", ""), len(EVENT_FIELDS), *EVENT_FIELDS, *values],
             )
         )
@@ -130,6 +134,7 @@ class RedisEventStore:
                     self._key("impressions"),
                     self._key("user-impressions", user_id),
                     self._key("forgotten"),
+                    self._key("changes"),
                 ],
                 args=[user_id, now],
             )
@@ -201,7 +206,11 @@ class RedisEventStore:
             values += [user_id, recommendation_id, variant, int(stamp), int(n_items)]
         if values:
             self._append(
-                keys=[self._key("impressions"), self._key("impressions", "seq")],
+                keys=[
+                    self._key("impressions"),
+                    self._key("impressions", "seq"),
+                    self._key("changes"),
+                ],
                 args=[
                     self._key("user-impressions", ""),
                     len(IMPRESSION_FIELDS),
@@ -219,5 +228,17 @@ class RedisEventStore:
             schema=IMPRESSIONS_SCHEMA,
         )
 
+    def wait_for_change(self, timeout: float) -> None:
+        """Waits on the change channel every append and deletion publishes to, so replicas take
+        in each other's events and deletions within milliseconds, not a polling interval."""
+        if self._changes is None:
+            self._changes = self._redis.pubsub(ignore_subscribe_messages=True)
+            self._changes.subscribe(self._key("changes"))
+        if self._changes.get_message(timeout=timeout) is not None:
+            while self._changes.get_message(timeout=0) is not None:
+                pass  # one sync takes in every change so far
+
     def close(self) -> None:
+        if self._changes is not None:
+            self._changes.close()
         self._redis.close()

@@ -160,12 +160,16 @@ async def flush_impressions(core: RecommenderCore, store: EventStore) -> None:
 
 
 async def keep_in_sync(core: RecommenderCore) -> None:
-    while True:
-        await asyncio.sleep(SYNC_SECONDS)
+    """Takes in other processes' events and deletions: as soon as the store announces one
+    (Redis), or every SYNC_SECONDS (SQLite)."""
+    store = core.event_store
+    while store is not None:
         try:
+            await asyncio.to_thread(store.wait_for_change, SYNC_SECONDS)
             await asyncio.to_thread(core.sync)
         except Exception:
             log.exception("could not read the event store")
+            await asyncio.sleep(SYNC_SECONDS)
 
 
 @dataclass(frozen=True)
