@@ -26,7 +26,6 @@ _ARRAYS = (
     "new_item_ids",
     "new_item_vectors",
     "new_item_biases",
-    "new_item_categories",
 )
 META_FILE = "coldstart.json"
 

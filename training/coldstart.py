@@ -8,7 +8,6 @@ import scipy.sparse as sp
 
 from recsvc.coldstart import ColdStart
 from recsvc.config import Config
-from recsvc.ids import sorted_positions
 from training.features import item_feature_table, user_feature_table
 
 
@@ -65,13 +64,6 @@ def fit_coldstart(
     order = np.argsort(np.asarray(user_names, dtype=str)) if user_names else np.empty(0, int)
     item_attribute_embeddings = model.item_embeddings[n_items:]
     item_attribute_biases = model.item_biases[n_items:]
-    categories = np.full(n_new, "", dtype=object)
-    if items is not None and n_new:
-        rows = sorted_positions(
-            np.sort(catalogue), new_ids
-        )  # positions in the sorted catalogue, then back to table rows
-        table_rows = np.argsort(catalogue)[rows]
-        categories = np.asarray(items.column("category").to_pylist(), dtype=object)[table_rows]
     arrays = {
         "user_attribute_names": np.asarray(user_names, dtype=str)[order]
         if user_names
@@ -89,7 +81,6 @@ def fit_coldstart(
         "new_item_biases": np.asarray(new_items @ item_attribute_biases, dtype=np.float32).reshape(
             n_new
         ),
-        "new_item_categories": categories.astype(str),
     }
     meta = {
         "loss": settings.loss,
