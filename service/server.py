@@ -32,7 +32,9 @@ SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_n
 SERVING = health_pb2.HealthCheckResponse.SERVING
 LIVENESS_SERVICE = "liveness"
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-ADMIN_METHODS = {"ReloadModel", "ForgetUser"}
+# Operations, and FindAudience: it hands out lists of customers in bulk, for campaign tools,
+# never for a shop's frontend.
+ADMIN_METHODS = {"ReloadModel", "ForgetUser", "FindAudience"}
 # How often buffered impressions (for experiment reports) are written to the event store.
 IMPRESSION_FLUSH_SECONDS = 1.0
 # How often a worker takes in events and deletions stored by the other workers.

@@ -287,6 +287,11 @@ def test_tls_and_api_keys(model_dir: Path, tmp_path: Path) -> None:
             stub.ReloadModel(pb.ReloadModelRequest(), metadata=client, timeout=5)
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert stub.ReloadModel(pb.ReloadModelRequest(), metadata=admin, timeout=5).version
+        audience = pb.FindAudienceRequest(category="garden", k=5)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.FindAudience(audience, metadata=client, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert len(stub.FindAudience(audience, metadata=admin, timeout=5).users) == 5
         with grpc.insecure_channel(running.target) as plain, pytest.raises(grpc.RpcError):
             pb_grpc.RecommenderStub(plain).Recommend(request, metadata=client, timeout=2)
         cli = [RECSVC, "recommend", "--target", running.target, "--user", "u0001", "--json"]
