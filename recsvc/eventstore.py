@@ -81,6 +81,19 @@ class EventStore(Protocol):
     def close(self) -> None: ...
 
 
+def forget_audit_line(user_id: str, removed: int, reason: str, now_ms: int) -> str:
+    """The JSON audit record of one privacy deletion, the same for every backend."""
+    return json.dumps(
+        {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000)),
+            "action": "forget_user",
+            "user_id": user_id,
+            "events_deleted": removed,
+            "reason": reason,
+        }
+    )
+
+
 def open_event_store(url: str) -> EventStore:
     """The store named by `url`; a bare path means SQLite."""
     parsed = urlparse(url)
@@ -209,15 +222,8 @@ class SQLiteEventStore:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-            audit = {
-                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1000)),
-                "action": "forget_user",
-                "user_id": user_id,
-                "events_deleted": removed,
-                "reason": reason,
-            }
             with open(self.audit_path, "a", encoding="utf-8") as log:
-                log.write(json.dumps(audit) + "\n")
+                log.write(forget_audit_line(user_id, removed, reason, now) + "\n")
         return removed
 
     def changes_after(

@@ -11,7 +11,6 @@ also published on `<prefix>:changes`, which replicas wait on instead of polling.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -24,6 +23,7 @@ from recsvc.eventstore import (
     IMPRESSIONS_SCHEMA,
     OUTCOMES_SCHEMA,
     StoredEvent,
+    forget_audit_line,
 )
 
 READ_CHUNK = 10_000
@@ -139,14 +139,7 @@ class RedisEventStore:
                 args=[user_id, now],
             )
         )
-        audit = {
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now / 1000)),
-            "action": "forget_user",
-            "user_id": user_id,
-            "events_deleted": removed,
-            "reason": reason,
-        }
-        self._redis.rpush(self._key("audit"), json.dumps(audit))
+        self._redis.rpush(self._key("audit"), forget_audit_line(user_id, removed, reason, now))
         return removed
 
     def forgotten_users(self) -> dict[str, int]:
