@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from recsvc.errors import BadInput
+
 CURRENT_FILE = "current"
 VERSIONS_DIR = "versions"
 STAGING_PREFIX = ".staging-"
@@ -43,6 +45,13 @@ class ModelStore:
 
     def path(self, version: str) -> Path:
         return self.versions_dir / version
+
+    def current_path(self) -> Path:
+        """The current version's directory; BadInput when nothing is published yet."""
+        version = self.current_version()
+        if version is None:
+            raise BadInput(f"no published model in {self.root}")
+        return self.path(version)
 
     def versions(self) -> list[str]:
         """Published versions, oldest first (names sort by creation time)."""

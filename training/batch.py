@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from recsvc.errors import BadInput
 from recsvc.models.base import mask_rows, top_k
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
@@ -56,11 +55,7 @@ def batch_recommend(
 ) -> dict[str, float]:
     """Writes user_id, item_ids, scores for the first `limit` users (all when 0)."""
     progress = progress or Progress("batch")
-    store = ModelStore(model_dir)
-    version = store.current_version()
-    if version is None:
-        raise BadInput(f"no published model in {model_dir}")
-    model = PublishedModel.load(store.path(version))
+    model = PublishedModel.load(ModelStore(model_dir).current_path())
     n_users = model.user_ids.size if not limit else min(limit, model.user_ids.size)
     available = np.asarray(model.items.available, dtype=bool)
     started = last = time.perf_counter()

@@ -21,14 +21,6 @@ from training.tables import TableWriter
 ROWS_PER_WRITE = 100_000
 
 
-def _current(model_dir: Path) -> PublishedModel:
-    store = ModelStore(model_dir)
-    version = store.current_version()
-    if version is None:
-        raise BadInput(f"no published model in {model_dir}")
-    return PublishedModel.load(store.path(version))
-
-
 def export_audience(
     model_dir: Path,
     out: Path,
@@ -50,7 +42,7 @@ def export_audience(
 
     progress = progress or Progress("audience")
     config = config or ServingConfig()
-    model = _current(model_dir)
+    model = PublishedModel.load(ModelStore(model_dir).current_path())
     store = open_store(model_dir, config, event_store)
     # An export may list every user: lift the per-request limit that protects the server.
     limits = dataclasses.replace(config.limits, max_audience=max(1, model.profiles.size))
@@ -100,7 +92,7 @@ def segments_report(model_dir: Path, out_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    model = _current(model_dir)
+    model = PublishedModel.load(ModelStore(model_dir).current_path())
     segments = model.segments
     if not segments:
         raise BadInput(f"model {model.version} has no segments")
