@@ -445,13 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("similar", "ask a server for items similar to an item", "item"),
     ):
         client = roles.add_parser(name, help=helptext)
-        client.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")
+        _add_client_flags(client)
         client.add_argument(f"--{key}", required=True)
         client.add_argument("-k", type=int, default=10)
         client.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        client.add_argument("--timeout", type=float, default=5.0)
-        client.add_argument("--api-key", default="", help="API key (default: $RECSVC_API_KEY)")
-        client.add_argument("--tls-ca", type=Path, default=None, help="CA file: call over TLS")
         if key == "user":
             client.add_argument("--exclude", action="append", default=[], metavar="ITEM_ID")
             client.add_argument("--exclude-purchased", action="store_true")
@@ -465,10 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         client.set_defaults(run=_recommend if key == "user" else _similar)
     profile = roles.add_parser("profile", help="ask a server for a user's profile (JSON)")
     profile.add_argument("user_id")
-    profile.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")
-    profile.add_argument("--timeout", type=float, default=5.0)
-    profile.add_argument("--api-key", default="", help="API key (default: $RECSVC_API_KEY)")
-    profile.add_argument("--tls-ca", type=Path, default=None, help="CA file: call over TLS")
+    _add_client_flags(profile)
     profile.set_defaults(run=_profile)
     models = roles.add_parser("models", help="published versions")
     models_cmds = models.add_subparsers(dest="models_command", required=True)
@@ -577,6 +571,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, default=2.0)
     check.set_defaults(run=_health)
     return parser
+
+
+def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+    """Where and how a client command calls a server (see _connection)."""
+    parser.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")
+    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--api-key", default="", help="API key (default: $RECSVC_API_KEY)")
+    parser.add_argument("--tls-ca", type=Path, default=None, help="CA file: call over TLS")
 
 
 def _add_input_flags(parser: argparse.ArgumentParser, events_required: bool = True) -> None:
