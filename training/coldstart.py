@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 from recsvc.coldstart import ColdStart
 from recsvc.config import Config
+from recsvc.models.factor import fit_lightfm
 from training.features import item_feature_table, user_feature_table
 
 
@@ -23,8 +24,6 @@ def fit_coldstart(
 
     Catalogue items without events get vectors from their attributes alone (they have no
     learned identity vector), through the same feature vocabulary and price bands."""
-    from lightfm import LightFM
-
     catalogue = (
         items.column("item_id").to_numpy(zero_copy_only=False).astype(str)
         if items is not None
@@ -42,21 +41,17 @@ def fit_coldstart(
     user_table, user_names = user_feature_table(user_ids, users)
 
     settings = config.model.lightfm
-    model = LightFM(
-        no_components=settings.factors,
+    model = fit_lightfm(
+        confidence,
+        user_table,
+        train_items,
+        factors=settings.factors,
         loss=settings.loss,
         learning_rate=settings.learning_rate,
-        random_state=np.random.RandomState(config.training.seed),
-    )
-    interactions = confidence.tocoo()
-    model.fit(
-        interactions,
-        user_features=user_table,
-        item_features=train_items,
-        sample_weight=interactions,
+        item_alpha=0.0,  # LightFM's own defaults: no L2 penalty on the feature vectors
+        user_alpha=0.0,
         epochs=config.profiles.coldstart_epochs,
-        # One thread: LightFM's threads race (Hogwild), and a seed must repeat the run.
-        num_threads=1,
+        seed=config.training.seed,
     )
     item_biases, item_vectors = model.get_item_representations(train_items)
     _, user_vectors = model.get_user_representations(user_table)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -192,25 +192,17 @@ class LightFMRecommender(FactorRecommender):
         item_features: sp.csr_matrix | None = None,
     ) -> Self:
         """`*_features` rows are users/items, columns features (identity columns included)."""
-        from lightfm import LightFM
-
-        matrix = check_user_items(user_items)
-        model = LightFM(
-            no_components=self.factors,
+        model = fit_lightfm(
+            check_user_items(user_items),
+            user_features,
+            item_features,
+            factors=self.factors,
             loss=self.loss,
             learning_rate=self.learning_rate,
             item_alpha=self.item_alpha,
             user_alpha=self.user_alpha,
-            random_state=np.random.RandomState(self.random_state),
-        )
-        interactions = matrix.tocoo()
-        model.fit(
-            interactions,
-            user_features=user_features,
-            item_features=item_features,
-            sample_weight=interactions,
             epochs=self.epochs,
-            num_threads=1,
+            seed=self.random_state,
         )
         user_bias, user_emb = model.get_user_representations(user_features)
         item_bias, item_emb = model.get_item_representations(item_features)
@@ -219,3 +211,40 @@ class LightFMRecommender(FactorRecommender):
             np.hstack([user_emb, user_bias[:, None], ones_u]),
             np.hstack([item_emb, ones_i, item_bias[:, None]]),
         )
+
+
+def fit_lightfm(
+    user_items: sp.csr_matrix,
+    user_features: sp.csr_matrix | None,
+    item_features: sp.csr_matrix | None,
+    *,
+    factors: int,
+    loss: str,
+    learning_rate: float,
+    item_alpha: float,
+    user_alpha: float,
+    epochs: int,
+    seed: int,
+) -> Any:
+    """A fitted `lightfm.LightFM`, confidences as sample weights. One thread: LightFM's threads
+    race (Hogwild), and a seed must repeat the run."""
+    from lightfm import LightFM
+
+    model = LightFM(
+        no_components=factors,
+        loss=loss,
+        learning_rate=learning_rate,
+        item_alpha=item_alpha,
+        user_alpha=user_alpha,
+        random_state=np.random.RandomState(seed),
+    )
+    interactions = user_items.tocoo()
+    model.fit(
+        interactions,
+        user_features=user_features,
+        item_features=item_features,
+        sample_weight=interactions,
+        epochs=epochs,
+        num_threads=1,
+    )
+    return model
