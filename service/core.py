@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -441,9 +441,9 @@ class RecommenderCore:
         strategy = strategy or self.config.lifecycle.strategy(stage)
         reason, fallback = REASON_PERSONAL, False
         bought = self._bought_before(serving, user, fresh) if strategy == "repurchase" else None
-        if strategy == "repurchase" and (bought is None or not bought[0].size):
-            strategy = "personal"  # nothing bought before: nothing to buy again
-        if strategy == "repurchase" and bought is not None:
+        if bought is not None and not bought[0].size:
+            strategy, bought = "personal", None  # nothing bought before: nothing to buy again
+        if bought is not None:
             picked, reasons = self._pick_repurchase(serving, bought, k, filters, banned)
         elif strategy in ("popular", "trending"):
             source = model.trending if strategy == "trending" else model.fallback
@@ -757,17 +757,16 @@ class RecommenderCore:
         so that filters and the per-category cap apply to the whole list; with reasons."""
         items, strength = bought
         floor = float(strength.min()) - 1.0
-        take = min(serving.n_items, max(k * CAP_CANDIDATES, 256) + items.size)
-        while True:
+
+        def candidates(take: int) -> tuple[np.ndarray, np.ndarray]:
             trending = serving.trending_order[:take]
             trending = trending[~np.isin(trending, items)]
-            candidates = np.concatenate([items, trending])
             # Trending items rank below every repurchase, in trending order.
-            scores = np.concatenate([strength, floor - np.arange(trending.size, dtype=np.float32)])
-            picked = self._select(serving, scores, candidates, k, filters, banned, boost=False)
-            if picked[0].size >= k or take >= serving.n_items:
-                break
-            take = min(serving.n_items, take * 8)
+            below = floor - np.arange(trending.size, dtype=np.float32)
+            return np.concatenate([items, trending]), np.concatenate([strength, below])
+
+        start = max(k * CAP_CANDIDATES, 256) + items.size
+        picked = self._select_widening(serving, candidates, start, k, filters, banned)
         again = set(items.tolist())
         reasons = {
             int(i): REASON_REPURCHASE if int(i) in again else REASON_TRENDING
@@ -940,13 +939,34 @@ class RecommenderCore:
         order = serving.trending_order if trending else serving.popular_order
         source = serving.published.trending if trending else serving.published.fallback
         item_scores = np.asarray(source.item_scores)
-        take = min(order.size, max(k * CAP_CANDIDATES, 256) + sum(b.size for b in banned))
+        start = max(k * CAP_CANDIDATES, 256) + sum(b.size for b in banned)
+        return self._select_widening(
+            serving,
+            lambda take: (order[:take], item_scores[order[:take]]),
+            start,
+            k,
+            filters,
+            banned,
+        )
+
+    def _select_widening(
+        self,
+        serving: ServingModel,
+        candidates: Callable[[int], tuple[np.ndarray, np.ndarray]],
+        take: int,
+        k: int,
+        filters: Filters,
+        banned: list[np.ndarray],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top k of the first `take` (ids, scores) of a fixed order, taking 8 times more while
+        filters and rules leave fewer than k, up to the whole catalogue."""
+        take = min(serving.n_items, take)
         while True:
-            ids = order[:take]
-            picked = self._select(serving, item_scores[ids], ids, k, filters, banned, boost=False)
-            if picked[0].size >= k or take >= order.size:
+            ids, scores = candidates(take)
+            picked = self._select(serving, scores, ids, k, filters, banned, boost=False)
+            if picked[0].size >= k or take >= serving.n_items:
                 return picked
-            take = min(order.size, take * 8)
+            take = min(serving.n_items, take * 8)
 
     def _pick_approximate(
         self,
