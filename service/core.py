@@ -687,14 +687,6 @@ class RecommenderCore:
             if len(value) > self.config.limits.max_id_length:
                 raise InvalidArgument(f"{name} is longer than {self.config.limits.max_id_length}")
         serving = self.serving
-        targets = set()
-        if item_id:
-            targets = {item_id}
-        elif category:
-            items = serving.published.item_ids
-            code = serving.category_vocabulary.get(category, -1)
-            targets = set(items[serving.category_codes == code].tolist()) if code >= 0 else set()
-        fresh_buyers = self.realtime.users_who(targets, "purchase") if targets else set()
         return marketing.find_audience(
             serving,
             item_id=item_id,
@@ -703,7 +695,7 @@ class RecommenderCore:
             k=k,
             exclude_buyers=exclude_buyers,
             left_out=set(self._forgotten),
-            fresh_buyers=fresh_buyers,
+            fresh_buyers=lambda items: self.realtime.users_who(items, "purchase"),
             now_ms=self.now_ms(serving),
             propensity_weight=self.config.audience_propensity_weight,
         )

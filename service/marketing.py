@@ -6,6 +6,7 @@ errors (NotFound, InvalidArgument) for the interceptor to map to status codes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -127,13 +128,14 @@ def find_audience(
     k: int,
     exclude_buyers: bool,
     left_out: set[str],
-    fresh_buyers: set[str],
+    fresh_buyers: Callable[[set[str]], set[str]],
     now_ms: int,
     propensity_weight: float = 1.0,
 ) -> Audience:
     """The k users most likely to buy the item (or from the category), optionally within a
     segment; or, for a segment alone, its most valuable members by RFM. `left_out` (forgotten
-    users) never appear; `fresh_buyers` are those who bought the target since training."""
+    users) never appear; `fresh_buyers(item_ids)` gives those who bought any of them since
+    training, asked only when buyers are to be left out."""
     if item_id and category:
         raise InvalidArgument("give item_id or category, not both")
     if not (item_id or category or segment_id):
@@ -152,17 +154,20 @@ def find_audience(
             rows = serving.profile_rows
             eligible &= (rows >= 0) & members[np.maximum(rows, 0)]
             basis += f", within {segment_id}"
-        if exclude_buyers and targets.size:
-            eligible &= ~_bought_any(serving, targets)
+        if exclude_buyers:
+            if targets.size:
+                eligible &= ~_bought_any(serving, targets)
+            # A new item is its own only target: nobody bought it before training.
+            target_ids = set(model.item_ids[targets].tolist()) if targets.size else {item_id}
+            left_out = left_out | fresh_buyers(target_ids)
     else:
         members = segment_members(serving, segment_id, now_ms)
         user_ids = profiles.user_ids
         scores = _rfm_value(profiles, now_ms)
         eligible = members
         basis = f"members of {segment_id}, by RFM value (100 R + 10 F + M, then spend)"
-    dropped = left_out | (fresh_buyers if exclude_buyers else set())
-    if dropped:
-        names = np.array(sorted(dropped))
+    if left_out:
+        names = np.array(sorted(left_out))
         eligible &= sorted_positions(names, user_ids.astype(names.dtype)) < 0
     candidates = np.flatnonzero(eligible)
     order = candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
@@ -231,11 +236,8 @@ def _affinity(
         raise NotFound(f"category {category!r} has no item in model {model.version}")
     targets = np.flatnonzero(serving.category_codes == code)
     scores = model.model.user_affinity(targets, n_users)
-    return (
-        scores,
-        f"{model.model.model_type} mean score over {targets.size} {category} items",
-        (targets),
-    )
+    basis = f"{model.model.model_type} mean score over {targets.size} {category} items"
+    return scores, basis, targets
 
 
 def _bought_any(serving: ServingModel, items: np.ndarray) -> np.ndarray:

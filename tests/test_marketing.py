@@ -262,6 +262,18 @@ def test_audience_for_a_category_finds_its_planted_fans(
         core.find_audience(category="no-such-category", k=5)
 
 
+def test_a_fresh_purchase_leaves_the_buyer_out_of_an_audience_without_buyers(
+    published: PublishedModel,
+) -> None:
+    core = RecommenderCore(ServingConfig())
+    core.swap(published)
+    top = core.find_audience(category="garden", k=5, exclude_buyers=True).user_ids[0]
+    garden_item = str(published.item_ids[np.flatnonzero(published.items.categories == "garden")[0]])
+    core.record_events([EventInput(top, garden_item, "purchase", core.now_ms())])
+    assert top not in core.find_audience(category="garden", k=5000, exclude_buyers=True).user_ids
+    assert top in core.find_audience(category="garden", k=5000).user_ids
+
+
 def test_a_forgotten_user_never_appears_in_an_audience(published: PublishedModel) -> None:
     core = RecommenderCore(ServingConfig())
     core.swap(published)
