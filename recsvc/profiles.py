@@ -190,11 +190,25 @@ class UserProfiles:
             self.has_events, self.first_ms, self.last_ms, self.reactivated_ms, now_ms
         )
 
+    def rfm_scores(
+        self, days: np.ndarray, orders: np.ndarray, monetary: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(R, F, M), each 1-5 on the training run's buyer quintiles."""
+        edges = self.meta["rfm_edges"]
+        return (
+            quantile_score(days, edges["recency_days"], False),
+            quantile_score(orders, edges["frequency"], True),
+            quantile_score(monetary, edges["monetary"], True),
+        )
+
+    def stored_rfm_scores(self, now_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every user's (R, F, M) from the stored facts, as of `now_ms`."""
+        days = (now_ms - np.asarray(self.last_purchase_ms)) / DAY_MS
+        return self.rfm_scores(days, np.asarray(self.orders), np.asarray(self.monetary))
+
     def rfm_segments(self, now_ms: int) -> np.ndarray:
         """Every user's RFM segment as of `now_ms` ("prospect" for those who never bought)."""
-        edges = self.meta["rfm_edges"]
-        r = quantile_score((now_ms - self.last_purchase_ms) / DAY_MS, edges["recency_days"], False)
-        f = quantile_score(self.orders, edges["frequency"], True)
+        r, f, _ = self.stored_rfm_scores(now_ms)
         names = _SEGMENT_GRID[r, f]
         return np.where(self.orders > 0, names, NO_PURCHASE_SEGMENT)
 
@@ -218,11 +232,11 @@ class UserProfiles:
                 "m": 0,
                 "segment": NO_PURCHASE_SEGMENT,
             }
-        edges = self.meta["rfm_edges"]
         days = max(0.0, (now_ms - last_purchase_ms) / DAY_MS)
-        r = int(quantile_score(np.array([days]), edges["recency_days"], False)[0])
-        f = int(quantile_score(np.array([orders]), edges["frequency"], True)[0])
-        m = int(quantile_score(np.array([monetary]), edges["monetary"], True)[0])
+        r, f, m = (
+            int(score[0])
+            for score in self.rfm_scores(np.array([days]), np.array([orders]), np.array([monetary]))
+        )
         return {
             "recency_days": round(days, 2),
             "frequency": int(orders),

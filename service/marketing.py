@@ -15,12 +15,10 @@ import numpy as np
 from recsvc.errors import InvalidArgument, NotFound
 from recsvc.ids import sorted_positions
 from recsvc.profiles import (
-    DAY_MS,
     PRICE_BANDS,
     WEEKDAYS,
     UserProfiles,
     apply_fresh,
-    quantile_score,
     stage_of,
     stored_row,
 )
@@ -200,14 +198,9 @@ def _standardised(values: np.ndarray) -> np.ndarray:
 
 def _rfm_value(profiles: UserProfiles, now_ms: int) -> np.ndarray:
     """100 R + 10 F + M with spend as a tie-break below one point; 0 for non-buyers."""
-    edges = profiles.meta["rfm_edges"]
     orders = np.asarray(profiles.orders)
-    r = quantile_score(
-        (now_ms - np.asarray(profiles.last_purchase_ms)) / DAY_MS, edges["recency_days"], False
-    )
-    f = quantile_score(orders, edges["frequency"], True)
     monetary = np.asarray(profiles.monetary, dtype=np.float64)
-    m = quantile_score(monetary, edges["monetary"], True)
+    r, f, m = profiles.stored_rfm_scores(now_ms)
     spend = monetary / (1.0 + monetary.max()) if monetary.size else monetary
     value = 100.0 * r + 10.0 * f + m + spend
     return np.where(orders > 0, value, 0.0)
