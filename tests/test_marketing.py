@@ -129,6 +129,13 @@ def test_rfm_scores_and_segments_rank_buyers() -> None:
     assert profiles.monetary[best] == pytest.approx(20 * 200.0)
 
 
+def serving_core(model: PublishedModel, config: ServingConfig | None = None) -> RecommenderCore:
+    """A core serving `model`, with no event store: its real-time state is its own."""
+    core = RecommenderCore(config or ServingConfig())
+    core.swap(model)
+    return core
+
+
 @pytest.fixture(scope="module")
 def published(trained: TrainResult) -> PublishedModel:
     return PublishedModel.load(ModelStore(trained.model_dir).path(trained.version))
@@ -136,9 +143,7 @@ def published(trained: TrainResult) -> PublishedModel:
 
 @pytest.fixture(scope="module")
 def core(published: PublishedModel) -> RecommenderCore:
-    core = RecommenderCore(ServingConfig())
-    core.swap(published)
-    return core
+    return serving_core(published)
 
 
 def test_profiles_recover_each_users_planted_categories(
@@ -177,8 +182,7 @@ def test_segments_partition_the_users_and_describe_themselves(core: RecommenderC
 
 
 def test_real_time_events_update_recency_stage_and_rfm(published: PublishedModel) -> None:
-    core = RecommenderCore(ServingConfig())
-    core.swap(published)
+    core = serving_core(published)
     profiles = published.profiles
     now = core.now_ms()
     stages = profiles.stages(now)
@@ -199,8 +203,7 @@ def test_real_time_events_update_recency_stage_and_rfm(published: PublishedModel
 
 
 def test_at_risk_buyers_are_offered_repurchases_then_trending(published: PublishedModel) -> None:
-    core = RecommenderCore(ServingConfig())
-    core.swap(published)
+    core = serving_core(published)
     profiles = published.profiles
     now = core.now_ms()
     stages = profiles.stages(now)
@@ -214,8 +217,7 @@ def test_at_risk_buyers_are_offered_repurchases_then_trending(published: Publish
     assert repurchased and set(repurchased) <= bought
     assert reasons == sorted(reasons, key=lambda r: r != "repurchase")  # repurchases lead
     # The same user with the personal strategy for every stage gets the model's list.
-    personal = RecommenderCore(ServingConfig(lifecycle=LifecycleConfig(at_risk="personal")))
-    personal.swap(published)
+    personal = serving_core(published, ServingConfig(lifecycle=LifecycleConfig(at_risk="personal")))
     assert personal.recommend(user_id, 10).strategy == "personal"
 
 
@@ -265,8 +267,7 @@ def test_audience_for_a_category_finds_its_planted_fans(
 def test_a_fresh_purchase_leaves_the_buyer_out_of_an_audience_without_buyers(
     published: PublishedModel,
 ) -> None:
-    core = RecommenderCore(ServingConfig())
-    core.swap(published)
+    core = serving_core(published)
     top = core.find_audience(category="garden", k=5, exclude_buyers=True).user_ids[0]
     garden_item = str(published.item_ids[np.flatnonzero(published.items.categories == "garden")[0]])
     core.record_events([EventInput(top, garden_item, "purchase", core.now_ms())])
@@ -275,8 +276,7 @@ def test_a_fresh_purchase_leaves_the_buyer_out_of_an_audience_without_buyers(
 
 
 def test_a_forgotten_user_never_appears_in_an_audience(published: PublishedModel) -> None:
-    core = RecommenderCore(ServingConfig())
-    core.swap(published)
+    core = serving_core(published)
     top = core.find_audience(category="garden", k=5).user_ids[0]
     core.forget_user(top)
     assert top not in core.find_audience(category="garden", k=5000).user_ids
@@ -320,8 +320,7 @@ def test_a_new_item_known_only_by_attributes_has_similar_items_and_an_audience(
     result, new_item, prospect = cold_shop
     model = PublishedModel.load(ModelStore(result.model_dir).path(result.version))
     assert model.item_index(new_item) is None and model.coldstart is not None
-    core = RecommenderCore(ServingConfig())
-    core.swap(model)
+    core = serving_core(model)
     similar = core.similar_items(new_item, 10)
     assert similar.strategy == "hybrid"
     assert affinity_share([i.item_id for i in similar.items], model, ("garden",)) >= 0.8
