@@ -39,7 +39,7 @@ RFM_SEGMENTS: tuple[tuple[str, tuple[int, int], tuple[int, int]], ...] = (
     ("hibernating", (2, 2), (1, 2)),
     ("lost", (1, 1), (1, 2)),
 )
-# Per-user arrays saved as <name>.npy, with their dtypes.
+# The arrays saved as <name>.npy, with their dtypes (None: strings, as built).
 _ARRAYS = {
     "user_ids": None,
     "has_events": np.bool_,
@@ -166,8 +166,9 @@ class UserProfiles:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        for name, array in self.arrays.items():
-            np.save(directory / f"{name}.npy", np.asarray(array), allow_pickle=False)
+        for name, dtype in _ARRAYS.items():  # the format's arrays, in their declared dtypes
+            array = np.asarray(self.arrays[name], dtype=dtype)
+            np.save(directory / f"{name}.npy", array, allow_pickle=False)
         meta = {**self.meta, "attribute_names": self.attribute_names}
         (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
