@@ -37,19 +37,24 @@ class Audience:
     model_version: str
 
 
-def live_facts(serving: ServingModel, user_id: str, fresh: Fresh) -> tuple[int | None, dict]:
+def live_facts(
+    serving: ServingModel, user_id: str, fresh: Fresh, with_spend: bool = True
+) -> tuple[int | None, dict]:
     """The user's profile row (None if training never saw them) and their stored facts
-    advanced by fresh events."""
+    advanced by fresh events. Without `with_spend`, fresh purchases add no money (no price
+    look-ups): enough for the stage, which reads only times."""
     profiles = serving.published.profiles
     row = profiles.index(user_id)
     facts = stored_row(profiles, row)
     if fresh:
-        facts = apply_fresh(facts, fresh, profiles.rules, serving.price_of(fresh))
+        prices = serving.price_of(fresh) if with_spend else {}
+        facts = apply_fresh(facts, fresh, profiles.rules, prices)
     return row, facts
 
 
 def user_stage(serving: ServingModel, user_id: str, fresh: Fresh, now_ms: int) -> str:
-    _, facts = live_facts(serving, user_id, fresh)
+    """On every Recommend: the stage reads times only, so no prices are looked up."""
+    _, facts = live_facts(serving, user_id, fresh, with_spend=False)
     return stage_of(facts, serving.published.profiles.rules, now_ms)
 
 

@@ -165,7 +165,9 @@ async def keep_in_sync(core: RecommenderCore) -> None:
     """Takes in other processes' events and deletions: as soon as the store announces one
     (Redis), or every SYNC_SECONDS (SQLite)."""
     store = core.event_store
-    while store is not None:
+    if store is None:
+        return
+    while True:
         try:
             await asyncio.to_thread(store.wait_for_change, SYNC_SECONDS)
             await asyncio.to_thread(core.sync)
