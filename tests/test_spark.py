@@ -31,17 +31,19 @@ if importlib.util.find_spec("pyspark") is None or shutil.which("java") is None:
 
 @pytest.fixture(scope="module")
 def spark_trained(shop_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample shop's events as a Parquet dataset plus two bad rows, trained by the CLI."""
+    """The sample shop's events as a Parquet dataset plus four bad rows, trained by the CLI."""
     work = tmp_path_factory.mktemp("spark")
     events = pa_csv.read_csv(shop_dir / "events.csv")
+    stamps = events.column("timestamp").slice(0, 4).combine_chunks().to_pylist()
+    stamps[2] = stamps[2].replace(year=1960)  # before 1970: the contract's bad_timestamp
     bad = pa.table(
         {
-            "user_id": ["u0001", ""],
-            "item_id": ["i0001", "i0002"],
-            "event": ["click", "view"],
-            "timestamp": events.column("timestamp").slice(0, 2).combine_chunks(),
-            "quantity": pa.array([1, 1], events.schema.field("quantity").type),
-            "price": pa.array([None, None], pa.float64()),
+            "user_id": ["u0001", "", "u0002", "u0003"],
+            "item_id": ["i0001", "i0002", "i0003", "not-in-the-catalogue"],
+            "event": ["click", "view", "view", "view"],
+            "timestamp": pa.array(stamps, events.schema.field("timestamp").type),
+            "quantity": pa.array([1, 1, 1, 1], events.schema.field("quantity").type),
+            "price": pa.array([None] * 4, pa.float64()),
         }
     )
     dataset = work / "events"
@@ -82,9 +84,10 @@ def test_spark_rejects_bad_rows_with_their_reason(spark_trained: Path) -> None:
     store = ModelStore(spark_trained)
     manifest = json.loads((store.path(store.current_version()) / "manifest.json").read_text())
     events = manifest["ingest"][0]
-    assert events["rejected"] == {"unknown_event": 1, "missing_user_id": 1}
+    reasons = ["bad_timestamp", "missing_user_id", "unknown_event", "unknown_item"]
+    assert events["rejected"] == dict.fromkeys(reasons, 1)  # as the local ingest rejects them
     rejects = pq.read_table(spark_trained / "rejects" / "events.rejects.parquet")
-    assert sorted(rejects.column("reason").to_pylist()) == ["missing_user_id", "unknown_event"]
+    assert sorted(rejects.column("reason").to_pylist()) == reasons
     assert manifest["config"]["training"]["engine"] == "spark"
 
 

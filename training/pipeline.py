@@ -385,7 +385,11 @@ def ingest_and_clean(
                 None, config.data, inputs.items, inputs.users, rejects_dir=rejects_dir
             )
             events, report = read_events(
-                str(inputs.events), config.data, rejects_dir, config.training.spark_master
+                str(inputs.events),
+                config.data,
+                rejects_dir,
+                config.training.spark_master,
+                dataset.items,
             )
             dataset = dataclasses.replace(
                 dataset, events=events, reports=[report, *dataset.reports]

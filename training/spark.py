@@ -51,9 +51,15 @@ def spark_session(master: str) -> Any:
 
 
 def read_events(
-    url: str, config: DataConfig, rejects_dir: Path, master: str
+    url: str,
+    config: DataConfig,
+    rejects_dir: Path,
+    master: str,
+    catalogue: pa.Table | None = None,
 ) -> tuple[pa.Table, IngestReport]:
-    """Clean events in the contract's columns; rejected rows go to rejects_dir with a reason."""
+    """Clean events in the contract's columns; rejected rows go to rejects_dir with a reason.
+    The rules and reasons are the local ingest's (training/ingest.py); with a catalogue, an
+    event of an item it lacks is rejected as there."""
     from pyspark.sql import functions as F  # noqa: N812 (Spark's usual name)
 
     started = time.perf_counter()
@@ -88,15 +94,30 @@ def read_events(
         F.coalesce(quantity, F.lit(1.0)).alias("quantity"),
         price.alias("price"),
     )
+    if catalogue is not None:
+        known = session.createDataFrame(
+            pa.table(
+                {
+                    "item_id": catalogue.column("item_id"),
+                    "in_catalogue": pa.array([True] * catalogue.num_rows),
+                }
+            )
+        )
+        table = table.join(F.broadcast(known), on="item_id", how="left")
+    else:
+        table = table.withColumn("in_catalogue", F.lit(True))
     future = int(time.time() * 1000 + config.max_future_hours * 3_600_000)
     reason = (
         F.when(F.col("user_id").isNull() | (F.col("user_id") == ""), "missing_user_id")
         .when(F.col("item_id").isNull() | (F.col("item_id") == ""), "missing_item_id")
         .when(F.col("event").isNull(), "unknown_event")
-        .when(F.col("timestamp_ms").isNull(), "bad_timestamp")
+        .when(F.col("timestamp_ms").isNull() | (F.col("timestamp_ms") < 0), "bad_timestamp")
         .when(F.col("timestamp_ms") > future, "future_timestamp")
-        .when(~(F.col("quantity") > 0), "bad_quantity")
+        .when(
+            ~((F.col("quantity") > 0) & (F.col("quantity") == F.floor("quantity"))), "bad_quantity"
+        )
         .when(F.col("price") < 0, "bad_price")
+        .when(F.col("in_catalogue").isNull(), "unknown_item")
     )
     checked = table.withColumn("reason", reason).cache()
     counts = {r["reason"]: r["count"] for r in checked.groupBy("reason").count().collect()}
