@@ -292,24 +292,23 @@ def describe_segments(profiles: UserProfiles, clustering: str) -> list[dict[str,
     now_ms = int(profiles.meta["as_of_ms"])
     stages = profiles.stages(now_ms)
     rfm = profiles.rfm_segments(now_ms)
-    segments = []
-    for name in sorted(set(rfm.tolist())):
-        segments.append(_describe(profiles, rfm == name, stages, f"rfm:{name}", "rfm", name))
+    segments = [
+        _describe(profiles, rfm == name, stages, f"rfm:{name}", "rfm", name, "RFM scores")
+        for name in sorted(set(rfm.tolist()))
+    ]
     for cluster in sorted(set(profiles.cluster.tolist()) - {-1}):
-        members = profiles.cluster == cluster
-        top = ", ".join(c for c, _ in _top_categories(profiles, members)[:3])
-        segments.append(
-            _describe(
-                profiles,
-                members,
-                stages,
-                f"cluster:{cluster}",
-                "cluster",
-                f"cluster {cluster}: {top or 'no category data'}",
-            )
+        segment = _describe(
+            profiles,
+            profiles.cluster == cluster,
+            stages,
+            f"cluster:{cluster}",
+            "cluster",
+            "",
+            clustering,
         )
-    for segment in segments:
-        segment["clustering"] = clustering if segment["kind"] == "cluster" else "RFM scores"
+        top = ", ".join(c for c, _ in segment["top_categories"][:3])
+        segment["name"] = f"cluster {cluster}: {top or 'no category data'}"
+        segments.append(segment)
     return segments
 
 
@@ -339,6 +338,7 @@ def _describe(
     segment_id: str,
     kind: str,
     name: str,
+    method: str,
 ) -> dict[str, Any]:
     orders = int(profiles.orders[members].sum())
     return {
@@ -351,4 +351,5 @@ def _describe(
         if orders
         else 0.0,
         "stage_mix": {stage: int((stages[members] == i).sum()) for i, stage in enumerate(STAGES)},
+        "clustering": method,
     }
