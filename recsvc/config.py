@@ -119,6 +119,7 @@ class TrainingConfig:
     quality_gate_tolerance: float = 0.05
     engine: Literal["local", "spark"] = "local"
     spark_master: str = "local[2]"
+    spark_checkpoint_dir: str = ""
 
 
 @dataclass(frozen=True)

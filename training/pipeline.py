@@ -389,6 +389,7 @@ def ingest_and_clean(
                 config.data,
                 rejects_dir,
                 config.training.spark_master,
+                config.training.spark_checkpoint_dir,
                 dataset.items,
             )
             dataset = dataclasses.replace(

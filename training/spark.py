@@ -13,6 +13,9 @@ numpy over the clean events (interaction matrix, profiles): 6 columns, about 40 
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,14 +36,13 @@ from training.ingest import IngestReport
 SECONDS_LIMIT = 100_000_000_000
 
 
-def spark_session(master: str) -> Any:
-    """The active session, or a new one on `master` (e.g. local[2], yarn, spark://host:7077)."""
+def spark_session(master: str, checkpoint_dir: str) -> Any:
+    """The active session, or a new one on `master` (e.g. local[2], yarn, spark://host:7077),
+    with a checkpoint directory: ALS ignores its checkpoint interval without one, and its
+    lineage then grows until serialising a task overflows the stack."""
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active
-    return (
+    session = SparkSession.getActiveSession() or (
         SparkSession.builder.master(master)
         .appName("recsvc-train")
         .config("spark.ui.enabled", "false")
@@ -48,6 +50,12 @@ def spark_session(master: str) -> Any:
         .config("spark.sql.shuffle.partitions", "8")
         .getOrCreate()
     )
+    if session.sparkContext.getCheckpointDir() is None:
+        if not checkpoint_dir:
+            checkpoint_dir = tempfile.mkdtemp(prefix="recsvc-spark-checkpoints-")
+            atexit.register(shutil.rmtree, checkpoint_dir, ignore_errors=True)
+        session.sparkContext.setCheckpointDir(checkpoint_dir)
+    return session
 
 
 def read_events(
@@ -55,6 +63,7 @@ def read_events(
     config: DataConfig,
     rejects_dir: Path,
     master: str,
+    checkpoint_dir: str = "",
     catalogue: pa.Table | None = None,
 ) -> tuple[pa.Table, IngestReport]:
     """Clean events in the contract's columns; rejected rows go to rejects_dir with a reason.
@@ -63,7 +72,7 @@ def read_events(
     from pyspark.sql import functions as F  # noqa: N812 (Spark's usual name)
 
     started = time.perf_counter()
-    session = spark_session(master)
+    session = spark_session(master, checkpoint_dir)
     cols = config.events.columns
     raw = session.read.parquet(url)
     missing = [
