@@ -218,6 +218,28 @@ class TestBlend(RecommenderContract):
             BlendRecommender.of_fitted([knn, knn], [1.0, -1.0])
 
 
+class TestEqualBlendOfThree(RecommenderContract):
+    """The shape the pipeline serves where the holdout cannot rank its fitted pair above it."""
+
+    def make(self) -> Recommender:
+        return BlendRecommender(
+            [
+                {
+                    "model_type": "als",
+                    "params": {
+                        "factors": 4,
+                        "regularization": 0.1,
+                        "alpha": 40.0,
+                        "random_state": 3,
+                    },
+                },
+                {"model_type": "itemknn", "params": {"neighbours": 20, "weighting": "cosine"}},
+                {"model_type": "ease", "params": {"l2": 10.0, "max_items": 100}},
+            ],
+            [1 / 3, 1 / 3, 1 / 3],
+        )
+
+
 class TestBPR(RecommenderContract):
     def make(self) -> Recommender:
         return BPRRecommender(factors=8, iterations=200, learning_rate=0.05, random_state=3)

@@ -181,3 +181,33 @@ def test_tune_searches_without_seeing_the_test_period(shop_inputs, tmp_path) -> 
         )
         == 2
     )
+
+
+def _blend_result(weights: list[float], ndcg: float, se: float) -> dict:
+    members = [{"model_type": name, "params": {}} for name in ("als", "itemknn", "ease")]
+    return {
+        "members": members[: len(weights)],
+        "weights": weights,
+        "metrics": {"all": {"ndcg@10": ndcg, "ndcg_se@10": se}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("equal_ndcg", "served"),
+    [
+        (0.300, "equal"),  # better than the pair: equal
+        (0.296, "equal"),  # behind it by less than the pair's standard error (0.005): equal
+        (0.290, "pair"),  # behind by twice the standard error: the fitted pair
+    ],
+)
+def test_equal_blend_is_served_unless_the_pair_is_clearly_better(
+    equal_ndcg: float, served: str
+) -> None:
+    from training.pipeline import prefer_equal_weights
+
+    pair = _blend_result([0.75, 0.25], 0.300, 0.005)
+    equal = _blend_result([1 / 3, 1 / 3, 1 / 3], equal_ndcg, 0.005)
+    chosen = prefer_equal_weights(pair, equal, "all")
+    assert chosen["weights"] == (equal if served == "equal" else pair)["weights"]
+    # Whether blending pays at all is judged by the better of the two, whichever is served.
+    assert chosen["selection_score"] == max(0.300, equal_ndcg)

@@ -62,8 +62,9 @@ FALLBACKS = ("popularity", "trending")
 BLEND = "blend"
 BLENDABLE = ("als", "bpr", "itemknn", "ease")
 BLEND_WEIGHTS = (0.25, 0.5, 0.75)
-# A blend costs two models' scoring time per request: it must earn it on the holdout.
+# A blend costs its members' scoring time per request: it must earn it on the holdout.
 BLEND_MARGIN = 0.01
+SELECTION_SE = f"ndcg_se@{K}"
 
 
 @dataclass(frozen=True)
@@ -495,13 +496,15 @@ def select_model(
         return results[name][variant].get(SELECTION_METRIC, -1.0)
 
     blend = None
+    blend_score = -1.0
     if config.model.type == "auto" and config.model.blend:
         blend = best_blend(names, fitted, score, holdout, progress)
         if blend is not None:
             results[BLEND] = blend.pop("metrics")
+            blend_score = blend.pop("selection_score", score(BLEND))
     best_single = max(names, key=score)
     chosen = best_single
-    if blend is not None and score(BLEND) > score(best_single) * (1 + BLEND_MARGIN):
+    if blend is not None and blend_score > score(best_single) * (1 + BLEND_MARGIN):
         chosen = BLEND
     fallback = max(FALLBACKS, key=score)
     ranked = sorted([*names, *([BLEND] if blend else [])], key=lambda n: -score(n))
@@ -511,6 +514,12 @@ def select_model(
         + ", ".join(f"{n} {score(n):.4f}" for n in ranked)
         + (
             f"; a blend must beat the best single model by {BLEND_MARGIN:.0%} to be chosen"
+            f" (best blend {blend_score:.4f}; served blend: "
+            + " + ".join(
+                f"{w:.2f} {m['model_type']}"
+                for m, w in zip(blend["members"], blend["weights"], strict=True)
+            )
+            + ")"
             if blend
             else ""
         )
@@ -534,7 +543,9 @@ def best_blend(
     holdout: Holdout,
     progress: Progress,
 ) -> dict[str, Any] | None:
-    """The best weighting of the two best blendable candidates, scored on the holdout."""
+    """The best weighting of the two best blendable candidates, scored on the holdout; or, with
+    three or more candidates, the equal-weight blend of all of them where the holdout cannot
+    tell it from that pair (see prefer_equal_weights)."""
     blendable = sorted((n for n in names if n in BLENDABLE), key=lambda n: -score(n))[:2]
     if len(blendable) < 2:
         return None
@@ -548,7 +559,39 @@ def best_blend(
             progress.say(f"blend {blendable[0]} {weight:.2f} + {blendable[1]}: {value:.4f}")
             if best is None or value > best["metrics"][holdout.variant][SELECTION_METRIC]:
                 best = {"members": blend.members, "weights": weights, "metrics": metrics}
-    return best
+    assert best is not None
+    rest = [n for n in names if n in BLENDABLE and n not in blendable]
+    if not rest:
+        return best
+    # Weights fitted on a holdout carry its noise, and the best pair's lead over an equal-weight
+    # blend of every family is often within it (the "forecast combination puzzle": equal weights
+    # tend to do as well out of sample). Where the holdout cannot tell them apart, serve the
+    # equal blend; the pair must be clearly better to be preferred.
+    members = [*blendable, *rest]
+    with progress.stage(f"evaluate the equal blend of {', '.join(members)}"):
+        equal = BlendRecommender.of_fitted(
+            [fitted[n] for n in members], [1.0 / len(members)] * len(members)
+        )
+        metrics = ranking_metrics(model_scorer(equal), holdout)
+    candidate = {"members": equal.members, "weights": equal.weights, "metrics": metrics}
+    progress.say(
+        f"equal blend: {metrics[holdout.variant].get(SELECTION_METRIC, -1.0):.4f}"
+        f" (best pair {best['metrics'][holdout.variant][SELECTION_METRIC]:.4f})"
+    )
+    return prefer_equal_weights(best, candidate, holdout.variant)
+
+
+def prefer_equal_weights(
+    pair: dict[str, Any], equal: dict[str, Any], variant: str
+) -> dict[str, Any]:
+    """The equal-weight blend unless the fitted pair beats it by more than one standard error
+    of the pair's holdout NDCG. Either way `selection_score` is the better of the two: that is
+    what decides whether blending earns its cost at all."""
+    pair_score = pair["metrics"][variant].get(SELECTION_METRIC, -1.0)
+    equal_score = equal["metrics"][variant].get(SELECTION_METRIC, -1.0)
+    noise = pair["metrics"][variant].get(SELECTION_SE, 0.0)
+    chosen = equal if equal_score >= pair_score - noise else pair
+    return {**chosen, "selection_score": max(pair_score, equal_score)}
 
 
 def quality_gate(
