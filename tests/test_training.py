@@ -193,21 +193,21 @@ def _blend_result(weights: list[float], ndcg: float, se: float) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("equal_ndcg", "served"),
+    ("pair_ndcg", "equal_ndcg", "served"),
     [
-        (0.300, "equal"),  # better than the pair: equal
-        (0.296, "equal"),  # behind it by less than the pair's standard error (0.005): equal
-        (0.290, "pair"),  # behind by twice the standard error: the fitted pair
+        (0.300, 0.300, "equal"),  # as good as the pair
+        (0.300, 0.296, "equal"),  # behind it by less than the pair's standard error (0.005)
+        (0.300, 0.290, "pair"),  # behind by twice the standard error
+        (0.286, 0.282, "pair"),  # within noise of the pair, but not 1% above the best single
     ],
 )
 def test_equal_blend_is_served_unless_the_pair_is_clearly_better(
-    equal_ndcg: float, served: str
+    pair_ndcg: float, equal_ndcg: float, served: str
 ) -> None:
     from training.pipeline import prefer_equal_weights
 
-    pair = _blend_result([0.75, 0.25], 0.300, 0.005)
+    pair = _blend_result([0.75, 0.25], pair_ndcg, 0.005)
     equal = _blend_result([1 / 3, 1 / 3, 1 / 3], equal_ndcg, 0.005)
-    chosen = prefer_equal_weights(pair, equal, "all")
+    best_single = 0.280
+    chosen = prefer_equal_weights(pair, equal, "all", must_beat=best_single * 1.01)
     assert chosen["weights"] == (equal if served == "equal" else pair)["weights"]
-    # Whether blending pays at all is judged by the better of the two, whichever is served.
-    assert chosen["selection_score"] == max(0.300, equal_ndcg)

@@ -495,16 +495,16 @@ def select_model(
     def score(name: str) -> float:
         return results[name][variant].get(SELECTION_METRIC, -1.0)
 
+    best_single = max(names, key=score)
+    # A blend costs its members' scoring time on every request: it must earn that.
+    must_beat = score(best_single) * (1 + BLEND_MARGIN)
     blend = None
-    blend_score = -1.0
     if config.model.type == "auto" and config.model.blend:
-        blend = best_blend(names, fitted, score, holdout, progress)
+        blend = best_blend(names, fitted, score, holdout, progress, must_beat)
         if blend is not None:
             results[BLEND] = blend.pop("metrics")
-            blend_score = blend.pop("selection_score", score(BLEND))
-    best_single = max(names, key=score)
     chosen = best_single
-    if blend is not None and blend_score > score(best_single) * (1 + BLEND_MARGIN):
+    if blend is not None and score(BLEND) > must_beat:
         chosen = BLEND
     fallback = max(FALLBACKS, key=score)
     ranked = sorted([*names, *([BLEND] if blend else [])], key=lambda n: -score(n))
@@ -514,7 +514,7 @@ def select_model(
         + ", ".join(f"{n} {score(n):.4f}" for n in ranked)
         + (
             f"; a blend must beat the best single model by {BLEND_MARGIN:.0%} to be chosen"
-            f" (best blend {blend_score:.4f}; served blend: "
+            " (the blend scored: "
             + " + ".join(
                 f"{w:.2f} {m['model_type']}"
                 for m, w in zip(blend["members"], blend["weights"], strict=True)
@@ -542,10 +542,11 @@ def best_blend(
     score: Callable[[str], float],
     holdout: Holdout,
     progress: Progress,
+    must_beat: float,
 ) -> dict[str, Any] | None:
     """The best weighting of the two best blendable candidates, scored on the holdout; or, with
-    three or more candidates, the equal-weight blend of all of them where the holdout cannot
-    tell it from that pair (see prefer_equal_weights)."""
+    three or more candidates, the equal-weight blend of all of them where it scores above
+    `must_beat` and the holdout cannot tell it from that pair (see prefer_equal_weights)."""
     blendable = sorted((n for n in names if n in BLENDABLE), key=lambda n: -score(n))[:2]
     if len(blendable) < 2:
         return None
@@ -578,20 +579,19 @@ def best_blend(
         f"equal blend: {metrics[holdout.variant].get(SELECTION_METRIC, -1.0):.4f}"
         f" (best pair {best['metrics'][holdout.variant][SELECTION_METRIC]:.4f})"
     )
-    return prefer_equal_weights(best, candidate, holdout.variant)
+    return prefer_equal_weights(best, candidate, holdout.variant, must_beat)
 
 
 def prefer_equal_weights(
-    pair: dict[str, Any], equal: dict[str, Any], variant: str
+    pair: dict[str, Any], equal: dict[str, Any], variant: str, must_beat: float
 ) -> dict[str, Any]:
-    """The equal-weight blend unless the fitted pair beats it by more than one standard error
-    of the pair's holdout NDCG. Either way `selection_score` is the better of the two: that is
-    what decides whether blending earns its cost at all."""
+    """The equal-weight blend where it scores above `must_beat` (what a blend must reach to
+    earn its scoring cost) and the fitted pair does not beat it by more than one standard
+    error of the pair's holdout NDCG; otherwise the pair."""
     pair_score = pair["metrics"][variant].get(SELECTION_METRIC, -1.0)
     equal_score = equal["metrics"][variant].get(SELECTION_METRIC, -1.0)
     noise = pair["metrics"][variant].get(SELECTION_SE, 0.0)
-    chosen = equal if equal_score >= pair_score - noise else pair
-    return {**chosen, "selection_score": max(pair_score, equal_score)}
+    return equal if equal_score > must_beat and equal_score >= pair_score - noise else pair
 
 
 def quality_gate(
