@@ -1,9 +1,10 @@
 """Validation and test NDCG@10 of every blend the pipeline can choose, on real datasets.
 
 Uses bench/quality.py's splits: the pipeline's own validation split (carved from the training
-period) and the test period. For each dataset it scores item-kNN, ALS and EASE alone, every
-weighting of every pair of them, and the equal blend of all three, on both splits: how well
-the validation ranking of blends carries over to the test period.
+period) and the test period. For each dataset it scores the pipeline's default candidates (ALS,
+item-kNN, EASE where the catalogue allows) alone, every weighting of every pair of them, and the
+equal blend of all, on both splits: how well the validation ranking of blends carries over to
+the test period.
 
     .venv/bin/python bench/blends.py [--datasets movielens-100k,online-retail]
 """
@@ -11,7 +12,6 @@ the validation ranking of blends carries over to the test period.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import os
 import sys
@@ -28,11 +28,9 @@ import quality  # noqa: E402
 
 from recsvc.config import Config  # noqa: E402
 from recsvc.models import BlendRecommender, Recommender  # noqa: E402
-from training.evaluate import Holdout, model_scorer, ranking_metrics, validation_holdout  # noqa: E402
-from training.pipeline import TrainInputs, fit_model, ingest_and_clean, make_model  # noqa: E402
+from training.evaluate import model_scorer, ranking_metrics, validation_holdout  # noqa: E402
+from training.pipeline import candidates, fit_model, make_model  # noqa: E402
 from training.progress import Progress  # noqa: E402
-
-FAMILIES = ("als", "itemknn", "ease")
 
 
 def blends(fitted: dict[str, Recommender]) -> dict[str, Recommender]:
@@ -49,27 +47,13 @@ def blends(fitted: dict[str, Recommender]) -> dict[str, Recommender]:
 
 
 def run(name: str, work: Path, progress: Progress) -> None:
-    fmt, folder, _ = quality.SPLITS[name]
-    data_dir = work / name
-    if not (data_dir / "events.csv").exists():
-        progress.say(quality.import_dataset(fmt, quality.SHARED / folder, data_dir).summary())
     config = Config()
-    optional = {f: data_dir / f for f in ("items.csv", "users.csv") if (data_dir / f).exists()}
-    inputs = TrainInputs(
-        data_dir / "events.csv", optional.get("items.csv"), optional.get("users.csv")
-    )
-    dataset, _ = ingest_and_clean(inputs, config, data_dir / "rejects", progress)
-    outer = quality.outer_split(name, data_dir, dataset.events, config)
-    train_part = dataclasses.replace(dataset, events=outer.train_events)
+    outer, train_part = quality.prepare(name, work, config, progress)
     inner = validation_holdout(outer.train_events, config)
     assert inner is not None
-    families = [
-        f for f in FAMILIES if f != "ease" or outer.train.shape[1] <= config.model.ease.max_items
-    ]
+    families, _ = candidates(config, outer.train.shape[1])  # EASE only where it fits
     table: dict[str, dict[str, tuple[float, float]]] = {}
-    split: tuple[str, Holdout]
-    for split in (("validation", inner), ("test", outer)):
-        label, holdout = split
+    for label, holdout in (("validation", inner), ("test", outer)):
         with progress.stage(f"{name}: {label}"):
             fitted = {
                 f: fit_model(make_model(f, config), holdout.train, train_part) for f in families

@@ -41,6 +41,7 @@ from training.evaluate import (  # noqa: E402
     validation_holdout,
 )
 from training.importers import import_dataset  # noqa: E402
+from training.ingest import Dataset  # noqa: E402
 from training.pipeline import (  # noqa: E402
     TrainInputs,
     candidates,
@@ -96,12 +97,12 @@ def outer_split(name: str, data_dir: Path, events: pa.Table, config: Config) -> 
     return split
 
 
-def run_dataset(name: str, work: Path, families: list[str], progress: Progress) -> dict:
-    fmt, folder, described = SPLITS[name]
+def prepare(name: str, work: Path, config: Config, progress: Progress) -> tuple[Holdout, Dataset]:
+    """The dataset imported (once) and cleaned, its test split, and its training period."""
+    fmt, folder, _ = SPLITS[name]
     data_dir = work / name
     if not (data_dir / "events.csv").exists():
         progress.say(import_dataset(fmt, SHARED / folder, data_dir).summary())
-    config = Config()
     inputs = TrainInputs(
         data_dir / "events.csv",
         data_dir / "items.csv" if (data_dir / "items.csv").exists() else None,
@@ -109,7 +110,13 @@ def run_dataset(name: str, work: Path, families: list[str], progress: Progress) 
     )
     dataset, _ = ingest_and_clean(inputs, config, data_dir / "rejects", progress)
     outer = outer_split(name, data_dir, dataset.events, config)
-    train_part = dataclasses.replace(dataset, events=outer.train_events)
+    return outer, dataclasses.replace(dataset, events=outer.train_events)
+
+
+def run_dataset(name: str, work: Path, families: list[str], progress: Progress) -> dict:
+    described = SPLITS[name][2]
+    config = Config()
+    outer, train_part = prepare(name, work, config, progress)
 
     # The default choice sees only the training period, as a scheduled `recsvc train` would.
     started = time.perf_counter()

@@ -496,7 +496,6 @@ def select_model(
         return results[name][variant].get(SELECTION_METRIC, -1.0)
 
     best_single = max(names, key=score)
-    # A blend costs its members' scoring time on every request: it must earn that.
     must_beat = score(best_single) * (1 + BLEND_MARGIN)
     blend = None
     if config.model.type == "auto" and config.model.blend:
