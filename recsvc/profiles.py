@@ -22,6 +22,8 @@ from recsvc.config import ProfilesConfig
 from recsvc.ids import lookup_sorted
 
 DAY_MS = 86_400_000
+# Open ends of a stage's span of validity (int64 milliseconds).
+EARLIEST_MS, LATEST_MS = -(2**63), 2**63 - 1
 STAGES = ("new", "active", "reactivated", "at_risk", "churned")
 PRICE_BANDS = ("budget", "value", "mid", "upper", "premium")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -96,6 +98,22 @@ class LifecycleRules:
         if reactivated_ms > 0 and now_ms - reactivated_ms < self.at_risk_ms:
             return "reactivated"
         return "active"
+
+    def stage_span(
+        self, has_events: bool, first_ms: int, last_ms: int, reactivated_ms: int, now_ms: int
+    ) -> tuple[str, int, int]:
+        """The stage at `now_ms` and the span [since, until) of "now" over which it holds.
+
+        Each check compares "now" with a fixed time, so the stage can change only at those
+        times: the request path caches a stage for as long as its clock stays in the span."""
+        edges = []
+        if has_events:
+            edges += [first_ms + self.new_ms, last_ms + self.at_risk_ms, last_ms + self.churned_ms]
+        if reactivated_ms > 0:
+            edges.append(reactivated_ms + self.at_risk_ms)
+        since = max((e for e in edges if e <= now_ms), default=EARLIEST_MS)
+        until = min((e for e in edges if e > now_ms), default=LATEST_MS)
+        return self.stage(has_events, first_ms, last_ms, reactivated_ms, now_ms), since, until
 
     def stages(
         self,
@@ -302,5 +320,13 @@ def apply_fresh(
 
 def stage_of(facts: dict[str, Any], rules: LifecycleRules, now_ms: int) -> str:
     return rules.stage(
+        facts["has_events"], facts["first_ms"], facts["last_ms"], facts["reactivated_ms"], now_ms
+    )
+
+
+def stage_span_of(
+    facts: dict[str, Any], rules: LifecycleRules, now_ms: int
+) -> tuple[str, int, int]:
+    return rules.stage_span(
         facts["has_events"], facts["first_ms"], facts["last_ms"], facts["reactivated_ms"], now_ms
     )

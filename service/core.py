@@ -8,6 +8,7 @@ runs from start to end on the model it started with, even during a reload.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 import uuid
@@ -45,6 +46,8 @@ CAP_CANDIDATES = 20
 # when a request excludes items; the search widens if filters leave fewer than k).
 ANN_CANDIDATES = 40
 ANN_MAX_CANDIDATES = 20_000
+# In the list cache's key in place of the user id: users unknown to the model and the profiles.
+ANONYMOUS = object()
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,13 @@ class ScoredItem(NamedTuple):
     item_id: str
     score: float
     reason: str
+
+
+class UserState(NamedTuple):
+    stage: str
+    since_ms: int  # the stage holds while the profile clock stays in [since_ms, until_ms)
+    until_ms: int
+    anonymous: bool  # neither the model nor the profiles know the user; no fresh events
 
 
 @dataclass(frozen=True)
@@ -234,10 +244,11 @@ class RealtimeHistory:
                     del self._users[user_id]
 
 
-class ListCache:
-    """Least-recently-used lists, keyed by everything a list depends on (model version, user,
-    request fields, the user's fresh events and deletion), so a hit is always what scoring
-    would return; popular users under a skewed load are served without scoring."""
+class LruCache:
+    """Least-recently-used values. Recommend keeps lists in one, keyed by everything a list
+    depends on (model version, user, request fields, the user's fresh events and deletion), so
+    a hit is always what scoring would return; popular users under a skewed load are served
+    without scoring. It keeps users' lifecycle stages in another."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -281,7 +292,11 @@ class RecommenderCore:
         self._model: ServingModel | None = None
         self._pinned: dict[str, ServingModel] = {}
         self.realtime = RealtimeHistory(self.config.realtime_events_per_user)
-        self._lists = ListCache(self.config.cache_size)
+        self._lists = LruCache(self.config.cache_size)
+        self._states = LruCache(self.config.cache_size)
+        # Recommendation ids: unique across processes by a random prefix, cheap by a counter.
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count(1)
         # user -> when forgotten (ms); a model trained before that must not personalise them.
         self._forgotten: dict[str, int] = {}
         self._last_event_id = 0
@@ -324,6 +339,7 @@ class RecommenderCore:
         serving = model if isinstance(model, ServingModel) else self.prepare(model)
         self._model = serving
         self._lists.clear()
+        self._states.clear()
         self.realtime.drop_before(int(serving.published.manifest.get("data_end_ms", 0)))
 
     def pin(self, serving: ServingModel) -> None:
@@ -372,11 +388,17 @@ class RecommenderCore:
         model = serving.published
         forgotten_ms = self._forgotten.get(user_id)
         fresh = self.realtime.of(user_id)
-        stage = marketing.user_stage(serving, user_id, fresh, self.now_ms(serving))
+        state = self._user_state(serving, user_id, fresh)
+        stage = state.stage
+        # A user nobody knows, asking with nothing of their own, gets the list every such user
+        # gets: one cache entry for all of them, not one computed per new id.
+        anonymous = state.anonymous and forgotten_ms is None
+        anonymous = anonymous and not (context_item_ids or attributes)
         # Everything the list depends on; the user's fresh events and deletion included.
         key = (
             model.version,
-            user_id,
+            ANONYMOUS if anonymous else user_id,
+            variant_name,
             k,
             filters,
             exclude_purchased,
@@ -404,11 +426,32 @@ class RecommenderCore:
             )
             self._lists.put(key, cached)
         items, fallback, strategy = cached
-        recommendation_id = uuid.uuid4().hex
+        recommendation_id = f"{self._id_prefix}{next(self._ids):016x}"
         self._note_impression(recommendation_id, user_id, variant_name, len(items))
         return Recommendations(
             items, model.version, fallback, variant_name, recommendation_id, strategy, stage
         )
+
+    def _user_state(
+        self, serving: ServingModel, user_id: str, fresh: list[tuple[str, str, int]]
+    ) -> UserState:
+        """The user's lifecycle stage, computed once and reused while the profile clock stays in
+        the stage's span (the clock moves with every event recorded), and their anonymity."""
+        now_ms = self.now_ms(serving)
+        key = (serving.version, user_id, len(fresh), fresh[-1] if fresh else None)
+        state = self._states.get(key)
+        if state is not None and state.since_ms <= now_ms < state.until_ms:
+            return state
+        staged = marketing.user_stage(serving, user_id, fresh, now_ms)
+        anonymous = (
+            not fresh
+            and staged.profile_row is None
+            and serving.published.user_index(user_id) is None
+        )
+        state = UserState(staged.stage, staged.since_ms, staged.until_ms, anonymous)
+        if not anonymous:  # each new id would only push a known user's stage out
+            self._states.put(key, state)
+        return state
 
     def _compute_list(
         self,

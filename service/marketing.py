@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from recsvc.profiles import (
     UserProfiles,
     apply_fresh,
     stage_of,
+    stage_span_of,
     stored_row,
 )
 
@@ -52,10 +53,17 @@ def live_facts(
     return row, facts
 
 
-def user_stage(serving: ServingModel, user_id: str, fresh: Fresh, now_ms: int) -> str:
+class UserStage(NamedTuple):
+    stage: str
+    since_ms: int  # the stage holds while the profile clock stays in [since_ms, until_ms)
+    until_ms: int
+    profile_row: int | None
+
+
+def user_stage(serving: ServingModel, user_id: str, fresh: Fresh, now_ms: int) -> UserStage:
     """On every Recommend: the stage reads times only, so no prices are looked up."""
-    _, facts = live_facts(serving, user_id, fresh, with_spend=False)
-    return stage_of(facts, serving.published.profiles.rules, now_ms)
+    row, facts = live_facts(serving, user_id, fresh, with_spend=False)
+    return UserStage(*stage_span_of(facts, serving.published.profiles.rules, now_ms), row)
 
 
 def user_profile(serving: ServingModel, user_id: str, fresh: Fresh, now_ms: int) -> dict[str, Any]:

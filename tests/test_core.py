@@ -74,6 +74,24 @@ def test_unknown_user_gets_popular_items_never_an_error(core: RecommenderCore) -
     assert scores == sorted(scores, reverse=True)
 
 
+def test_users_nobody_knows_share_one_cached_list_until_they_bring_something(
+    published: PublishedModel,
+) -> None:
+    core = fresh_core(published)
+    first = core.recommend("visitor-1", 10)
+    second = core.recommend("visitor-2", 10)
+    assert second.items is first.items and core._lists.hits == 1
+    assert second.fallback and second.recommendation_id != first.recommendation_id
+    # Context items, or an event of their own, give a visitor a list of their own.
+    viewed = first.items[-1].item_id
+    looking = core.recommend("visitor-3", 10, context_item_ids=(viewed,))
+    assert looking.items[0].reason == f"similar_to:{viewed}"
+    core.record_events([EventInput("visitor-4", viewed, "cart")])
+    assert core.recommend("visitor-4", 10).items != first.items
+    assert not core.recommend("u0001", 10).fallback  # a user the model knows: never shared
+    assert core._lists.hits == 1
+
+
 def test_excluded_and_purchased_items_are_left_out(core: RecommenderCore) -> None:
     user = a_buyer(core)
     first = core.recommend(user, 5)

@@ -59,6 +59,9 @@ def test_filters_and_context_over_the_wire(api: RunningServer) -> None:
     stub = api.stub
     top = stub.Recommend(pb.RecommendRequest(user_id="u0001", k=5), timeout=5)
     assert top.recommendation_id and len(top.items) == 5
+    again = stub.Recommend(pb.RecommendRequest(user_id="u0001", k=5), timeout=5)
+    assert again.items == top.items and again.model_version == top.model_version
+    assert again.recommendation_id != top.recommendation_id  # each response its own id
     similar = stub.SimilarItems(pb.SimilarItemsRequest(item_id=top.items[0].item_id, k=5))
     anchor = top.items[0].item_id
     session = stub.Recommend(
