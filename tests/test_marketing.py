@@ -29,6 +29,14 @@ from training.sample_shop import AGE_AFFINITY, GENDER_AFFINITY, SampleShop
 
 NOW = 1_790_000_000_000
 RULES = LifecycleRules.of(ProfilesConfig())
+# A user's event times, in days, for the lifecycle property tests.
+USER_TIMES = {
+    "has_events": st.booleans(),
+    "first": st.integers(0, 400),
+    "span": st.integers(0, 400),
+    "reactivated": st.integers(-1, 400),
+    "now": st.integers(0, 900),
+}
 
 
 def events_table(rows: list[tuple[str, str, str, float, float]]) -> pa.Table:
@@ -76,13 +84,7 @@ def test_lifecycle_stages_follow_the_documented_thresholds() -> None:
     assert stages["returner"] == "reactivated"
 
 
-@given(
-    has_events=st.booleans(),
-    first=st.integers(0, 400),
-    span=st.integers(0, 400),
-    reactivated=st.integers(-1, 400),
-    now=st.integers(0, 900),
-)
+@given(**USER_TIMES)
 def test_request_path_stage_agrees_with_training_stages(
     has_events: bool, first: int, span: int, reactivated: int, now: int
 ) -> None:
@@ -100,14 +102,7 @@ def test_request_path_stage_agrees_with_training_stages(
     )
 
 
-@given(
-    has_events=st.booleans(),
-    first=st.integers(0, 400),
-    span=st.integers(0, 400),
-    reactivated=st.integers(-1, 400),
-    now=st.integers(0, 900),
-    probe=st.integers(-1000, 1000),
-)
+@given(**USER_TIMES, probe=st.integers(-1000, 1000))
 def test_a_stage_holds_over_its_whole_span(
     has_events: bool, first: int, span: int, reactivated: int, now: int, probe: int
 ) -> None:
