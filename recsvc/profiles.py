@@ -318,12 +318,6 @@ def apply_fresh(
     return facts
 
 
-def stage_of(facts: dict[str, Any], rules: LifecycleRules, now_ms: int) -> str:
-    return rules.stage(
-        facts["has_events"], facts["first_ms"], facts["last_ms"], facts["reactivated_ms"], now_ms
-    )
-
-
 def stage_span_of(
     facts: dict[str, Any], rules: LifecycleRules, now_ms: int
 ) -> tuple[str, int, int]:

@@ -72,13 +72,6 @@ class ScoredItem(NamedTuple):
     reason: str
 
 
-class UserState(NamedTuple):
-    stage: str
-    since_ms: int  # the stage holds while the profile clock stays in [since_ms, until_ms)
-    until_ms: int
-    anonymous: bool  # neither the model nor the profiles know the user; no fresh events
-
-
 @dataclass(frozen=True)
 class Recommendations:
     # Recommend returns the cached tuple itself, the same object while the list is reused.
@@ -388,12 +381,11 @@ class RecommenderCore:
         model = serving.published
         forgotten_ms = self._forgotten.get(user_id)
         fresh = self.realtime.of(user_id)
-        state = self._user_state(serving, user_id, fresh)
-        stage = state.stage
+        staged, unknown = self._user_state(serving, user_id, fresh)
+        stage = staged.stage
         # A user nobody knows, asking with nothing of their own, gets the list every such user
         # gets: one cache entry for all of them, not one computed per new id.
-        anonymous = state.anonymous and forgotten_ms is None
-        anonymous = anonymous and not (context_item_ids or attributes)
+        anonymous = unknown and forgotten_ms is None and not (context_item_ids or attributes)
         # Everything the list depends on; the user's fresh events and deletion included.
         key = (
             model.version,
@@ -434,24 +426,24 @@ class RecommenderCore:
 
     def _user_state(
         self, serving: ServingModel, user_id: str, fresh: list[tuple[str, str, int]]
-    ) -> UserState:
+    ) -> tuple[marketing.UserStage, bool]:
         """The user's lifecycle stage, computed once and reused while the profile clock stays in
-        the stage's span (the clock moves with every event recorded), and their anonymity."""
+        the stage's span (the clock moves with every event recorded), and whether neither the
+        model nor the profiles know the user (who has no fresh events either)."""
         now_ms = self.now_ms(serving)
         key = (serving.version, user_id, len(fresh), fresh[-1] if fresh else None)
         state = self._states.get(key)
-        if state is not None and state.since_ms <= now_ms < state.until_ms:
+        if state is not None and state[0].since_ms <= now_ms < state[0].until_ms:
             return state
         staged = marketing.user_stage(serving, user_id, fresh, now_ms)
-        anonymous = (
+        unknown = (
             not fresh
             and staged.profile_row is None
             and serving.published.user_index(user_id) is None
         )
-        state = UserState(staged.stage, staged.since_ms, staged.until_ms, anonymous)
-        if not anonymous:  # each new id would only push a known user's stage out
-            self._states.put(key, state)
-        return state
+        if not unknown:  # each new id would only push a known user's stage out
+            self._states.put(key, (staged, unknown))
+        return staged, unknown
 
     def _compute_list(
         self,

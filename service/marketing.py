@@ -19,7 +19,6 @@ from recsvc.profiles import (
     WEEKDAYS,
     UserProfiles,
     apply_fresh,
-    stage_of,
     stage_span_of,
     stored_row,
 )
@@ -97,7 +96,7 @@ def user_profile(serving: ServingModel, user_id: str, fresh: Fresh, now_ms: int)
         "active_hours_utc": hours,
         "active_weekdays": weekdays,
         "rfm": rfm,
-        "lifecycle_stage": stage_of(facts, profiles.rules, now_ms),
+        "lifecycle_stage": stage_span_of(facts, profiles.rules, now_ms)[0],
         "cluster_segment_id": f"cluster:{cluster}" if cluster >= 0 else "",
         "rfm_segment_id": f"rfm:{rfm['segment']}",
         "first_seen_ms": facts["first_ms"],

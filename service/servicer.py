@@ -36,8 +36,8 @@ def _filters(message: pb.Filters, exclude_item_ids: Any = ()) -> Filters:
 
 
 def _same_list(built: Recommendations, result: Recommendations) -> bool:
-    """Everything but the recommendation id: a cached list can be served under several
-    variants or stages."""
+    """Everything but the recommendation id. The core's list cache decides the other fields
+    with the list; comparing them keeps a response right should two results share a list."""
     return (
         built.items is result.items
         and built.model_version == result.model_version
