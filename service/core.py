@@ -72,8 +72,7 @@ class ScoredItem(NamedTuple):
     reason: str
 
 
-@dataclass(frozen=True)
-class Recommendations:
+class Recommendations(NamedTuple):
     # Recommend returns the cached tuple itself, the same object while the list is reused.
     items: Sequence[ScoredItem]
     model_version: str
@@ -82,6 +81,18 @@ class Recommendations:
     recommendation_id: str = ""
     strategy: str = ""  # personal, hybrid, repurchase, trending, popular or fallback
     lifecycle_stage: str = ""
+
+
+class ListEntry(NamedTuple):
+    """A cached Recommend list and the lifecycle stage it was chosen for, which holds while
+    the profile clock stays in [since_ms, until_ms)."""
+
+    items: tuple[ScoredItem, ...]
+    fallback: bool
+    strategy: str
+    stage: str
+    since_ms: int
+    until_ms: int
 
 
 @dataclass(frozen=True)
@@ -241,7 +252,7 @@ class LruCache:
     """Least-recently-used values. Recommend keeps lists in one, keyed by everything a list
     depends on (model version, user, request fields, the user's fresh events and deletion), so
     a hit is always what scoring would return; popular users under a skewed load are served
-    without scoring. It keeps users' lifecycle stages in another."""
+    without scoring."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -286,7 +297,6 @@ class RecommenderCore:
         self._pinned: dict[str, ServingModel] = {}
         self.realtime = RealtimeHistory(self.config.realtime_events_per_user)
         self._lists = LruCache(self.config.cache_size)
-        self._states = LruCache(self.config.cache_size)
         # Recommendation ids: unique across processes by a random prefix, cheap by a counter.
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
@@ -332,7 +342,6 @@ class RecommenderCore:
         serving = model if isinstance(model, ServingModel) else self.prepare(model)
         self._model = serving
         self._lists.clear()
-        self._states.clear()
         self.realtime.drop_before(int(serving.published.manifest.get("data_end_ms", 0)))
 
     def pin(self, serving: ServingModel) -> None:
@@ -356,18 +365,18 @@ class RecommenderCore:
         self,
         user_id: str,
         k: int,
-        filters: Filters = Filters(),
+        filters: Filters = NO_FILTERS,
         exclude_purchased: bool = False,
         context_item_ids: tuple[str, ...] | list[str] = (),
         user_attributes: dict[str, str] | None = None,
     ) -> Recommendations:
         self._check_id(user_id, "user_id")
         self._check_k(k)
-        if filters != NO_FILTERS:
+        if filters is not NO_FILTERS and filters != NO_FILTERS:
             self._check_filters(filters)
         if context_item_ids:
             self._check_list(context_item_ids, "context_item_ids")
-        attributes = tuple(sorted((user_attributes or {}).items()))
+        attributes = tuple(sorted(user_attributes.items())) if user_attributes else ()
         if attributes:
             self._check_attributes(attributes)
         serving = self.serving
@@ -378,72 +387,77 @@ class RecommenderCore:
             variant_name = f"{experiment.name}/{variant.name}"
             if variant.model_version:
                 serving = self._pinned.get(variant.model_version, serving)
-        model = serving.published
         forgotten_ms = self._forgotten.get(user_id)
         fresh = self.realtime.of(user_id)
-        staged, unknown = self._user_state(serving, user_id, fresh)
-        stage = staged.stage
-        # A user nobody knows, asking with nothing of their own, gets the list every such user
-        # gets: one cache entry for all of them, not one computed per new id.
-        anonymous = unknown and forgotten_ms is None and not (context_item_ids or attributes)
-        # Everything the list depends on; the user's fresh events and deletion included.
-        key = (
-            model.version,
-            ANONYMOUS if anonymous else user_id,
-            variant_name,
-            k,
-            filters,
-            exclude_purchased,
-            tuple(context_item_ids),
-            len(fresh),
-            fresh[-1] if fresh else None,
-            forgotten_ms,
-            stage,
-            attributes,
-        )
-        cached = self._lists.get(key)
-        if cached is None:
-            cached = self._compute_list(
-                serving,
-                variant,
-                user_id,
-                k,
-                filters,
-                exclude_purchased,
-                context_item_ids,
-                fresh,
-                forgotten_ms,
-                stage,
-                dict(attributes),
+        now_ms = self.now_ms(serving)
+        request = (variant_name, k, filters, exclude_purchased, tuple(context_item_ids), attributes)
+        # Everything the list depends on, the user's fresh events and deletion included, but
+        # the lifecycle stage: the entry holds it, with the span of the profile clock over
+        # which it holds.
+        last = fresh[-1] if fresh else None
+        key = (serving.version, user_id, request, len(fresh), last, forgotten_ms)
+        entry = self._lists.get(key)
+        if entry is None or not entry.since_ms <= now_ms < entry.until_ms:
+            entry = self._list_entry(
+                serving, variant, user_id, request, fresh, forgotten_ms, now_ms, key
             )
-            self._lists.put(key, cached)
-        items, fallback, strategy = cached
         recommendation_id = f"{self._id_prefix}{next(self._ids):016x}"
-        self._note_impression(recommendation_id, user_id, variant_name, len(items))
+        if variant_name and self.event_store is not None:
+            self._note_impression(recommendation_id, user_id, variant_name, len(entry.items))
         return Recommendations(
-            items, model.version, fallback, variant_name, recommendation_id, strategy, stage
+            entry.items,
+            serving.version,
+            entry.fallback,
+            variant_name,
+            recommendation_id,
+            entry.strategy,
+            entry.stage,
         )
 
-    def _user_state(
-        self, serving: ServingModel, user_id: str, fresh: list[tuple[str, str, int]]
-    ) -> tuple[marketing.UserStage, bool]:
-        """The user's lifecycle stage, computed once and reused while the profile clock stays in
-        the stage's span (the clock moves with every event recorded), and whether neither the
-        model nor the profiles know the user (who has no fresh events either)."""
-        now_ms = self.now_ms(serving)
-        key = (serving.version, user_id, len(fresh), fresh[-1] if fresh else None)
-        state = self._states.get(key)
-        if state is not None and state[0].since_ms <= now_ms < state[0].until_ms:
-            return state
+    def _list_entry(
+        self,
+        serving: ServingModel,
+        variant: VariantConfig | None,
+        user_id: str,
+        request: tuple[Any, ...],
+        fresh: list[tuple[str, str, int]],
+        forgotten_ms: int | None,
+        now_ms: int,
+        key: tuple[object, ...],
+    ) -> ListEntry:
+        """Computes the user's stage and list, and caches them. Users unknown to the model and
+        the profiles, asking with nothing of their own, share one entry per stage: each new id
+        would otherwise compute the same list and push a known user's out of the cache."""
         staged = marketing.user_stage(serving, user_id, fresh, now_ms)
-        unknown = (
+        _, k, filters, exclude_purchased, context_item_ids, attributes = request
+        anonymous = (
             not fresh
+            and forgotten_ms is None
+            and not (context_item_ids or attributes)
             and staged.profile_row is None
             and serving.published.user_index(user_id) is None
         )
-        if not unknown:  # each new id would only push a known user's stage out
-            self._states.put(key, (staged, unknown))
-        return staged, unknown
+        if anonymous:
+            key = (serving.version, ANONYMOUS, request, staged.stage)
+            shared = self._lists.get(key)
+            if shared is not None:
+                return shared
+        items, fallback, strategy = self._compute_list(
+            serving,
+            variant,
+            user_id,
+            k,
+            filters,
+            exclude_purchased,
+            context_item_ids,
+            fresh,
+            forgotten_ms,
+            staged.stage,
+            dict(attributes),
+        )
+        entry = ListEntry(items, fallback, strategy, staged.stage, staged.since_ms, staged.until_ms)
+        self._lists.put(key, entry)
+        return entry
 
     def _compute_list(
         self,
@@ -511,14 +525,13 @@ class RecommenderCore:
         if strategy == "personal":
             strategy = reason if fallback else REASON_PERSONAL
         picked_ids, picked_scores = picked
-        items = tuple(
-            ScoredItem(
-                str(model.item_ids[i]),
-                float(s),
-                str(reasons[i]) if reasons is not None and reasons[i] else reason,
-            )
-            for i, s in zip(picked_ids, picked_scores, strict=True)
-        )
+        # Whole-array conversions: per-item numpy scalars cost a fifth of a list's compute.
+        pairs = zip(model.item_ids[picked_ids].tolist(), picked_scores.tolist(), strict=True)
+        if reasons is None:
+            items = tuple(ScoredItem(i, s, reason) for i, s in pairs)
+        else:
+            why = [str(reasons[i]) or reason for i in picked_ids.tolist()]
+            items = tuple(ScoredItem(i, s, w) for (i, s), w in zip(pairs, why, strict=True))
         return items, fallback, strategy
 
     def similar_items(self, item_id: str, k: int, filters: Filters = Filters()) -> Recommendations:
@@ -743,9 +756,7 @@ class RecommenderCore:
     # -- internals -----------------------------------------------------------------------
 
     def _note_impression(self, recommendation_id: str, user_id: str, variant: str, n: int) -> None:
-        # Impressions serve the experiment report only: without a variant there is no report.
-        if self.event_store is None or not variant:
-            return
+        """Impressions serve the experiment report only: Recommend notes them for variants."""
         with self._impressions_lock:
             self._impressions.append(
                 (recommendation_id, user_id, variant, int(time.time() * 1000), n)

@@ -92,14 +92,26 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:
 
 class ErrorMappingInterceptor(WrappingInterceptor):
     """Turns RecsvcError into its status, anything unexpected into INTERNAL (logged with a
-    traceback); times every call, counts it by status, and writes one JSON access-log line
-    with the request id (taken from `x-request-id` metadata, or made, and sent back)."""
+    traceback); times every call, counts it by status, and writes one JSON access-log line.
+
+    A call that is logged (an access-log line, or an error) gets a request id, taken from
+    `x-request-id` metadata or made, and sent back in trailing metadata. A call that leaves no
+    log line gets none: an id that no log line carries would identify nothing, and reading
+    metadata and sending a trailer cost both sides time on every call."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         super().__init__()
         self.metrics = metrics
         self._prefix = uuid.uuid4().hex[:12]
         self._counter = itertools.count(1)
+
+    def _request_id(self, context: grpc.aio.ServicerContext) -> str:
+        # Unique per process and cheap: a random prefix and a counter.
+        request_id = _metadata(context, REQUEST_ID_KEY)[:64] or (
+            f"{self._prefix}-{next(self._counter):x}"
+        )
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        return request_id
 
     def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         behaviour = handler.unary_unary
@@ -110,11 +122,8 @@ class ErrorMappingInterceptor(WrappingInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             response = None
-            # Unique per process and cheap: a random prefix and a counter.
-            request_id = _metadata(context, REQUEST_ID_KEY)[:64] or (
-                f"{self._prefix}-{next(self._counter):x}"
-            )
-            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            logged = access_log.isEnabledFor(logging.INFO)
+            request_id = self._request_id(context) if logged else ""
             try:
                 response = await behaviour(request, context)
                 return response
@@ -123,16 +132,18 @@ class ErrorMappingInterceptor(WrappingInterceptor):
                 raise
             except (RecsvcError, BadInput) as exc:
                 code = status_for(exc)
+                request_id = request_id or self._request_id(context)
                 await context.abort(code, str(exc))
             except Exception:
                 code = grpc.StatusCode.INTERNAL
+                request_id = request_id or self._request_id(context)
                 log.exception("unexpected error in %s (request %s)", method, request_id)
                 await context.abort(code, f"internal error (request {request_id})")
             finally:
                 seconds = time.perf_counter() - started
                 if metrics is not None:
                     metrics.observe(method, code.name, seconds, response)
-                if access_log.isEnabledFor(logging.INFO):
+                if logged:
                     access_log.info(
                         json.dumps(
                             {

@@ -96,14 +96,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
+        # Fields a request leaves out cost nothing: each container read builds a wrapper.
         return self._response(
             self.core.recommend(
                 request.user_id,
                 request.k,
-                _filters(request.filters, request.exclude_item_ids),
+                _filters(request.filters, request.exclude_item_ids)
+                if request.exclude_item_ids or request.HasField("filters")
+                else NO_FILTERS,
                 request.exclude_purchased,
-                tuple(request.context_item_ids),
-                dict(request.user_attributes),
+                tuple(request.context_item_ids) if request.context_item_ids else (),
+                dict(request.user_attributes) if request.user_attributes else None,
             )
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import signal
 import subprocess
@@ -282,3 +283,41 @@ def test_request_in_flight_survives_shutdown(trained: TrainResult) -> None:
         return response
 
     assert len(asyncio.run(scenario()).items) == 5
+
+
+def test_calls_that_leave_a_log_line_carry_a_request_id(trained: TrainResult) -> None:
+    """With the access log off, a successful call has no request id (no log line carries
+    it), a failing one still gets one; with the log on, the caller's own id comes back."""
+    core = RecommenderCore()
+    core.swap(PublishedModel.load(ModelStore(trained.model_dir).path(trained.version)))
+    access = logging.getLogger("recsvc.access")
+    level = access.level
+
+    async def trailer(stub: pb_grpc.RecommenderStub, k: int, metadata=()) -> dict[str, str]:
+        call = stub.Recommend(pb.RecommendRequest(user_id="u0001", k=k), metadata=metadata)
+        try:
+            await call
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return dict(await call.trailing_metadata() or ())
+
+    async def scenario() -> list[dict[str, str]]:
+        parts = create_server(core)
+        port = parts.server.add_insecure_port("127.0.0.1:0")
+        await parts.server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.RecommenderStub(channel)
+                access.setLevel(logging.WARNING)
+                quiet = [await trailer(stub, 5), await trailer(stub, 0)]
+                access.setLevel(logging.INFO)
+                logged = await trailer(stub, 5, (("x-request-id", "trace-7"),))
+                return [*quiet, logged]
+        finally:
+            access.setLevel(level)
+            await parts.server.stop(None)
+
+    ok_quiet, failed_quiet, ok_logged = asyncio.run(scenario())
+    assert "x-request-id" not in ok_quiet
+    assert failed_quiet.get("x-request-id")
+    assert ok_logged.get("x-request-id") == "trace-7"

@@ -119,6 +119,14 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, n_cols)
     if k <= 0:
         return np.empty((n_rows, 0), np.int64), np.empty((n_rows, 0), scores.dtype)
+    if n_rows == 1:  # serving's case; the same steps on a 1-D row skip the index broadcasting
+        row = scores[0]
+        part = np.argpartition(-row, k - 1)[:k] if k < n_cols else np.arange(n_cols)
+        part_scores = row[part]
+        order = np.argsort(-part_scores, kind="stable")
+        ids, values = part[order].astype(np.int64), part_scores[order]
+        ids[~np.isfinite(values)] = -1
+        return ids[None, :], values[None, :]
     if k < n_cols:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     else:
