@@ -42,10 +42,14 @@ REALTIME_USERS = 200_000
 MAX_FUTURE_MS = 24 * 3_600_000
 # When a per-category cap is on, the cap is filled from this many times k candidates.
 CAP_CANDIDATES = 20
-# Candidates fetched from the approximate index before filters and rules are applied (more
-# when a request excludes items; the search widens if filters leave fewer than k).
+# Candidates fetched from the approximate index before filters and rules are applied: at
+# least ANN_CANDIDATES, and ANN_PER_RESULT per item wanted or excluded; the search widens if
+# filters leave fewer than k, up to ANN_MAX_CANDIDATES.
 ANN_CANDIDATES = 40
+ANN_PER_RESULT = 4
 ANN_MAX_CANDIDATES = 20_000
+# Boosts are in units of the spread of this many best scores (see top_spread).
+BOOST_SPREAD_DEPTH = 40
 # In the list cache's key in place of the user id: users unknown to the model and the profiles.
 ANONYMOUS = object()
 
@@ -938,14 +942,13 @@ class RecommenderCore:
                 allowed[ban] = False
             else:
                 allowed &= ~np.isin(ids, ban)
-        scores = np.where(allowed, scores, -np.inf).astype(np.float32)
+        scores = np.where(allowed, scores, np.float32(-np.inf)).astype(np.float32, copy=False)
         if boost and (rules.boost_new or rules.boost_promoted):
-            finite = scores[np.isfinite(scores)]
-            spread = float(finite.std()) if finite.size > 1 else 1.0
+            spread = top_spread(scores)
             new = serving.new if ids is None else serving.new[ids]
             promoted = serving.promoted if ids is None else serving.promoted[ids]
             bonus = rules.boost_new * new + rules.boost_promoted * promoted
-            scores = scores + np.float32(spread or 1.0) * bonus.astype(np.float32)
+            scores = scores + np.float32(spread) * bonus.astype(np.float32)
         cap = rules.max_per_category
         wanted = min(k * CAP_CANDIDATES, scores.size) if cap else k
         order, values = top_k(scores[None, :], wanted)
@@ -954,11 +957,12 @@ class RecommenderCore:
         order, values = order[keep], values[keep]
         chosen = order if ids is None else ids[order]
         if cap:
-            positions, counts = [], np.zeros(len(serving.category_vocabulary), dtype=np.int64)
-            for position, item in enumerate(chosen.tolist()):
-                code = serving.category_codes[item]
-                if counts[code] < cap:
-                    counts[code] += 1
+            positions: list[int] = []
+            counts: dict[int, int] = {}
+            for position, code in enumerate(serving.category_codes[chosen].tolist()):
+                taken = counts.get(code, 0)
+                if taken < cap:
+                    counts[code] = taken + 1
                     positions.append(position)
                     if len(positions) == k:
                         break
@@ -1020,7 +1024,7 @@ class RecommenderCore:
         if index is None:
             return None
         excluded = sum(b.size for b in banned)
-        wanted = min(serving.n_items, max(ANN_CANDIDATES, 4 * (k + excluded)))
+        wanted = min(serving.n_items, max(ANN_CANDIDATES, ANN_PER_RESULT * (k + excluded)))
         while True:  # widen the search before giving up on it: filters and caps thin it out
             ids, scores = index.search(query[None, :], wanted)
             valid = ids[0] >= 0
@@ -1076,6 +1080,21 @@ class RecommenderCore:
             and filters.min_price > filters.max_price
         ):
             raise InvalidArgument("min_price is above max_price")
+
+
+def top_spread(scores: np.ndarray) -> float:
+    """The standard deviation of the BOOST_SPREAD_DEPTH best finite scores: the unit of the
+    rules' boosts. Taken over the same depth whatever the candidates (a whole catalogue scored
+    exactly, or the approximate index's few dozen), so that a boost moves an item as far in a
+    million-item catalogue served approximately as in a small one scored exactly."""
+    finite = scores[np.isfinite(scores)]
+    if finite.size > BOOST_SPREAD_DEPTH:
+        finite = np.partition(finite, finite.size - BOOST_SPREAD_DEPTH)[-BOOST_SPREAD_DEPTH:]
+    if finite.size < 2:
+        return 1.0
+    # Not np.std: its layers of Python cost more than the arithmetic on a few dozen values.
+    deviation = finite - finite.sum() / finite.size
+    return float(np.sqrt(deviation @ deviation / finite.size)) or 1.0
 
 
 def _trained_at_ms(model: PublishedModel) -> int:

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from recsvc.config import Config, LimitsConfig, ServingConfig
+from recsvc.config import Config, LimitsConfig, RulesConfig, ServingConfig
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from service.core import Filters, RecommenderCore
+from service.core import ANN_CANDIDATES, Filters, RecommenderCore, top_spread
 from training.pipeline import TrainInputs, train
 from training.progress import Progress
 
@@ -60,3 +60,44 @@ def test_served_lists_match_exact_scoring_and_honour_filters(indexed: PublishedM
     assert not bought & {
         i.item_id for i in approximate.recommend("u0001", 50, exclude_purchased=True).items
     }
+
+
+def test_served_lists_match_exact_scoring_with_every_rule_on(indexed: PublishedModel) -> None:
+    """Boosts are in units of the best scores' spread whatever the candidates, so the index's
+    few dozen candidates and the whole catalogue scored exactly give the same lists."""
+    rules = RulesConfig(
+        max_per_category=3,
+        new_item_days=30.0,
+        boost_new=0.5,
+        promoted_tag="gift",  # a tag of the sample catalogue
+        boost_promoted=1.0,
+    )
+    exact = RecommenderCore(ServingConfig(rules=rules))
+    exact.swap(dataclasses.replace(indexed, ann=None))
+    approximate = RecommenderCore(ServingConfig(rules=rules))
+    approximate.swap(indexed)
+    serving = exact.serving
+    assert serving.new.any() and serving.promoted.any()  # both boosts have items to act on
+    overlaps, boosted = [], 0
+    for user in indexed.user_ids[:200].tolist():
+        a = [i.item_id for i in approximate.recommend(user, 10).items]
+        e = [i.item_id for i in exact.recommend(user, 10).items]
+        overlaps.append(len(set(a) & set(e)) / 10)
+        positions = indexed.item_indices(e)
+        boosted += int((serving.new[positions] | serving.promoted[positions]).sum())
+    assert boosted > 0  # the boosts changed some lists
+    assert np.mean(overlaps) >= 0.9, np.mean(overlaps)
+
+
+def test_boosts_have_one_unit_for_a_whole_catalogue_and_its_best_candidates(
+    indexed: PublishedModel,
+) -> None:
+    """The approximate path boosts a few dozen candidates, the exact path a whole catalogue:
+    the unit of a boost (the spread of the best scores) must be the same for both."""
+    whole_vs_best = []
+    for user in range(20):
+        scores = indexed.model.score(np.array([user]))[0]
+        best = np.argsort(-scores)[: ANN_CANDIDATES * 2]
+        assert top_spread(scores) == pytest.approx(top_spread(scores[best]), rel=1e-5)
+        whole_vs_best.append(abs(scores.std() / scores[best].std() - 1))
+    assert max(whole_vs_best) > 0.2  # the plain spread of all scores would not be one unit
