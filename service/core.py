@@ -529,7 +529,7 @@ class RecommenderCore:
         if strategy == "personal":
             strategy = reason if fallback else REASON_PERSONAL
         picked_ids, picked_scores = picked
-        # Whole-array conversions: per-item numpy scalars cost a fifth of a list's compute.
+        # Whole-array conversions: per-item numpy scalars were a sixth of a list's compute.
         pairs = zip(model.item_ids[picked_ids].tolist(), picked_scores.tolist(), strict=True)
         if reasons is None:
             items = tuple(ScoredItem(i, s, reason) for i, s in pairs)
