@@ -96,14 +96,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
-        # Fields a request leaves out cost nothing: each container read builds a wrapper.
+        # Unset repeated and map fields are not copied: each read builds a container wrapper.
         return self._response(
             self.core.recommend(
                 request.user_id,
                 request.k,
-                _filters(request.filters, request.exclude_item_ids)
-                if request.exclude_item_ids or request.HasField("filters")
-                else NO_FILTERS,
+                _filters(request.filters, request.exclude_item_ids),
                 request.exclude_purchased,
                 tuple(request.context_item_ids) if request.context_item_ids else (),
                 dict(request.user_attributes) if request.user_attributes else None,
