@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pytest
 
 from recsvc.cli import main
@@ -22,9 +24,14 @@ from recsvc.models import PopularityRecommender, TrendingRecommender
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from training.cleaning import clean_events
-from training.evaluate import holdout_split
+from training.evaluate import (
+    holdout_split,
+    published_scorer,
+    ranking_metrics,
+    validation_holdout,
+)
 from training.interactions import build_interactions, event_weights
-from training.pipeline import TrainInputs, TrainResult, train
+from training.pipeline import TrainInputs, TrainResult, ingest_and_clean, quality_gate, train
 from training.progress import Progress
 
 RECSVC = str(Path(sys.executable).with_name("recsvc"))
@@ -324,3 +331,82 @@ def test_training_reads_the_event_store_and_leaves_forgotten_users_out(
     cleaning = result.manifest["cleaning"]
     assert cleaning["forgotten_users"] == 1 and cleaning["forgotten_events"] > 0
     assert result.manifest["data_end_ms"] >= late
+
+
+def _events_before(source: Path, target: Path, cut_ms: int) -> Path:
+    """The rows of an events CSV stamped before `cut_ms`: the log as it was on an earlier night."""
+    table = pa_csv.read_csv(source)
+    stamps = pc.cast(table.column("timestamp"), pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    pa_csv.write_csv(table.filter(pc.less(stamps, cut_ms)), target)
+    return target
+
+
+def test_nightly_gate_scores_the_published_arrays_on_the_new_holdout(
+    shop_inputs: TrainInputs, tmp_path: Path
+) -> None:
+    """The usual night: the published model was trained before the new run's holdout begins,
+    so the gate scores its own arrays there (no refit), and refuses a worse new model."""
+    config = Config()
+    dataset, _ = ingest_and_clean(shop_inputs, config, tmp_path / "rejects", quiet())
+    holdout = validation_holdout(dataset.events, config)
+    assert holdout is not None and holdout.cut_ms is not None
+    older = _events_before(shop_inputs.events, tmp_path / "older.csv", holdout.cut_ms)
+    model_dir = tmp_path / "models"
+    earlier = TrainInputs(older, shop_inputs.items, shop_inputs.users)
+    first = train(earlier, model_dir, config, progress=quiet())
+    assert first.manifest["data_end_ms"] < holdout.cut_ms
+
+    nightly = train(shop_inputs, model_dir, config, progress=quiet())
+    gate = nightly.manifest["quality_gate"]
+    assert gate["checked"] and gate["passed"] and gate["method"] == "published arrays"
+    published = PublishedModel.load(ModelStore(model_dir).path(first.version))
+    scorer = published_scorer(published, holdout.train.user_ids, holdout.train.item_ids)
+    expected = ranking_metrics(scorer, holdout)[holdout.variant]["ndcg@10"]
+    assert gate["published"] == pytest.approx(expected, abs=1e-6)
+    assert gate["published"] > 0.05  # the published model's own arrays, scored: not a default
+
+    current = ModelStore(model_dir).current_version()
+    ModelStore(model_dir).set_current(first.version)
+    with pytest.raises(QualityGateRefused, match="below the published"):
+        train(shop_inputs, model_dir, with_model(config, type="popularity"), progress=quiet())
+    assert ModelStore(model_dir).current_version() == first.version
+    assert current == nightly.version
+
+
+def _gate(model_dir: Path, new: float, tolerance: float, holdout, dataset) -> dict:
+    config = dataclasses.replace(
+        Config(), training=dataclasses.replace(Config().training, quality_gate_tolerance=tolerance)
+    )
+    evaluation = {
+        "selected": "ease",
+        "variant": holdout.variant,
+        "models": {"ease": {holdout.variant: {"ndcg@10": new}}},
+    }
+    return quality_gate(ModelStore(model_dir), holdout, evaluation, dataset, config, quiet())
+
+
+def test_gate_boundary_and_an_unreadable_published_model(
+    trained: TrainResult, shop_inputs: TrainInputs, tmp_path: Path
+) -> None:
+    """A new score exactly at the tolerance's edge passes; a hair below is refused. A published
+    model that cannot be read does not block the job, and the verdict says why."""
+    model_dir = copy_store(trained, tmp_path / "models")
+    dataset, _ = ingest_and_clean(shop_inputs, Config(), tmp_path / "rejects", quiet())
+    holdout = validation_holdout(dataset.events, Config())
+    published = _gate(model_dir, 1.0, 0.1, holdout, dataset)["published"]
+    assert published > 0.05
+    edge = published * (1 - 0.1)
+    inside = _gate(model_dir, edge + 1e-9, 0.1, holdout, dataset)
+    assert inside["passed"] and inside["published"] == published
+    with pytest.raises(QualityGateRefused, match="below the published"):
+        _gate(model_dir, edge - 1e-4, 0.1, holdout, dataset)
+    with pytest.raises(QualityGateRefused):
+        _gate(model_dir, published - 1e-4, 0.0, holdout, dataset)  # no tolerance at all
+    assert _gate(model_dir, published, 0.0, holdout, dataset)["passed"]
+    assert _gate(model_dir, 0.0, -1.0, holdout, dataset) == {"checked": False, "reason": "disabled"}
+
+    version = ModelStore(model_dir).current_version()
+    (ModelStore(model_dir).path(version) / "item_ids.npy").write_bytes(b"not an array")
+    verdict = _gate(model_dir, 0.0, 0.1, holdout, dataset)
+    assert not verdict["checked"] and verdict["reason"].startswith(f"published model {version}")
+    assert "unreadable" in verdict["reason"]

@@ -139,12 +139,30 @@ def test_same_input_and_seed_give_the_same_model(
     assert again.manifest["metrics"] == trained.manifest["metrics"]
 
 
-def test_tune_searches_without_seeing_the_test_period(shop_inputs, tmp_path) -> None:
+def test_tune_searches_without_seeing_the_test_period(shop_inputs, tmp_path, monkeypatch) -> None:
     import json
 
+    import training.tune
     from recsvc.cli import main
     from recsvc.config import load_config
 
+    # Every fit and every scoring the search does is recorded with the newest event it could
+    # see: the search's own must all end before the test period, the final check's must not.
+    fits: list[int] = []
+    scorings: list[tuple[int | None, int]] = []
+    fit, score = training.tune.fit_model, training.tune.ranking_metrics
+
+    def spy_fit(model, interactions, dataset):
+        fits.append(int(dataset.events.column("timestamp_ms").to_numpy().max()))
+        return fit(model, interactions, dataset)
+
+    def spy_score(scorer, holdout, *args, **kwargs):
+        newest = int(holdout.train_events.column("timestamp_ms").to_numpy().max())
+        scorings.append((holdout.cut_ms, newest))
+        return score(scorer, holdout, *args, **kwargs)
+
+    monkeypatch.setattr(training.tune, "fit_model", spy_fit)
+    monkeypatch.setattr(training.tune, "ranking_metrics", spy_score)
     out = tmp_path / "tuned.toml"
     code = main(
         [
@@ -167,6 +185,16 @@ def test_tune_searches_without_seeing_the_test_period(shop_inputs, tmp_path) -> 
     # The defaults are the first trials, so tuning never ends below them on validation.
     assert result["validation"]["tuned"] >= result["validation"]["default"]
     assert result["search_data_end_ms"] < result["test_cut_ms"]
+    test_cut = result["test_cut_ms"]
+    assert len(fits) == len(scorings) == 6 + 2  # six trials, then tuned and default once each
+    search_cut = scorings[0][0]
+    assert search_cut is not None and search_cut < test_cut
+    for newest_fitted, (cut, newest_trained) in zip(fits[:6], scorings[:6], strict=True):
+        assert cut == search_cut  # validated on the validation period, not the test period
+        assert newest_fitted < search_cut and newest_trained < search_cut
+    for newest_fitted, (cut, newest_trained) in zip(fits[6:], scorings[6:], strict=True):
+        assert cut == test_cut and search_cut <= newest_fitted < test_cut
+        assert newest_trained < test_cut
     assert (
         main(
             [
