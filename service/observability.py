@@ -129,6 +129,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,  # which worker, when several share a port
         }
         message = record.getMessage()
         if record.name == "recsvc.access" and message.startswith("{"):

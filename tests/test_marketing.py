@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from recsvc.config import Config, LifecycleConfig, ProfilesConfig, ServingConfig
 from recsvc.errors import InvalidArgument, NotFound
+from recsvc.eventstore import open_event_store
 from recsvc.modelstore import ModelStore
 from recsvc.profiles import DAY_MS, STAGES, LifecycleRules
 from recsvc.published import PublishedModel
@@ -380,21 +381,34 @@ def test_a_new_item_known_only_by_attributes_has_similar_items_and_an_audience(
 
 def test_audience_export_and_segments_report(trained: TrainResult, tmp_path: Path) -> None:
     quiet = Progress("audience", open(os.devnull, "w"))  # noqa: SIM115
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    # The server's store holds a deletion and a fresh purchase, both of top garden prospects.
+    model = PublishedModel.load(ModelStore(trained.model_dir).path(trained.version))
+    live = RecommenderCore(event_store=open_event_store(url))
+    live.swap(model)
+    before = live.find_audience(category="garden", k=60, exclude_buyers=True).user_ids
+    forgotten, buyer = before[0], before[1]
+    live.forget_user(forgotten, "test")
+    garden_item = str(model.item_ids[np.flatnonzero(model.items.categories == "garden")[0]])
+    live.record_events([EventInput(buyer, garden_item, "purchase", live.now_ms() + 60_000)])
     as_csv = tmp_path / "garden.csv"
     summary = export_audience(
-        trained.model_dir,
-        as_csv,
-        category="garden",
-        k=50,
-        event_store=f"sqlite:///{tmp_path / 'events.db'}",
-        progress=quiet,
-    )
+        trained.model_dir, as_csv, category="garden", k=50, exclude_buyers=True,
+        event_store=url, progress=quiet,
+    )  # fmt: skip
     with open(as_csv) as handle:
         rows = list(csv.DictReader(handle))
     assert summary["users"] == len(rows) == 50
     assert [int(r["rank"]) for r in rows] == list(range(1, 51))
-    scores = [float(r["score"]) for r in rows]
-    assert scores == sorted(scores, reverse=True)
+    # Exactly what FindAudience answers from the same model and store.
+    served = live.find_audience(category="garden", k=50, exclude_buyers=True)
+    assert [r["user_id"] for r in rows] == list(served.user_ids)
+    assert [float(r["score"]) for r in rows] == pytest.approx(list(served.scores))
+    assert forgotten not in served.user_ids and buyer not in served.user_ids
+    assert [r["user_id"] for r in rows][:48] == [u for u in before if u not in (forgotten, buyer)][
+        :48
+    ]
+    live.event_store.close()
     everyone = tmp_path / "champions.parquet"
     export_audience(
         trained.model_dir,
@@ -404,7 +418,6 @@ def test_audience_export_and_segments_report(trained: TrainResult, tmp_path: Pat
         progress=quiet,
     )
     table = pq.read_table(everyone)
-    model = PublishedModel.load(ModelStore(trained.model_dir).path(trained.version))
     champions = next(s for s in model.segments if s["id"] == "rfm:champions")
     assert table.num_rows == champions["size"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import signal
@@ -21,13 +22,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from helpers import wait_until
 
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from service.core import RecommenderCore
-from service.server import create_server, shutdown
+from service.server import create_server, set_health, shutdown
 from service.servicer import RecommenderServicer
 from training.pipeline import TrainResult
 
@@ -239,7 +241,7 @@ def test_signals_drain_and_exit_cleanly(trained: TrainResult, signum: int) -> No
     callers = [threading.Thread(target=keep_calling) for _ in range(4)]
     for caller in callers:
         caller.start()
-    time.sleep(0.5)
+    wait_until(lambda: outcomes[grpc.StatusCode.OK] >= 8, "no call was answered")
     running.process.send_signal(signum)
     code, output = running.stop(signum)
     stop_calling.set()
@@ -254,35 +256,56 @@ def test_signals_drain_and_exit_cleanly(trained: TrainResult, signum: int) -> No
     # handed to a handler as CANCELLED rather than UNAVAILABLE (grpc/grpc#41785, open).
     refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     assert set(outcomes) <= {grpc.StatusCode.OK} | refused, outcomes
+    # ... but never a call a handler answered: each OK in the server's access log reached its
+    # caller as OK, so whatever was refused never reached a handler.
+    access = [json.loads(x) for x in output.splitlines() if x.startswith("{")]
+    answered = sum(1 for x in access if x.get("method") == "Recommend" and x["code"] == "OK")
+    assert answered == outcomes[grpc.StatusCode.OK], (answered, outcomes)
 
 
 def test_request_in_flight_survives_shutdown(trained: TrainResult) -> None:
-    """A call already inside its handler when shutdown starts completes normally."""
+    """A call already inside its handler when shutdown starts completes normally, and while
+    it drains, health watchers (load balancers) are told NOT_SERVING."""
     core = RecommenderCore()
     core.swap(PublishedModel.load(ModelStore(trained.model_dir).path(trained.version)))
     handler_started = asyncio.Event()
+    release = asyncio.Event()
 
-    class SlowServicer(RecommenderServicer):
+    class HeldServicer(RecommenderServicer):
         async def Recommend(self, request, context):
             handler_started.set()
-            await asyncio.sleep(0.5)
+            await release.wait()
             return await super().Recommend(request, context)
 
-    async def scenario() -> pb.RecommendResponse:
-        parts = create_server(core, SlowServicer(core))
+    async def scenario() -> tuple[list[int], pb.RecommendResponse, bool]:
+        parts = create_server(core, HeldServicer(core))
         port = parts.server.add_insecure_port("127.0.0.1:0")
         await parts.server.start()
+        await set_health(parts.health, health_pb2.HealthCheckResponse.SERVING)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=SERVICE), timeout=10
+            )
+            statuses = [(await watch.read()).status]
             call = pb_grpc.RecommenderStub(channel).Recommend(
                 pb.RecommendRequest(user_id="u0001", k=5), timeout=10
             )
             await handler_started.wait()
             stopping = asyncio.create_task(shutdown(parts, grace=5))
+            statuses.append((await watch.read()).status)
+            held = not call.done()  # still in its handler when NOT_SERVING went out
+            release.set()
             response = await call
             await stopping
-        return response
+        return statuses, response, held
 
-    assert len(asyncio.run(scenario()).items) == 5
+    statuses, response, held = asyncio.run(scenario())
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert statuses == [serving, not_serving] and held
+    assert len(response.items) == 5
 
 
 def test_calls_that_leave_a_log_line_carry_a_request_id(trained: TrainResult) -> None:
