@@ -108,3 +108,27 @@ def test_boosts_have_one_unit_for_a_whole_catalogue_and_its_best_candidates(
         assert top_spread(scores) == pytest.approx(top_spread(scores[best]), rel=1e-5)
         whole_vs_best.append(abs(scores.std() / scores[best].std() - 1))
     assert max(whole_vs_best) > 0.2  # the plain spread of all scores would not be one unit
+
+
+def test_the_index_search_widens_so_filtered_lists_are_not_cut_short(
+    indexed: PublishedModel,
+) -> None:
+    """A filter that keeps few of the index's first candidates still gets k items: the search
+    widens (then falls back to exact scoring) instead of serving a short list."""
+    approximate = RecommenderCore()
+    approximate.swap(indexed)
+    serving = approximate.serving
+    categories = indexed.items.categories.astype(str)
+    available = ~serving.unavailable
+    sizes = {c: int(((categories == c) & available).sum()) for c in np.unique(categories)}
+    rare = min((c for c, n in sizes.items() if n >= 10), key=sizes.__getitem__)
+    widened = 0
+    for user in range(100):
+        user_id = str(indexed.user_ids[user])
+        scores = indexed.model.score(np.array([user]))[0]
+        first = np.argsort(-scores)[:ANN_CANDIDATES]
+        widened += int((categories[first] == rare).sum() < 10)
+        items = approximate.recommend(user_id, 10, Filters(include_categories=(rare,))).items
+        assert len(items) == 10, (user_id, rare, sizes[rare])
+        assert {categories[indexed.item_index(i.item_id)] for i in items} == {rare}
+    assert widened > 50  # most users' first candidates held fewer than 10 of that category

@@ -359,3 +359,26 @@ def test_id_lookups_never_confuse_longer_ids(published: PublishedModel) -> None:
     user = str(published.user_ids[0])
     assert published.user_index(user) == 0
     assert published.user_index(user + "0") is None  # truncated, it would match
+
+
+def test_a_forgotten_user_stays_forgotten_after_a_restart(
+    published: PublishedModel, tmp_path: Path
+) -> None:
+    """The deletion lives in the event store: a new process (a restart, another replica) on
+    the same store keeps serving the user as a stranger, by every call."""
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    user = a_buyer(fresh_core(published))
+    before = fresh_core(published, store=open_event_store(url))
+    assert not before.recommend(user, 5).fallback
+    assert user in before.find_audience(segment_id=before.user_profile(user)["rfm_segment_id"],
+                                        k=5000).user_ids  # fmt: skip
+    before.forget_user(user, "ticket 7")
+    before.event_store.close()
+
+    restarted = fresh_core(published, store=open_event_store(url))
+    assert restarted.recommend(user, 5).fallback
+    with pytest.raises(NotFound):
+        restarted.user_profile(user)
+    for category in ("garden", "books"):
+        assert user not in restarted.find_audience(category=category, k=5000).user_ids
+    restarted.event_store.close()

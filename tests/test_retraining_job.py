@@ -305,12 +305,17 @@ def test_too_few_users_after_the_cut_date_fall_back_to_each_users_newest_events(
     assert per_user.train_events.num_rows == 30 * 8  # each user's newest 2 of 10 held out
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_training_reads_the_event_store_and_leaves_forgotten_users_out(
-    shop_inputs: TrainInputs, tmp_path: Path
+    shop_inputs: TrainInputs, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     from recsvc.eventstore import StoredEvent, open_event_store
 
-    url = f"sqlite:///{tmp_path / 'events.db'}"
+    url = (
+        f"sqlite:///{tmp_path / 'events.db'}"
+        if backend == "sqlite"
+        else f"{request.getfixturevalue('redis_url')}?prefix=train-{tmp_path.name}"
+    )
     store = open_event_store(url)
     late = 1_795_000_000_000  # 2026-11-18, after the shop's log: the newest events in the run
     store.append(
@@ -319,18 +324,14 @@ def test_training_reads_the_event_store_and_leaves_forgotten_users_out(
     )
     store.forget("u0002")
     store.close()
-    result = train(
-        dataclasses.replace(shop_inputs, event_store=url),
-        tmp_path / "m",
-        Config(),
-        progress=quiet(),
-    )
-    model = PublishedModel.load(ModelStore(tmp_path / "m").path(result.version))
+    command = ["train", "--events", str(shop_inputs.events), "--items", str(shop_inputs.items)]
+    assert main([*command, "--model-dir", str(tmp_path / "m"), "--event-store", url]) == 0
+    model = PublishedModel.load(ModelStore(tmp_path / "m").current_path())
     assert model.user_index("new-shopper") is not None
     assert model.user_index("u0002") is None, "a forgotten user is left out of training"
-    cleaning = result.manifest["cleaning"]
+    cleaning = model.manifest["cleaning"]
     assert cleaning["forgotten_users"] == 1 and cleaning["forgotten_events"] > 0
-    assert result.manifest["data_end_ms"] >= late
+    assert model.manifest["data_end_ms"] >= late
 
 
 def _events_before(source: Path, target: Path, cut_ms: int) -> Path:
@@ -410,3 +411,19 @@ def test_gate_boundary_and_an_unreadable_published_model(
     verdict = _gate(model_dir, 0.0, 0.1, holdout, dataset)
     assert not verdict["checked"] and verdict["reason"].startswith(f"published model {version}")
     assert "unreadable" in verdict["reason"]
+
+
+@pytest.mark.parametrize("keep", [0, 1, 2])
+def test_a_rolled_back_version_is_never_pruned(tmp_path: Path, keep: int) -> None:
+    store = ModelStore(tmp_path / "models")
+    published = [
+        store.publish(lambda staging, n=n: (staging / "n").write_text(str(n)), suffix=f"v{n}")
+        for n in range(4)
+    ]
+    store.set_current(published[0])  # rolled back to the oldest
+    removed = store.prune(keep)
+    newest = published[len(published) - keep :] if keep else []
+    assert store.current_version() == published[0]
+    assert store.versions() == sorted({published[0], *newest})
+    assert sorted(removed) == sorted(set(published) - {published[0], *newest})
+    assert (store.current_path() / "n").read_text() == "0"

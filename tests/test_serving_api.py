@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -623,17 +624,27 @@ def test_workers_share_the_port_and_real_time_state(model_dir: Path, tmp_path: P
                 time.sleep(0.05)
         for channel in channels:
             channel.close()
+        # Both workers answered: 16 connections all landing on one worker has odds of 2**-15.
+        answered_by: set[int] = set()
+
+        def two_workers_answered() -> bool:
+            answered_by.update(
+                line["pid"]
+                for line in map(json.loads, filter(lambda x: x.startswith("{"), running.output))
+                if line.get("method") == "Recommend"
+            )
+            return len(answered_by) == 2
+
+        wait_until(two_workers_answered, "one worker answered every connection")
+        # ... and they share one memory-mapped copy of the model's arrays, not a copy each.
+        version = ModelStore(model_dir).path(ModelStore(model_dir).current_version())
+        for pid in answered_by:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert str(version / "item_ids.npy") in maps, f"worker {pid} copied the model"
     finally:
         code, output = running.stop()
     assert code == 0, output
     assert "(2 workers)" in output and output.count("stopping: draining") == 2
-    # Both workers answered: 16 connections all landing on one worker has odds of 2**-15.
-    answered_by = {
-        line["pid"]
-        for line in map(json.loads, filter(lambda x: x.startswith("{"), output.splitlines()))
-        if line.get("method") == "Recommend"
-    }
-    assert len(answered_by) == 2, answered_by
 
 
 def test_two_servers_on_one_redis_share_events_and_deletions(
@@ -716,3 +727,124 @@ def test_loadtest_counts_errors_by_code(model_dir: Path, tmp_path: Path) -> None
     assert done.returncode == 1
     codes = json.loads((tmp_path / "r.json").read_text())["codes"]
     assert set(codes) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"} and sum(codes.values()) > 0
+
+
+def test_similar_and_profile_commands(api: RunningServer, model_dir: Path) -> None:
+    similar = subprocess.run(
+        [RECSVC, "similar", "--target", api.target, "--item", "i0001", "-k", "5", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert similar.returncode == 0, similar.stderr
+    listed = json.loads(similar.stdout)
+    wire = api.stub.SimilarItems(pb.SimilarItemsRequest(item_id="i0001", k=5), timeout=5)
+    assert [i["item_id"] for i in listed["items"]] == [i.item_id for i in wire.items]
+    assert {i["reason"] for i in listed["items"]} == {"similar_to:i0001"}
+    plain = subprocess.run(
+        [RECSVC, "similar", "--target", api.target, "--item", "i0001", "-k", "5"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert plain.returncode == 0 and all(i.item_id in plain.stdout for i in wire.items)
+    missing = subprocess.run(
+        [RECSVC, "similar", "--target", api.target, "--item", "no-such-item"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+    profile = subprocess.run(
+        [RECSVC, "profile", "--target", api.target, "u0002"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert profile.returncode == 0, profile.stderr
+    shown = json.loads(profile.stdout)
+    wire_profile = api.stub.GetUserProfile(pb.GetUserProfileRequest(user_id="u0002"), timeout=5)
+    assert shown["user_id"] == "u0002"
+    assert shown["lifecycle_stage"] == wire_profile.lifecycle_stage
+    assert shown["rfm_segment_id"] == wire_profile.rfm_segment_id
+    nobody = subprocess.run(
+        [RECSVC, "profile", "--target", api.target, "nobody-at-all"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert nobody.returncode == 1 and "NOT_FOUND" in nobody.stderr
+
+
+def test_noop_server_answers_a_fixed_list_of_the_asked_size() -> None:
+    process = subprocess.Popen(
+        [RECSVC, "noop-server", "--port", "0", "-k", "7"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("recsvc noop-server: listening on "), line
+        target = line.rsplit(" ", 1)[1].strip()
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            first = stub.Recommend(pb.RecommendRequest(user_id="anyone", k=3), timeout=10)
+            again = stub.Recommend(pb.RecommendRequest(user_id="else", k=50), timeout=10)
+            similar = stub.SimilarItems(pb.SimilarItemsRequest(item_id="x", k=3), timeout=10)
+            recorded = stub.RecordEvents(
+                pb.RecordEventsRequest(events=[pb.Event(user_id="a", item_id="b")] * 3),
+                timeout=10,
+            )
+        assert len(first.items) == len(similar.items) == 7 and first.items == again.items
+        assert first.model_version == "noop" and recorded.recorded == 3
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_oversized_messages_are_resource_exhausted(api: RunningServer) -> None:
+    """A request past limits.max_message_bytes (4 MiB) is refused by the transport with
+    RESOURCE_EXHAUSTED, and the server keeps answering."""
+    huge = pb.RecordEventsRequest(
+        events=[pb.Event(user_id="big", item_id="x" * 1000, event="view")] * 5000
+    )
+    assert huge.ByteSize() > 4 * 1024 * 1024
+    with pytest.raises(grpc.RpcError) as caught:
+        api.stub.RecordEvents(huge, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert api.stub.Recommend(pb.RecommendRequest(user_id="u0001", k=3), timeout=5).items
+
+
+def test_a_variant_pinned_to_a_version_is_served_by_that_version(
+    trained: TrainResult, tmp_path: Path
+) -> None:
+    """Variant "old" names the version published before the current one: its users are
+    answered by that version (loaded beside the current), the others by the current one."""
+    model_dir = tmp_path / "models"
+    shutil.copytree(trained.model_dir, model_dir)
+    store = ModelStore(model_dir)
+    old = store.current_version()
+    new = store.publish(
+        lambda staging: shutil.copytree(store.path(old), staging, dirs_exist_ok=True),
+        suffix="newer",
+    )
+    (tmp_path / "serve.toml").write_text(
+        f"""
+[[serving.experiments]]
+name = "pin"
+salt = "p"
+[[serving.experiments.variants]]
+name = "current"
+[[serving.experiments.variants]]
+name = "old"
+model_version = "{old}"
+"""
+    )
+    running = start_server(model_dir, "--config", str(tmp_path / "serve.toml"))
+    try:
+        running.wait_for_health(SERVING)
+        wait_until(
+            lambda: any(f"loaded version {old} for an experiment variant" in x
+                        for x in running.output),
+            "the pinned version was never loaded",
+        )  # fmt: skip
+        served: dict[str, set[str]] = {"pin/current": set(), "pin/old": set()}
+        for n in range(1, 41):
+            response = running.stub.Recommend(
+                pb.RecommendRequest(user_id=f"u{n:04d}", k=5), timeout=5
+            )
+            served[response.variant].add(response.model_version)
+        assert served == {"pin/current": {new}, "pin/old": {old}}
+    finally:
+        running.stop()
