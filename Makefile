@@ -55,12 +55,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Servers the tests start themselves on loopback (Redis, from the Debian package). Installed when
-# missing and we are root (CI); elsewhere the tests that need them skip and say why.
+# What the tests start themselves on loopback (Redis) or run (Java, for Spark in local mode),
+# from the Debian packages. Installed when missing and we are root (CI); elsewhere the tests
+# that need them skip and say why.
 services:
 	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		redis-server >/dev/null; } || echo "redis-server not installed: Redis tests will skip"
+	@command -v java >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		openjdk-17-jre-headless >/dev/null; } || echo "java not installed: Spark tests will skip"
 
 test: install lint services
 	$(BIN)/python -m pytest

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import skip_for_missing
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -74,7 +75,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
 
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+        skip_for_missing(
+            "redis", "redis-server is not installed (apt-get install redis-server; .ci/run does)"
+        )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

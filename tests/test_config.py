@@ -45,3 +45,15 @@ def test_event_value_mapped_twice_is_refused(tmp_path: Path) -> None:
     path.write_text("[data.events.names]\nview = ['pv']\ncart = ['pv']\n")
     with pytest.raises(BadInput, match="'pv' is mapped to both view and cart"):
         load_config(path).data.events.names.source_to_event()
+
+
+def test_a_required_resource_fails_instead_of_skipping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """.ci/run lists what this machine must run (RECSVC_TESTS_REQUIRE): a test that would skip
+    for one of those fails, with the same reason, instead of vanishing into the skip count."""
+    import helpers
+
+    monkeypatch.setattr(helpers, "REQUIRED", {"redis"})
+    with pytest.raises(pytest.fail.Exception, match="redis-server is missing"):
+        helpers.skip_for_missing("redis", "redis-server is missing")
+    with pytest.raises(pytest.skip.Exception, match="no java"):
+        helpers.skip_for_missing("java", "no java")

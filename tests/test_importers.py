@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import read_rejects, write_lines
+from helpers import read_rejects, skip_for_missing, write_lines
 
 from recsvc.cli import EXIT_BAD_INPUT, main
 from recsvc.config import Config
@@ -187,7 +187,7 @@ def test_real_dataset_imports_whole(
     """Counts agree with the figures in ../shared/data/README.md (every row accounted for)."""
     source = SHARED_DATA / folder
     if not source.exists():
-        pytest.skip(f"real data not available: {source} is absent")
+        skip_for_missing("real_data", f"real data not available: {source} is absent")
     result = import_dataset(fmt, source, tmp_path)
     assert result.written["events.csv"] == events
     assert sum(result.excluded.values()) == excluded

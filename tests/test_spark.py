@@ -14,6 +14,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 from grpc_health.v1 import health_pb2
+from helpers import skip_for_missing
 from test_server_e2e import RECSVC, start_server
 from test_training import preferred_share
 
@@ -23,9 +24,10 @@ from recsvc.v1 import recommender_pb2 as pb
 from training.sample_shop import SampleShop
 
 if importlib.util.find_spec("pyspark") is None or shutil.which("java") is None:
-    pytest.skip(
+    skip_for_missing(
+        "java",
         "the spark engine needs pyspark (make install) and a Java runtime (java on PATH)",
-        allow_module_level=True,
+        module_level=True,
     )
 
 
