@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from scipy.stats import binomtest, chi2_contingency
 
 from recsvc.cli import main
+from recsvc.config import ExperimentConfig, VariantConfig
 from recsvc.eventstore import StoredEvent, open_event_store
-from recsvc.experiments import Rate, experiment_report, two_proportion_p_value
+from recsvc.experiments import (
+    Rate,
+    assign_variant,
+    experiment_report,
+    format_report,
+    two_proportion_p_value,
+)
 
 
 def tables(counts: dict[str, tuple[int, int, int]]) -> tuple[pa.Table, pa.Table]:
@@ -74,3 +83,73 @@ def test_report_command_reads_the_event_store(tmp_path: Path, capsys) -> None:
     assert rows["home/a"]["impressions"] == 5 and rows["home/a"]["conversions"]["successes"] == 1
     assert main(["experiments", "report", "--event-store", url]) == 0
     assert "home/b" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("successes", "trials"), [(0, 10), (10, 10), (1, 3), (150, 1000), (7, 2000)]
+)
+def test_wilson_interval_matches_scipy(successes: int, trials: int) -> None:
+    expected = binomtest(successes, trials).proportion_ci(0.95, method="wilson")
+    low, high = Rate(successes, trials).wilson()
+    assert (low, high) == pytest.approx((expected.low, expected.high), abs=1e-6)
+    assert Rate(0, 0).wilson() == (0.0, 0.0) and Rate(0, 0).value == 0.0
+
+
+@pytest.mark.parametrize(
+    ("a", "b"), [((45, 100), (60, 100)), ((3, 40), (0, 25)), ((200, 2000), (300, 1000))]
+)
+def test_p_value_matches_the_chi_square_test_without_correction(a, b) -> None:
+    """The pooled two-proportion z-test is the 2x2 chi-square test without Yates' correction."""
+    table = [[a[0], a[1] - a[0]], [b[0], b[1] - b[0]]]
+    expected = chi2_contingency(table, correction=False).pvalue
+    assert two_proportion_p_value(Rate(*a), Rate(*b)) == pytest.approx(expected, rel=1e-6)
+    assert two_proportion_p_value(Rate(*b), Rate(*a)) == pytest.approx(expected, rel=1e-6)
+    # Undefined (no trials, or no variation at all): "no evidence", never an error.
+    assert two_proportion_p_value(Rate(*a), Rate(0, 0)) == 1.0
+    assert two_proportion_p_value(Rate(0, 10), Rate(0, 30)) == 1.0
+
+
+def test_variants_split_users_by_weight() -> None:
+    experiment = ExperimentConfig(
+        "home",
+        "salt",
+        [VariantConfig("a", 1.0), VariantConfig("off", 0.0), VariantConfig("b", 2.0),
+         VariantConfig("c", 1.0)],
+    )  # fmt: skip
+    names = Counter(assign_variant(experiment, f"user-{n}").name for n in range(20_000))
+    assert names["off"] == 0
+    for name, share in (("a", 0.25), ("b", 0.5), ("c", 0.25)):
+        assert names[name] / 20_000 == pytest.approx(share, abs=0.015), names
+
+
+def test_report_groups_variants_by_experiment_and_counts_each_list_once() -> None:
+    imp, out = tables({"e/a": (100, 10, 5), "e/b": (100, 30, 5), "f/x": (50, 0, 0),
+                       "f/y": (50, 25, 1)})  # fmt: skip
+    carts = pa.table({"variant": ["f/x"], "recommendation_id": ["f/x-0"], "event": ["cart"]})
+    rows = {r.variant: r for r in experiment_report(imp, pa.concat_tables([out, carts]))}
+    assert [rows[v].impressions for v in ("e/a", "e/b", "f/x", "f/y")] == [100, 100, 50, 50]
+    assert rows["f/x"].clicks == Rate(1, 50) and rows["f/x"].conversions == Rate(0, 50)
+    assert rows["e/b"].clicks == Rate(30, 100) and rows["f/y"].conversions == Rate(1, 50)
+    assert rows["e/a"].click_p_value is None and rows["f/x"].click_p_value is None  # controls
+    assert rows["e/b"].click_p_value == pytest.approx(
+        two_proportion_p_value(Rate(10, 100), Rate(30, 100))
+    )
+    assert rows["f/y"].click_p_value == pytest.approx(
+        two_proportion_p_value(Rate(1, 50), Rate(25, 50))
+    )
+    assert rows["f/y"].conversion_p_value == pytest.approx(
+        two_proportion_p_value(Rate(0, 50), Rate(1, 50))
+    )
+
+
+def test_formatted_report_lines() -> None:
+    """The table operators read: aligned columns, rates with their intervals, p per variant."""
+    text = format_report(experiment_report(*tables({"e/a": (200, 20, 2), "e/b": (200, 40, 2)})))
+    assert text.splitlines() == [
+        "variant                          impressions  click-through (95% CI)             p"
+        "  conversion (95% CI)                p",
+        "e/a                                      200   10.00% [ 6.57%, 14.94%]     control"
+        "    1.00% [ 0.27%,  3.57%]     control",
+        "e/b                                      200   20.00% [15.05%, 26.09%]      0.0051"
+        "    1.00% [ 0.27%,  3.57%]      1.0000",
+    ]
