@@ -16,7 +16,7 @@ PORT ?= 50051
 export OPENBLAS_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 
-.PHONY: install proto demo test lint format clean services
+.PHONY: install proto demo test lint format clean services mutation
 
 install: $(STAMP) $(GENERATED)
 
@@ -69,5 +69,11 @@ services:
 test: install lint services
 	$(BIN)/python -m pytest
 
+# Mutation testing of the modules where a silent regression hurts users most (docs/TESTING.md).
+# Not part of `make test`: a full run takes about an hour on two cores.
+mutation: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,mutation]'
+	$(BIN)/python bench/mutation.py
+
 clean:
-	rm -rf $(VENV) var recsvc/v1/*_pb2*.py recsvc/v1/*_pb2*.pyi .pytest_cache .ruff_cache
+	rm -rf $(VENV) var mutants recsvc/v1/*_pb2*.py recsvc/v1/*_pb2*.pyi .pytest_cache .ruff_cache
