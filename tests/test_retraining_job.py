@@ -427,3 +427,23 @@ def test_a_rolled_back_version_is_never_pruned(tmp_path: Path, keep: int) -> Non
     assert store.versions() == sorted({published[0], *newest})
     assert sorted(removed) == sorted(set(published) - {published[0], *newest})
     assert (store.current_path() / "n").read_text() == "0"
+
+
+def test_a_config_change_cannot_weaken_the_gates_baseline(
+    trained: TrainResult, shop_inputs: TrainInputs, tmp_path: Path
+) -> None:
+    """Signal settings that ruin the new model must not ruin the published model's refit too:
+    the baseline is refitted with the published version's own recorded settings."""
+    model_dir = copy_store(trained, tmp_path / "models")
+    ruinous = dataclasses.replace(
+        Config(),
+        signals=SignalsConfig(
+            view=1.0, cart=0.01, purchase=0.001, scaling="none", half_life_days=0.05
+        ),
+    )
+    with pytest.raises(QualityGateRefused, match="below the published") as refused:
+        train(shop_inputs, model_dir, ruinous, progress=quiet())
+    assert ModelStore(model_dir).current_version() == trained.version
+    published_score = trained.manifest["metrics"]["all"]["ndcg@10"]
+    baseline = float(str(refused.value).split(f"{trained.version} ")[1].split()[0])
+    assert baseline > 0.8 * published_score, (baseline, published_score)

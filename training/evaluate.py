@@ -170,8 +170,24 @@ def published_scorer(
     published: PublishedModel, user_ids: np.ndarray, item_ids: np.ndarray
 ) -> Scorer:
     """Scores in another id space: a published model judged on a new run's holdout."""
-    user_pos = sorted_positions(published.user_ids, user_ids)
-    item_pos = sorted_positions(published.item_ids, item_ids)
+    return mapped_scorer(
+        published.model, published.fallback, published.user_ids, published.item_ids,
+        user_ids, item_ids,
+    )  # fmt: skip
+
+
+def mapped_scorer(
+    model: Recommender,
+    fallback: Recommender,
+    model_user_ids: np.ndarray,
+    model_item_ids: np.ndarray,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+) -> Scorer:
+    """A model fitted in its own id space (`model_user_ids`, `model_item_ids`, sorted) scoring
+    in another one: users it lacks get `fallback`'s scores, items it lacks are never ranked."""
+    user_pos = sorted_positions(model_user_ids, user_ids)
+    item_pos = sorted_positions(model_item_ids, item_ids)
     known_items = item_pos >= 0
 
     def score(users: np.ndarray) -> np.ndarray:
@@ -179,10 +195,10 @@ def published_scorer(
         mapped = user_pos[users]
         known = mapped >= 0
         if known.any():
-            scores = published.model.score(mapped[known])
+            scores = model.score(mapped[known])
             out[np.ix_(known, known_items)] = scores[:, item_pos[known_items]]
         if (~known).any():
-            scores = published.fallback.score(np.zeros(1, np.int64))
+            scores = fallback.score(np.zeros(1, np.int64))
             out[np.ix_(~known, known_items)] = scores[:, item_pos[known_items]]
         return out
 

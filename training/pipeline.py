@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from recsvc.ann import ItemIndex
 from recsvc.coldstart import ColdStart
-from recsvc.config import Config
+from recsvc.config import Config, build
 from recsvc.errors import BadInput, QualityGateRefused
 from recsvc.eventstore import open_event_store
 from recsvc.ids import sorted_positions
@@ -44,6 +44,7 @@ from training.evaluate import (
     Holdout,
     K,
     Scorer,
+    mapped_scorer,
     model_scorer,
     published_scorer,
     ranking_metrics,
@@ -593,6 +594,26 @@ def prefer_equal_weights(
     return equal if equal_score > must_beat and equal_score >= pair_score - noise else pair
 
 
+def refit_published(
+    published: PublishedModel, holdout: Holdout, dataset: Dataset, config: Config
+) -> Scorer:
+    """The published model re-fitted on the holdout's training part with the configuration it
+    was built with (this run's where the manifest predates recording one), scoring in the
+    holdout's id space."""
+    recorded = published.manifest.get("config")
+    built_with = build(Config, recorded, "") if recorded else config
+    events, _ = clean_events(holdout.train_events, built_with.cleaning)
+    interactions = build_interactions(events, built_with.signals)
+    champion = MODEL_TYPES[published.manifest["model_type"]](**published.manifest["params"])
+    fitted = fit_model(champion, interactions, dataset)
+    fallback = PopularityRecommender().fit(interactions.confidence)
+    train = holdout.train
+    return mapped_scorer(
+        fitted, fallback, interactions.user_ids, interactions.item_ids,
+        train.user_ids, train.item_ids,
+    )  # fmt: skip
+
+
 def quality_gate(
     store: ModelStore,
     holdout: Holdout | None,
@@ -604,8 +625,9 @@ def quality_gate(
     """Refuses a model worse than the published one on the same holdout.
 
     A published model trained on data that overlaps the holdout would be judged on what it
-    has already seen; it is then re-fitted with its own type and parameters on this run's
-    training part, so both sides are judged on data neither has seen.
+    has already seen; it is then re-fitted on this run's training part as it was built: its
+    own type and parameters, and its own recorded cleaning and signal settings, never this
+    run's (settings that weaken the new model would otherwise weaken its baseline alike).
     """
     tolerance = config.training.quality_gate_tolerance
     current = store.current_version()
@@ -627,10 +649,11 @@ def quality_gate(
         holdout.cut_ms
     )
     if seen_holdout:
-        model_type = published.manifest["model_type"]
-        champion = MODEL_TYPES[model_type](**published.manifest["params"])
-        scorer: Scorer = model_scorer(fit_model(champion, holdout.train, dataset))
-        method = f"refit {model_type} with the published parameters"
+        scorer: Scorer = refit_published(published, holdout, dataset, config)
+        method = (
+            f"refit {published.manifest['model_type']} with the published version's "
+            "parameters, cleaning and signals"
+        )
     else:
         scorer = published_scorer(published, holdout.train.user_ids, holdout.train.item_ids)
         method = "published arrays"
