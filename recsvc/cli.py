@@ -155,8 +155,9 @@ def _batch_recommend(args: argparse.Namespace) -> None:
     from training.batch import batch_recommend
 
     batch_recommend(
-        args.model_dir, args.out, args.k, args.limit, args.batch, args.exclude_purchased
-    )
+        args.model_dir, args.out, args.k, args.limit, args.batch, args.exclude_purchased,
+        event_store=args.event_store,
+    )  # fmt: skip
 
 
 def _audience_export(args: argparse.Namespace) -> None:
@@ -515,6 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--limit", type=int, default=0, help="only the first N users (0: all)")
     batch.add_argument("--batch", type=int, default=1024, help="users scored together")
     batch.add_argument("--exclude-purchased", action="store_true")
+    batch.add_argument(
+        "--event-store",
+        default="",
+        help="the servers' store, for deletions (default: events.db beside the models, if any)",
+    )
     batch.set_defaults(run=_batch_recommend)
 
     audience = roles.add_parser("audience", help="campaign audiences")

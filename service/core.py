@@ -52,6 +52,9 @@ ANN_MAX_CANDIDATES = 20_000
 BOOST_SPREAD_DEPTH = 40
 # In the list cache's key in place of the user id: users unknown to the model and the profiles.
 ANONYMOUS = object()
+# The id a forgotten user is looked up by in a model trained before the deletion: no user has
+# it (ids are never empty), so they are served exactly as a visitor never seen.
+STRANGER = ""
 
 
 @dataclass(frozen=True)
@@ -392,6 +395,13 @@ class RecommenderCore:
             if variant.model_version:
                 serving = self._pinned.get(variant.model_version, serving)
         forgotten_ms = self._forgotten.get(user_id)
+        # A user forgotten since this model was trained is a stranger to it: their history,
+        # profile and users-file attributes inside it are never used again.
+        known_as = (
+            user_id
+            if forgotten_ms is None or forgotten_ms < _trained_at_ms(serving.published)
+            else STRANGER
+        )
         fresh = self.realtime.of(user_id)
         now_ms = self.now_ms(serving)
         request = (variant_name, k, filters, exclude_purchased, tuple(context_item_ids), attributes)
@@ -402,9 +412,7 @@ class RecommenderCore:
         key = (serving.version, user_id, request, len(fresh), last, forgotten_ms)
         entry = self._lists.get(key)
         if entry is None or not entry.since_ms <= now_ms < entry.until_ms:
-            entry = self._list_entry(
-                serving, variant, user_id, request, fresh, forgotten_ms, now_ms, key
-            )
+            entry = self._list_entry(serving, variant, known_as, request, fresh, now_ms, key)
         recommendation_id = f"{self._id_prefix}{next(self._ids):016x}"
         if variant_name and self.event_store is not None:
             self._note_impression(recommendation_id, user_id, variant_name, len(entry.items))
@@ -422,24 +430,23 @@ class RecommenderCore:
         self,
         serving: ServingModel,
         variant: VariantConfig | None,
-        user_id: str,
+        known_as: str,
         request: tuple[Any, ...],
         fresh: list[tuple[str, str, int]],
-        forgotten_ms: int | None,
         now_ms: int,
         key: tuple[object, ...],
     ) -> ListEntry:
-        """Computes the user's stage and list, and caches them. Users unknown to the model and
-        the profiles, asking with nothing of their own, share one entry per stage: each new id
-        would otherwise compute the same list and push a known user's out of the cache."""
-        staged = marketing.user_stage(serving, user_id, fresh, now_ms)
+        """Computes the user's stage and list, and caches them. `known_as` is the id the model
+        and profiles know the user by (STRANGER for a forgotten user). Users unknown to both,
+        asking with nothing of their own, share one entry per stage: each new id would
+        otherwise compute the same list and push a known user's out of the cache."""
+        staged = marketing.user_stage(serving, known_as, fresh, now_ms)
         _, k, filters, exclude_purchased, context_item_ids, attributes = request
         anonymous = (
             not fresh
-            and forgotten_ms is None
             and not (context_item_ids or attributes)
             and staged.profile_row is None
-            and serving.published.user_index(user_id) is None
+            and serving.published.user_index(known_as) is None
         )
         if anonymous:
             key = (serving.version, ANONYMOUS, request, staged.stage)
@@ -449,13 +456,12 @@ class RecommenderCore:
         items, fallback, strategy = self._compute_list(
             serving,
             variant,
-            user_id,
+            known_as,
             k,
             filters,
             exclude_purchased,
             context_item_ids,
             fresh,
-            forgotten_ms,
             staged.stage,
             dict(attributes),
         )
@@ -473,13 +479,11 @@ class RecommenderCore:
         exclude_purchased: bool,
         context_item_ids: tuple[str, ...] | list[str],
         fresh: list[tuple[str, str, int]],
-        forgotten_ms: int | None,
         stage: str,
         user_attributes: dict[str, str],
     ) -> tuple[tuple[ScoredItem, ...], bool, str]:
         model = serving.published
-        trained_before_forget = forgotten_ms is not None and forgotten_ms >= _trained_at_ms(model)
-        user = None if trained_before_forget else model.user_index(user_id)
+        user = model.user_index(user_id)
         context = model.item_indices(list(context_item_ids))
         banned = [model.item_indices(list(filters.exclude_item_ids))]
         if user is not None and exclude_purchased:

@@ -196,3 +196,20 @@ def test_batch_recommend_writes_every_users_list(trained, tmp_path) -> None:
     assert row["item_ids"] == served
     unavailable = set(published.item_ids[~published.items.available].tolist())
     assert not unavailable & {i for items in table.column("item_ids").to_pylist() for i in items}
+
+
+def test_batch_recommend_leaves_out_users_forgotten_since_training(trained, tmp_path) -> None:
+    import pyarrow.csv as pa_csv
+
+    from recsvc.eventstore import open_event_store
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    store = open_event_store(url)
+    store.forget("u0001", "test")
+    store.close()
+    out = tmp_path / "lists.csv"
+    command = ["batch-recommend", "--model-dir", str(trained.model_dir), "--out", str(out)]
+    assert main([*command, "--event-store", url]) == 0
+    users = pa_csv.read_csv(out).column("user_id").to_pylist()
+    assert "u0001" not in users and "u0002" in users
+    assert len(users) == trained.manifest["n_users"] - 1

@@ -382,3 +382,32 @@ def test_a_forgotten_user_stays_forgotten_after_a_restart(
     for category in ("garden", "books"):
         assert user not in restarted.find_audience(category=category, k=5000).user_ids
     restarted.event_store.close()
+
+
+def test_a_forgotten_user_is_served_exactly_as_a_visitor_never_seen(
+    published: PublishedModel, tmp_path: Path
+) -> None:
+    """Nothing the model holds about a forgotten user (history, profile, users-file
+    attributes, lifecycle stage) shapes what they are served."""
+    core = fresh_core(published, store=open_event_store(f"sqlite:///{tmp_path / 'e.db'}"))
+    stranger = core.recommend("never-seen-visitor", 10)
+    for user in (a_buyer(core), "u1460", "u0003"):
+        before = core.recommend(user, 10)
+        assert (before.strategy, before.lifecycle_stage) != (
+            stranger.strategy,
+            stranger.lifecycle_stage,
+        ) or before.items != stranger.items
+        core.forget_user(user, "test")
+        after = core.recommend(user, 10)
+        assert after.items == stranger.items
+        assert (after.fallback, after.strategy, after.lifecycle_stage) == (
+            stranger.fallback,
+            stranger.strategy,
+            stranger.lifecycle_stage,
+        )
+        filtered = Filters(include_categories=("garden",))
+        assert (
+            core.recommend(user, 5, filtered, exclude_purchased=True).items
+            == core.recommend("never-seen-visitor", 5, filtered, exclude_purchased=True).items
+        )
+    core.event_store.close()

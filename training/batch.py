@@ -4,7 +4,8 @@ For e-mail campaigns and caches. Users are scored in batches: with the approxima
 version has one (faiss searches a batch on every core), otherwise exactly, a batch of users
 against the whole catalogue at once. Items the catalogue marks unavailable are left out, so
 are items the user already touched where the model is served that way (serving.exclude_seen),
-and items the user bought with --exclude-purchased.
+and items the user bought with --exclude-purchased. Users deleted (ForgetUser) since the model
+was trained are left out: the server's event store says who they are.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from recsvc.eventstore import open_event_store
 from recsvc.models.base import mask_rows, top_k
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
@@ -44,6 +46,21 @@ def _exclusions(model: PublishedModel, users: np.ndarray, exclude_purchased: boo
     return sp.csr_matrix((np.ones(r.size, np.float32), (r, c)), shape=(users.size, n_items))
 
 
+def forgotten_since(model_dir: Path, event_store: str, since_ms: int) -> np.ndarray:
+    """Users deleted since `since_ms`, from `event_store` or, without one, the store `recsvc
+    serve` keeps beside the models (when there is one: this command creates no store)."""
+    default = model_dir / "events.db"
+    url = event_store or (f"sqlite:///{default.resolve()}" if default.exists() else "")
+    if not url:
+        return np.empty(0, dtype=str)
+    store = open_event_store(url)
+    try:
+        forgotten = store.forgotten_users()
+    finally:
+        store.close()
+    return np.array(sorted(u for u, when in forgotten.items() if when >= since_ms), dtype=str)
+
+
 def batch_recommend(
     model_dir: Path,
     out: Path,
@@ -52,14 +69,17 @@ def batch_recommend(
     batch: int = 1024,
     exclude_purchased: bool = False,
     progress: Progress | None = None,
+    event_store: str = "",
 ) -> dict[str, float]:
-    """Writes user_id, item_ids, scores for the first `limit` users (all when 0)."""
+    """Writes user_id, item_ids, scores for the first `limit` users (all when 0), leaving out
+    users forgotten since the model was trained."""
     progress = progress or Progress("batch")
     model = PublishedModel.load(ModelStore(model_dir).current_path())
+    forgotten = forgotten_since(model_dir, event_store, int(model.manifest.get("started_at_ms", 0)))
     n_users = model.user_ids.size if not limit else min(limit, model.user_ids.size)
     available = np.asarray(model.items.available, dtype=bool)
     started = last = time.perf_counter()
-    done = 0
+    done = left_out = 0
     with TableWriter(out) as writer:
         for start in range(0, n_users, batch):
             users = np.arange(start, min(start + batch, n_users))
@@ -93,6 +113,10 @@ def batch_recommend(
                     "scores": pa.array(score_lists, pa.list_(pa.float32())),
                 }
             )
+            if forgotten.size:
+                kept = ~np.isin(model.user_ids[users], forgotten)
+                table = table.filter(pa.array(kept))
+                left_out += int((~kept).sum())
             writer.write(table)
             done += users.size
             now = time.perf_counter()
@@ -102,7 +126,13 @@ def batch_recommend(
     seconds = time.perf_counter() - started
     rate = done / seconds if seconds else 0.0
     progress.say(
-        f"wrote {done:,} users' top {k} to {out} in {seconds:.1f} s: {rate:,.0f} users/s "
-        f"({'approximate index' if model.ann is not None else 'exact scoring'})"
+        f"wrote {done - left_out:,} users' top {k} to {out} in {seconds:.1f} s: "
+        f"{rate:,.0f} users/s ({'approximate index' if model.ann is not None else 'exact scoring'})"
+        + (f"; left out {left_out:,} forgotten users" if left_out else "")
     )
-    return {"users": done, "seconds": seconds, "users_per_s": rate}
+    return {
+        "users": done - left_out,
+        "forgotten": left_out,
+        "seconds": seconds,
+        "users_per_s": rate,
+    }
