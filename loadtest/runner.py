@@ -29,6 +29,7 @@ from hdrh.histogram import HdrHistogram
 
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
+from service.servicer import LOAD_TEST_KEY
 
 # Latencies are recorded in microseconds, from 1 us to 60 s, to 3 significant digits.
 LOWEST_US, HIGHEST_US, DIGITS = 1, 60_000_000, 3
@@ -55,6 +56,7 @@ class LoadSpec:
     api_key: str = ""
     tls_ca: str = ""
     seed: int = 1
+    live: bool = False  # count as real traffic: impressions, stored events (and so training)
 
 
 @dataclass
@@ -148,7 +150,9 @@ async def _run(spec: LoadSpec, workload: Workload, index: int, share: float, rep
     """One client process: `share` of the rate (open loop) or its own callers (closed)."""
     channels = [_channel(spec) for _ in range(spec.channels)]
     stubs = [pb_grpc.RecommenderStub(c) for c in channels]
-    metadata = (("authorization", f"Bearer {spec.api_key}"),) if spec.api_key else None
+    metadata = (("authorization", f"Bearer {spec.api_key}"),) if spec.api_key else ()
+    if not spec.live:
+        metadata += ((LOAD_TEST_KEY, "1"),)
     requests = Requests(spec, workload, spec.seed * 1000 + index)
     pending: list[tuple[str, object]] = []
     tally = Tally()

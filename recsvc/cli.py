@@ -144,6 +144,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("RECSVC_API_KEY", ""),
         tls_ca=str(args.tls_ca or ""),
         seed=args.seed,
+        live=args.live,
     )
     report = run_load(spec, Workload.from_model_dir(args.model_dir))
     print(format_report(report), file=sys.stderr)
@@ -502,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--api-key", default="")
     load.add_argument("--tls-ca", type=Path, default=None)
     load.add_argument("--seed", type=int, default=1)
+    load.add_argument(
+        "--live",
+        action="store_true",
+        help="count this traffic as real: experiment impressions and stored events, which the "
+        "next training run reads (default: marked as a load test and kept out of both)",
+    )
     load.add_argument("--json", type=Path, default=None, help="write the report here")
     load.set_defaults(run=_loadtest)
 

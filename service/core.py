@@ -376,7 +376,9 @@ class RecommenderCore:
         exclude_purchased: bool = False,
         context_item_ids: tuple[str, ...] | list[str] = (),
         user_attributes: dict[str, str] | None = None,
+        count_impression: bool = True,
     ) -> Recommendations:
+        """`count_impression` False: the list is not an experiment impression (load tests)."""
         self._check_id(user_id, "user_id")
         self._check_k(k)
         if filters is not NO_FILTERS and filters != NO_FILTERS:
@@ -414,7 +416,7 @@ class RecommenderCore:
         if entry is None or not entry.since_ms <= now_ms < entry.until_ms:
             entry = self._list_entry(serving, variant, known_as, request, fresh, now_ms, key)
         recommendation_id = f"{self._id_prefix}{next(self._ids):016x}"
-        if variant_name and self.event_store is not None:
+        if variant_name and count_impression and self.event_store is not None:
             self._note_impression(recommendation_id, user_id, variant_name, len(entry.items))
         return Recommendations(
             entry.items,
@@ -597,6 +599,19 @@ class RecommenderCore:
 
     def record_events(self, events: list[EventInput]) -> int:
         """Validates the whole batch first: one bad event refuses the batch, nothing stored."""
+        stored = self.check_events(events)
+        if self.event_store is None:
+            for e in stored:
+                self.realtime.add(e.user_id, e.item_id, e.event, e.timestamp_ms)
+                self._newest_event_ms = max(self._newest_event_ms, e.timestamp_ms)
+        else:
+            self.event_store.append(stored)
+            self.sync()  # the store is the one path into real-time state, for every worker
+        return len(stored)
+
+    def check_events(self, events: list[EventInput]) -> list[StoredEvent]:
+        """The batch as it would be stored; InvalidArgument for the first bad event. Load-test
+        traffic stops here: checked like real events, stored nowhere."""
         limits = self.config.limits
         if not events:
             raise InvalidArgument("events must not be empty")
@@ -639,14 +654,7 @@ class RecommenderCore:
                     event.recommendation_id,
                 )
             )
-        if self.event_store is None:
-            for e in stored:
-                self.realtime.add(e.user_id, e.item_id, e.event, e.timestamp_ms)
-                self._newest_event_ms = max(self._newest_event_ms, e.timestamp_ms)
-        else:
-            self.event_store.append(stored)
-            self.sync()  # the store is the one path into real-time state, for every worker
-        return len(stored)
+        return stored
 
     def sync(self) -> None:
         """Takes in events and deletions that any server process stored since the last sync."""

@@ -13,6 +13,11 @@ from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from service.core import NO_FILTERS, EventInput, Filters, Recommendations, RecommenderCore
 
+# Calls carrying this metadata key are load-test traffic (`recsvc loadtest` sends it unless
+# told --live): answered as usual, but never counted as experiment impressions, and their
+# events are checked and not stored, so they reach neither reports nor training.
+LOAD_TEST_KEY = "x-recsvc-load-test"
+
 # Recommend responses built once per cached list, by the identity of the core's (cached,
 # immutable) item tuple: copying a built message costs a tenth of building it.
 BUILT_RESPONSES = 4096
@@ -33,6 +38,10 @@ def _filters(message: pb.Filters, exclude_item_ids: Any = ()) -> Filters:
         min_price=message.min_price if message.HasField("min_price") else None,
         max_price=message.max_price if message.HasField("max_price") else None,
     )
+
+
+def _load_test(context: grpc.aio.ServicerContext) -> bool:
+    return any(key == LOAD_TEST_KEY for key, _ in context.invocation_metadata() or ())
 
 
 def _same_list(built: Recommendations, result: Recommendations) -> bool:
@@ -105,6 +114,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 request.exclude_purchased,
                 tuple(request.context_item_ids) if request.context_item_ids else (),
                 dict(request.user_attributes) if request.user_attributes else None,
+                # Metadata is read only where it matters: when an experiment counts impressions.
+                not (self.core.config.experiments and _load_test(context)),
             )
         )
 
@@ -148,6 +159,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             )
             for e in request.events
         ]
+        if _load_test(context):
+            return pb.RecordEventsResponse(recorded=len(self.core.check_events(events)))
         recorded = await asyncio.to_thread(self.core.record_events, events)
         return pb.RecordEventsResponse(recorded=recorded)
 

@@ -848,3 +848,37 @@ model_version = "{old}"
         assert served == {"pin/current": {new}, "pin/old": {old}}
     finally:
         running.stop()
+
+
+def test_load_test_traffic_stays_out_of_experiments_and_stored_events(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """`recsvc loadtest` marks its calls: no impression is counted and no event stored, so
+    neither an experiment's report nor the next training run sees them; --live counts them."""
+    (tmp_path / "serve.toml").write_text(
+        '[[serving.experiments]]\nname = "home"\nsalt = "lt"\n'
+        '[[serving.experiments.variants]]\nname = "a"\n'
+        '[[serving.experiments.variants]]\nname = "b"\nstrategy = "trending"\n'
+    )
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    running = start_server(model_dir, "--config", str(tmp_path / "serve.toml"),
+                           "--event-store", url)  # fmt: skip
+    command = [
+        RECSVC, "loadtest", "--target", running.target, "--model-dir", str(model_dir),
+        "--duration", "30", "--requests", "200", "--concurrency", "4",
+        "--mix", "Recommend=0.6,RecordEvents=0.4",
+    ]  # fmt: skip
+    try:
+        running.wait_for_health(SERVING)
+        marked = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert marked.returncode == 0, marked.stderr
+        live = subprocess.run([*command, "--live"], capture_output=True, text=True, timeout=60)
+        assert live.returncode == 0, live.stderr
+    finally:
+        running.stop()  # flushes buffered impressions
+    store = open_event_store(url)
+    impressions, events = store.read_impressions().num_rows, store.read_events().num_rows
+    store.close()
+    # Only the --live run's: about 120 lists and 80 single-event calls of its 200.
+    assert 90 <= impressions <= 150, impressions
+    assert 50 <= events <= 110, events
