@@ -254,7 +254,7 @@ def _models_rollback(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from recsvc.config import load_config
     from service.observability import JsonFormatter
-    from service.server import ServeOptions, serve
+    from service.server import ServeOptions, check_model_dir, serve
 
     if args.log_format == "json":
         for handler in logging.getLogger().handlers:
@@ -275,6 +275,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
     config = load_config(args.config).serving
+    print(f"recsvc serve: {check_model_dir(args.model_dir, config)}", flush=True)
     if args.workers > 1:
         from service.workers import serve_workers
 

@@ -395,7 +395,13 @@ class RecommenderCore:
             variant = assign_variant(experiment, user_id)
             variant_name = f"{experiment.name}/{variant.name}"
             if variant.model_version:
-                serving = self._pinned.get(variant.model_version, serving)
+                pinned = self._pinned.get(variant.model_version)
+                if pinned is None:
+                    # Its version is not loaded (yet, or it failed): serving the current model
+                    # under this variant's name would count the wrong arm's impressions.
+                    variant_name, variant = "", None
+                else:
+                    serving = pinned
         forgotten_ms = self._forgotten.get(user_id)
         # A user forgotten since this model was trained is a stranger to it: their history,
         # profile and users-file attributes inside it are never used again.

@@ -191,6 +191,28 @@ class ServeOptions:
     access_log: bool = True
 
 
+def check_model_dir(model_dir: Path, config: ServingConfig) -> str:
+    """BadInput for a model directory that does not exist (a typo must not become an empty
+    store that waits forever) or an experiment variant pinned to a version it does not hold;
+    otherwise a line saying what will be served."""
+    if not model_dir.is_dir():
+        raise BadInput(f"model directory {model_dir} does not exist")
+    store = ModelStore(model_dir)
+    published = store.versions()
+    for experiment in config.experiments[:1]:
+        for variant in experiment.variants:
+            if variant.model_version and variant.model_version not in published:
+                raise BadInput(
+                    f"experiment {experiment.name!r}, variant {variant.name!r}: model_version "
+                    f"{variant.model_version!r} is not published in {model_dir} "
+                    f"(published: {', '.join(published) or 'none'})"
+                )
+    current = store.current_version()
+    if current is None:
+        return f"no model published in {model_dir} yet: NOT_SERVING until one is"
+    return f"serving model {current} from {model_dir}"
+
+
 def open_store(model_dir: Path, config: ServingConfig, override: str) -> EventStore:
     url = override or config.event_store or f"sqlite:///{(model_dir / 'events.db').resolve()}"
     return open_event_store(url)

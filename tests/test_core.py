@@ -411,3 +411,19 @@ def test_a_forgotten_user_is_served_exactly_as_a_visitor_never_seen(
             == core.recommend("never-seen-visitor", 5, filtered, exclude_purchased=True).items
         )
     core.event_store.close()
+
+
+def test_a_variant_whose_pinned_version_is_not_loaded_counts_no_impression(
+    published: PublishedModel, tmp_path: Path
+) -> None:
+    """Until its version is loaded, a pinned variant's users get the current model with no
+    variant: their lists never count as that arm's impressions."""
+    experiment = ExperimentConfig(
+        "pin", "s", [VariantConfig("current", 1.0), VariantConfig("old", 1.0, "model", "v0")]
+    )
+    store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
+    core = fresh_core(published, dataclasses.replace(WIDE, experiments=[experiment]), store)
+    variants = Counter(core.recommend(str(u), 5).variant for u in published.user_ids[:40])
+    assert set(variants) == {"pin/current", ""} and variants[""] > 5
+    assert {v for _, _, v, _, _ in core.take_impressions()} == {"pin/current"}
+    store.close()

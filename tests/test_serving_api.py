@@ -882,3 +882,30 @@ def test_load_test_traffic_stays_out_of_experiments_and_stored_events(
     # Only the --live run's: about 120 lists and 80 single-event calls of its 200.
     assert 90 <= impressions <= 150, impressions
     assert 50 <= events <= 110, events
+
+
+def test_serve_refuses_a_missing_model_dir_or_pinned_version(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "serve.toml").write_text(
+        '[[serving.experiments]]\nname = "pin"\nsalt = "p"\n'
+        '[[serving.experiments.variants]]\nname = "current"\n'
+        '[[serving.experiments.variants]]\nname = "old"\nmodel_version = "20200101T000000Z-gone"\n'
+    )
+    serve = [RECSVC, "serve", "--port", "0"]
+    pinned = subprocess.run(
+        [*serve, "--model-dir", str(model_dir), "--config", str(tmp_path / "serve.toml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert pinned.returncode == 2
+    assert pinned.stderr.strip().splitlines() == [
+        f"recsvc: error: experiment 'pin', variant 'old': model_version "
+        f"'20200101T000000Z-gone' is not published in {model_dir} "
+        f"(published: {', '.join(ModelStore(model_dir).versions())})"
+    ]
+    typo = subprocess.run(
+        [*serve, "--model-dir", str(tmp_path / "modles")], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert typo.returncode == 2 and "modles does not exist" in typo.stderr
+    assert not (tmp_path / "modles").exists()
