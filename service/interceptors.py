@@ -38,6 +38,7 @@ STATUS_OF: dict[type[RecsvcError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 REQUEST_ID_KEY = "x-request-id"
+ROLES = ("client", "analyst", "admin")  # each can do what the ones before it can
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
@@ -161,7 +162,8 @@ class ErrorMappingInterceptor(WrappingInterceptor):
 
 @dataclass(frozen=True)
 class ApiKeys:
-    """Keys and their roles ("client" or "admin"), read from a file of "KEY ROLE" lines."""
+    """Keys and their roles, read from a file of "KEY ROLE" lines. Each role can do what the
+    one before it can: client (a shop frontend), analyst (customer data), admin (operations)."""
 
     roles: dict[str, str]
 
@@ -173,8 +175,10 @@ class ApiKeys:
             if not line or line.startswith("#"):
                 continue
             parts = line.split()
-            if len(parts) != 2 or parts[1] not in ("client", "admin"):
-                raise BadInput(f"{path}:{number}: expected 'KEY client' or 'KEY admin'")
+            if len(parts) != 2 or parts[1] not in ROLES:
+                raise BadInput(
+                    f"{path}:{number}: expected 'KEY ROLE', ROLE one of {', '.join(ROLES)}"
+                )
             roles[parts[0]] = parts[1]
         if not roles:
             raise BadInput(f"{path} holds no API keys")
@@ -190,20 +194,23 @@ class ApiKeys:
 
 
 class AuthInterceptor(WrappingInterceptor):
-    """`authorization: Bearer KEY` on every call of the services in `protected`; the methods in
-    `admin_methods` need an admin key. Health and reflection stay open for probes."""
+    """`authorization: Bearer KEY` on every call of the services in `protected`; a method in
+    `required_role` needs that role or a later one in ROLES. Health and reflection stay open
+    for probes."""
 
-    def __init__(self, keys: ApiKeys, protected: str, admin_methods: set[str]) -> None:
+    def __init__(self, keys: ApiKeys, protected: str, required_role: dict[str, str]) -> None:
         super().__init__()
         self.keys = keys
         self.protected = protected
-        self.admin_methods = admin_methods
+        self.required_role = required_role
 
     def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if not full_method.startswith(f"/{self.protected}/"):
             return handler
         method = full_method.rsplit("/", 1)[-1]
         behaviour = handler.unary_unary
+        needed = self.required_role.get(method, ROLES[0])
+        allowed = set(ROLES[ROLES.index(needed) :])
 
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
             header = _metadata(context, "authorization")
@@ -211,8 +218,8 @@ class AuthInterceptor(WrappingInterceptor):
             role = self.keys.role_of(key) if key else None
             if role is None:
                 raise Unauthenticated("a valid API key is required: authorization: Bearer KEY")
-            if method in self.admin_methods and role != "admin":
-                raise PermissionDenied(f"{method} needs an admin key")
+            if role not in allowed:
+                raise PermissionDenied(f"{method} needs an {needed} key or higher, not {role}")
             return await behaviour(request, context)
 
         return _wrap(handler, checked)

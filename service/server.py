@@ -32,9 +32,16 @@ SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_n
 SERVING = health_pb2.HealthCheckResponse.SERVING
 LIVENESS_SERVICE = "liveness"
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-# Operations, and FindAudience: it hands out lists of customers in bulk, for campaign tools,
-# never for a shop's frontend.
-ADMIN_METHODS = {"ReloadModel", "ForgetUser", "FindAudience"}
+# The role each method needs beyond "client" (a shop frontend: recommendations and events).
+# Customers' personal data, alone or in bulk, is for analysts; operations are for admins.
+REQUIRED_ROLE = {
+    "GetUserProfile": "analyst",
+    "ListSegments": "analyst",
+    "GetSegment": "analyst",
+    "FindAudience": "analyst",
+    "ReloadModel": "admin",
+    "ForgetUser": "admin",
+}
 # How often buffered impressions (for experiment reports) are written to the event store.
 IMPRESSION_FLUSH_SECONDS = 1.0
 # How often a worker takes in events and deletions stored by the other workers.
@@ -62,7 +69,7 @@ def create_server(
     metrics = metrics or Metrics()
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorMappingInterceptor(metrics)]
     if api_keys is not None:
-        interceptors.append(AuthInterceptor(api_keys, SERVICE_NAME, ADMIN_METHODS))
+        interceptors.append(AuthInterceptor(api_keys, SERVICE_NAME, REQUIRED_ROLE))
     size = core.config.limits.max_message_bytes
     server = grpc.aio.server(
         interceptors=interceptors,

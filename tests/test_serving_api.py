@@ -313,7 +313,9 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 
 def test_tls_and_api_keys(model_dir: Path, tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
-    (tmp_path / "keys").write_text("# key role\nclient-key-1 client\nadmin-key-1 admin\n")
+    (tmp_path / "keys").write_text(
+        "# key role\nclient-key-1 client\nanalyst-key-1 analyst\nadmin-key-1 admin\n"
+    )
     (tmp_path / "serve.toml").write_text('[serving]\napi_keys_file = "keys"\n')
     credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
     running = start_server(
@@ -344,11 +346,29 @@ def test_tls_and_api_keys(model_dir: Path, tmp_path: Path) -> None:
             stub.ReloadModel(pb.ReloadModelRequest(), metadata=client, timeout=5)
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert stub.ReloadModel(pb.ReloadModelRequest(), metadata=admin, timeout=5).version
+        analyst = (("authorization", "Bearer analyst-key-1"),)
+        # Customers' personal data is for analysts and admins, never a frontend's client key.
+        profile = pb.GetUserProfileRequest(user_id="u0001")
         audience = pb.FindAudienceRequest(category="garden", k=5)
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.FindAudience(audience, metadata=client, timeout=5)
-        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert len(stub.FindAudience(audience, metadata=admin, timeout=5).users) == 5
+        for call, request in (
+            ("GetUserProfile", profile),
+            ("FindAudience", audience),
+            ("ListSegments", pb.ListSegmentsRequest()),
+            ("GetSegment", pb.GetSegmentRequest(segment_id="rfm:champions")),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                getattr(stub, call)(request, metadata=client, timeout=5)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, call
+            for key in (analyst, admin):
+                getattr(stub, call)(request, metadata=key, timeout=5)
+        assert len(stub.FindAudience(audience, metadata=analyst, timeout=5).users) == 5
+        for call, request in (
+            ("ReloadModel", pb.ReloadModelRequest()),
+            ("ForgetUser", pb.ForgetUserRequest(user_id="nobody-known")),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                getattr(stub, call)(request, metadata=analyst, timeout=5)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, call
         with grpc.insecure_channel(running.target) as plain, pytest.raises(grpc.RpcError):
             pb_grpc.RecommenderStub(plain).Recommend(request, metadata=client, timeout=2)
         cli = [RECSVC, "recommend", "--target", running.target, "--user", "u0001", "--json"]
