@@ -35,8 +35,12 @@ WORKDIR /home/recsvc
 VOLUME ["/models"]
 # gRPC, and Prometheus /metrics.
 EXPOSE 50051 9100
+# Under TLS (serve --tls-cert/--tls-key), set RECSVC_TLS_CA to the CA file and, if the
+# certificate does not name 127.0.0.1, RECSVC_TLS_SERVER_NAME to a name it carries.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
-  CMD ["recsvc", "health", "--target", "127.0.0.1:50051"]
+  CMD recsvc health --target 127.0.0.1:50051 \
+      ${RECSVC_TLS_CA:+--tls-ca "$RECSVC_TLS_CA"} \
+      ${RECSVC_TLS_SERVER_NAME:+--tls-server-name "$RECSVC_TLS_SERVER_NAME"}
 ENTRYPOINT ["recsvc"]
 CMD ["serve", "--model-dir", "/models", "--host", "0.0.0.0", "--port", "50051", \
      "--metrics-port", "9100"]

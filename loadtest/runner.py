@@ -37,6 +37,9 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 MAX_IN_FLIGHT = 20_000  # open loop: beyond this the client itself is the bottleneck
 
 
+MIXABLE = ("Recommend", "SimilarItems", "RecordEvents")  # the RPCs a --mix may name
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     target: str = "127.0.0.1:50051"

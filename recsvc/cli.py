@@ -12,8 +12,9 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from recsvc.errors import BadInput, QualityGateRefused
+from recsvc.errors import BadInput, InvalidArgument, NotFound, QualityGateRefused
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_GATE_REFUSED = 0, 1, 2, 3
 
@@ -119,7 +120,7 @@ def _tune(args: argparse.Namespace) -> None:
 def _loadtest(args: argparse.Namespace) -> int:
     import os
 
-    from loadtest.runner import LoadSpec, Workload, format_report, run_load, save_report
+    from loadtest.runner import MIXABLE, LoadSpec, Workload, format_report, run_load, save_report
 
     mix = {}
     for part in args.mix.split(","):
@@ -128,6 +129,8 @@ def _loadtest(args: argparse.Namespace) -> int:
             mix[name.strip()] = float(weight)
         except ValueError as exc:
             raise BadInput(f"--mix: expected RPC=weight, got {part!r}") from exc
+        if name.strip() not in MIXABLE:
+            raise BadInput(f"--mix: unknown RPC {name.strip()!r}; one of {', '.join(MIXABLE)}")
     spec = LoadSpec(
         target=args.target,
         duration_s=args.duration,
@@ -204,7 +207,7 @@ def _experiments_report(args: argparse.Namespace) -> None:
     from recsvc.eventstore import open_event_store
     from recsvc.experiments import experiment_report, format_report
 
-    store = open_event_store(args.event_store)
+    store = open_event_store(args.event_store, existing=True)
     try:
         results = experiment_report(store.read_impressions(), store.read_outcomes())
     finally:
@@ -225,8 +228,12 @@ def _models_list(args: argparse.Namespace) -> None:
     from recsvc.modelstore import ModelStore
     from recsvc.published import MANIFEST_FILE
 
+    if not args.model_dir.is_dir():
+        raise BadInput(f"model directory {args.model_dir} does not exist")
     store = ModelStore(args.model_dir)
     current = store.current_version()
+    if current is None:
+        print(f"no model published in {args.model_dir}", file=sys.stderr)
     for version in store.versions():
         try:
             manifest = json.loads((store.path(version) / MANIFEST_FILE).read_text())
@@ -290,7 +297,7 @@ def _connection(args: argparse.Namespace):
     from service.client import Connection
 
     key = args.api_key or os.environ.get("RECSVC_API_KEY", "")
-    return Connection(args.target, key, args.tls_ca, args.timeout)
+    return Connection(args.target, key, args.tls_ca, args.timeout, args.tls_server_name)
 
 
 def _recommend(args: argparse.Namespace) -> None:
@@ -316,11 +323,25 @@ def _similar(args: argparse.Namespace) -> None:
 def _health(args: argparse.Namespace) -> int:
     from service.client import health
 
-    return EXIT_OK if health(args.target, args.service, args.timeout) else EXIT_FAILED
+    return EXIT_OK if health(_connection(args), args.service) else EXIT_FAILED
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (and exit 2), like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535; 0 picks a free one)")
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsvc", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="recsvc", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     roles = parser.add_subparsers(dest="role", required=True)
 
@@ -402,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = roles.add_parser("serve", help="serve the current model over gRPC")
     serve.add_argument("--model-dir", type=Path, required=True)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    serve.add_argument("--port", type=_port, default=50051, help="0 picks a free port")
     serve.add_argument(
         "--reload-interval",
         type=float,
@@ -423,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="server processes sharing the port (SO_REUSEPORT) and the model's memory",
     )
     serve.add_argument(
-        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+        "--metrics-port", type=_port, default=None, help="serve Prometheus /metrics on this port"
     )
     serve.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain")
     serve.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
@@ -565,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
         "noop-server", help="benchmark baseline: answers at once with a fixed response"
     )
     noop.add_argument("--host", default="127.0.0.1")
-    noop.add_argument("--port", type=int, default=50052)
+    noop.add_argument("--port", type=_port, default=50052)
     noop.add_argument("-k", type=int, default=10, help="items in each response")
     noop.set_defaults(run=_noop_server)
 
@@ -580,19 +601,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_experiments_report)
 
     check = roles.add_parser("health", help="exit 0 if a server reports SERVING, else 1")
-    check.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")
+    _add_client_flags(check, timeout=2.0)
     check.add_argument("--service", default="", help="service name; empty for the server")
-    check.add_argument("--timeout", type=float, default=2.0)
     check.set_defaults(run=_health)
     return parser
 
 
-def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+def _add_client_flags(parser: argparse.ArgumentParser, timeout: float = 5.0) -> None:
     """Where and how a client command calls a server (see _connection)."""
     parser.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")
-    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=timeout)
     parser.add_argument("--api-key", default="", help="API key (default: $RECSVC_API_KEY)")
     parser.add_argument("--tls-ca", type=Path, default=None, help="CA file: call over TLS")
+    parser.add_argument(
+        "--tls-server-name", default="", help="the name the server's certificate carries"
+    )
 
 
 def _add_input_flags(parser: argparse.ArgumentParser, events_required: bool = True) -> None:
@@ -615,7 +638,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         code = args.run(args)
-    except BadInput as exc:
+    except (BadInput, InvalidArgument, NotFound) as exc:
+        print(f"recsvc: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        # A path the user gave that cannot be used, not a fault of ours.
         print(f"recsvc: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except QualityGateRefused as exc:

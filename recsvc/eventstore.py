@@ -94,8 +94,9 @@ def forget_audit_line(user_id: str, removed: int, reason: str, now_ms: int) -> s
     )
 
 
-def open_event_store(url: str) -> EventStore:
-    """The store named by `url`; a bare path means SQLite."""
+def open_event_store(url: str, existing: bool = False) -> EventStore:
+    """The store named by `url`; a bare path means SQLite. With `existing` (commands that only
+    read a store), a SQLite file that is not there is BadInput, never created."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "sqlite"):
         path = parsed.path if parsed.scheme else url
@@ -103,6 +104,8 @@ def open_event_store(url: str) -> EventStore:
             path = parsed.netloc + parsed.path
         if not path:
             raise BadInput(f"event store URL {url!r} names no file")
+        if existing and not Path(path).is_file():
+            raise BadInput(f"event store {url}: {path} does not exist")
         return SQLiteEventStore(Path(path))
     if parsed.scheme == "redis":
         from recsvc.redis_store import RedisEventStore

@@ -79,6 +79,8 @@ class VariantResult:
 
 def experiment_report(impressions: pa.Table, outcomes: pa.Table) -> list[VariantResult]:
     """Per variant ("experiment/variant"): impressions, click-through, conversion."""
+    if impressions.num_rows == 0:
+        return []
     served = impressions.group_by("variant").aggregate([("recommendation_id", "count")])
     counts = dict(
         zip(

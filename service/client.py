@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recsvc.errors import BadInput
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -52,12 +53,20 @@ class Connection:
     api_key: str = ""
     tls_ca: Path | None = None
     timeout: float = 5.0
+    tls_server_name: str = ""  # the name in the server's certificate, when not the target's
 
     def channel(self) -> grpc.Channel:
         if self.tls_ca is None:
             return grpc.insecure_channel(self.target)
+        if not self.tls_ca.is_file():
+            raise BadInput(f"CA file {self.tls_ca} does not exist")
         credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca.read_bytes())
-        return grpc.secure_channel(self.target, credentials)
+        options = (
+            [("grpc.ssl_target_name_override", self.tls_server_name)]
+            if self.tls_server_name
+            else []
+        )
+        return grpc.secure_channel(self.target, credentials, options=options)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -111,9 +120,10 @@ def user_profile(connection: Connection, user_id: str) -> None:
     print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
 
 
-def health(target: str, service: str, timeout: float) -> bool:
+def health(connection: Connection, service: str) -> bool:
     """True when the server reports SERVING for `service` ("" for the whole server)."""
-    with grpc.insecure_channel(target) as channel:
+    target, timeout = connection.target, connection.timeout
+    with connection.channel() as channel:
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=timeout
         )

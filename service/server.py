@@ -220,9 +220,19 @@ def check_model_dir(model_dir: Path, config: ServingConfig) -> str:
     return f"serving model {current} from {model_dir}"
 
 
-def open_store(model_dir: Path, config: ServingConfig, override: str) -> EventStore:
-    url = override or config.event_store or f"sqlite:///{(model_dir / 'events.db').resolve()}"
-    return open_event_store(url)
+def open_store(
+    model_dir: Path, config: ServingConfig, override: str, existing: bool = False
+) -> EventStore | None:
+    """The store `recsvc serve` uses: `override`, the config's, or events.db beside the models.
+    With `existing` (readers), None where the default file is not there, BadInput where a
+    named store is not."""
+    default = model_dir / "events.db"
+    url = override or config.event_store
+    if not url:
+        if existing and not default.exists():
+            return None
+        url = f"sqlite:///{default.resolve()}"
+    return open_event_store(url, existing=existing)
 
 
 def _credentials(options: ServeOptions) -> grpc.ServerCredentials | None:

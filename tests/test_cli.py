@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,8 @@ from helpers import write_lines
 
 from recsvc.cli import main
 from recsvc.modelstore import ModelStore
+
+RECSVC = str(Path(sys.executable).with_name("recsvc"))
 
 
 def test_generate_then_train_publishes_a_current_version(tmp_path: Path) -> None:
@@ -213,3 +217,63 @@ def test_batch_recommend_leaves_out_users_forgotten_since_training(trained, tmp_
     users = pa_csv.read_csv(out).column("user_id").to_pylist()
     assert "u0001" not in users and "u0002" in users
     assert len(users) == trained.manifest["n_users"] - 1
+
+
+BAD_ARGUMENTS = {
+    "data generate": ["data", "generate", "--out", "/proc/version/shop"],
+    "data validate": ["data", "validate", "--events", "{tmp}/missing.csv"],
+    "data import": ["data", "import", "--format", "online-retail", "{tmp}/nothing", "{tmp}/out"],
+    "train": ["train", "--events", "{tmp}/missing.csv", "--model-dir", "{tmp}/m"],
+    "train (events dir)": ["train", "--events", "{tmp}", "--model-dir", "{tmp}/m"],
+    "train (store)": ["train", "--events", "{events}", "--model-dir", "{tmp}/m",
+                      "--event-store", "sqlite:///{tmp}/typo.db"],
+    "evaluate": ["evaluate", "--events", "{tmp}/missing.csv", "--out", "{tmp}/report"],
+    "tune": ["tune", "--events", "{events}", "--out", "{tmp}/t.toml", "--models", "nope"],
+    "serve": ["serve", "--model-dir", "{tmp}/typo", "--port", "0"],
+    "recommend": ["recommend", "--user", "u1", "--tls-ca", "{tmp}/missing.pem"],
+    "similar": ["similar", "--item", "i1", "--tls-ca", "{tmp}/missing.pem"],
+    "profile": ["profile", "u1", "--tls-ca", "{tmp}/missing.pem"],
+    "health": ["health", "--tls-ca", "{tmp}/missing.pem"],
+    "models list": ["models", "list", "--model-dir", "{tmp}/typo"],
+    "models rollback": ["models", "rollback", "v1", "--model-dir", "{tmp}/typo"],
+    "loadtest": ["loadtest", "--model-dir", "{models}", "--mix", "Bogus=1.0", "--duration", "1"],
+    "batch-recommend": ["batch-recommend", "--model-dir", "{tmp}/typo", "--out", "{tmp}/b.csv"],
+    "audience export (category)": ["audience", "export", "--model-dir", "{models}",
+                                   "--out", "{tmp}/a.csv", "--category", "gardn"],
+    "audience export (segment)": ["audience", "export", "--model-dir", "{models}",
+                                  "--out", "{tmp}/a.csv", "--segment", "rfm:champ"],
+    "audience export (item)": ["audience", "export", "--model-dir", "{models}",
+                               "--out", "{tmp}/a.csv", "--item", "i9999"],
+    "segments report": ["segments", "report", "--model-dir", "{tmp}/typo", "--out", "{tmp}/r"],
+    "noop-server": ["noop-server", "--port", "99999"],
+    "experiments report": ["experiments", "report", "--event-store", "sqlite:///{tmp}/typo.db"],
+    "unknown flag": ["train", "--evnets", "x"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ARGUMENTS))
+def test_every_command_answers_a_bad_argument_with_exit_2_and_one_line(
+    name: str, trained, shop_inputs, tmp_path: Path
+) -> None:
+    values = {"tmp": tmp_path, "events": shop_inputs.events, "models": trained.model_dir}
+    argv = [a.format(**values) for a in BAD_ARGUMENTS[name]]
+    done = subprocess.run([RECSVC, *argv], capture_output=True, text=True, timeout=120)
+    # Progress lines ("[train 0.1s] ...") may come first; then one line says what is wrong.
+    lines = [x for x in done.stderr.strip().splitlines() if not x.startswith("[")]
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    assert lines[0].startswith("recsvc") and "error" in lines[0], lines
+    assert not (tmp_path / "typo.db").exists() and not (tmp_path / "typo").exists()
+
+
+def test_spark_engine_without_pyspark_says_what_to_install(
+    shop_inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # as if the [spark] extra were absent
+    command = ["train", "--events", str(shop_inputs.events), "--model-dir", str(tmp_path)]
+    assert main([*command, "--engine", "spark"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        "recsvc: error: the spark engine needs pyspark: pip install 'recsvc[spark]' "
+        "(and a Java 17 runtime)"
+    )

@@ -153,3 +153,14 @@ def test_formatted_report_lines() -> None:
         "e/b                                      200   20.00% [15.05%, 26.09%]      0.0051"
         "    1.00% [ 0.27%,  3.57%]      1.0000",
     ]
+
+
+def test_report_on_a_store_without_impressions(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    store = open_event_store(url)
+    store.append([StoredEvent("u", "i", "view", 1)])
+    store.close()
+    assert main(["experiments", "report", "--event-store", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["experiments", "report", "--event-store", url]) == 0
+    assert "no impressions recorded yet" in capsys.readouterr().out

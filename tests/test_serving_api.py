@@ -371,6 +371,11 @@ def test_tls_and_api_keys(model_dir: Path, tmp_path: Path) -> None:
             assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, call
         with grpc.insecure_channel(running.target) as plain, pytest.raises(grpc.RpcError):
             pb_grpc.RecommenderStub(plain).Recommend(request, metadata=client, timeout=2)
+        # The container's health check over TLS (the certificate names localhost).
+        health = [RECSVC, "health", "--target", running.target, "--tls-ca", str(cert)]
+        checked = subprocess.run([*health, "--tls-server-name", "localhost"], capture_output=True)
+        assert checked.returncode == 0 and b"SERVING" in checked.stdout, checked.stderr
+        assert subprocess.run([RECSVC, "health", "--target", running.target]).returncode == 1
         cli = [RECSVC, "recommend", "--target", running.target, "--user", "u0001", "--json"]
         tls = ["--tls-ca", str(cert)]
         denied = subprocess.run([*cli, *tls], capture_output=True, text=True)

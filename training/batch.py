@@ -53,7 +53,7 @@ def forgotten_since(model_dir: Path, event_store: str, since_ms: int) -> np.ndar
     url = event_store or (f"sqlite:///{default.resolve()}" if default.exists() else "")
     if not url:
         return np.empty(0, dtype=str)
-    store = open_event_store(url)
+    store = open_event_store(url, existing=True)
     try:
         forgotten = store.forgotten_users()
     finally:

@@ -150,6 +150,8 @@ class RowChecks:
 def read_raw(path: Path, columns: list[str] | None, required: list[str], what: str) -> RawTable:
     """Reads `columns` (those present; None for all) of a CSV or Parquet file, CSV as text."""
     path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{what} file {path} is a directory: give the file itself")
     if not path.is_file():
         raise BadInput(f"{what} file {path} does not exist")
     try:

@@ -43,7 +43,7 @@ def export_audience(
     progress = progress or Progress("audience")
     config = config or ServingConfig()
     model = PublishedModel.load(ModelStore(model_dir).current_path())
-    store = open_store(model_dir, config, event_store)
+    store = open_store(model_dir, config, event_store, existing=True)
     # An export may list every user: lift the per-request limit that protects the server.
     limits = dataclasses.replace(config.limits, max_audience=max(1, model.profiles.size))
     core = RecommenderCore(dataclasses.replace(config, limits=limits), store)
@@ -74,7 +74,8 @@ def export_audience(
                 progress.say(f"{end:,}/{len(audience.user_ids):,} rows written")
             tally.count, tally.unit = len(audience.user_ids), "rows"
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     progress.say(f"audience: {audience.basis}; {len(audience.user_ids):,} users -> {out}")
     return {
         "users": len(audience.user_ids),

@@ -99,7 +99,7 @@ def fingerprint(inputs: TrainInputs, config: Config) -> str:
                 while chunk := handle.read(1 << 20):
                     digest.update(chunk)
     if inputs.event_store:
-        store = open_event_store(inputs.event_store)
+        store = open_event_store(inputs.event_store, existing=True)
         try:
             digest.update(b"\0store\0")
             for column in store.read_events().columns:
@@ -410,7 +410,7 @@ def ingest_and_clean(
         progress.say(report.summary())
     forgotten: dict[str, int] = {}
     if inputs.event_store:
-        store = open_event_store(inputs.event_store)
+        store = open_event_store(inputs.event_store, existing=True)
         try:
             stored = store.read_events()
             forgotten = store.forgotten_users()

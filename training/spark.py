@@ -207,9 +207,18 @@ class SparkALSRecommender(ALSRecommender):
 
 
 def spark_config(config: Config) -> Config:
-    """The run's config for the Spark engine: ALS is the model Spark trains."""
+    """The run's config for the Spark engine: ALS is the model Spark trains. BadInput, saying
+    what to install, where pyspark or Java is missing."""
     import dataclasses
 
+    try:
+        import pyspark  # noqa: F401
+    except ImportError as exc:
+        raise BadInput(
+            "the spark engine needs pyspark: pip install 'recsvc[spark]' (and a Java 17 runtime)"
+        ) from exc
+    if shutil.which("java") is None:
+        raise BadInput("the spark engine needs a Java 17 runtime: java is not on PATH")
     if config.model.type not in ("auto", "als"):
         raise BadInput(f"the spark engine trains ALS; model.type is {config.model.type!r}")
     model = dataclasses.replace(config.model, type="als", blend=False)
