@@ -320,6 +320,23 @@ def _similar(args: argparse.Namespace) -> None:
     similar(_connection(args), args.item, args.k, args.json)
 
 
+def _record_event(args: argparse.Namespace) -> None:
+    from recsvc.v1 import recommender_pb2 as pb
+    from service.client import record_event
+
+    event = pb.Event(
+        user_id=args.user,
+        item_id=args.item,
+        event=args.event,
+        timestamp_ms=args.timestamp_ms,
+        quantity=args.quantity,
+        recommendation_id=args.recommendation_id,
+    )
+    if args.price is not None:
+        event.price = args.price
+    record_event(_connection(args), event)
+
+
 def _health(args: argparse.Namespace) -> int:
     from service.client import health
 
@@ -484,6 +501,20 @@ def build_parser() -> argparse.ArgumentParser:
                 help="an item the visitor is looking at (repeatable)",
             )
         client.set_defaults(run=_recommend if key == "user" else _similar)
+    record = roles.add_parser(
+        "record-event", help="send a server one event (e.g. a click on a recommendation)"
+    )
+    _add_client_flags(record)
+    record.add_argument("--user", required=True)
+    record.add_argument("--item", required=True)
+    record.add_argument("--event", required=True, choices=["view", "cart", "purchase"])
+    record.add_argument(
+        "--recommendation-id", default="", help="the list it follows, for experiment reports"
+    )
+    record.add_argument("--quantity", type=float, default=1.0)
+    record.add_argument("--price", type=float, default=None)
+    record.add_argument("--timestamp-ms", type=int, default=0, help="0: now")
+    record.set_defaults(run=_record_event)
     profile = roles.add_parser("profile", help="ask a server for a user's profile (JSON)")
     profile.add_argument("user_id")
     _add_client_flags(profile)

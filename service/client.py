@@ -24,11 +24,15 @@ def _print(
     fallback = getattr(response, "fallback", False)
     strategy = getattr(response, "strategy", "")
     stage = getattr(response, "lifecycle_stage", "")
+    variant = getattr(response, "variant", "")
+    recommendation_id = getattr(response, "recommendation_id", "")
     if as_json:
         print(
             json.dumps(
                 {
                     "model_version": response.model_version,
+                    "recommendation_id": recommendation_id,
+                    "variant": variant,
                     "fallback": fallback,
                     "strategy": strategy,
                     "lifecycle_stage": stage,
@@ -41,6 +45,12 @@ def _print(
         f", {strategy} for a{'n' if stage[:1] in 'aeiou' else ''} {stage} user" if stage else ""
     )
     print(f"{header} (model {response.model_version}{served})")
+    if isinstance(response, pb.RecommendResponse):
+        print(
+            f"recommendation {recommendation_id}"
+            + (f", experiment variant {variant}" if variant else "")
+            + (", fallback: the model does not know this user" if fallback else "")
+        )
     for rank, row in enumerate(rows, 1):
         print(f"{rank:4d}  {row['item_id']:<24} {row['score']:10.4f}  {row['reason']}")
 
@@ -105,6 +115,17 @@ def similar(connection: Connection, item_id: str, k: int, as_json: bool) -> None
             metadata=connection.metadata,
         )
     _print(response, as_json, f"{k} items similar to {item_id}")
+
+
+def record_event(connection: Connection, event: pb.Event) -> None:
+    """Sends one event (an experiment's click or purchase, for instance)."""
+    with connection.channel() as channel:
+        response = pb_grpc.RecommenderStub(channel).RecordEvents(
+            pb.RecordEventsRequest(events=[event]),
+            timeout=connection.timeout,
+            metadata=connection.metadata,
+        )
+    print(f"recorded {response.recorded} event")
 
 
 def user_profile(connection: Connection, user_id: str) -> None:

@@ -247,6 +247,7 @@ BAD_ARGUMENTS = {
     "segments report": ["segments", "report", "--model-dir", "{tmp}/typo", "--out", "{tmp}/r"],
     "noop-server": ["noop-server", "--port", "99999"],
     "experiments report": ["experiments", "report", "--event-store", "sqlite:///{tmp}/typo.db"],
+    "record-event": ["record-event", "--user", "u", "--item", "i", "--event", "click"],
     "unknown flag": ["train", "--evnets", "x"],
 }  # fmt: skip
 

@@ -934,3 +934,42 @@ def test_serve_refuses_a_missing_model_dir_or_pinned_version(
     )  # fmt: skip
     assert typo.returncode == 2 and "modles does not exist" in typo.stderr
     assert not (tmp_path / "modles").exists()
+
+
+def test_an_experiment_run_from_the_command_line(model_dir: Path, tmp_path: Path) -> None:
+    """recommend --json gives the variant and recommendation id, record-event sends the
+    purchase that follows it, and the report counts it against that variant."""
+    (tmp_path / "serve.toml").write_text(
+        '[[serving.experiments]]\nname = "cli"\nsalt = "c"\n'
+        '[[serving.experiments.variants]]\nname = "a"\n'
+        '[[serving.experiments.variants]]\nname = "b"\nstrategy = "popular"\n'
+    )
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    running = start_server(model_dir, "--config", str(tmp_path / "serve.toml"),
+                           "--event-store", url)  # fmt: skip
+    try:
+        running.wait_for_health(SERVING)
+        at = ["--target", running.target]
+        shown = subprocess.run([RECSVC, "recommend", *at, "--user", "u0005", "-k", "3", "--json"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        listed = json.loads(shown.stdout)
+        assert listed["variant"].startswith("cli/") and listed["recommendation_id"]
+        bought = subprocess.run(
+            [RECSVC, "record-event", *at, "--user", "u0005", "--item",
+             listed["items"][0]["item_id"], "--event", "purchase",
+             "--recommendation-id", listed["recommendation_id"], "--price", "12.5"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert bought.returncode == 0 and "recorded 1 event" in bought.stdout, bought.stderr
+        plain = subprocess.run([RECSVC, "recommend", *at, "--user", "someone-new", "-k", "3"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        assert "fallback" in plain.stdout and "recommendation " in plain.stdout
+    finally:
+        running.stop()
+    report = subprocess.run(
+        [RECSVC, "experiments", "report", "--event-store", url, "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = {r["variant"]: r for r in json.loads(report.stdout)}
+    assert rows[listed["variant"]]["conversions"]["successes"] == 1
+    assert sum(r["impressions"] for r in rows.values()) == 2
