@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from recsvc.errors import Unavailable
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 from service.servicer import LOAD_TEST_KEY
@@ -249,8 +250,27 @@ def _process_main(spec: LoadSpec, workload: Workload, index: int, queue) -> None
     )
 
 
+def wait_for_server(spec: LoadSpec, timeout_s: float = 5.0) -> None:
+    """Unavailable when nothing answers at the target: a load against a dead port would only
+    count refusals for its whole duration."""
+    if spec.tls_ca:
+        credentials = grpc.ssl_channel_credentials(Path(spec.tls_ca).read_bytes())
+        channel = grpc.secure_channel(spec.target, credentials)
+    else:
+        channel = grpc.insecure_channel(spec.target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=min(timeout_s, spec.duration_s))
+    except grpc.FutureTimeoutError:
+        raise Unavailable(
+            f"nothing answers at {spec.target} (waited {min(timeout_s, spec.duration_s):g} s)"
+        ) from None
+    finally:
+        channel.close()
+
+
 def run_load(spec: LoadSpec, workload: Workload) -> dict[str, object]:
     """Runs the load (in `spec.processes` processes) and returns the merged report."""
+    wait_for_server(spec)
     started = time.perf_counter()
     if spec.processes == 1:
         tally = asyncio.run(_run(spec, workload, 0, 1.0, _print_progress))

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from recsvc.errors import BadInput, InvalidArgument, NotFound, QualityGateRefused
+from recsvc.errors import BadInput, InvalidArgument, NotFound, QualityGateRefused, Unavailable
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_GATE_REFUSED = 0, 1, 2, 3
 
@@ -667,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # faiss logs each instruction set it fails to load at INFO: noise that reads like errors.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         code = args.run(args)
     except (BadInput, InvalidArgument, NotFound) as exc:
@@ -679,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     except QualityGateRefused as exc:
         print(f"recsvc: refused: {exc}", file=sys.stderr)
         return EXIT_GATE_REFUSED
+    except Unavailable as exc:
+        print(f"recsvc: unavailable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
     except Exception as exc:

@@ -739,19 +739,35 @@ def test_loadtest_reports_rate_latency_and_codes(
     assert "latency ms" in done.stderr
 
 
-def test_loadtest_counts_errors_by_code(model_dir: Path, tmp_path: Path) -> None:
-    """Against a port nobody listens on, every call fails, and the exit code says so."""
+def test_loadtest_stops_at_once_when_nothing_answers(model_dir: Path, tmp_path: Path) -> None:
+    """Against a port nobody listens on, the load test says so in one line and exits 1,
+    instead of counting refusals for its whole duration."""
     from service.workers import free_port
 
+    target = f"127.0.0.1:{free_port('127.0.0.1')}"
     done = subprocess.run(
-        [RECSVC, "loadtest", "--target", f"127.0.0.1:{free_port('127.0.0.1')}",
-         "--model-dir", str(model_dir), "--duration", "1", "--concurrency", "2",
-         "--timeout", "0.2", "--json", str(tmp_path / "r.json")],
+        [RECSVC, "loadtest", "--target", target, "--model-dir", str(model_dir),
+         "--duration", "600", "--concurrency", "2", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"recsvc: unavailable: nothing answers at {target} (waited 5 s)"
+    ]
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_loadtest_counts_errors_by_code(api: RunningServer, model_dir: Path, tmp_path) -> None:
+    """Calls that fail are counted by status code, and the exit code says some failed."""
+    done = subprocess.run(
+        [RECSVC, "loadtest", "--target", api.target, "--model-dir", str(model_dir),
+         "--requests", "50", "--concurrency", "2", "--mix", "Recommend=1", "-k", "5000",
+         "--json", str(tmp_path / "r.json")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1
     codes = json.loads((tmp_path / "r.json").read_text())["codes"]
-    assert set(codes) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"} and sum(codes.values()) > 0
+    assert codes == {"INVALID_ARGUMENT": 50}
 
 
 def test_similar_and_profile_commands(api: RunningServer, model_dir: Path) -> None:
