@@ -210,12 +210,19 @@ class UserProfiles:
         )
 
     def rfm_scores(
-        self, days: np.ndarray, orders: np.ndarray, monetary: np.ndarray
+        self, days: np.ndarray, orders: np.ndarray, monetary: np.ndarray, now_ms: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(R, F, M), each 1-5 on the training run's buyer quintiles."""
+        """(R, F, M), each 1-5 on the training run's buyer quintiles, as of `now_ms`.
+
+        The recency edges move with the clock: as time passes since the training data ended,
+        every buyer's recency grows alike, so scoring against the edges as they were would
+        slowly empty the best segments (a clock moved by a month leaves no champion). Shifted,
+        a customer's R changes only with their own purchases, and live segments agree with the
+        training run's segments until someone buys."""
         edges = self.meta["rfm_edges"]
+        moved_days = max(0.0, (now_ms - int(self.meta.get("as_of_ms", now_ms))) / DAY_MS)
         return (
-            quantile_score(days, edges["recency_days"], False),
+            quantile_score(days, [e + moved_days for e in edges["recency_days"]], False),
             quantile_score(orders, edges["frequency"], True),
             quantile_score(monetary, edges["monetary"], True),
         )
@@ -223,7 +230,7 @@ class UserProfiles:
     def stored_rfm_scores(self, now_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every user's (R, F, M) from the stored facts, as of `now_ms`."""
         days = (now_ms - np.asarray(self.last_purchase_ms)) / DAY_MS
-        return self.rfm_scores(days, np.asarray(self.orders), np.asarray(self.monetary))
+        return self.rfm_scores(days, np.asarray(self.orders), np.asarray(self.monetary), now_ms)
 
     def rfm_segments(self, now_ms: int) -> np.ndarray:
         """Every user's RFM segment as of `now_ms` ("prospect" for those who never bought)."""
@@ -254,7 +261,9 @@ class UserProfiles:
         days = max(0.0, (now_ms - last_purchase_ms) / DAY_MS)
         r, f, m = (
             int(score[0])
-            for score in self.rfm_scores(np.array([days]), np.array([orders]), np.array([monetary]))
+            for score in self.rfm_scores(
+                np.array([days]), np.array([orders]), np.array([monetary]), now_ms
+            )
         )
         return {
             "recency_days": round(days, 2),

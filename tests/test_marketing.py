@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import train_once
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,7 +25,7 @@ from recsvc.profiles import DAY_MS, STAGES, LifecycleRules
 from recsvc.published import PublishedModel
 from service.core import EventInput, RecommenderCore
 from training.marketing import export_audience, segments_report
-from training.pipeline import TrainInputs, TrainResult, train
+from training.pipeline import TrainInputs, TrainResult
 from training.profiles import build_profiles
 from training.progress import Progress
 from training.sample_shop import AGE_AFFINITY, GENDER_AFFINITY, SampleShop
@@ -346,8 +348,7 @@ def cold_shop(
     with open(directory / "users.csv", "a", newline="") as handle:
         csv.writer(handle).writerow(["prospect-55", "55+", "f", "north"])
     inputs = TrainInputs(directory / "events.csv", directory / "items.csv", directory / "users.csv")
-    with open(os.devnull, "w") as quiet:
-        result = train(inputs, directory / "models", Config(), progress=Progress("t", quiet))
+    result = train_once("cold-shop", inputs, directory / "models", Config())
     return result, new_item, "prospect-55"
 
 
@@ -426,3 +427,29 @@ def test_audience_export_and_segments_report(trained: TrainResult, tmp_path: Pat
     assert "rfm:champions" in text and "cluster:0" in text
     for picture in ("segment_sizes.png", "cluster_categories.png"):
         assert (tmp_path / "report" / picture).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_live_events_moving_the_clock_leave_rfm_segments_as_trained(
+    published: PublishedModel,
+) -> None:
+    """A month of clock (one live event stamped a month after the data) must not empty the
+    best segments: a segment's members change only with their own purchases."""
+    core = serving_core(published)
+    trained_sizes = {s["id"]: s["size"] for s in published.segments if s["kind"] == "rfm"}
+    month_later = int(published.manifest["data_end_ms"]) + 30 * DAY_MS
+    core.record_events([EventInput("someone-new", "i0001", "view", month_later)])
+    assert core.now_ms() == month_later
+    for segment in ("rfm:champions", "rfm:loyal", "rfm:at_risk"):
+        members = core.find_audience(segment_id=segment, k=5000).user_ids
+        assert len(members) == trained_sizes[segment] > 0, segment
+    champion = core.find_audience(segment_id="rfm:champions", k=1).user_ids[0]
+    assert core.user_profile(champion)["rfm"]["segment"] == "champions"
+
+
+def test_the_segments_report_says_its_clock_and_what_each_measure_counts(
+    trained: TrainResult, tmp_path: Path
+) -> None:
+    text = segments_report(trained.model_dir, tmp_path / "report").read_text()
+    day = time.strftime("%Y-%m-%d", time.gmtime(trained.manifest["data_end_ms"] / 1000))
+    assert f"as of {day}" in text
+    assert "RFM counts purchases" in text and "lifecycle stages count any event" in text

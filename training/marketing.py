@@ -130,12 +130,21 @@ def segments_report(model_dir: Path, out_dir: Path) -> Path:
         figure.savefig(out_dir / "cluster_categories.png", dpi=110)
         plt.close(figure)
 
+    as_of = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(model.profiles.meta["as_of_ms"] / 1000))
     lines = [
         f"# Segments of model {model.version}",
         "",
-        f"{model.profiles.size:,} users with a profile. RFM segments come from recency and "
-        "frequency scores (quintiles among buyers); clusters from "
-        f"{clusters[0]['clustering'] if clusters else 'no clustering'}.",
+        f"{model.profiles.size:,} users with a profile, as of {as_of} (the end of the training "
+        "data). RFM segments come from recency and frequency scores (quintiles among buyers); "
+        f"clusters from {clusters[0]['clustering'] if clusters else 'no clustering'}.",
+        "",
+        "RFM counts purchases; lifecycle stages count any event (a view is activity). A "
+        "customer who still browses but has not bought for a while is therefore `rfm:at_risk` "
+        "and `active` at once: worth a purchase nudge, not a win-back. Live audiences "
+        "(`FindAudience`, `recsvc audience export`) score recency on the same buyer quintiles "
+        "moved along with the clock, so a segment keeps these members until their own "
+        "purchases move them; lifecycle stages follow the clock itself (no event for "
+        "`at_risk_days` makes a customer `at_risk`).",
         "",
         "![segment sizes](segment_sizes.png)",
         "",
