@@ -127,7 +127,7 @@ def run(max_children: int) -> None:
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         # Trained once by the unmutated code, then copied for every mutant's session.
-        "RECSVC_TEST_MODEL_CACHE": str(ROOT / "var" / "mutation-cache" / "models"),
+        "RECSVC_TEST_MODEL_CACHE": str(ROOT / "var" / "mutation-cache"),
     }
     patterns = [p for area in AREAS.values() for p in area]
     mutmut = Path(sys.executable).with_name("mutmut")

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import skip_for_missing
+from helpers import skip_for_missing, train_once
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from recsvc.config import Config
-from recsvc.modelstore import ModelStore
-from recsvc.published import PublishedModel
-from training.pipeline import TrainInputs, TrainResult, train
-from training.progress import Progress
+from training.pipeline import TrainInputs, TrainResult
 from training.sample_shop import SampleShop, generate_shop
 
 SHOP_SEED = 7
@@ -43,25 +37,7 @@ def shop_inputs(shop_dir: Path) -> TrainInputs:
 
 @pytest.fixture(scope="session")
 def trained(shop_inputs: TrainInputs, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    """The sample shop's model. Under `make mutation` (RECSVC_TEST_MODEL_CACHE set) it is
-    trained once, by the unmutated code of mutmut's first run, and copied for every mutant:
-    each mutant runs its tests in a fresh session, and retraining would dominate the run."""
-    model_dir = tmp_path_factory.mktemp("models")
-    cache = os.environ.get("RECSVC_TEST_MODEL_CACHE")
-    if cache and ModelStore(Path(cache)).current_version():
-        shutil.copytree(cache, model_dir, dirs_exist_ok=True)
-        store = ModelStore(model_dir)
-        version = store.current_version()
-        return TrainResult(version, model_dir, PublishedModel.load(store.path(version)).manifest)
-    with open(os.devnull, "w") as quiet:
-        result = train(shop_inputs, model_dir, Config(), progress=Progress("train", quiet))
-    if cache:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=Path(cache).parent))
-        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
-        with contextlib.suppress(OSError):  # another worker got there first
-            staging.rename(cache)
-    return result
+    return train_once("sample", shop_inputs, tmp_path_factory.mktemp("models"), Config())
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,3 +45,31 @@ def skip_for_missing(resource: str, reason: str, module_level: bool = False) -> 
     if resource in REQUIRED:
         pytest.fail(f"{reason} (RECSVC_TESTS_REQUIRE lists {resource})", pytrace=False)
     pytest.skip(reason, allow_module_level=module_level)
+
+
+def train_once(name: str, inputs, model_dir: Path, config):
+    """`train(inputs, model_dir, config)`, quietly. Under `make mutation`
+    (RECSVC_TEST_MODEL_CACHE set) a model is trained once per `name`, by the unmutated code of
+    mutmut's first run, and copied for every mutant: each mutant runs its tests in a fresh
+    session, where retraining would cost more than the tests themselves."""
+    from recsvc.modelstore import ModelStore
+    from recsvc.published import PublishedModel
+    from training.pipeline import TrainResult, train
+    from training.progress import Progress
+
+    cache = os.environ.get("RECSVC_TEST_MODEL_CACHE")
+    cached = Path(cache) / name if cache else None
+    if cached is not None and ModelStore(cached).current_version():
+        shutil.copytree(cached, model_dir, dirs_exist_ok=True)
+        store = ModelStore(model_dir)
+        version = store.current_version()
+        return TrainResult(version, model_dir, PublishedModel.load(store.path(version)).manifest)
+    with open(os.devnull, "w") as quiet:
+        result = train(inputs, model_dir, config, progress=Progress("train", quiet))
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cached.parent))
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        with contextlib.suppress(OSError):  # another worker got there first
+            staging.rename(cached)
+    return result

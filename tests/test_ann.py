@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
+from helpers import train_once
 
 from recsvc.config import Config, LimitsConfig, RulesConfig, ServingConfig
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from service.core import ANN_CANDIDATES, Filters, RecommenderCore, top_spread
-from training.pipeline import TrainInputs, train
-from training.progress import Progress
+from training.pipeline import TrainInputs
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +26,7 @@ def indexed(shop_inputs: TrainInputs, tmp_path_factory: pytest.TempPathFactory) 
         training=dataclasses.replace(config.training, quality_gate_tolerance=-1.0),
     )
     model_dir = tmp_path_factory.mktemp("ann")
-    with open(os.devnull, "w") as quiet:
-        result = train(shop_inputs, model_dir, config, progress=Progress("t", quiet))
+    result = train_once("ann", shop_inputs, model_dir, config)
     return PublishedModel.load(ModelStore(model_dir).path(result.version))
 
 
