@@ -278,3 +278,16 @@ def test_spark_engine_without_pyspark_says_what_to_install(
         "recsvc: error: the spark engine needs pyspark: pip install 'recsvc[spark]' "
         "(and a Java 17 runtime)"
     )
+
+
+def test_no_command_prints_faiss_loader_noise(trained) -> None:
+    """faiss logs each instruction set it fails to load at INFO; a command must not pass that
+    on (it reads like an error)."""
+    script = (
+        "import sys\nfrom recsvc.cli import main\n"
+        f"code = main(['models', 'list', '--model-dir', {str(trained.model_dir)!r}])\n"
+        "import faiss\nsys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "faiss" not in done.stderr, done.stderr
