@@ -32,6 +32,7 @@ AREAS: dict[str, list[str]] = {
         f"{CORE}_check_*",
         f"{CORE}_allowed*",
         f"{CORE}record_events*",
+        f"{CORE}check_events*",
     ],
     "ranking policy and rules": [
         f"{CORE}recommend*",

@@ -124,13 +124,18 @@ def test_variants_split_users_by_weight() -> None:
 
 def test_report_groups_variants_by_experiment_and_counts_each_list_once() -> None:
     imp, out = tables({"e/a": (100, 10, 5), "e/b": (100, 30, 5), "f/x": (50, 0, 0),
-                       "f/y": (50, 25, 1)})  # fmt: skip
+                       "f/y": (50, 25, 1), "g/v/1": (20, 0, 0), "g/v/2": (20, 4, 0)})  # fmt: skip
     carts = pa.table({"variant": ["f/x"], "recommendation_id": ["f/x-0"], "event": ["cart"]})
     rows = {r.variant: r for r in experiment_report(imp, pa.concat_tables([out, carts]))}
     assert [rows[v].impressions for v in ("e/a", "e/b", "f/x", "f/y")] == [100, 100, 50, 50]
     assert rows["f/x"].clicks == Rate(1, 50) and rows["f/x"].conversions == Rate(0, 50)
     assert rows["e/b"].clicks == Rate(30, 100) and rows["f/y"].conversions == Rate(1, 50)
     assert rows["e/a"].click_p_value is None and rows["f/x"].click_p_value is None  # controls
+    # No click at all is zero clicks; a variant's own name may hold a slash.
+    assert rows["g/v/1"].clicks == Rate(0, 20) and rows["g/v/1"].click_p_value is None
+    assert rows["g/v/2"].click_p_value == pytest.approx(
+        two_proportion_p_value(Rate(0, 20), Rate(4, 20))
+    )
     assert rows["e/b"].click_p_value == pytest.approx(
         two_proportion_p_value(Rate(10, 100), Rate(30, 100))
     )
