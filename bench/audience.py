@@ -32,17 +32,16 @@ import pyarrow.compute as pc
 from scipy.stats import rankdata
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from recsvc.config import Config, ServingConfig  # noqa: E402
 from recsvc.ids import sorted_positions  # noqa: E402
 from recsvc.models import Recommender  # noqa: E402
-from service.marketing import audience_scores  # noqa: E402
-from training.evaluate import validation_holdout  # noqa: E402
-from training.importers import import_dataset  # noqa: E402
-from training.ingest import Dataset  # noqa: E402
-from training.interactions import Interactions, build_interactions  # noqa: E402
-from training.pipeline import (  # noqa: E402
+from recsvc.serving.marketing import audience_scores  # noqa: E402
+from recsvc.training.evaluate import validation_holdout  # noqa: E402
+from recsvc.training.importers import import_dataset  # noqa: E402
+from recsvc.training.ingest import Dataset  # noqa: E402
+from recsvc.training.interactions import Interactions, build_interactions  # noqa: E402
+from recsvc.training.pipeline import (  # noqa: E402
     TrainInputs,
     candidates,
     fit_model,
@@ -50,7 +49,7 @@ from training.pipeline import (  # noqa: E402
     make_model,
     select_model,
 )
-from training.progress import Progress  # noqa: E402
+from recsvc.training.progress import Progress  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {

@@ -21,16 +21,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 import quality  # noqa: E402
 
 from recsvc.config import Config  # noqa: E402
 from recsvc.models import BlendRecommender, Recommender  # noqa: E402
-from training.evaluate import model_scorer, ranking_metrics, validation_holdout  # noqa: E402
-from training.pipeline import candidates, fit_model, make_model  # noqa: E402
-from training.progress import Progress  # noqa: E402
+from recsvc.training.evaluate import model_scorer, ranking_metrics, validation_holdout  # noqa: E402
+from recsvc.training.pipeline import candidates, fit_model, make_model  # noqa: E402
+from recsvc.training.progress import Progress  # noqa: E402
 
 
 def blends(fitted: dict[str, Recommender]) -> dict[str, Recommender]:

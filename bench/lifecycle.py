@@ -24,15 +24,14 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from audience import DATASETS, SHARED, cut_and_fit  # noqa: E402
 
 from recsvc.ids import sorted_positions  # noqa: E402
 from recsvc.models import TrendingRecommender  # noqa: E402
 from recsvc.profiles import STAGES  # noqa: E402
-from training.profiles import build_profiles  # noqa: E402
-from training.progress import Progress  # noqa: E402
+from recsvc.training.profiles import build_profiles  # noqa: E402
+from recsvc.training.progress import Progress  # noqa: E402
 
 K = 10
 STRATEGIES = ("personal", "repurchase", "trending", "popular")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -25,16 +24,15 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from recsvc.config import Config  # noqa: E402
 from recsvc.models import ALSRecommender, PopularityRecommender, TrendingRecommender  # noqa: E402
 from recsvc.modelstore import ModelStore  # noqa: E402
 from recsvc.profiles import UserProfiles  # noqa: E402
 from recsvc.published import ItemAttributes, write_published  # noqa: E402
-from training.pipeline import build_ann  # noqa: E402
-from training.profiles import assign_clusters, build_profiles, describe_segments  # noqa: E402
-from training.progress import Progress  # noqa: E402
+from recsvc.training.pipeline import build_ann  # noqa: E402
+from recsvc.training.profiles import assign_clusters, build_profiles, describe_segments  # noqa: E402
+from recsvc.training.progress import Progress  # noqa: E402
 
 FACTORS = 64
 CLUSTERS = 2_000

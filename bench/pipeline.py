@@ -25,7 +25,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SHOP = {"users": 20_000, "items": 5_000, "weeks": 8}  # about 1.03M events with seed 7
 STAGE = re.compile(r"\] (?P<stage>.+) done in (?P<seconds>[\d.]+)s")
@@ -95,9 +94,9 @@ def als_overhead(shop: Path, runs: int) -> dict[str, float]:
     from threadpoolctl import threadpool_limits
 
     from recsvc.config import Config
-    from training.interactions import build_interactions
-    from training.pipeline import TrainInputs, ingest_and_clean, make_model
-    from training.progress import Progress
+    from recsvc.training.interactions import build_interactions
+    from recsvc.training.pipeline import TrainInputs, ingest_and_clean, make_model
+    from recsvc.training.progress import Progress
 
     config = Config()
     quiet = Progress("als", open(os.devnull, "w"))  # noqa: SIM115

@@ -28,11 +28,10 @@ import numpy as np
 import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from recsvc.config import Config  # noqa: E402
 from recsvc.models import BlendRecommender  # noqa: E402
-from training.evaluate import (  # noqa: E402
+from recsvc.training.evaluate import (  # noqa: E402
     Holdout,
     holdout_from_mask,
     holdout_split,
@@ -40,9 +39,9 @@ from training.evaluate import (  # noqa: E402
     ranking_metrics,
     validation_holdout,
 )
-from training.importers import import_dataset  # noqa: E402
-from training.ingest import Dataset  # noqa: E402
-from training.pipeline import (  # noqa: E402
+from recsvc.training.importers import import_dataset  # noqa: E402
+from recsvc.training.ingest import Dataset  # noqa: E402
+from recsvc.training.pipeline import (  # noqa: E402
     TrainInputs,
     candidates,
     fit_model,
@@ -50,7 +49,7 @@ from training.pipeline import (  # noqa: E402
     make_model,
     select_model,
 )
-from training.progress import Progress  # noqa: E402
+from recsvc.training.progress import Progress  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 # dataset name: (import format, source folder, test period)

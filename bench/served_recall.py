@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -25,12 +24,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from recsvc.config import load_config  # noqa: E402
 from recsvc.modelstore import ModelStore  # noqa: E402
 from recsvc.published import PublishedModel  # noqa: E402
-from service.core import RecommenderCore  # noqa: E402
+from recsvc.serving.core import RecommenderCore  # noqa: E402
 
 
 def served(core: RecommenderCore, users: list[str], k: int) -> tuple[list[set[str]], float]:

@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from loadtest.runner import LoadSpec, Workload, run_load  # noqa: E402
+from recsvc.loadtest.runner import LoadSpec, Workload, run_load  # noqa: E402
 from recsvc.modelstore import ModelStore  # noqa: E402
-from service.workers import free_port  # noqa: E402
+from recsvc.service.workers import free_port  # noqa: E402
 
 RECSVC = str(Path(sys.executable).with_name("recsvc"))
 

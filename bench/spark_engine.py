@@ -24,15 +24,14 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from audience import DATASETS, SHARED  # noqa: E402
 
 from recsvc.config import Config  # noqa: E402
-from training.importers import import_dataset  # noqa: E402
-from training.ingest import load_dataset  # noqa: E402
-from training.pipeline import TrainInputs, train  # noqa: E402
-from training.progress import Progress  # noqa: E402
+from recsvc.training.importers import import_dataset  # noqa: E402
+from recsvc.training.ingest import load_dataset  # noqa: E402
+from recsvc.training.pipeline import TrainInputs, train  # noqa: E402
+from recsvc.training.progress import Progress  # noqa: E402
 
 
 def main() -> None:

@@ -28,9 +28,9 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from recsvc.errors import Unavailable
+from recsvc.v1 import LOAD_TEST_METADATA_KEY
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-from service.servicer import LOAD_TEST_KEY
 
 # Latencies are recorded in microseconds, from 1 us to 60 s, to 3 significant digits.
 LOWEST_US, HIGHEST_US, DIGITS = 1, 60_000_000, 3
@@ -156,7 +156,7 @@ async def _run(spec: LoadSpec, workload: Workload, index: int, share: float, rep
     stubs = [pb_grpc.RecommenderStub(c) for c in channels]
     metadata = (("authorization", f"Bearer {spec.api_key}"),) if spec.api_key else ()
     if not spec.live:
-        metadata += ((LOAD_TEST_KEY, "1"),)
+        metadata += ((LOAD_TEST_METADATA_KEY, "1"),)
     requests = Requests(spec, workload, spec.seed * 1000 + index)
     pending: list[tuple[str, object]] = []
     tally = Tally()

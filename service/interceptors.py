@@ -25,7 +25,7 @@ from recsvc.errors import (
     Unauthenticated,
     Unavailable,
 )
-from service.observability import Metrics
+from recsvc.service.observability import Metrics
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("recsvc.access")

@@ -17,14 +17,15 @@ from grpc_reflection.v1alpha import reflection
 
 from recsvc.config import ServingConfig
 from recsvc.errors import BadInput
-from recsvc.eventstore import EventStore, open_event_store
+from recsvc.events import EventStore, open_event_store, store_url
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
+from recsvc.service.interceptors import ApiKeys, AuthInterceptor, ErrorMappingInterceptor
+from recsvc.service.observability import Metrics
+from recsvc.service.servicer import RecommenderServicer
+from recsvc.serving.core import RecommenderCore
+from recsvc.serving.model import ServingModel
 from recsvc.v1 import recommender_pb2, recommender_pb2_grpc
-from service.core import RecommenderCore, ServingModel
-from service.interceptors import ApiKeys, AuthInterceptor, ErrorMappingInterceptor
-from service.observability import Metrics
-from service.servicer import RecommenderServicer
 
 log = logging.getLogger(__name__)
 
@@ -220,21 +221,6 @@ def check_model_dir(model_dir: Path, config: ServingConfig) -> str:
     return f"serving model {current} from {model_dir}"
 
 
-def open_store(
-    model_dir: Path, config: ServingConfig, override: str, existing: bool = False
-) -> EventStore | None:
-    """The store `recsvc serve` uses: `override`, the config's, or events.db beside the models.
-    With `existing` (readers), None where the default file is not there, BadInput where a
-    named store is not."""
-    default = model_dir / "events.db"
-    url = override or config.event_store
-    if not url:
-        if existing and not default.exists():
-            return None
-        url = f"sqlite:///{default.resolve()}"
-    return open_event_store(url, existing=existing)
-
-
 def _credentials(options: ServeOptions) -> grpc.ServerCredentials | None:
     if options.tls_cert is None and options.tls_key is None:
         return None
@@ -256,7 +242,7 @@ async def serve(
     """Serves until SIGTERM or SIGINT, then drains requests in flight for up to `grace` s."""
     api_keys = ApiKeys.load(Path(config.api_keys_file)) if config.api_keys_file else None
     credentials = _credentials(options)
-    store = open_store(model_dir, config, options.event_store)
+    store = open_event_store(store_url(model_dir, options.event_store or config.event_store))
     core = RecommenderCore(config, store)
     servicer = RecommenderServicer(core)
     parts = create_server(core, servicer, api_keys=api_keys)

@@ -9,14 +9,11 @@ from typing import Any
 
 import grpc
 
+from recsvc.serving.core import RecommenderCore
+from recsvc.serving.values import NO_FILTERS, EventInput, Filters, Recommendations
+from recsvc.v1 import LOAD_TEST_METADATA_KEY
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-from service.core import NO_FILTERS, EventInput, Filters, Recommendations, RecommenderCore
-
-# Calls carrying this metadata key are load-test traffic (`recsvc loadtest` sends it unless
-# told --live): answered as usual, but never counted as experiment impressions, and their
-# events are checked and not stored, so they reach neither reports nor training.
-LOAD_TEST_KEY = "x-recsvc-load-test"
 
 # Recommend responses built once per cached list, by the identity of the core's (cached,
 # immutable) item tuple: copying a built message costs a tenth of building it.
@@ -41,7 +38,7 @@ def _filters(message: pb.Filters, exclude_item_ids: Any = ()) -> Filters:
 
 
 def _load_test(context: grpc.aio.ServicerContext) -> bool:
-    return any(key == LOAD_TEST_KEY for key, _ in context.invocation_metadata() or ())
+    return any(key == LOAD_TEST_METADATA_KEY for key, _ in context.invocation_metadata() or ())
 
 
 def _same_list(built: Recommendations, result: Recommendations) -> bool:

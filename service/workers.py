@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from recsvc.config import ServingConfig
-from service.server import ServeOptions
+from recsvc.service.server import ServeOptions
 
 READY_TIMEOUT_SECONDS = 120.0
 
@@ -32,8 +32,8 @@ def _worker(model_dir: Path, config: ServingConfig, options: ServeOptions, ready
     import asyncio
     import logging
 
-    from service.observability import JsonFormatter
-    from service.server import serve
+    from recsvc.service.observability import JsonFormatter
+    from recsvc.service.server import serve
 
     handler = logging.StreamHandler(sys.stderr)
     if options.log_format == "json":

@@ -12,8 +12,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from recsvc.config import Config
-from training.pipeline import TrainInputs, TrainResult
-from training.sample_shop import SampleShop, generate_shop
+from recsvc.training.pipeline import TrainInputs, TrainResult
+from recsvc.training.sample_shop import SampleShop, generate_shop
 
 SHOP_SEED = 7
 

@@ -54,8 +54,8 @@ def train_once(name: str, inputs, model_dir: Path, config):
     session, where retraining would cost more than the tests themselves."""
     from recsvc.modelstore import ModelStore
     from recsvc.published import PublishedModel
-    from training.pipeline import TrainResult, train
-    from training.progress import Progress
+    from recsvc.training.pipeline import TrainResult, train
+    from recsvc.training.progress import Progress
 
     cache = os.environ.get("RECSVC_TEST_MODEL_CACHE")
     cached = Path(cache) / name if cache else None

@@ -11,8 +11,10 @@ from helpers import train_once
 from recsvc.config import Config, LimitsConfig, RulesConfig, ServingConfig
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from service.core import ANN_CANDIDATES, Filters, RecommenderCore, top_spread
-from training.pipeline import TrainInputs
+from recsvc.serving.core import RecommenderCore
+from recsvc.serving.policy import ANN_CANDIDATES, top_spread
+from recsvc.serving.values import Filters
+from recsvc.training.pipeline import TrainInputs
 
 
 @pytest.fixture(scope="module")

@@ -171,7 +171,7 @@ def test_batch_recommend_writes_every_users_list(trained, tmp_path) -> None:
 
     from recsvc.modelstore import ModelStore
     from recsvc.published import PublishedModel
-    from service.core import RecommenderCore
+    from recsvc.serving.core import RecommenderCore
 
     out = tmp_path / "lists.parquet"
     assert (
@@ -205,7 +205,7 @@ def test_batch_recommend_writes_every_users_list(trained, tmp_path) -> None:
 def test_batch_recommend_leaves_out_users_forgotten_since_training(trained, tmp_path) -> None:
     import pyarrow.csv as pa_csv
 
-    from recsvc.eventstore import open_event_store
+    from recsvc.events import open_event_store
 
     url = f"sqlite:///{tmp_path / 'events.db'}"
     store = open_event_store(url)

@@ -18,12 +18,13 @@ from recsvc.config import (
     VariantConfig,
 )
 from recsvc.errors import InvalidArgument, NotFound, Unavailable
-from recsvc.eventstore import open_event_store
+from recsvc.events import open_event_store
 from recsvc.experiments import assign_variant
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from service.core import EventInput, Filters, RecommenderCore
-from training.pipeline import TrainResult
+from recsvc.serving.core import RecommenderCore
+from recsvc.serving.values import EventInput, Filters
+from recsvc.training.pipeline import TrainResult
 
 WIDE = ServingConfig(limits=LimitsConfig(max_k=5000))
 

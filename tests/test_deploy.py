@@ -68,7 +68,7 @@ def test_the_server_deployment_runs_a_valid_serve_on_the_exposed_ports() -> None
     assert container["readinessProbe"]["grpc"]["port"] == args.port
     assert container["livenessProbe"]["grpc"]["port"] == args.port
     # The liveness service name is one the server registers (SERVING whenever it is up).
-    from service.server import LIVENESS_SERVICE
+    from recsvc.service.server import LIVENESS_SERVICE
 
     assert container["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE
     assert args.event_store.startswith("redis://")

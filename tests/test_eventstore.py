@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from recsvc.errors import BadInput
-from recsvc.eventstore import EventStore, SQLiteEventStore, StoredEvent, open_event_store
+from recsvc.events import EventStore, SQLiteEventStore, StoredEvent, open_event_store
 
 PROCESSES = 12
 ROUNDS = 40

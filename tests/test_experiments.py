@@ -12,7 +12,7 @@ from scipy.stats import binomtest, chi2_contingency
 
 from recsvc.cli import main
 from recsvc.config import ExperimentConfig, VariantConfig
-from recsvc.eventstore import StoredEvent, open_event_store
+from recsvc.events import StoredEvent, open_event_store
 from recsvc.experiments import (
     Rate,
     assign_variant,

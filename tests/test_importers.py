@@ -11,8 +11,8 @@ from helpers import read_rejects, skip_for_missing, write_lines
 from recsvc.cli import EXIT_BAD_INPUT, main
 from recsvc.config import Config
 from recsvc.errors import BadInput
-from training.importers import EXCLUDED_FILE, REPORT_FILE, import_dataset
-from training.ingest import load_dataset
+from recsvc.training.importers import EXCLUDED_FILE, REPORT_FILE, import_dataset
+from recsvc.training.ingest import load_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from recsvc.cli import main
 from recsvc.config import Config, DataConfig, EventColumns, EventNames, EventsSource
 from recsvc.errors import BadInput
-from training.ingest import RejectsWriter, load_dataset, load_events, load_items, load_users
+from recsvc.training.ingest import RejectsWriter, load_dataset, load_events, load_items, load_users
 
 HEADER = "user_id,item_id,event,timestamp,quantity,price"
 NOW_MS = datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000

@@ -19,16 +19,17 @@ from hypothesis import strategies as st
 
 from recsvc.config import Config, LifecycleConfig, ProfilesConfig, ServingConfig
 from recsvc.errors import InvalidArgument, NotFound
-from recsvc.eventstore import open_event_store
+from recsvc.events import open_event_store
 from recsvc.modelstore import ModelStore
 from recsvc.profiles import DAY_MS, STAGES, LifecycleRules
 from recsvc.published import PublishedModel
-from service.core import EventInput, RecommenderCore
-from training.marketing import export_audience, segments_report
-from training.pipeline import TrainInputs, TrainResult
-from training.profiles import build_profiles
-from training.progress import Progress
-from training.sample_shop import AGE_AFFINITY, GENDER_AFFINITY, SampleShop
+from recsvc.serving.core import RecommenderCore
+from recsvc.serving.values import EventInput
+from recsvc.training.marketing import export_audience, segments_report
+from recsvc.training.pipeline import TrainInputs, TrainResult
+from recsvc.training.profiles import build_profiles
+from recsvc.training.progress import Progress
+from recsvc.training.sample_shop import AGE_AFFINITY, GENDER_AFFINITY, SampleShop
 
 NOW = 1_790_000_000_000
 RULES = LifecycleRules.of(ProfilesConfig())

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from recsvc.service.observability import LATENCY_BUCKETS, Metrics
 from recsvc.v1 import recommender_pb2 as pb
-from service.observability import LATENCY_BUCKETS, Metrics
 
 
 def scrape(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -23,16 +23,16 @@ from recsvc.errors import QualityGateRefused
 from recsvc.models import PopularityRecommender, TrendingRecommender
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from training.cleaning import clean_events
-from training.evaluate import (
+from recsvc.training.cleaning import clean_events
+from recsvc.training.evaluate import (
     holdout_split,
     published_scorer,
     ranking_metrics,
     validation_holdout,
 )
-from training.interactions import build_interactions, event_weights
-from training.pipeline import TrainInputs, TrainResult, ingest_and_clean, quality_gate, train
-from training.progress import Progress
+from recsvc.training.interactions import build_interactions, event_weights
+from recsvc.training.pipeline import TrainInputs, TrainResult, ingest_and_clean, quality_gate, train
+from recsvc.training.progress import Progress
 
 RECSVC = str(Path(sys.executable).with_name("recsvc"))
 
@@ -232,7 +232,7 @@ def test_log_without_repeats_is_judged_and_served_on_unseen_items(
     assert evaluation["variant"] == "unseen" and "unseen items" in evaluation["reason"]
     assert result.manifest["serving"]["exclude_seen"] is True
 
-    from service.core import RecommenderCore
+    from recsvc.serving.core import RecommenderCore
 
     core = RecommenderCore()
     published = PublishedModel.load(ModelStore(tmp_path / "m").path(result.version))
@@ -309,7 +309,7 @@ def test_too_few_users_after_the_cut_date_fall_back_to_each_users_newest_events(
 def test_training_reads_the_event_store_and_leaves_forgotten_users_out(
     shop_inputs: TrainInputs, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    from recsvc.eventstore import StoredEvent, open_event_store
+    from recsvc.events import StoredEvent, open_event_store
 
     url = (
         f"sqlite:///{tmp_path / 'events.db'}"

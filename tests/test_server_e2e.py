@@ -26,12 +26,12 @@ from helpers import wait_until
 
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
+from recsvc.service.server import create_server, set_health, shutdown
+from recsvc.service.servicer import RecommenderServicer
+from recsvc.serving.core import RecommenderCore
+from recsvc.training.pipeline import TrainResult
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-from service.core import RecommenderCore
-from service.server import create_server, set_health, shutdown
-from service.servicer import RecommenderServicer
-from training.pipeline import TrainResult
 
 RECSVC = str(Path(sys.executable).with_name("recsvc"))
 SERVICE = "recsvc.v1.Recommender"

@@ -25,13 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_server_e2e import RECSVC, RunningServer, start_server
 
-from recsvc.eventstore import open_event_store
+from recsvc.events import open_event_store
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
+from recsvc.serving.core import RecommenderCore
+from recsvc.training.pipeline import TrainResult
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
-from service.core import RecommenderCore
-from training.pipeline import TrainResult
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -742,7 +742,7 @@ def test_loadtest_reports_rate_latency_and_codes(
 def test_loadtest_stops_at_once_when_nothing_answers(model_dir: Path, tmp_path: Path) -> None:
     """Against a port nobody listens on, the load test says so in one line and exits 1,
     instead of counting refusals for its whole duration."""
-    from service.workers import free_port
+    from recsvc.service.workers import free_port
 
     target = f"127.0.0.1:{free_port('127.0.0.1')}"
     done = subprocess.run(

@@ -20,8 +20,8 @@ from test_training import preferred_share
 
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
+from recsvc.training.sample_shop import SampleShop
 from recsvc.v1 import recommender_pb2 as pb
-from training.sample_shop import SampleShop
 
 if importlib.util.find_spec("pyspark") is None or shutil.which("java") is None:
     skip_for_missing(

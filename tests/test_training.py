@@ -13,9 +13,9 @@ import pytest
 from recsvc.config import Config
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from training.pipeline import TrainInputs, TrainResult, train
-from training.progress import Progress
-from training.sample_shop import SampleShop
+from recsvc.training.pipeline import TrainInputs, TrainResult, train
+from recsvc.training.progress import Progress
+from recsvc.training.sample_shop import SampleShop
 
 
 def preferred_share(model: PublishedModel, shop: SampleShop, personal: bool) -> float:
@@ -142,15 +142,15 @@ def test_same_input_and_seed_give_the_same_model(
 def test_tune_searches_without_seeing_the_test_period(shop_inputs, tmp_path, monkeypatch) -> None:
     import json
 
-    import training.tune
     from recsvc.cli import main
     from recsvc.config import load_config
+    from recsvc.training import tune as tuning
 
     # Every fit and every scoring the search does is recorded with the newest event it could
     # see: the search's own must all end before the test period, the final check's must not.
     fits: list[int] = []
     scorings: list[tuple[int | None, int]] = []
-    fit, score = training.tune.fit_model, training.tune.ranking_metrics
+    fit, score = tuning.fit_model, tuning.ranking_metrics
 
     def spy_fit(model, interactions, dataset):
         fits.append(int(dataset.events.column("timestamp_ms").to_numpy().max()))
@@ -161,8 +161,8 @@ def test_tune_searches_without_seeing_the_test_period(shop_inputs, tmp_path, mon
         scorings.append((holdout.cut_ms, newest))
         return score(scorer, holdout, *args, **kwargs)
 
-    monkeypatch.setattr(training.tune, "fit_model", spy_fit)
-    monkeypatch.setattr(training.tune, "ranking_metrics", spy_score)
+    monkeypatch.setattr(tuning, "fit_model", spy_fit)
+    monkeypatch.setattr(tuning, "ranking_metrics", spy_score)
     out = tmp_path / "tuned.toml"
     code = main(
         [
@@ -232,7 +232,7 @@ def _blend_result(weights: list[float], ndcg: float, se: float) -> dict:
 def test_equal_blend_is_served_unless_the_pair_is_clearly_better(
     pair_ndcg: float, equal_ndcg: float, served: str
 ) -> None:
-    from training.pipeline import prefer_equal_weights
+    from recsvc.training.pipeline import prefer_equal_weights
 
     pair = _blend_result([0.75, 0.25], pair_ndcg, 0.005)
     equal = _blend_result([1 / 3, 1 / 3, 1 / 3], equal_ndcg, 0.005)

@@ -17,12 +17,12 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from recsvc.eventstore import open_event_store
+from recsvc.events import open_event_store
 from recsvc.models.base import mask_rows, top_k
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from training.progress import Progress
-from training.tables import TableWriter
+from recsvc.training.progress import Progress
+from recsvc.training.tables import TableWriter
 
 PROGRESS_SECONDS = 5.0
 

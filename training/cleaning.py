@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsvc.config import CleaningConfig
-from training.interactions import MS_PER_DAY
+from recsvc.training.interactions import MS_PER_DAY
 
 
 @dataclass

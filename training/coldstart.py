@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from recsvc.coldstart import ColdStart
 from recsvc.config import Config
 from recsvc.models.factor import fit_lightfm
-from training.features import item_feature_table, user_feature_table
+from recsvc.training.features import item_feature_table, user_feature_table
 
 
 def fit_coldstart(

@@ -27,7 +27,7 @@ from recsvc.ids import sorted_positions
 from recsvc.models import Recommender
 from recsvc.models.base import mask_rows, top_k
 from recsvc.published import PublishedModel
-from training.interactions import Interactions, build_interactions
+from recsvc.training.interactions import Interactions, build_interactions
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 K = 10

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from recsvc.config import DataConfig
 from recsvc.errors import BadInput
-from recsvc.eventstore import EVENTS_SCHEMA
+from recsvc.events import EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)
 

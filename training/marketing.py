@@ -12,11 +12,13 @@ import pyarrow as pa
 
 from recsvc.config import ServingConfig
 from recsvc.errors import BadInput
+from recsvc.events import open_models_store
 from recsvc.modelstore import ModelStore
 from recsvc.profiles import STAGES
 from recsvc.published import PublishedModel
-from training.progress import Progress
-from training.tables import TableWriter
+from recsvc.serving.core import RecommenderCore
+from recsvc.training.progress import Progress
+from recsvc.training.tables import TableWriter
 
 ROWS_PER_WRITE = 100_000
 
@@ -37,13 +39,11 @@ def export_audience(
     """Writes rank, user_id, score for the audience (every eligible user when k is 0), with the
     same ranking as FindAudience. The server's event store (found as `recsvc serve` finds it)
     supplies deletions and fresh purchases, so forgotten users never appear."""
-    from service.core import RecommenderCore
-    from service.server import open_store
 
     progress = progress or Progress("audience")
     config = config or ServingConfig()
     model = PublishedModel.load(ModelStore(model_dir).current_path())
-    store = open_store(model_dir, config, event_store, existing=True)
+    store = open_models_store(model_dir, event_store or config.event_store, existing=True)
     # An export may list every user: lift the per-request limit that protects the server.
     limits = dataclasses.replace(config.limits, max_audience=max(1, model.profiles.size))
     core = RecommenderCore(dataclasses.replace(config, limits=limits), store)

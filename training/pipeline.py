@@ -20,16 +20,12 @@ from recsvc.ann import ItemIndex
 from recsvc.coldstart import ColdStart
 from recsvc.config import Config, build
 from recsvc.errors import BadInput, QualityGateRefused
-from recsvc.eventstore import open_event_store
+from recsvc.events import open_event_store
 from recsvc.ids import sorted_positions
 from recsvc.models import (
     MODEL_TYPES,
-    ALSRecommender,
     BlendRecommender,
-    BPRRecommender,
-    EASERecommender,
     FactorRecommender,
-    ItemKNNRecommender,
     LightFMRecommender,
     PopularityRecommender,
     Recommender,
@@ -38,9 +34,10 @@ from recsvc.models import (
 from recsvc.modelstore import ModelStore
 from recsvc.profiles import UserProfiles
 from recsvc.published import ItemAttributes, PublishedModel, write_published
-from training.cleaning import CleaningReport, clean_events
-from training.coldstart import fit_coldstart
-from training.evaluate import (
+from recsvc.training.cleaning import CleaningReport, clean_events
+from recsvc.training.coldstart import fit_coldstart
+from recsvc.training.engines import engine_for, make_model
+from recsvc.training.evaluate import (
     Holdout,
     K,
     Scorer,
@@ -50,11 +47,12 @@ from training.evaluate import (
     ranking_metrics,
     validation_holdout,
 )
-from training.features import item_features, user_features
-from training.ingest import Dataset, load_dataset
-from training.interactions import Interactions, build_interactions
-from training.profiles import assign_clusters, build_profiles, describe_segments
-from training.progress import Progress
+from recsvc.training.features import item_features, user_features
+from recsvc.training.ingest import Dataset
+from recsvc.training.inputs import TrainInputs
+from recsvc.training.interactions import Interactions, build_interactions
+from recsvc.training.profiles import assign_clusters, build_profiles, describe_segments
+from recsvc.training.progress import Progress
 
 log = logging.getLogger(__name__)
 SELECTION_METRIC = f"ndcg@{K}"
@@ -68,14 +66,6 @@ BLEND_MARGIN = 0.01
 SELECTION_SE = f"ndcg_se@{K}"
 
 
-@dataclass(frozen=True)
-class TrainInputs:
-    events: Path | str | None  # a URL (hdfs://, s3a://) only with the spark engine
-    items: Path | None = None
-    users: Path | None = None
-    event_store: str | None = None  # URL of the server's event store (RecordEvents, ForgetUser)
-
-
 @dataclass
 class TrainResult:
     version: str
@@ -83,72 +73,20 @@ class TrainResult:
     manifest: dict[str, Any]
 
 
-def fingerprint(inputs: TrainInputs, config: Config) -> str:
-    """sha256 of the input files' bytes and the configuration: same data, same fingerprint."""
+def fingerprint(dataset: Dataset, config: Config) -> str:
+    """sha256 of what the run read (the validated events, event store's included and forgotten
+    users left out, the catalogue and the users file) and of the configuration: same data,
+    same fingerprint. Computed from the tables in memory: the inputs are never read twice."""
     digest = hashlib.sha256()
-    for path in (inputs.events, inputs.items, inputs.users):
-        digest.update(b"\0file\0")
-        if path is None:
-            continue
-        local = Path(path)
-        # A Parquet dataset is a directory; a cluster URL can only be named.
-        files = sorted(local.rglob("*")) if local.is_dir() else [local] if local.exists() else []
-        digest.update(str(path).encode() if not files else b"")
-        for file in (f for f in files if f.is_file()):
-            with open(file, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-    if inputs.event_store:
-        store = open_event_store(inputs.event_store, existing=True)
-        try:
-            digest.update(b"\0store\0")
-            for column in store.read_events().columns:
-                digest.update(str(column.to_pylist()).encode())
-            digest.update(json.dumps(store.forgotten_users(), sort_keys=True).encode())
-        finally:
-            store.close()
+    for table in (dataset.events, dataset.items, dataset.users):
+        digest.update(b"\0table\0")
+        if table is not None:
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table.combine_chunks())
+            digest.update(sink.getvalue())
     digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
     return digest.hexdigest()
-
-
-def make_model(name: str, config: Config) -> Recommender:
-    """An unfitted model of type `name`, configured from `config`."""
-    m, seed = config.model, config.training.seed
-    if name == "als" and config.training.engine == "spark":
-        from training.spark import SparkALSRecommender
-
-        return SparkALSRecommender(
-            m.als.factors, m.als.regularization, m.als.alpha, m.als.iterations, random_state=seed
-        )
-    if name == "als":
-        return ALSRecommender(
-            m.als.factors, m.als.regularization, m.als.alpha, m.als.iterations, random_state=seed
-        )
-    if name == "bpr":
-        return BPRRecommender(
-            m.bpr.factors,
-            m.bpr.learning_rate,
-            m.bpr.regularization,
-            m.bpr.iterations,
-            random_state=seed,
-        )
-    if name == "itemknn":
-        return ItemKNNRecommender(m.itemknn.neighbours, m.itemknn.weighting)
-    if name == "ease":
-        return EASERecommender(m.ease.l2, m.ease.max_items)
-    if name == "lightfm":
-        return LightFMRecommender(
-            m.lightfm.factors,
-            m.lightfm.loss,
-            m.lightfm.learning_rate,
-            epochs=m.lightfm.epochs,
-            random_state=seed,
-        )
-    if name == "popularity":
-        return PopularityRecommender()
-    if name == "trending":
-        return TrendingRecommender()
-    raise BadInput(f"unknown model type {name!r}")
 
 
 def fit_model(model: Recommender, interactions: Interactions, dataset: Dataset) -> Recommender:
@@ -227,11 +165,7 @@ def train(
     progress = progress or Progress("train")
     store = ModelStore(model_dir)
     started_at_ms = int(time.time() * 1000)
-    if config.training.engine == "spark":
-        from training.spark import spark_config
-
-        config = spark_config(config)
-
+    config = engine_for(config).prepare(config)
     dataset, cleaning = ingest_and_clean(
         inputs, config, rejects_dir or model_dir / "rejects", progress
     )
@@ -264,7 +198,7 @@ def train(
     manifest = {
         "model_type": model.model_type,
         "params": model.get_params(),
-        "data_fingerprint": fingerprint(inputs, config),
+        "data_fingerprint": fingerprint(dataset, config),
         "data_end_ms": int(events.column("timestamp_ms").to_numpy().max()),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "started_at_ms": started_at_ms,
@@ -380,31 +314,7 @@ def ingest_and_clean(
     if inputs.events is None and not inputs.event_store:
         raise BadInput("no events: give an events file, an event store, or both")
     with progress.stage("ingest") as tally:
-        if config.training.engine == "spark" and inputs.events is not None:
-            from training.spark import read_events
-
-            dataset = load_dataset(
-                None, config.data, inputs.items, inputs.users, rejects_dir=rejects_dir
-            )
-            events, report = read_events(
-                str(inputs.events),
-                config.data,
-                rejects_dir,
-                config.training.spark_master,
-                config.training.spark_checkpoint_dir,
-                dataset.items,
-            )
-            dataset = dataclasses.replace(
-                dataset, events=events, reports=[report, *dataset.reports]
-            )
-        else:
-            dataset = load_dataset(
-                Path(inputs.events) if inputs.events is not None else None,
-                config.data,
-                inputs.items,
-                inputs.users,
-                rejects_dir=rejects_dir,
-            )
+        dataset = engine_for(config).read(inputs, config, rejects_dir)
         tally.count = sum(r.rows_read for r in dataset.reports)
     for report in dataset.reports:
         progress.say(report.summary())

@@ -24,7 +24,7 @@ from recsvc.profiles import (
     LifecycleRules,
     UserProfiles,
 )
-from training.interactions import encode_sorted
+from recsvc.training.interactions import encode_sorted
 
 QUINTILES = (0.2, 0.4, 0.6, 0.8)
 SVD_FACTORS = 32

@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 
 from recsvc.config import Config
 from recsvc.errors import BadInput
-from training.evaluate import validation_holdout
-from training.pipeline import TrainInputs, candidates, ingest_and_clean, select_model
-from training.progress import Progress
+from recsvc.training.evaluate import validation_holdout
+from recsvc.training.pipeline import TrainInputs, candidates, ingest_and_clean, select_model
+from recsvc.training.progress import Progress
 
 SHOWN = (
     "precision@10",

@@ -14,6 +14,7 @@ numpy over the clean events (interaction matrix, profiles): 6 columns, about 40 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import shutil
 import tempfile
 import time
@@ -27,10 +28,11 @@ import scipy.sparse as sp
 
 from recsvc.config import Config, DataConfig
 from recsvc.errors import BadInput
-from recsvc.eventstore import EVENTS_SCHEMA
-from recsvc.models import ALSRecommender
+from recsvc.events import EVENTS_SCHEMA
+from recsvc.models import ALSRecommender, Recommender
 from recsvc.models.base import check_user_items
-from training.ingest import IngestReport
+from recsvc.training.ingest import Dataset, IngestReport, load_dataset
+from recsvc.training.inputs import TrainInputs
 
 # Numbers below this are epoch seconds, at or above it milliseconds (the year 5138 in seconds).
 SECONDS_LIMIT = 100_000_000_000
@@ -206,20 +208,47 @@ class SparkALSRecommender(ALSRecommender):
         return self._keep_factors(users, items)
 
 
-def spark_config(config: Config) -> Config:
-    """The run's config for the Spark engine: ALS is the model Spark trains. BadInput, saying
-    what to install, where pyspark or Java is missing."""
-    import dataclasses
+class SparkEngine:
+    """The Spark engine (see training/engines.py): Parquet events read by Spark from a path or
+    a cluster URL, ALS fitted by MLlib; catalogue and users files are read locally."""
 
-    try:
-        import pyspark  # noqa: F401
-    except ImportError as exc:
-        raise BadInput(
-            "the spark engine needs pyspark: pip install 'recsvc[spark]' (and a Java 17 runtime)"
-        ) from exc
-    if shutil.which("java") is None:
-        raise BadInput("the spark engine needs a Java 17 runtime: java is not on PATH")
-    if config.model.type not in ("auto", "als"):
-        raise BadInput(f"the spark engine trains ALS; model.type is {config.model.type!r}")
-    model = dataclasses.replace(config.model, type="als", blend=False)
-    return dataclasses.replace(config, model=model)
+    def prepare(self, config: Config) -> Config:
+        """ALS is the model Spark trains; BadInput, saying what to install, where pyspark or
+        Java is missing."""
+        try:
+            import pyspark  # noqa: F401
+        except ImportError as exc:
+            raise BadInput(
+                "the spark engine needs pyspark: pip install 'recsvc[spark]' "
+                "(and a Java 17 runtime)"
+            ) from exc
+        if shutil.which("java") is None:
+            raise BadInput("the spark engine needs a Java 17 runtime: java is not on PATH")
+        if config.model.type not in ("auto", "als"):
+            raise BadInput(f"the spark engine trains ALS; model.type is {config.model.type!r}")
+        model = dataclasses.replace(config.model, type="als", blend=False)
+        return dataclasses.replace(config, model=model)
+
+    def events_location(self, value: str) -> Path | str:
+        return value  # a cluster URL (hdfs://...) must reach Spark as written: Path folds "//"
+
+    def read(self, inputs: TrainInputs, config: Config, rejects_dir: Path) -> Dataset:
+        dataset = load_dataset(
+            None, config.data, inputs.items, inputs.users, rejects_dir=rejects_dir
+        )
+        if inputs.events is None:
+            return dataset
+        events, report = read_events(
+            str(inputs.events),
+            config.data,
+            rejects_dir,
+            config.training.spark_master,
+            config.training.spark_checkpoint_dir,
+            dataset.items,
+        )
+        return dataclasses.replace(dataset, events=events, reports=[report, *dataset.reports])
+
+    def model_class(self, name: str) -> type[Recommender]:
+        if name != "als":
+            raise BadInput(f"the spark engine trains ALS, not {name!r}")
+        return SparkALSRecommender

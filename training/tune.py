@@ -19,9 +19,9 @@ import optuna
 
 from recsvc.config import Config, SignalsConfig, dump_config
 from recsvc.errors import BadInput
-from training.evaluate import Holdout, model_scorer, ranking_metrics, validation_holdout
-from training.interactions import build_interactions
-from training.pipeline import (
+from recsvc.training.evaluate import Holdout, model_scorer, ranking_metrics, validation_holdout
+from recsvc.training.interactions import build_interactions
+from recsvc.training.pipeline import (
     SELECTION_METRIC,
     TrainInputs,
     candidates,
@@ -29,7 +29,7 @@ from training.pipeline import (
     ingest_and_clean,
     make_model,
 )
-from training.progress import Progress
+from recsvc.training.progress import Progress
 
 TUNABLE = ("als", "bpr", "itemknn", "ease", "lightfm")
 

@@ -21,11 +21,27 @@ import scipy.sparse as sp
 
 DESCRIPTION_FILE = "model.json"
 AFFINITY_BLOCK = 1024  # users scored at once by the generic user_affinity
+# model_type -> class, filled as each model class is defined (recsvc.models imports them all).
+MODEL_TYPES: dict[str, type[Recommender]] = {}
+
+
+def load_model(directory: Path, mmap: bool = True) -> Recommender:
+    """Loads a saved model of any registered type."""
+    model_type = json.loads((directory / DESCRIPTION_FILE).read_text())["model_type"]
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"{directory}: unknown model type {model_type!r}")
+    return MODEL_TYPES[model_type].load(directory, mmap=mmap)
 
 
 class Recommender(ABC):
     model_type: ClassVar[str]
     array_names: ClassVar[tuple[str, ...]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every concrete model registers itself under its model_type (see MODEL_TYPES).
+        super().__init_subclass__(**kwargs)
+        if "model_type" in cls.__dict__:
+            MODEL_TYPES[cls.model_type] = cls
 
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments, read back from same-named attributes (as scikit-learn)."""

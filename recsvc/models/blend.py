@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recsvc.models.base import Recommender, check_user_items
+from recsvc.models.base import MODEL_TYPES, Recommender, check_user_items, load_model
 
 
 class BlendRecommender(Recommender):
@@ -54,8 +54,6 @@ class BlendRecommender(Recommender):
         return self.models[0].n_items
 
     def fit(self, user_items: sp.csr_matrix) -> Self:
-        from recsvc.models import MODEL_TYPES
-
         self._check()
         matrix = check_user_items(user_items)
         self.models = [
@@ -87,8 +85,6 @@ class BlendRecommender(Recommender):
 
     @classmethod
     def load(cls, directory: Path, mmap: bool = True) -> Self:
-        from recsvc.models import load_model
-
         blend = super().load(directory, mmap)
         blend._check()
         blend.models = [

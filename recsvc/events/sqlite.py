@@ -1,120 +1,25 @@
-"""The event store: events recorded by the server, read by the next training run.
-
-Chosen by URL, like Gorse's storage: `sqlite:///path/events.db` (the embedded default, one file
-in WAL mode, so the server writes while a training job reads), or `redis://host:port/db` (shared
-by server replicas on several machines; recsvc/redis_store.py). Privacy deletions live here too:
-`forget` removes a user's events and remembers the user, so that every later training run leaves
-them out of every input, and appends a line to an audit log beside the store.
-"""
+"""The embedded event store: one SQLite file in WAL mode, so the server writes while a training
+job reads (`sqlite:///path/events.db`, the default beside the models)."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-from urllib.parse import urlparse
 
 import pyarrow as pa
 
-from recsvc.errors import BadInput
-
-# The data contract's clean events: what ingest produces and what the store hands to training.
-EVENTS_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("event", pa.string()),
-        ("timestamp_ms", pa.int64()),
-        ("quantity", pa.float64()),
-        ("price", pa.float64()),
-    ]
+from recsvc.events.records import (
+    EVENTS_SCHEMA,
+    IMPRESSIONS_SCHEMA,
+    OUTCOMES_SCHEMA,
+    StoredEvent,
+    forget_audit_line,
 )
-OUTCOMES_SCHEMA = pa.schema(
-    [("variant", pa.string()), ("recommendation_id", pa.string()), ("event", pa.string())]
-)
-IMPRESSIONS_SCHEMA = pa.schema([("recommendation_id", pa.string()), ("variant", pa.string())])
-
 
 # How long a connection waits for another process's lock before it reports "locked".
 BUSY_TIMEOUT_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    user_id: str
-    item_id: str
-    event: str  # view, cart or purchase
-    timestamp_ms: int
-    quantity: float = 1.0
-    price: float | None = None
-    variant: str = ""  # "experiment/variant" the user was in when the event happened
-    recommendation_id: str = ""  # the Recommend response the event followed, if any
-
-
-class EventStore(Protocol):
-    def append(self, events: list[StoredEvent]) -> int: ...
-
-    def forget(self, user_id: str, reason: str = "") -> int: ...
-
-    def forgotten_users(self) -> dict[str, int]: ...
-
-    def changes_after(
-        self, event_id: int, forgotten_ms: int
-    ) -> tuple[list[tuple[int, str, str, str, int]], dict[str, int]]: ...
-
-    def read_events(self) -> pa.Table: ...
-
-    def read_outcomes(self) -> pa.Table: ...
-
-    def record_impressions(self, rows: list[tuple[str, str, str, int, int]]) -> None: ...
-
-    def read_impressions(self) -> pa.Table: ...
-
-    def wait_for_change(self, timeout: float) -> None:
-        """Returns when another process may have stored a change, or after `timeout` s."""
-        ...
-
-    def close(self) -> None: ...
-
-
-def forget_audit_line(user_id: str, removed: int, reason: str, now_ms: int) -> str:
-    """The JSON audit record of one privacy deletion, the same for every backend."""
-    return json.dumps(
-        {
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000)),
-            "action": "forget_user",
-            "user_id": user_id,
-            "events_deleted": removed,
-            "reason": reason,
-        }
-    )
-
-
-def open_event_store(url: str, existing: bool = False) -> EventStore:
-    """The store named by `url`; a bare path means SQLite. With `existing` (commands that only
-    read a store), a SQLite file that is not there is BadInput, never created."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("", "sqlite"):
-        path = parsed.path if parsed.scheme else url
-        if parsed.scheme and parsed.netloc:  # sqlite://relative/path
-            path = parsed.netloc + parsed.path
-        if not path:
-            raise BadInput(f"event store URL {url!r} names no file")
-        if existing and not Path(path).is_file():
-            raise BadInput(f"event store {url}: {path} does not exist")
-        return SQLiteEventStore(Path(path))
-    if parsed.scheme == "redis":
-        from recsvc.redis_store import RedisEventStore
-
-        return RedisEventStore(url)
-    raise BadInput(
-        f"unknown event store {url!r}: use sqlite:///path/events.db or redis://host:port/db"
-    )
-
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

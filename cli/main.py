@@ -20,7 +20,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_GATE_REFUSED = 0, 1, 2, 3
 
 
 def _data_generate(args: argparse.Namespace) -> None:
-    from training.sample_shop import ShopSpec, generate_shop
+    from recsvc.training.sample_shop import ShopSpec, generate_shop
 
     spec = ShopSpec(n_users=args.users, n_items=args.items, weeks=args.weeks)
     shop = generate_shop(args.seed, spec)
@@ -33,7 +33,7 @@ def _data_generate(args: argparse.Namespace) -> None:
 
 def _data_validate(args: argparse.Namespace) -> int:
     from recsvc.config import load_config
-    from training.ingest import load_dataset
+    from recsvc.training.ingest import load_dataset
 
     config = load_config(args.config)
     dataset = load_dataset(
@@ -45,7 +45,7 @@ def _data_validate(args: argparse.Namespace) -> int:
 
 
 def _data_import(args: argparse.Namespace) -> None:
-    from training.importers import import_dataset
+    from recsvc.training.importers import import_dataset
 
     print(import_dataset(args.format, args.source, args.out).summary())
 
@@ -54,7 +54,8 @@ def _train(args: argparse.Namespace) -> None:
     import dataclasses
 
     from recsvc.config import load_config
-    from training.pipeline import TrainInputs, train
+    from recsvc.training.engines import engine_for
+    from recsvc.training.pipeline import TrainInputs, train
 
     config = load_config(args.config)
     if args.engine or args.spark_master:
@@ -68,12 +69,8 @@ def _train(args: argparse.Namespace) -> None:
     def pick(flag: Path | None, configured: str) -> Path | None:
         return flag if flag is not None else (Path(configured) if configured else None)
 
-    events: Path | str | None
-    if config.training.engine == "spark":
-        # A cluster URL (hdfs://...) must reach Spark as written: a Path would fold its "//".
-        events = args.events or config.inputs.events or None
-    else:
-        events = pick(Path(args.events) if args.events else None, config.inputs.events)
+    given = args.events or config.inputs.events
+    events = engine_for(config).events_location(given) if given else None
     model_dir = pick(args.model_dir, config.inputs.model_dir)
     event_store = args.event_store or config.inputs.event_store or None
     if (events is None and event_store is None) or model_dir is None:
@@ -91,8 +88,8 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from recsvc.config import load_config
-    from training.pipeline import TrainInputs
-    from training.report import evaluate_models
+    from recsvc.training.pipeline import TrainInputs
+    from recsvc.training.report import evaluate_models
 
     config = load_config(args.config)
     models = [m.strip() for m in args.models.split(",")] if args.models else None
@@ -103,8 +100,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _tune(args: argparse.Namespace) -> None:
     from recsvc.config import load_config
-    from training.pipeline import TrainInputs
-    from training.tune import tune
+    from recsvc.training.pipeline import TrainInputs
+    from recsvc.training.tune import tune
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     tune(
@@ -120,7 +117,14 @@ def _tune(args: argparse.Namespace) -> None:
 def _loadtest(args: argparse.Namespace) -> int:
     import os
 
-    from loadtest.runner import MIXABLE, LoadSpec, Workload, format_report, run_load, save_report
+    from recsvc.loadtest.runner import (
+        MIXABLE,
+        LoadSpec,
+        Workload,
+        format_report,
+        run_load,
+        save_report,
+    )
 
     mix = {}
     for part in args.mix.split(","):
@@ -156,7 +160,7 @@ def _loadtest(args: argparse.Namespace) -> int:
 
 
 def _batch_recommend(args: argparse.Namespace) -> None:
-    from training.batch import batch_recommend
+    from recsvc.training.batch import batch_recommend
 
     batch_recommend(
         args.model_dir, args.out, args.k, args.limit, args.batch, args.exclude_purchased,
@@ -166,7 +170,7 @@ def _batch_recommend(args: argparse.Namespace) -> None:
 
 def _audience_export(args: argparse.Namespace) -> None:
     from recsvc.config import load_config
-    from training.marketing import export_audience
+    from recsvc.training.marketing import export_audience
 
     export_audience(
         args.model_dir,
@@ -182,19 +186,19 @@ def _audience_export(args: argparse.Namespace) -> None:
 
 
 def _segments_report(args: argparse.Namespace) -> None:
-    from training.marketing import segments_report
+    from recsvc.training.marketing import segments_report
 
     print(segments_report(args.model_dir, args.out))
 
 
 def _profile(args: argparse.Namespace) -> None:
-    from service.client import user_profile
+    from recsvc.service.client import user_profile
 
     user_profile(_connection(args), args.user_id)
 
 
 def _noop_server(args: argparse.Namespace) -> None:
-    from loadtest.noop import serve_noop
+    from recsvc.loadtest.noop import serve_noop
 
     items = [f"item-{n:07d}" for n in range(args.k)]
     asyncio.run(serve_noop(args.host, args.port, args.k, items))
@@ -204,7 +208,7 @@ def _experiments_report(args: argparse.Namespace) -> None:
     import dataclasses
     import json
 
-    from recsvc.eventstore import open_event_store
+    from recsvc.events import open_event_store
     from recsvc.experiments import experiment_report, format_report
 
     store = open_event_store(args.event_store, existing=True)
@@ -260,8 +264,8 @@ def _models_rollback(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from recsvc.config import load_config
-    from service.observability import JsonFormatter
-    from service.server import ServeOptions, check_model_dir, serve
+    from recsvc.service.observability import JsonFormatter
+    from recsvc.service.server import ServeOptions, check_model_dir, serve
 
     if args.log_format == "json":
         for handler in logging.getLogger().handlers:
@@ -284,7 +288,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config).serving
     print(f"recsvc serve: {check_model_dir(args.model_dir, config)}", flush=True)
     if args.workers > 1:
-        from service.workers import serve_workers
+        from recsvc.service.workers import serve_workers
 
         return serve_workers(args.model_dir, config, options, args.workers)
     asyncio.run(serve(args.model_dir, config, options))
@@ -294,14 +298,14 @@ def _serve(args: argparse.Namespace) -> int:
 def _connection(args: argparse.Namespace):
     import os
 
-    from service.client import Connection
+    from recsvc.service.client import Connection
 
     key = args.api_key or os.environ.get("RECSVC_API_KEY", "")
     return Connection(args.target, key, args.tls_ca, args.timeout, args.tls_server_name)
 
 
 def _recommend(args: argparse.Namespace) -> None:
-    from service.client import recommend
+    from recsvc.service.client import recommend
 
     recommend(
         _connection(args),
@@ -315,14 +319,14 @@ def _recommend(args: argparse.Namespace) -> None:
 
 
 def _similar(args: argparse.Namespace) -> None:
-    from service.client import similar
+    from recsvc.service.client import similar
 
     similar(_connection(args), args.item, args.k, args.json)
 
 
 def _record_event(args: argparse.Namespace) -> None:
+    from recsvc.service.client import record_event
     from recsvc.v1 import recommender_pb2 as pb
-    from service.client import record_event
 
     event = pb.Event(
         user_id=args.user,
@@ -338,7 +342,7 @@ def _record_event(args: argparse.Namespace) -> None:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from service.client import health
+    from recsvc.service.client import health
 
     return EXIT_OK if health(_connection(args), args.service) else EXIT_FAILED
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 import pyarrow as pa
 
 from recsvc.errors import BadInput
-from recsvc.eventstore import (
+from recsvc.events.records import (
     EVENTS_SCHEMA,
     IMPRESSIONS_SCHEMA,
     OUTCOMES_SCHEMA,

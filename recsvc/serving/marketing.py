@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,9 +22,7 @@ from recsvc.profiles import (
     stage_span_of,
     stored_row,
 )
-
-if TYPE_CHECKING:
-    from service.core import ServingModel
+from recsvc.serving.model import ServingModel
 
 Fresh = list[tuple[str, str, int]]  # (item, event, time) since the model was trained
 

@@ -1,0 +1,51 @@
+"""What every event store holds and hands out: the stored event, the tables' schemas, and the
+audit record of a privacy deletion (the same for every backend)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+# The data contract's clean events: what ingest produces and what the store hands to training.
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("event", pa.string()),
+        ("timestamp_ms", pa.int64()),
+        ("quantity", pa.float64()),
+        ("price", pa.float64()),
+    ]
+)
+OUTCOMES_SCHEMA = pa.schema(
+    [("variant", pa.string()), ("recommendation_id", pa.string()), ("event", pa.string())]
+)
+IMPRESSIONS_SCHEMA = pa.schema([("recommendation_id", pa.string()), ("variant", pa.string())])
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    user_id: str
+    item_id: str
+    event: str  # view, cart or purchase
+    timestamp_ms: int
+    quantity: float = 1.0
+    price: float | None = None
+    variant: str = ""  # "experiment/variant" the user was in when the event happened
+    recommendation_id: str = ""  # the Recommend response the event followed, if any
+
+
+def forget_audit_line(user_id: str, removed: int, reason: str, now_ms: int) -> str:
+    """The JSON audit record of one privacy deletion, the same for every backend."""
+    return json.dumps(
+        {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000)),
+            "action": "forget_user",
+            "user_id": user_id,
+            "events_deleted": removed,
+            "reason": reason,
+        }
+    )

@@ -1,0 +1,425 @@
+"""The recommendation core, independent of gRPC: it holds the model versions (the current one,
+and any an experiment pins), each user's real-time state (fresh events, deletions, the list
+cache) and the impressions experiments count, and answers every call through the request checks
+(recsvc/serving/validation.py) and the one ranking policy (recsvc/serving/policy.py).
+
+It holds the current model behind one reference; swapping the reference is atomic, so a request
+runs from start to end on the model it started with, even during a reload.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from recsvc.config import EVENT_NAMES, ServingConfig, VariantConfig
+from recsvc.errors import InvalidArgument, NotFound, Unavailable
+from recsvc.events import EventStore, StoredEvent
+from recsvc.experiments import assign_variant
+from recsvc.published import PublishedModel
+from recsvc.serving import marketing
+from recsvc.serving.model import ServingModel, trained_at_ms
+from recsvc.serving.policy import RankingPolicy
+from recsvc.serving.state import LruCache, RealtimeHistory
+from recsvc.serving.validation import RequestChecks
+from recsvc.serving.values import (
+    NO_FILTERS,
+    EventInput,
+    Filters,
+    ListEntry,
+    Recommendations,
+)
+
+# Events may be stamped a little in the future (client clocks); more is a client mistake.
+MAX_FUTURE_MS = 24 * 3_600_000
+# In the list cache's key in place of the user id: users unknown to the model and the profiles.
+ANONYMOUS = object()
+# The id a forgotten user is looked up by in a model trained before the deletion: no user has
+# it (ids are never empty), so they are served exactly as a visitor never seen.
+STRANGER = ""
+
+
+class RecommenderCore:
+    def __init__(
+        self,
+        config: ServingConfig | None = None,
+        event_store: EventStore | None = None,
+    ) -> None:
+        self.config = config or ServingConfig()
+        self.event_store = event_store
+        self._model: ServingModel | None = None
+        self._pinned: dict[str, ServingModel] = {}
+        self.checks = RequestChecks(self.config.limits)
+        self.policy = RankingPolicy(self.config)
+        self.realtime = RealtimeHistory(self.config.realtime_events_per_user)
+        self._lists = LruCache(self.config.cache_size)
+        # Recommendation ids: unique across processes by a random prefix, cheap by a counter.
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count(1)
+        # user -> when forgotten (ms); a model trained before that must not personalise them.
+        self._forgotten: dict[str, int] = {}
+        self._last_event_id = 0
+        self._last_forgotten_ms = 0
+        self._newest_event_ms = 0  # the profile clock, with profile_clock = "events"
+        self._sync_lock = threading.Lock()
+        if event_store is not None:
+            self.sync()
+        self._impressions: list[tuple[str, str, str, int, int]] = []
+        self._impressions_lock = threading.Lock()
+
+    @property
+    def serving(self) -> ServingModel:
+        model = self._model
+        if model is None:
+            raise Unavailable("no model is loaded yet")
+        return model
+
+    @property
+    def model(self) -> PublishedModel:
+        return self.serving.published
+
+    @property
+    def version(self) -> str | None:
+        model = self._model
+        return model.version if model is not None else None
+
+    def prepare(self, published: PublishedModel) -> ServingModel:
+        """Derives serving state and checks the model answers; raises if it cannot serve."""
+        serving = ServingModel.prepare(published, self.config)
+        probe = np.zeros(1, dtype=np.int64)
+        published.fallback.recommend(probe, 1)
+        if published.user_ids.size:
+            published.model.recommend(probe, 1)
+        return serving
+
+    def swap(self, model: PublishedModel | ServingModel) -> None:
+        serving = model if isinstance(model, ServingModel) else self.prepare(model)
+        self._model = serving
+        self._lists.clear()
+        self.realtime.drop_before(int(serving.published.manifest.get("data_end_ms", 0)))
+
+    def pin(self, serving: ServingModel) -> None:
+        """Keeps a version that an experiment variant asks for."""
+        self._pinned[serving.version] = serving
+
+    def pinned_loaded(self) -> set[str]:
+        return set(self._pinned)
+
+    def pinned_versions(self) -> set[str]:
+        return {
+            v.model_version
+            for e in self.config.experiments[:1]
+            for v in e.variants
+            if v.model_version
+        }
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        filters: Filters = NO_FILTERS,
+        exclude_purchased: bool = False,
+        context_item_ids: tuple[str, ...] | list[str] = (),
+        user_attributes: dict[str, str] | None = None,
+        count_impression: bool = True,
+    ) -> Recommendations:
+        """`count_impression` False: the list is not an experiment impression (load tests)."""
+        self.checks.check_id(user_id, "user_id")
+        self.checks.check_k(k)
+        if filters is not NO_FILTERS and filters != NO_FILTERS:
+            self.checks.check_filters(filters)
+        if context_item_ids:
+            self.checks.check_list(context_item_ids, "context_item_ids")
+        attributes = tuple(sorted(user_attributes.items())) if user_attributes else ()
+        if attributes:
+            self.checks.check_attributes(attributes)
+        serving = self.serving
+        variant_name, variant = "", None
+        if self.config.experiments:
+            experiment = self.config.experiments[0]
+            variant = assign_variant(experiment, user_id)
+            variant_name = f"{experiment.name}/{variant.name}"
+            if variant.model_version:
+                pinned = self._pinned.get(variant.model_version)
+                if pinned is None:
+                    # Its version is not loaded (yet, or it failed): serving the current model
+                    # under this variant's name would count the wrong arm's impressions.
+                    variant_name, variant = "", None
+                else:
+                    serving = pinned
+        forgotten_ms = self._forgotten.get(user_id)
+        # A user forgotten since this model was trained is a stranger to it: their history,
+        # profile and users-file attributes inside it are never used again.
+        known_as = (
+            user_id
+            if forgotten_ms is None or forgotten_ms < trained_at_ms(serving.published)
+            else STRANGER
+        )
+        fresh = self.realtime.of(user_id)
+        now_ms = self.now_ms(serving)
+        request = (variant_name, k, filters, exclude_purchased, tuple(context_item_ids), attributes)
+        # Everything the list depends on, the user's fresh events and deletion included, but
+        # the lifecycle stage: the entry holds it, with the span of the profile clock over
+        # which it holds.
+        last = fresh[-1] if fresh else None
+        key = (serving.version, user_id, request, len(fresh), last, forgotten_ms)
+        entry = self._lists.get(key)
+        if entry is None or not entry.since_ms <= now_ms < entry.until_ms:
+            entry = self._list_entry(serving, variant, known_as, request, fresh, now_ms, key)
+        recommendation_id = f"{self._id_prefix}{next(self._ids):016x}"
+        if variant_name and count_impression and self.event_store is not None:
+            self._note_impression(recommendation_id, user_id, variant_name, len(entry.items))
+        return Recommendations(
+            entry.items,
+            serving.version,
+            entry.fallback,
+            variant_name,
+            recommendation_id,
+            entry.strategy,
+            entry.stage,
+        )
+
+    def _list_entry(
+        self,
+        serving: ServingModel,
+        variant: VariantConfig | None,
+        known_as: str,
+        request: tuple[Any, ...],
+        fresh: list[tuple[str, str, int]],
+        now_ms: int,
+        key: tuple[object, ...],
+    ) -> ListEntry:
+        """Computes the user's stage and list, and caches them. `known_as` is the id the model
+        and profiles know the user by (STRANGER for a forgotten user). Users unknown to both,
+        asking with nothing of their own, share one entry per stage: each new id would
+        otherwise compute the same list and push a known user's out of the cache."""
+        staged = marketing.user_stage(serving, known_as, fresh, now_ms)
+        _, k, filters, exclude_purchased, context_item_ids, attributes = request
+        anonymous = (
+            not fresh
+            and not (context_item_ids or attributes)
+            and staged.profile_row is None
+            and serving.published.user_index(known_as) is None
+        )
+        if anonymous:
+            key = (serving.version, ANONYMOUS, request, staged.stage)
+            shared = self._lists.get(key)
+            if shared is not None:
+                return shared
+        items, fallback, strategy = self.policy.compute(
+            serving,
+            variant,
+            known_as,
+            k,
+            filters,
+            exclude_purchased,
+            context_item_ids,
+            fresh,
+            staged.stage,
+            dict(attributes),
+        )
+        entry = ListEntry(items, fallback, strategy, staged.stage, staged.since_ms, staged.until_ms)
+        self._lists.put(key, entry)
+        return entry
+
+    def similar_items(self, item_id: str, k: int, filters: Filters = NO_FILTERS) -> Recommendations:
+        self.checks.check_id(item_id, "item_id")
+        self.checks.check_k(k)
+        self.checks.check_filters(filters)
+        return self.policy.similar(self.serving, item_id, k, filters)
+
+    def popular_items(
+        self,
+        k: int,
+        categories: tuple[str, ...] | list[str] = (),
+        trending: bool = False,
+        filters: Filters = NO_FILTERS,
+    ) -> Recommendations:
+        """The most popular (or, with `trending`, the hottest) items, optionally only those
+        in `categories`."""
+        self.checks.check_k(k)
+        self.checks.check_filters(filters)
+        self.checks.check_list(categories, "categories")
+        return self.policy.popular(self.serving, k, categories, trending, filters)
+
+    def record_events(self, events: list[EventInput]) -> int:
+        """Validates the whole batch first: one bad event refuses the batch, nothing stored."""
+        stored = self.check_events(events)
+        if self.event_store is None:
+            for e in stored:
+                self.realtime.add(e.user_id, e.item_id, e.event, e.timestamp_ms)
+                self._newest_event_ms = max(self._newest_event_ms, e.timestamp_ms)
+        else:
+            self.event_store.append(stored)
+            self.sync()  # the store is the one path into real-time state, for every worker
+        return len(stored)
+
+    def check_events(self, events: list[EventInput]) -> list[StoredEvent]:
+        """The batch as it would be stored; InvalidArgument for the first bad event. Load-test
+        traffic stops here: checked like real events, stored nowhere."""
+        limits = self.config.limits
+        if not events:
+            raise InvalidArgument("events must not be empty")
+        if len(events) > limits.max_events_per_call:
+            raise InvalidArgument(
+                f"at most {limits.max_events_per_call} events per call, got {len(events)}"
+            )
+        now = int(time.time() * 1000)
+        stored = []
+        for n, event in enumerate(events):
+            where = f"events[{n}]"
+            self.checks.check_id(event.user_id, f"{where}.user_id")
+            self.checks.check_id(event.item_id, f"{where}.item_id")
+            if event.event not in EVENT_NAMES:
+                raise InvalidArgument(
+                    f"{where}.event must be one of {', '.join(EVENT_NAMES)}, got {event.event!r}"
+                )
+            stamp = event.timestamp_ms or now
+            if stamp < 0 or stamp > now + MAX_FUTURE_MS:
+                raise InvalidArgument(f"{where}.timestamp_ms {stamp} is outside the allowed range")
+            if not (event.quantity > 0 and float(event.quantity).is_integer()):
+                raise InvalidArgument(f"{where}.quantity must be a positive whole number")
+            if event.price is not None and not (event.price >= 0 and np.isfinite(event.price)):
+                raise InvalidArgument(f"{where}.price must be a number >= 0")
+            if len(event.recommendation_id) > limits.max_id_length:
+                raise InvalidArgument(f"{where}.recommendation_id is too long")
+            variant = ""
+            if self.config.experiments:
+                experiment = self.config.experiments[0]
+                variant = f"{experiment.name}/{assign_variant(experiment, event.user_id).name}"
+            stored.append(
+                StoredEvent(
+                    event.user_id,
+                    event.item_id,
+                    event.event,
+                    stamp,
+                    float(event.quantity),
+                    event.price,
+                    variant,
+                    event.recommendation_id,
+                )
+            )
+        return stored
+
+    def sync(self) -> None:
+        """Takes in events and deletions that any server process stored since the last sync."""
+        if self.event_store is None:
+            return
+        with self._sync_lock:
+            events, forgotten = self.event_store.changes_after(
+                self._last_event_id, self._last_forgotten_ms
+            )
+            for user_id, when in forgotten.items():
+                if self._forgotten.get(user_id) != when:
+                    self._forgotten[user_id] = when
+                    self.realtime.forget_before(user_id, when)
+                self._last_forgotten_ms = max(self._last_forgotten_ms, when)
+            model = self._model
+            trained_until = (
+                int(model.published.manifest.get("data_end_ms", 0)) if model is not None else 0
+            )
+            for event_id, user_id, item_id, event, stamp in events:
+                self._last_event_id = event_id
+                self._newest_event_ms = max(self._newest_event_ms, stamp)
+                if stamp > trained_until:
+                    self.realtime.add(user_id, item_id, event, stamp)
+
+    def forget_user(self, user_id: str, reason: str = "") -> int:
+        """Deletes stored events, drops real-time state and stops personalising at once."""
+        self.checks.check_id(user_id, "user_id")
+        if self.event_store is None:
+            self._forgotten[user_id] = int(time.time() * 1000)
+            self.realtime.forget(user_id)
+            return 0
+        deleted = self.event_store.forget(user_id, reason)
+        self.sync()
+        return deleted
+
+    def model_info(self) -> dict[str, Any]:
+        model = self.model
+        manifest = model.manifest
+        variant = manifest.get("evaluation", {}).get("variant", "all")
+        metrics = manifest.get("metrics", {}).get(variant, {})
+        return {
+            "version": model.version,
+            "model_type": manifest.get("model_type", ""),
+            "created_at": manifest.get("created_at", ""),
+            "n_users": int(manifest.get("n_users", 0)),
+            "n_items": int(manifest.get("n_items", 0)),
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "metric_variant": variant,
+        }
+
+    def now_ms(self, serving: ServingModel | None = None) -> int:
+        """The clock of recency and lifecycle stages (serving.profile_clock)."""
+        if self.config.profile_clock == "wall":
+            return int(time.time() * 1000)
+        model = (serving or self.serving).published
+        return max(int(model.manifest.get("data_end_ms", 0)), self._newest_event_ms)
+
+    def user_profile(self, user_id: str) -> dict[str, Any]:
+        self.checks.check_id(user_id, "user_id")
+        serving = self.serving
+        fresh = [] if user_id in self._forgotten else self.realtime.of(user_id)
+        if user_id in self._forgotten and self._forgotten[user_id] >= trained_at_ms(
+            serving.published
+        ):
+            raise NotFound(f"user {user_id!r} was forgotten")
+        return marketing.user_profile(serving, user_id, fresh, self.now_ms(serving))
+
+    def list_segments(self, kind: str = "") -> list[dict[str, Any]]:
+        return marketing.list_segments(self.serving, kind)
+
+    def get_segment(self, segment_id: str) -> dict[str, Any]:
+        self.checks.check_id(segment_id, "segment_id")
+        return marketing.get_segment(self.serving, segment_id)
+
+    def find_audience(
+        self,
+        *,
+        item_id: str = "",
+        category: str = "",
+        segment_id: str = "",
+        k: int = 100,
+        exclude_buyers: bool = False,
+    ) -> marketing.Audience:
+        limit = self.config.limits.max_audience
+        if not 1 <= k <= limit:
+            raise InvalidArgument(f"k must be between 1 and {limit}, got {k}")
+        for value, name in (
+            (item_id, "item_id"),
+            (category, "category"),
+            (segment_id, "segment_id"),
+        ):
+            if len(value) > self.config.limits.max_id_length:
+                raise InvalidArgument(f"{name} is longer than {self.config.limits.max_id_length}")
+        serving = self.serving
+        return marketing.find_audience(
+            serving,
+            item_id=item_id,
+            category=category,
+            segment_id=segment_id,
+            k=k,
+            exclude_buyers=exclude_buyers,
+            left_out=set(self._forgotten),
+            fresh_buyers=lambda items: self.realtime.users_who(items, "purchase"),
+            now_ms=self.now_ms(serving),
+            propensity_weight=self.config.audience_propensity_weight,
+        )
+
+    def take_impressions(self) -> list[tuple[str, str, str, int, int]]:
+        with self._impressions_lock:
+            taken, self._impressions = self._impressions, []
+        return taken
+
+    def _note_impression(self, recommendation_id: str, user_id: str, variant: str, n: int) -> None:
+        """Impressions serve the experiment report only: Recommend notes them for variants."""
+        with self._impressions_lock:
+            self._impressions.append(
+                (recommendation_id, user_id, variant, int(time.time() * 1000), n)
+            )
