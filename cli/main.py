@@ -160,11 +160,12 @@ def _loadtest(args: argparse.Namespace) -> int:
 
 
 def _batch_recommend(args: argparse.Namespace) -> None:
+    from recsvc.config import load_config
     from recsvc.training.batch import batch_recommend
 
     batch_recommend(
         args.model_dir, args.out, args.k, args.limit, args.batch, args.exclude_purchased,
-        event_store=args.event_store,
+        event_store=args.event_store, config=load_config(args.config).serving,
     )  # fmt: skip
 
 
@@ -580,6 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--limit", type=int, default=0, help="only the first N users (0: all)")
     batch.add_argument("--batch", type=int, default=1024, help="users scored together")
     batch.add_argument("--exclude-purchased", action="store_true")
+    batch.add_argument(
+        "--config", type=Path, default=None, help="the servers' TOML config: its [serving] rules"
+    )
     batch.add_argument(
         "--event-store",
         default="",

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pyarrow.parquet as pq
 import pytest
 from grpc_health.v1 import health_pb2
 from helpers import wait_until
@@ -25,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_server_e2e import RECSVC, RunningServer, start_server
 
-from recsvc.events import open_event_store
+from recsvc.events import StoredEvent, open_event_store
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
@@ -989,3 +990,43 @@ def test_an_experiment_run_from_the_command_line(model_dir: Path, tmp_path: Path
     rows = {r["variant"]: r for r in json.loads(report.stdout)}
     assert rows[listed["variant"]]["conversions"]["successes"] == 1
     assert sum(r["impressions"] for r in rows.values()) == 2
+
+
+def test_batch_lists_are_exactly_the_lists_recommend_serves(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """With every rule on and lifecycle strategies at work, `batch-recommend --config` writes,
+    for every user, the list a server with the same config serves (no experiment)."""
+    (tmp_path / "rules.toml").write_text(
+        "[serving.rules]\nmax_per_category = 2\nnew_item_days = 30.0\nboost_new = 0.5\n"
+        'promoted_tag = "gift"\nboost_promoted = 1.0\n'
+        '[serving.lifecycle]\nat_risk = "repurchase"\nchurned = "trending"\n'
+    )
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    store = open_event_store(url)  # the servers' store, with a purchase made since training
+    after = int(_catalogue(model_dir).manifest["data_end_ms"]) + 60_000
+    store.append([StoredEvent("u0003", "i0002", "purchase", after)])
+    store.close()
+    out = tmp_path / "lists.parquet"
+    batch = subprocess.run(
+        [RECSVC, "batch-recommend", "--model-dir", str(model_dir), "--out", str(out), "-k", "8",
+         "--exclude-purchased", "--config", str(tmp_path / "rules.toml"), "--event-store", url],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert batch.returncode == 0, batch.stderr
+    written = {r["user_id"]: r["item_ids"] for r in pq.read_table(out).to_pylist()}
+    assert len(written) == _catalogue(model_dir).user_ids.size
+    running = start_server(model_dir, "--config", str(tmp_path / "rules.toml"),
+                           "--event-store", url)  # fmt: skip
+    strategies: Counter[str] = Counter()
+    try:
+        running.wait_for_health(SERVING)
+        for user, items in written.items():
+            served = running.stub.Recommend(
+                pb.RecommendRequest(user_id=user, k=8, exclude_purchased=True), timeout=5
+            )
+            strategies[served.strategy] += 1
+            assert [i.item_id for i in served.items] == items, user
+    finally:
+        running.stop()
+    assert {"personal", "repurchase"} <= set(strategies), strategies
