@@ -8,17 +8,15 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 RUN python -m venv /opt/recsvc
 ENV PATH=/opt/recsvc/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY protos protos
 COPY recsvc recsvc
 COPY service service
 COPY training training
 COPY loadtest loadtest
-# Generated gRPC code is built here, never committed.
-RUN pip install grpcio-tools \
- && python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
-      protos/recsvc/v1/recommender.proto \
- && pip install .
+COPY cli cli
+# A plain install, as from a wheel: setup.py's build hook generates the gRPC code.
+RUN pip install .
 
 FROM python:3.11-slim
 # implicit's OpenMP runtime.

@@ -20,7 +20,8 @@ export MKL_NUM_THREADS := 1
 
 install: $(STAMP) $(GENERATED)
 
-$(STAMP): pyproject.toml
+# The editable install runs setup.py's build hook, which generates the gRPC code.
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -28,6 +29,7 @@ $(STAMP): pyproject.toml
 
 proto: $(GENERATED)
 
+# After an edit of the contract: the same generation as the build hook's, without reinstalling.
 recsvc/v1/%_pb2.py: protos/recsvc/v1/%.proto $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $<
 
@@ -76,4 +78,4 @@ mutation: install
 	$(BIN)/python bench/mutation.py
 
 clean:
-	rm -rf $(VENV) var mutants recsvc/v1/*_pb2*.py recsvc/v1/*_pb2*.pyi .pytest_cache .ruff_cache
+	rm -rf $(VENV) var mutants build dist recsvc/v1/*_pb2*.py recsvc/v1/*_pb2*.pyi .pytest_cache .ruff_cache

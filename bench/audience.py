@@ -33,15 +33,11 @@ from scipy.stats import rankdata
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from recsvc.config import Config, ServingConfig  # noqa: E402
-from recsvc.ids import sorted_positions  # noqa: E402
-from recsvc.models import Recommender  # noqa: E402
-from recsvc.serving.marketing import audience_scores  # noqa: E402
-from recsvc.training.evaluate import validation_holdout  # noqa: E402
-from recsvc.training.importers import import_dataset  # noqa: E402
-from recsvc.training.ingest import Dataset  # noqa: E402
-from recsvc.training.interactions import Interactions, build_interactions  # noqa: E402
-from recsvc.training.pipeline import (  # noqa: E402
+from recsvc.training.evaluate import validation_holdout
+from recsvc.training.importers import import_dataset
+from recsvc.training.ingest import Dataset
+from recsvc.training.interactions import Interactions, build_interactions
+from recsvc.training.pipeline import (
     TrainInputs,
     candidates,
     fit_model,
@@ -49,7 +45,12 @@ from recsvc.training.pipeline import (  # noqa: E402
     make_model,
     select_model,
 )
-from recsvc.training.progress import Progress  # noqa: E402
+from recsvc.training.progress import Progress
+
+from recsvc.config import Config, ServingConfig
+from recsvc.ids import sorted_positions
+from recsvc.models import Recommender
+from recsvc.serving.marketing import audience_scores
 
 SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {
@@ -116,16 +117,20 @@ def cut_and_fit(name: str, work: Path, progress: Progress) -> CutLog:
     )
     chosen = selection["selected"]
     if chosen == "blend":
-        chosen = max(names, key=lambda n: selection["models"][n][selection["variant"]]["ndcg@10"])
+        chosen = max(
+            names, key=lambda n: selection["models"][n][selection["variant"]]["ndcg@10"]
+        )
     with progress.stage(f"{name}: fit {chosen} before the cut"):
         model = fit_model(make_model(chosen, config), interactions, train_part)
 
     bought = after.filter(pc.equal(after.column("event"), "purchase"))
     users = sorted_positions(
-        interactions.user_ids, bought.column("user_id").to_numpy(zero_copy_only=False).astype(str)
+        interactions.user_ids,
+        bought.column("user_id").to_numpy(zero_copy_only=False).astype(str),
     )
     items = sorted_positions(
-        interactions.item_ids, bought.column("item_id").to_numpy(zero_copy_only=False).astype(str)
+        interactions.item_ids,
+        bought.column("item_id").to_numpy(zero_copy_only=False).astype(str),
     )
     known = (users >= 0) & (items >= 0)
     pairs = np.unique(np.column_stack([items[known], users[known]]), axis=0)
@@ -154,7 +159,14 @@ def run_dataset(name: str, work: Path, progress: Progress) -> dict:
     results: dict[str, dict[str, list[float]]] = {
         variant: {
             key: []
-            for key in ("model_auc", "affinity_auc", "base_auc", "model_p", "affinity_p", "base_p")
+            for key in (
+                "model_auc",
+                "affinity_auc",
+                "base_auc",
+                "model_p",
+                "affinity_p",
+                "base_p",
+            )
         }
         for variant in ("all users", "new buyers")
     }
@@ -167,8 +179,13 @@ def run_dataset(name: str, work: Path, progress: Progress) -> dict:
                 affinity, purchases_per_user, AUDIENCE.audience_propensity_weight
             )
             earlier = np.zeros(n_users, dtype=bool)
-            earlier[purchased.indices[purchased.indptr[item] : purchased.indptr[item + 1]]] = True
-            for variant, keep in (("all users", np.ones(n_users, bool)), ("new buyers", ~earlier)):
+            earlier[
+                purchased.indices[purchased.indptr[item] : purchased.indptr[item + 1]]
+            ] = True
+            for variant, keep in (
+                ("all users", np.ones(n_users, bool)),
+                ("new buyers", ~earlier),
+            ):
                 pos = positive[keep]
                 if not pos.any() or pos.all():
                     continue
@@ -200,12 +217,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "data")
-    parser.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "audience.json")
+    parser.add_argument(
+        "--json", type=Path, default=ROOT / "var" / "bench" / "audience.json"
+    )
     args = parser.parse_args()
     if not SHARED.exists():
         sys.exit(f"bench/audience.py: {SHARED} is absent; the real datasets are needed")
     progress = Progress("audience")
-    results = [run_dataset(name, args.work, progress) for name in args.datasets.split(",")]
+    results = [
+        run_dataset(name, args.work, progress) for name in args.datasets.split(",")
+    ]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nAudience quality ({platform.node()}): mean over target items\n")

@@ -22,13 +22,13 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-import quality  # noqa: E402
+import quality
+from recsvc.training.evaluate import model_scorer, ranking_metrics, validation_holdout
+from recsvc.training.pipeline import candidates, fit_model, make_model
+from recsvc.training.progress import Progress
 
-from recsvc.config import Config  # noqa: E402
-from recsvc.models import BlendRecommender, Recommender  # noqa: E402
-from recsvc.training.evaluate import model_scorer, ranking_metrics, validation_holdout  # noqa: E402
-from recsvc.training.pipeline import candidates, fit_model, make_model  # noqa: E402
-from recsvc.training.progress import Progress  # noqa: E402
+from recsvc.config import Config
+from recsvc.models import BlendRecommender, Recommender
 
 
 def blends(fitted: dict[str, Recommender]) -> dict[str, Recommender]:
@@ -36,11 +36,15 @@ def blends(fitted: dict[str, Recommender]) -> dict[str, Recommender]:
     out: dict[str, Recommender] = dict(fitted)
     for a, b in itertools.combinations(fitted, 2):
         for weight in (0.25, 0.5, 0.75):
-            blend = BlendRecommender.of_fitted([fitted[a], fitted[b]], [weight, 1 - weight])
+            blend = BlendRecommender.of_fitted(
+                [fitted[a], fitted[b]], [weight, 1 - weight]
+            )
             out[f"{weight:.2f} {a} + {1 - weight:.2f} {b}"] = blend
     if len(fitted) > 2:
         equal = [1 / len(fitted)] * len(fitted)
-        out["equal blend of all"] = BlendRecommender.of_fitted(list(fitted.values()), equal)
+        out["equal blend of all"] = BlendRecommender.of_fitted(
+            list(fitted.values()), equal
+        )
     return out
 
 
@@ -54,11 +58,15 @@ def run(name: str, work: Path, progress: Progress) -> None:
     for label, holdout in (("validation", inner), ("test", outer)):
         with progress.stage(f"{name}: {label}"):
             fitted = {
-                f: fit_model(make_model(f, config), holdout.train, train_part) for f in families
+                f: fit_model(make_model(f, config), holdout.train, train_part)
+                for f in families
             }
             for key, model in blends(fitted).items():
                 metrics = ranking_metrics(model_scorer(model), holdout)[holdout.variant]
-                table.setdefault(key, {})[label] = (metrics["ndcg@10"], metrics["ndcg_se@10"])
+                table.setdefault(key, {})[label] = (
+                    metrics["ndcg@10"],
+                    metrics["ndcg_se@10"],
+                )
     print(f"\n{name} (judged on {outer.variant} items): NDCG@10 (standard error)")
     print("| model | validation | test |\n|---|---|---|")
     for key, row in sorted(table.items(), key=lambda kv: -kv[1]["validation"][0]):
@@ -72,7 +80,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "data")
     args = parser.parse_args()
     if not quality.SHARED.exists():
-        sys.exit(f"bench/blends.py: {quality.SHARED} is absent; the real datasets are needed")
+        sys.exit(
+            f"bench/blends.py: {quality.SHARED} is absent; the real datasets are needed"
+        )
     progress = Progress("blends")
     for name in args.datasets.split(","):
         run(name, args.work, progress)

@@ -25,14 +25,15 @@ import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from recsvc.config import Config  # noqa: E402
-from recsvc.models import ALSRecommender, PopularityRecommender, TrendingRecommender  # noqa: E402
-from recsvc.modelstore import ModelStore  # noqa: E402
-from recsvc.profiles import UserProfiles  # noqa: E402
-from recsvc.published import ItemAttributes, write_published  # noqa: E402
-from recsvc.training.pipeline import build_ann  # noqa: E402
-from recsvc.training.profiles import assign_clusters, build_profiles, describe_segments  # noqa: E402
-from recsvc.training.progress import Progress  # noqa: E402
+from recsvc.training.pipeline import build_ann
+from recsvc.training.profiles import assign_clusters, build_profiles, describe_segments
+from recsvc.training.progress import Progress
+
+from recsvc.config import Config
+from recsvc.models import ALSRecommender, PopularityRecommender, TrendingRecommender
+from recsvc.modelstore import ModelStore
+from recsvc.profiles import UserProfiles
+from recsvc.published import ItemAttributes, write_published
 
 FACTORS = 64
 CLUSTERS = 2_000
@@ -44,18 +45,20 @@ def ids(prefix: str, n: int) -> np.ndarray:
     return np.char.add(prefix, np.char.zfill(np.arange(n).astype(str), width))
 
 
-def generate(n_users: int, n_items: int, seed: int, progress: Progress) -> dict[str, object]:
+def generate(
+    n_users: int, n_items: int, seed: int, progress: Progress
+) -> dict[str, object]:
     rng = np.random.default_rng(seed)
     with progress.stage("factors") as tally:
         centres = rng.standard_normal((CLUSTERS, FACTORS)).astype(np.float32)
         item_cluster = rng.integers(0, CLUSTERS, n_items)
-        items = centres[item_cluster] + 0.5 * rng.standard_normal((n_items, FACTORS)).astype(
-            np.float32
-        )
+        items = centres[item_cluster] + 0.5 * rng.standard_normal(
+            (n_items, FACTORS)
+        ).astype(np.float32)
         user_cluster = rng.integers(0, CLUSTERS, n_users)
-        users = centres[user_cluster] + 0.5 * rng.standard_normal((n_users, FACTORS)).astype(
-            np.float32
-        )
+        users = centres[user_cluster] + 0.5 * rng.standard_normal(
+            (n_users, FACTORS)
+        ).astype(np.float32)
         tally.count, tally.unit = n_users + n_items, "vectors"
     with progress.stage("histories") as tally:
         # Items of the user's own cluster, found through a cluster -> items table.
@@ -65,7 +68,10 @@ def generate(n_users: int, n_items: int, seed: int, progress: Progress) -> dict[
         picks = rng.random((n_users, HISTORY))
         own = np.maximum(sizes[user_cluster], 1)[:, None]
         columns = order[
-            np.minimum(starts[user_cluster][:, None] + (picks * own).astype(np.int64), n_items - 1)
+            np.minimum(
+                starts[user_cluster][:, None] + (picks * own).astype(np.int64),
+                n_items - 1,
+            )
         ]
         columns = np.sort(columns, axis=1)
         rows = np.repeat(np.arange(n_users), HISTORY)
@@ -141,7 +147,9 @@ def marketing(
                 "user_id": pa.array(user_ids[users]),
                 "item_id": pa.array(item_ids[items]),
                 "event": pa.array(["view"] * views.nnz + ["purchase"] * purchases.nnz),
-                "timestamp_ms": pa.array(now - rng.integers(0, 120 * 86_400_000, users.size)),
+                "timestamp_ms": pa.array(
+                    now - rng.integers(0, 120 * 86_400_000, users.size)
+                ),
                 "quantity": pa.array(np.ones(users.size)),
                 "price": pa.array(attributes.price[items].astype(np.float64)),
             }
@@ -156,7 +164,12 @@ def marketing(
         )
         profiles = build_profiles(events, catalogue, None, config)
         clustering = assign_clusters(
-            profiles, model, user_ids, history, config.profiles.clusters, config.training.seed
+            profiles,
+            model,
+            user_ids,
+            history,
+            config.profiles.clusters,
+            config.training.seed,
         )
         segments = describe_segments(profiles, clustering)
         tally.count, tally.unit = events.num_rows, "events"
@@ -185,17 +198,27 @@ def main() -> None:
         "metrics": {},
         "serving": {"exclude_seen": False, "fallback": "popularity"},
         "evaluation": {"variant": "all"},
-        "config": {"signals": {"view": 1.0, "cart": 4.0, "purchase": 8.0, "scaling": "log"}},
+        "config": {
+            "signals": {"view": 1.0, "cart": 4.0, "purchase": 8.0, "scaling": "log"}
+        },
         "ann": ann_info,
-        "generated": {"seed": args.seed, "clusters": CLUSTERS, "history_per_user": HISTORY},
+        "generated": {
+            "seed": args.seed,
+            "clusters": CLUSTERS,
+            "history_per_user": HISTORY,
+        },
     }
     with progress.stage("publish"):
         version = ModelStore(args.out).publish(
-            lambda staging: write_published(staging, manifest=manifest, ann=ann, **parts),  # type: ignore[arg-type]
+            lambda staging: write_published(
+                staging, manifest=manifest, ann=ann, **parts
+            ),  # type: ignore[arg-type]
             suffix="million",
         )
     size = sum(
-        f.stat().st_size for f in ModelStore(args.out).path(version).rglob("*") if f.is_file()
+        f.stat().st_size
+        for f in ModelStore(args.out).path(version).rglob("*")
+        if f.is_file()
     )
     progress.say(f"published {version} in {args.out}: {size / 2**20:,.0f} MiB on disk")
 

@@ -1,14 +1,19 @@
 """Mutation testing of the code where a silent regression hurts users most (`make mutation`).
 
-mutmut (3.x) copies the packages into ./mutants, plants one change per mutant behind a switch,
-and runs, for each mutant, only the tests that reach the mutated function. A mutant the tests
-catch is killed; one they miss survived. Every area below is a set of functions, so a full run
-stays within about an hour on two cores. Survivors judged equivalent (no test could tell them
-from the original) are listed with their reason in tests/mutation_equivalents.txt and reported
-apart; each other survivor is a test to write.
+mutmut (3.x) plants one change per mutant behind a switch and runs, for each mutant, only the
+tests that reach the mutated function; a mutant the tests catch is killed, one they miss
+survived. The areas below are sets of functions, so a full run stays near an hour on two cores.
+Survivors judged equivalent (no test could tell them from the original) are listed with their
+reason in tests/mutation_equivalents.txt and reported apart; every other survivor is a test to
+write.
+
+mutmut mutates a copy of the code found by folder, and imports must find the copy: the run
+happens in var/mutation/, where the layers above the library sit inside recsvc/ as the import
+names say (recsvc/training, recsvc/service, ...). Results stay there between runs; a changed
+function is tested again.
 
     python bench/mutation.py            # run what is not yet run, then report
-    python bench/mutation.py --report   # report the results already in ./mutants
+    python bench/mutation.py --report   # report the results already there
 """
 
 from __future__ import annotations
@@ -17,72 +22,154 @@ import argparse
 import fnmatch
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGE = ROOT / "var" / "mutation"
 EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.txt"
-CORE = "service.core.xǁRecommenderCoreǁ"
-
+# Folder -> where it sits in the staged copy (its import name).
+LAYOUT = {
+    "recsvc": "recsvc",
+    "training": "recsvc/training",
+    "service": "recsvc/service",
+    "loadtest": "recsvc/loadtest",
+    "cli": "recsvc/cli",
+    "tests": "tests",
+}
+MUTATED = [
+    "recsvc/experiments.py",
+    "recsvc/modelstore.py",
+    "recsvc/events/sqlite.py",
+    "recsvc/serving/core.py",
+    "recsvc/serving/policy.py",
+    "recsvc/serving/validation.py",
+    "recsvc/serving/state.py",
+    "recsvc/training/ingest.py",
+    "recsvc/training/evaluate.py",
+    "recsvc/training/tune.py",
+    "recsvc/training/pipeline.py",
+]
+# Only in-process tests see the mutants; these reach the code only through a subprocess (the
+# installed, unmutated code) or repeat a whole training run a faster test already covers.
+TESTS = [
+    "tests/test_ann.py",
+    "tests/test_config.py",
+    "tests/test_core.py",
+    "tests/test_experiments.py",
+    "tests/test_eventstore.py",
+    "tests/test_ingest.py",
+    "tests/test_retraining_job.py",
+    "tests/test_training.py",
+    "tests/test_marketing.py",
+]
+LEFT_OUT = [
+    "tests/test_retraining_job.py::test_sigkill_during_publish_leaves_the_previous_model_current",
+    "tests/test_eventstore.py::test_processes_opening_a_new_store_together_all_succeed",
+    "tests/test_retraining_job.py::test_keeps_the_last_n_versions_and_rolls_back",
+    "tests/test_training.py::test_same_input_and_seed_give_the_same_model",
+    "tests/test_retraining_job.py::test_config_file_alone_is_a_complete_job",
+]
+CORE = "recsvc.serving.core.xǁRecommenderCoreǁ"
+POLICY = "recsvc.serving.policy.xǁRankingPolicyǁ"
 # Area -> mutmut name patterns (module.x_function or module.xǁClassǁmethod).
 AREAS: dict[str, list[str]] = {
     "request validation and filters": [
-        f"{CORE}_check_*",
-        f"{CORE}_allowed*",
-        f"{CORE}record_events*",
+        "recsvc.serving.validation.*",
         f"{CORE}check_events*",
+        f"{POLICY}_allowed*",
     ],
-    "ranking policy and rules": [
-        f"{CORE}recommend*",
-        f"{CORE}_list_entry*",
-        f"{CORE}_compute_list*",
-        f"{CORE}_select*",
-        f"{CORE}_pick_*",
-        "service.core.x_top_spread*",
+    "ranking policy and rules": [f"{POLICY}*", "recsvc.serving.policy.x_*"],
+    "quality gate": [
+        "recsvc.training.pipeline.x_quality_gate*",
+        "recsvc.training.pipeline.x_refit_published*",
     ],
-    "quality gate": ["training.pipeline.x_quality_gate*"],
     "holdout and tuning": [
-        "training.evaluate.x_holdout_split*",
-        "training.evaluate.x_holdout_from_mask*",
-        "training.evaluate.x__last_events*",
-        "training.evaluate.x_validation_holdout*",
-        "training.tune.x_tune__*",
-        "training.tune.x_with_signals*",
-        "training.tune.x_default_params*",
+        "recsvc.training.evaluate.x_holdout_split*",
+        "recsvc.training.evaluate.x_holdout_from_mask*",
+        "recsvc.training.evaluate.x__last_events*",
+        "recsvc.training.evaluate.x_validation_holdout*",
+        "recsvc.training.tune.x_tune__*",
+        "recsvc.training.tune.x_with_signals*",
+        "recsvc.training.tune.x_default_params*",
     ],
     "ingest validation": [
-        "training.ingest.x_load_events*",
-        "training.ingest.x_load_items*",
-        "training.ingest.x_load_users*",
-        "training.ingest.x__reject_repeated_ids*",
-        "training.ingest.x__drop_duplicates*",
-        "training.ingest.x_parse_timestamps_ms*",
-        "training.ingest.x__cast_dates*",
-        "training.ingest.x_parse_numbers*",
-        "training.ingest.x__check_columns*",
-        "training.ingest.xǁRowChecksǁ*",
-        "training.ingest.xǁRejectsWriterǁ*",
+        "recsvc.training.ingest.x_load_events*",
+        "recsvc.training.ingest.x_load_items*",
+        "recsvc.training.ingest.x_load_users*",
+        "recsvc.training.ingest.x__reject_repeated_ids*",
+        "recsvc.training.ingest.x__drop_duplicates*",
+        "recsvc.training.ingest.x_parse_timestamps_ms*",
+        "recsvc.training.ingest.x__cast_dates*",
+        "recsvc.training.ingest.x_parse_numbers*",
+        "recsvc.training.ingest.x__check_columns*",
+        "recsvc.training.ingest.xǁRowChecksǁ*",
+        "recsvc.training.ingest.xǁRejectsWriterǁ*",
     ],
     "deletion": [
         f"{CORE}forget_user*",
         f"{CORE}sync*",
-        "service.core.xǁRealtimeHistoryǁforget*",
-        "recsvc.events.xǁSQLiteEventStoreǁforget*",
-        "recsvc.events.xǁSQLiteEventStoreǁchanges_after*",
-        "training.pipeline.x_leave_out_forgotten*",
+        f"{CORE}recommend*",
+        "recsvc.serving.state.xǁRealtimeHistoryǁforget*",
+        "recsvc.events.sqlite.xǁSQLiteEventStoreǁforget*",
+        "recsvc.events.sqlite.xǁSQLiteEventStoreǁchanges_after*",
+        "recsvc.training.pipeline.x_leave_out_forgotten*",
     ],
     "experiments' statistics": ["recsvc.experiments.*"],
     "model store": ["recsvc.modelstore.*"],
 }
-KILLED = {1, 3, 36, -24, 24, 152, 255}  # a failing test, or a mutant that never finishes
+KILLED = {
+    1,
+    3,
+    36,
+    -24,
+    24,
+    152,
+    255,
+}  # a failing test, or a mutant that never finishes
+
+
+def stage() -> None:
+    """The code and tests in var/mutation/, laid out by import name, with mutmut's config."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "mutants")
+    for folder, target in LAYOUT.items():
+        shutil.copytree(
+            ROOT / folder, STAGE / target, ignore=ignore, dirs_exist_ok=True
+        )
+    settings = tomllib_dump(
+        {
+            "tool.mutmut": {
+                "source_paths": ["recsvc"],
+                "only_mutate": MUTATED,
+                "pytest_add_cli_args_test_selection": TESTS,
+                "pytest_add_cli_args": [
+                    "-p", "no:cacheprovider", "-q", "--timeout=600",
+                    *[arg for test in LEFT_OUT for arg in ("--deselect", test)],
+                ],
+                # A mutant slower than 5x its tests' clean run (plus 1 s) counts as caught.
+                "timeout_multiplier": 5.0,
+                "process_isolation": "forkserver",
+            },
+            "tool.pytest.ini_options": {"testpaths": ["tests"], "timeout": 300},
+        }
+    )  # fmt: skip
+    (STAGE / "pyproject.toml").write_text(settings)
+
+
+def tomllib_dump(tables: dict[str, dict[str, object]]) -> str:
+    lines = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def equivalents() -> dict[str, str]:
     """Survivors judged equivalent: name -> why."""
-    if not EQUIVALENTS.exists():
-        return {}
     found = {}
     for line in EQUIVALENTS.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
@@ -94,14 +181,16 @@ def equivalents() -> dict[str, str]:
 def results() -> dict[str, int | None]:
     """Every mutant's exit code from mutmut's records (None: not run yet)."""
     codes: dict[str, int | None] = {}
-    for meta in (ROOT / "mutants").rglob("*.meta"):
+    for meta in (STAGE / "mutants").rglob("*.meta"):
         codes.update(json.loads(meta.read_text())["exit_code_by_key"])
     return codes
 
 
 def report() -> int:
     codes, equivalent = results(), equivalents()
-    print(f"{'area':<34}{'mutants':>8}{'killed':>8}{'equiv.':>8}{'survived':>9}{'score':>8}")
+    print(
+        f"{'area':<34}{'mutants':>8}{'killed':>8}{'equiv.':>8}{'survived':>9}{'score':>8}"
+    )
     missed = 0
     for area, patterns in AREAS.items():
         names = [n for n in codes if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
@@ -112,10 +201,12 @@ def report() -> int:
         scored = len(run) - len(same)
         score = len(killed) / scored if scored else 1.0
         missed += score < 0.85
+        waiting = (
+            f"  ({len(names) - len(run)} not run)" if len(run) < len(names) else ""
+        )
         print(
             f"{area:<34}{len(names):>8}{len(killed):>8}{len(same):>8}{len(survived):>9}"
-            f"{score:>8.1%}"
-            + (f"  ({len(names) - len(run)} not run)" if len(run) < len(names) else "")
+            f"{score:>8.1%}{waiting}"
         )
         for name in survived:
             print(f"    survived: {name}")
@@ -123,19 +214,20 @@ def report() -> int:
 
 
 def run(max_children: int) -> None:
+    stage()
     env = {
         **os.environ,
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         # Trained once by the unmutated code, then copied for every mutant's session.
-        "RECSVC_TEST_MODEL_CACHE": str(ROOT / "var" / "mutation-cache"),
+        "RECSVC_TEST_MODEL_CACHE": str(STAGE / "model-cache"),
     }
     patterns = [p for area in AREAS.values() for p in area]
     mutmut = Path(sys.executable).with_name("mutmut")
     started = time.perf_counter()
     subprocess.run(
         [str(mutmut), "run", "--max-children", str(max_children), *patterns],
-        cwd=ROOT,
+        cwd=STAGE,
         env=env,
         check=True,
     )
@@ -144,7 +236,9 @@ def run(max_children: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--report", action="store_true", help="only report existing results")
+    parser.add_argument(
+        "--report", action="store_true", help="only report existing results"
+    )
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     if not args.report:

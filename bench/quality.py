@@ -29,9 +29,7 @@ import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from recsvc.config import Config  # noqa: E402
-from recsvc.models import BlendRecommender  # noqa: E402
-from recsvc.training.evaluate import (  # noqa: E402
+from recsvc.training.evaluate import (
     Holdout,
     holdout_from_mask,
     holdout_split,
@@ -39,9 +37,9 @@ from recsvc.training.evaluate import (  # noqa: E402
     ranking_metrics,
     validation_holdout,
 )
-from recsvc.training.importers import import_dataset  # noqa: E402
-from recsvc.training.ingest import Dataset  # noqa: E402
-from recsvc.training.pipeline import (  # noqa: E402
+from recsvc.training.importers import import_dataset
+from recsvc.training.ingest import Dataset
+from recsvc.training.pipeline import (
     TrainInputs,
     candidates,
     fit_model,
@@ -49,7 +47,10 @@ from recsvc.training.pipeline import (  # noqa: E402
     make_model,
     select_model,
 )
-from recsvc.training.progress import Progress  # noqa: E402
+from recsvc.training.progress import Progress
+
+from recsvc.config import Config
+from recsvc.models import BlendRecommender
 
 SHARED = ROOT.parent / "shared" / "data"
 # dataset name: (import format, source folder, test period)
@@ -62,8 +63,16 @@ SPLITS = {
         "newest 20% of events",
     ),
     "taobao": ("taobao", "taobao-userbehavior", "newest 20% of events"),
-    "tmall": ("tmall", "tmall-brand-2013", "2013-07-16..08-15 (the contest's last month)"),
-    "multibehavior": ("multibehavior", "mbcgcn-multibehavior", "the given test.txt purchases"),
+    "tmall": (
+        "tmall",
+        "tmall-brand-2013",
+        "2013-07-16..08-15 (the contest's last month)",
+    ),
+    "multibehavior": (
+        "multibehavior",
+        "mbcgcn-multibehavior",
+        "the given test.txt purchases",
+    ),
 }
 TEST_SHARE = 0.2
 TMALL_CUT_MS = 1373904000000  # 2013-07-16T00:00:00+08:00
@@ -83,20 +92,31 @@ def outer_split(name: str, data_dir: Path, events: pa.Table, config: Config) -> 
         )
         before = np.arange(events.num_rows + test.events.num_rows) < events.num_rows
         split = holdout_from_mask(
-            pa.concat_tables([events, test.events]), signals, before, "given test.txt", None
+            pa.concat_tables([events, test.events]),
+            signals,
+            before,
+            "given test.txt",
+            None,
         )
     elif name == "tmall":
         before = events.column("timestamp_ms").to_numpy() < TMALL_CUT_MS
         split = holdout_from_mask(events, signals, before, "temporal", TMALL_CUT_MS)
     else:
         split = holdout_split(
-            events, signals, TEST_SHARE, config.training.seed, 0, config.training.min_holdout_users
+            events,
+            signals,
+            TEST_SHARE,
+            config.training.seed,
+            0,
+            config.training.min_holdout_users,
         )
     assert split is not None
     return split
 
 
-def prepare(name: str, work: Path, config: Config, progress: Progress) -> tuple[Holdout, Dataset]:
+def prepare(
+    name: str, work: Path, config: Config, progress: Progress
+) -> tuple[Holdout, Dataset]:
     """The dataset imported (once) and cleaned, its test split, and its training period."""
     fmt, folder, _ = SPLITS[name]
     data_dir = work / name
@@ -138,15 +158,21 @@ def run_dataset(name: str, work: Path, families: list[str], progress: Progress) 
             fit_seconds = time.perf_counter() - start
             metrics = ranking_metrics(model_scorer(model), outer)
         rows[family] = {"fit_s": round(fit_seconds, 2), **metrics}
-        progress.say(f"{name} {family}: ndcg@10 {metrics[variant].get('ndcg@10', 0):.4f}")
+        progress.say(
+            f"{name} {family}: ndcg@10 {metrics[variant].get('ndcg@10', 0):.4f}"
+        )
     if chosen == "blend":
         with progress.stage(f"{name}: fit and score the chosen blend"):
             blend = BlendRecommender(
                 selection["blend"]["members"], selection["blend"]["weights"]
             ).fit(outer.train.confidence)
-            rows["blend"] = {"fit_s": 0.0, **ranking_metrics(model_scorer(blend), outer)}
+            rows["blend"] = {
+                "fit_s": 0.0,
+                **ranking_metrics(model_scorer(blend), outer),
+            }
     reference = max(
-        (rows[f][variant]["ndcg@10"] for f in REFERENCE if f in rows), default=float("nan")
+        (rows[f][variant]["ndcg@10"] for f in REFERENCE if f in rows),
+        default=float("nan"),
     )
     default = rows[chosen][variant]["ndcg@10"] if chosen in rows else float("nan")
     return {
@@ -162,9 +188,13 @@ def run_dataset(name: str, work: Path, families: list[str], progress: Progress) 
         "models": rows,
         "default_ndcg@10": default,
         "best_reference_ndcg@10": reference,
-        "default_vs_best_reference": round(default / reference, 4) if reference else None,
+        "default_vs_best_reference": round(default / reference, 4)
+        if reference
+        else None,
         "variant": variant,
-        "default_vs_popularity": round(default / rows["popularity"][variant]["ndcg@10"], 2)
+        "default_vs_popularity": round(
+            default / rows["popularity"][variant]["ndcg@10"], 2
+        )
         if rows.get("popularity", {}).get(variant, {}).get("ndcg@10")
         else None,
     }
@@ -196,7 +226,9 @@ def table(results: list[dict]) -> str:
         if chosen == "blend":
             members = [m["model_type"] for m in r["blend"]["members"]]
             weights = r["blend"]["weights"]
-            chosen = " + ".join(f"{w:.2f} {m}" for m, w in zip(members, weights, strict=True))
+            chosen = " + ".join(
+                f"{w:.2f} {m}" for m, w in zip(members, weights, strict=True)
+            )
         cells.append(f"{r['default_ndcg@10']:.4f} ({chosen})")
         cells.append(f"{r['default_vs_best_reference']:.3f}")
         cells.append(f"{r['default_vs_popularity']:.1f}x")
@@ -209,7 +241,9 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(SPLITS))
     parser.add_argument("--models", default=",".join(FAMILIES))
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "data")
-    parser.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "quality.json")
+    parser.add_argument(
+        "--json", type=Path, default=ROOT / "var" / "bench" / "quality.json"
+    )
     args = parser.parse_args()
     if not SHARED.exists():
         sys.exit(f"bench/quality.py: {SHARED} is absent; the real datasets are needed")
@@ -219,13 +253,19 @@ def main() -> None:
         results.append(run_dataset(name, args.work, args.models.split(","), progress))
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nNDCG@10 on the test period ({platform.node()}, {platform.processor() or ''})\n")
+    print(
+        f"\nNDCG@10 on the test period ({platform.node()}, {platform.processor() or ''})\n"
+    )
     print(table(results))
     for r in results:
         for variant in ("all", "new", "unseen"):
-            values = {f: m.get(variant, {}).get("ndcg@10") for f, m in r["models"].items()}
+            values = {
+                f: m.get(variant, {}).get("ndcg@10") for f, m in r["models"].items()
+            }
             print(f"{r['dataset']} ndcg@10 on {variant} items: {values}")
-        print(f"{r['dataset']} fit seconds: { {f: m['fit_s'] for f, m in r['models'].items()} }")
+        print(
+            f"{r['dataset']} fit seconds: { {f: m['fit_s'] for f, m in r['models'].items()} }"
+        )
     print(f"wrote {args.json}; numpy {np.__version__}")
 
 

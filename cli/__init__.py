@@ -1,6 +1,2 @@
 """The command line: the top layer, the one place that wires the library, training, the gRPC
-service and the load tester together (`recsvc.cli.main`)."""
-
-from recsvc.cli.main import main
-
-__all__ = ["main"]
+service and the load tester together. `recsvc` runs recsvc.cli.main:main."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import write_lines
 
-from recsvc.cli import main
+from recsvc.cli.main import main
 from recsvc.modelstore import ModelStore
 
 RECSVC = str(Path(sys.executable).with_name("recsvc"))
@@ -284,7 +284,7 @@ def test_no_command_prints_faiss_loader_noise(trained) -> None:
     """faiss logs each instruction set it fails to load at INFO; a command must not pass that
     on (it reads like an error)."""
     script = (
-        "import sys\nfrom recsvc.cli import main\n"
+        "import sys\nfrom recsvc.cli.main import main\n"
         f"code = main(['models', 'list', '--model-dir', {str(trained.model_dir)!r}])\n"
         "import faiss\nsys.exit(code)\n"
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recsvc.cli import build_parser
+from recsvc.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -49,12 +49,12 @@ def test_dockerfile_is_multi_stage_non_root_and_copies_every_package() -> None:
     assert "OPENBLAS_NUM_THREADS=1" in text
     assert re.search(r"^HEALTHCHECK .*CMD recsvc health .*--tls-ca", text, re.M | re.S)
     copied = set(re.findall(r"^COPY (\w+) \1$", text, re.M))
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"
-    ]["find"]["include"]
-    assert {p.rstrip("*") for p in packages} <= copied
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"recsvc", *setuptools["package-dir"].values()}
+    assert folders <= copied, folders - copied
     for source in copied | {"protos"}:
         assert (ROOT / source).is_dir(), source
+    assert "RUN pip install ." in text and "grpc_tools.protoc" not in text
 
 
 def test_the_server_deployment_runs_a_valid_serve_on_the_exposed_ports() -> None:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from scipy.stats import binomtest, chi2_contingency
 
-from recsvc.cli import main
+from recsvc.cli.main import main
 from recsvc.config import ExperimentConfig, VariantConfig
 from recsvc.events import StoredEvent, open_event_store
 from recsvc.experiments import (

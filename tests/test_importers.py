@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import read_rejects, skip_for_missing, write_lines
 
-from recsvc.cli import EXIT_BAD_INPUT, main
+from recsvc.cli.main import EXIT_BAD_INPUT, main
 from recsvc.config import Config
 from recsvc.errors import BadInput
 from recsvc.training.importers import EXCLUDED_FILE, REPORT_FILE, import_dataset

@@ -13,7 +13,7 @@ from helpers import read_rejects, write_lines
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recsvc.cli import main
+from recsvc.cli.main import main
 from recsvc.config import Config, DataConfig, EventColumns, EventNames, EventsSource
 from recsvc.errors import BadInput
 from recsvc.training.ingest import RejectsWriter, load_dataset, load_events, load_items, load_users

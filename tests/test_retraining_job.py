@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pytest
 
-from recsvc.cli import main
+from recsvc.cli.main import main
 from recsvc.config import CleaningConfig, Config, ModelConfig, SignalsConfig, TrainingConfig
 from recsvc.errors import QualityGateRefused
 from recsvc.models import PopularityRecommender, TrendingRecommender

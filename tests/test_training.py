@@ -142,7 +142,7 @@ def test_same_input_and_seed_give_the_same_model(
 def test_tune_searches_without_seeing_the_test_period(shop_inputs, tmp_path, monkeypatch) -> None:
     import json
 
-    from recsvc.cli import main
+    from recsvc.cli.main import main
     from recsvc.config import load_config
     from recsvc.training import tune as tuning
 
