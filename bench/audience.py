@@ -31,8 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import rankdata
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from recsvc.config import Config, ServingConfig
+from recsvc.ids import sorted_positions
+from recsvc.models import Recommender
+from recsvc.serving.marketing import audience_scores
 from recsvc.training.evaluate import validation_holdout
 from recsvc.training.importers import import_dataset
 from recsvc.training.ingest import Dataset
@@ -47,10 +49,7 @@ from recsvc.training.pipeline import (
 )
 from recsvc.training.progress import Progress
 
-from recsvc.config import Config, ServingConfig
-from recsvc.ids import sorted_positions
-from recsvc.models import Recommender
-from recsvc.serving.marketing import audience_scores
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared" / "data"
 DATASETS = {
@@ -117,9 +116,7 @@ def cut_and_fit(name: str, work: Path, progress: Progress) -> CutLog:
     )
     chosen = selection["selected"]
     if chosen == "blend":
-        chosen = max(
-            names, key=lambda n: selection["models"][n][selection["variant"]]["ndcg@10"]
-        )
+        chosen = max(names, key=lambda n: selection["models"][n][selection["variant"]]["ndcg@10"])
     with progress.stage(f"{name}: fit {chosen} before the cut"):
         model = fit_model(make_model(chosen, config), interactions, train_part)
 
@@ -179,9 +176,7 @@ def run_dataset(name: str, work: Path, progress: Progress) -> dict:
                 affinity, purchases_per_user, AUDIENCE.audience_propensity_weight
             )
             earlier = np.zeros(n_users, dtype=bool)
-            earlier[
-                purchased.indices[purchased.indptr[item] : purchased.indptr[item + 1]]
-            ] = True
+            earlier[purchased.indices[purchased.indptr[item] : purchased.indptr[item + 1]]] = True
             for variant, keep in (
                 ("all users", np.ones(n_users, bool)),
                 ("new buyers", ~earlier),
@@ -217,16 +212,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "data")
-    parser.add_argument(
-        "--json", type=Path, default=ROOT / "var" / "bench" / "audience.json"
-    )
+    parser.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "audience.json")
     args = parser.parse_args()
     if not SHARED.exists():
         sys.exit(f"bench/audience.py: {SHARED} is absent; the real datasets are needed")
     progress = Progress("audience")
-    results = [
-        run_dataset(name, args.work, progress) for name in args.datasets.split(",")
-    ]
+    results = [run_dataset(name, args.work, progress) for name in args.datasets.split(",")]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nAudience quality ({platform.node()}): mean over target items\n")

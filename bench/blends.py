@@ -20,15 +20,16 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
 
 import quality
+
+from recsvc.config import Config
+from recsvc.models import BlendRecommender, Recommender
 from recsvc.training.evaluate import model_scorer, ranking_metrics, validation_holdout
 from recsvc.training.pipeline import candidates, fit_model, make_model
 from recsvc.training.progress import Progress
 
-from recsvc.config import Config
-from recsvc.models import BlendRecommender, Recommender
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def blends(fitted: dict[str, Recommender]) -> dict[str, Recommender]:
@@ -36,15 +37,11 @@ def blends(fitted: dict[str, Recommender]) -> dict[str, Recommender]:
     out: dict[str, Recommender] = dict(fitted)
     for a, b in itertools.combinations(fitted, 2):
         for weight in (0.25, 0.5, 0.75):
-            blend = BlendRecommender.of_fitted(
-                [fitted[a], fitted[b]], [weight, 1 - weight]
-            )
+            blend = BlendRecommender.of_fitted([fitted[a], fitted[b]], [weight, 1 - weight])
             out[f"{weight:.2f} {a} + {1 - weight:.2f} {b}"] = blend
     if len(fitted) > 2:
         equal = [1 / len(fitted)] * len(fitted)
-        out["equal blend of all"] = BlendRecommender.of_fitted(
-            list(fitted.values()), equal
-        )
+        out["equal blend of all"] = BlendRecommender.of_fitted(list(fitted.values()), equal)
     return out
 
 
@@ -58,8 +55,7 @@ def run(name: str, work: Path, progress: Progress) -> None:
     for label, holdout in (("validation", inner), ("test", outer)):
         with progress.stage(f"{name}: {label}"):
             fitted = {
-                f: fit_model(make_model(f, config), holdout.train, train_part)
-                for f in families
+                f: fit_model(make_model(f, config), holdout.train, train_part) for f in families
             }
             for key, model in blends(fitted).items():
                 metrics = ranking_metrics(model_scorer(model), holdout)[holdout.variant]
@@ -80,9 +76,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "data")
     args = parser.parse_args()
     if not quality.SHARED.exists():
-        sys.exit(
-            f"bench/blends.py: {quality.SHARED} is absent; the real datasets are needed"
-        )
+        sys.exit(f"bench/blends.py: {quality.SHARED} is absent; the real datasets are needed")
     progress = Progress("blends")
     for name in args.datasets.split(","):
         run(name, args.work, progress)

@@ -22,27 +22,22 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-
 from audience import DATASETS, SHARED, cut_and_fit
-from recsvc.training.profiles import build_profiles
-from recsvc.training.progress import Progress
 
 from recsvc.ids import sorted_positions
 from recsvc.models import TrendingRecommender
 from recsvc.profiles import STAGES
+from recsvc.training.profiles import build_profiles
+from recsvc.training.progress import Progress
+
+ROOT = Path(__file__).resolve().parents[1]
 
 K = 10
 STRATEGIES = ("personal", "repurchase", "trending", "popular")
 
 
 def ndcg(ranked: np.ndarray, relevant: set[int]) -> float:
-    gains = [
-        1.0 / np.log2(rank + 2)
-        for rank, item in enumerate(ranked[:K])
-        if item in relevant
-    ]
+    gains = [1.0 / np.log2(rank + 2) for rank, item in enumerate(ranked[:K]) if item in relevant]
     ideal = sum(1.0 / np.log2(rank + 2) for rank in range(min(K, len(relevant))))
     return float(sum(gains) / ideal) if ideal else 0.0
 
@@ -52,9 +47,7 @@ def run_dataset(name: str, work: Path, progress: Progress) -> dict:
     interactions, model = log.interactions, log.model
     trending = TrendingRecommender().fit(interactions.recent)
     trending_order = np.argsort(-np.asarray(trending.item_scores), kind="stable")
-    popular_order = np.argsort(
-        -np.asarray(interactions.confidence.getnnz(axis=0)), kind="stable"
-    )
+    popular_order = np.argsort(-np.asarray(interactions.confidence.getnnz(axis=0)), kind="stable")
 
     profiles = build_profiles(log.before, log.dataset.items, None, log.config)
     stages = profiles.stages(log.cut_ms)
@@ -70,9 +63,7 @@ def run_dataset(name: str, work: Path, progress: Progress) -> dict:
             stage = STAGES[int(stage_of_row[user])]
             row = per_stage.setdefault(stage, {s: [] for s in STRATEGIES})
             personal = model.recommend(np.array([user]), K)[0][0]
-            again = purchased.indices[
-                purchased.indptr[user] : purchased.indptr[user + 1]
-            ]
+            again = purchased.indices[purchased.indptr[user] : purchased.indptr[user + 1]]
             strength = np.asarray(confidence[user, again].todense()).ravel()
             again = again[np.argsort(-strength, kind="stable")]
             head = trending_order[: K + again.size]
@@ -91,11 +82,8 @@ def run_dataset(name: str, work: Path, progress: Progress) -> dict:
         "dataset": name,
         "model": log.model_type,
         "stages": {
-            stage: {"buyers": len(row["personal"])}
-            | {s: float(np.mean(v)) for s, v in row.items()}
-            for stage, row in sorted(
-                per_stage.items(), key=lambda kv: STAGES.index(kv[0])
-            )
+            stage: {"buyers": len(row["personal"])} | {s: float(np.mean(v)) for s, v in row.items()}
+            for stage, row in sorted(per_stage.items(), key=lambda kv: STAGES.index(kv[0]))
         },
     }
 
@@ -104,18 +92,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "data")
-    parser.add_argument(
-        "--json", type=Path, default=ROOT / "var" / "bench" / "lifecycle.json"
-    )
+    parser.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "lifecycle.json")
     args = parser.parse_args()
     if not SHARED.exists():
-        sys.exit(
-            f"bench/lifecycle.py: {SHARED} is absent; the real datasets are needed"
-        )
+        sys.exit(f"bench/lifecycle.py: {SHARED} is absent; the real datasets are needed")
     progress = Progress("lifecycle")
-    results = [
-        run_dataset(name, args.work, progress) for name in args.datasets.split(",")
-    ]
+    results = [run_dataset(name, args.work, progress) for name in args.datasets.split(",")]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nNDCG@{K} of each strategy, per lifecycle stage at the cut\n")
@@ -124,9 +106,7 @@ def main() -> None:
     for r in results:
         for stage, m in r["stages"].items():
             cells = " | ".join(f"{m[s]:.4f}" for s in STRATEGIES)
-            print(
-                f"| {r['dataset']} | {r['model']} | {stage} | {m['buyers']:,} | {cells} |"
-            )
+            print(f"| {r['dataset']} | {r['model']} | {stage} | {m['buyers']:,} | {cells} |")
     print(f"\nwrote {args.json}")
 
 

@@ -23,17 +23,16 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from recsvc.training.pipeline import build_ann
-from recsvc.training.profiles import assign_clusters, build_profiles, describe_segments
-from recsvc.training.progress import Progress
-
 from recsvc.config import Config
 from recsvc.models import ALSRecommender, PopularityRecommender, TrendingRecommender
 from recsvc.modelstore import ModelStore
 from recsvc.profiles import UserProfiles
 from recsvc.published import ItemAttributes, write_published
+from recsvc.training.pipeline import build_ann
+from recsvc.training.profiles import assign_clusters, build_profiles, describe_segments
+from recsvc.training.progress import Progress
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FACTORS = 64
 CLUSTERS = 2_000
@@ -45,20 +44,18 @@ def ids(prefix: str, n: int) -> np.ndarray:
     return np.char.add(prefix, np.char.zfill(np.arange(n).astype(str), width))
 
 
-def generate(
-    n_users: int, n_items: int, seed: int, progress: Progress
-) -> dict[str, object]:
+def generate(n_users: int, n_items: int, seed: int, progress: Progress) -> dict[str, object]:
     rng = np.random.default_rng(seed)
     with progress.stage("factors") as tally:
         centres = rng.standard_normal((CLUSTERS, FACTORS)).astype(np.float32)
         item_cluster = rng.integers(0, CLUSTERS, n_items)
-        items = centres[item_cluster] + 0.5 * rng.standard_normal(
-            (n_items, FACTORS)
-        ).astype(np.float32)
+        items = centres[item_cluster] + 0.5 * rng.standard_normal((n_items, FACTORS)).astype(
+            np.float32
+        )
         user_cluster = rng.integers(0, CLUSTERS, n_users)
-        users = centres[user_cluster] + 0.5 * rng.standard_normal(
-            (n_users, FACTORS)
-        ).astype(np.float32)
+        users = centres[user_cluster] + 0.5 * rng.standard_normal((n_users, FACTORS)).astype(
+            np.float32
+        )
         tally.count, tally.unit = n_users + n_items, "vectors"
     with progress.stage("histories") as tally:
         # Items of the user's own cluster, found through a cluster -> items table.
@@ -147,9 +144,7 @@ def marketing(
                 "user_id": pa.array(user_ids[users]),
                 "item_id": pa.array(item_ids[items]),
                 "event": pa.array(["view"] * views.nnz + ["purchase"] * purchases.nnz),
-                "timestamp_ms": pa.array(
-                    now - rng.integers(0, 120 * 86_400_000, users.size)
-                ),
+                "timestamp_ms": pa.array(now - rng.integers(0, 120 * 86_400_000, users.size)),
                 "quantity": pa.array(np.ones(users.size)),
                 "price": pa.array(attributes.price[items].astype(np.float64)),
             }
@@ -198,9 +193,7 @@ def main() -> None:
         "metrics": {},
         "serving": {"exclude_seen": False, "fallback": "popularity"},
         "evaluation": {"variant": "all"},
-        "config": {
-            "signals": {"view": 1.0, "cart": 4.0, "purchase": 8.0, "scaling": "log"}
-        },
+        "config": {"signals": {"view": 1.0, "cart": 4.0, "purchase": 8.0, "scaling": "log"}},
         "ann": ann_info,
         "generated": {
             "seed": args.seed,
@@ -210,15 +203,11 @@ def main() -> None:
     }
     with progress.stage("publish"):
         version = ModelStore(args.out).publish(
-            lambda staging: write_published(
-                staging, manifest=manifest, ann=ann, **parts
-            ),  # type: ignore[arg-type]
+            lambda staging: write_published(staging, manifest=manifest, ann=ann, **parts),  # type: ignore[arg-type]
             suffix="million",
         )
     size = sum(
-        f.stat().st_size
-        for f in ModelStore(args.out).path(version).rglob("*")
-        if f.is_file()
+        f.stat().st_size for f in ModelStore(args.out).path(version).rglob("*") if f.is_file()
     )
     progress.say(f"published {version} in {args.out}: {size / 2**20:,.0f} MiB on disk")
 

@@ -136,9 +136,7 @@ def stage() -> None:
     """The code and tests in var/mutation/, laid out by import name, with mutmut's config."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "mutants")
     for folder, target in LAYOUT.items():
-        shutil.copytree(
-            ROOT / folder, STAGE / target, ignore=ignore, dirs_exist_ok=True
-        )
+        shutil.copytree(ROOT / folder, STAGE / target, ignore=ignore, dirs_exist_ok=True)
     settings = tomllib_dump(
         {
             "tool.mutmut": {
@@ -188,9 +186,7 @@ def results() -> dict[str, int | None]:
 
 def report() -> int:
     codes, equivalent = results(), equivalents()
-    print(
-        f"{'area':<34}{'mutants':>8}{'killed':>8}{'equiv.':>8}{'survived':>9}{'score':>8}"
-    )
+    print(f"{'area':<34}{'mutants':>8}{'killed':>8}{'equiv.':>8}{'survived':>9}{'score':>8}")
     missed = 0
     for area, patterns in AREAS.items():
         names = [n for n in codes if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
@@ -201,9 +197,7 @@ def report() -> int:
         scored = len(run) - len(same)
         score = len(killed) / scored if scored else 1.0
         missed += score < 0.85
-        waiting = (
-            f"  ({len(names) - len(run)} not run)" if len(run) < len(names) else ""
-        )
+        waiting = f"  ({len(names) - len(run)} not run)" if len(run) < len(names) else ""
         print(
             f"{area:<34}{len(names):>8}{len(killed):>8}{len(same):>8}{len(survived):>9}"
             f"{score:>8.1%}{waiting}"
@@ -236,9 +230,7 @@ def run(max_children: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--report", action="store_true", help="only report existing results"
-    )
+    parser.add_argument("--report", action="store_true", help="only report existing results")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     if not args.report:

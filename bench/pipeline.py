@@ -28,9 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SHOP = {"users": 20_000, "items": 5_000, "weeks": 8}  # about 1.03M events with seed 7
 STAGE = re.compile(r"\] (?P<stage>.+) done in (?P<seconds>[\d.]+)s")
-INGEST_RATE = re.compile(
-    r"ingest done in [\d.]+s: (?P<rows>[\d,]+) rows, (?P<rate>[\d,]+) rows/s"
-)
+INGEST_RATE = re.compile(r"ingest done in [\d.]+s: (?P<rows>[\d,]+) rows, (?P<rate>[\d,]+) rows/s")
 
 
 def generate(directory: Path) -> None:
@@ -93,18 +91,16 @@ def run_pipeline(shop: Path, model_dir: Path) -> dict[str, float]:
 
 def als_overhead(shop: Path, runs: int) -> dict[str, float]:
     from implicit.cpu.als import AlternatingLeastSquares
-    from recsvc.training.interactions import build_interactions
-    from recsvc.training.pipeline import TrainInputs, ingest_and_clean, make_model
-    from recsvc.training.progress import Progress
     from threadpoolctl import threadpool_limits
 
     from recsvc.config import Config
+    from recsvc.training.interactions import build_interactions
+    from recsvc.training.pipeline import TrainInputs, ingest_and_clean, make_model
+    from recsvc.training.progress import Progress
 
     config = Config()
     quiet = Progress("als", open(os.devnull, "w"))  # noqa: SIM115
-    dataset, _ = ingest_and_clean(
-        TrainInputs(shop / "events.csv"), config, shop / "rejects", quiet
-    )
+    dataset, _ = ingest_and_clean(TrainInputs(shop / "events.csv"), config, shop / "rejects", quiet)
     matrix = build_interactions(dataset.events, config.signals).confidence
     als = config.model.als
     ours, bare = [], []
@@ -135,9 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--als-runs", type=int, default=5)
-    parser.add_argument(
-        "--work", type=Path, default=ROOT / "var" / "bench" / "pipeline"
-    )
+    parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "pipeline")
     args = parser.parse_args()
     shop = args.work / "shop"
     generate(shop)
@@ -159,9 +153,7 @@ def main() -> None:
             values = [r[key] for r in runs if key in r]
             print(f"  {key:<40} {statistics.median(values):>14,.2f}")
     overhead = als_overhead(shop, args.als_runs)
-    print(
-        f"\nALS fit on {overhead['matrix']}, medians of {args.als_runs} interleaved runs"
-    )
+    print(f"\nALS fit on {overhead['matrix']}, medians of {args.als_runs} interleaved runs")
     print(f"  recsvc ALSRecommender.fit   {overhead['ours_median_s']:.2f} s")
     print(f"  bare implicit ALS.fit       {overhead['bare_median_s']:.2f} s")
     print(f"  ratio (median of ratios)    {overhead['ratio_median']:.3f}")

@@ -27,8 +27,8 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np
 import pyarrow as pa
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from recsvc.config import Config
+from recsvc.models import BlendRecommender
 from recsvc.training.evaluate import (
     Holdout,
     holdout_from_mask,
@@ -49,8 +49,7 @@ from recsvc.training.pipeline import (
 )
 from recsvc.training.progress import Progress
 
-from recsvc.config import Config
-from recsvc.models import BlendRecommender
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED = ROOT.parent / "shared" / "data"
 # dataset name: (import format, source folder, test period)
@@ -114,9 +113,7 @@ def outer_split(name: str, data_dir: Path, events: pa.Table, config: Config) -> 
     return split
 
 
-def prepare(
-    name: str, work: Path, config: Config, progress: Progress
-) -> tuple[Holdout, Dataset]:
+def prepare(name: str, work: Path, config: Config, progress: Progress) -> tuple[Holdout, Dataset]:
     """The dataset imported (once) and cleaned, its test split, and its training period."""
     fmt, folder, _ = SPLITS[name]
     data_dir = work / name
@@ -158,9 +155,7 @@ def run_dataset(name: str, work: Path, families: list[str], progress: Progress) 
             fit_seconds = time.perf_counter() - start
             metrics = ranking_metrics(model_scorer(model), outer)
         rows[family] = {"fit_s": round(fit_seconds, 2), **metrics}
-        progress.say(
-            f"{name} {family}: ndcg@10 {metrics[variant].get('ndcg@10', 0):.4f}"
-        )
+        progress.say(f"{name} {family}: ndcg@10 {metrics[variant].get('ndcg@10', 0):.4f}")
     if chosen == "blend":
         with progress.stage(f"{name}: fit and score the chosen blend"):
             blend = BlendRecommender(
@@ -188,13 +183,9 @@ def run_dataset(name: str, work: Path, families: list[str], progress: Progress) 
         "models": rows,
         "default_ndcg@10": default,
         "best_reference_ndcg@10": reference,
-        "default_vs_best_reference": round(default / reference, 4)
-        if reference
-        else None,
+        "default_vs_best_reference": round(default / reference, 4) if reference else None,
         "variant": variant,
-        "default_vs_popularity": round(
-            default / rows["popularity"][variant]["ndcg@10"], 2
-        )
+        "default_vs_popularity": round(default / rows["popularity"][variant]["ndcg@10"], 2)
         if rows.get("popularity", {}).get(variant, {}).get("ndcg@10")
         else None,
     }
@@ -226,9 +217,7 @@ def table(results: list[dict]) -> str:
         if chosen == "blend":
             members = [m["model_type"] for m in r["blend"]["members"]]
             weights = r["blend"]["weights"]
-            chosen = " + ".join(
-                f"{w:.2f} {m}" for m, w in zip(members, weights, strict=True)
-            )
+            chosen = " + ".join(f"{w:.2f} {m}" for m, w in zip(members, weights, strict=True))
         cells.append(f"{r['default_ndcg@10']:.4f} ({chosen})")
         cells.append(f"{r['default_vs_best_reference']:.3f}")
         cells.append(f"{r['default_vs_popularity']:.1f}x")
@@ -241,9 +230,7 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(SPLITS))
     parser.add_argument("--models", default=",".join(FAMILIES))
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "data")
-    parser.add_argument(
-        "--json", type=Path, default=ROOT / "var" / "bench" / "quality.json"
-    )
+    parser.add_argument("--json", type=Path, default=ROOT / "var" / "bench" / "quality.json")
     args = parser.parse_args()
     if not SHARED.exists():
         sys.exit(f"bench/quality.py: {SHARED} is absent; the real datasets are needed")
@@ -253,19 +240,13 @@ def main() -> None:
         results.append(run_dataset(name, args.work, args.models.split(","), progress))
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(
-        f"\nNDCG@10 on the test period ({platform.node()}, {platform.processor() or ''})\n"
-    )
+    print(f"\nNDCG@10 on the test period ({platform.node()}, {platform.processor() or ''})\n")
     print(table(results))
     for r in results:
         for variant in ("all", "new", "unseen"):
-            values = {
-                f: m.get(variant, {}).get("ndcg@10") for f, m in r["models"].items()
-            }
+            values = {f: m.get(variant, {}).get("ndcg@10") for f, m in r["models"].items()}
             print(f"{r['dataset']} ndcg@10 on {variant} items: {values}")
-        print(
-            f"{r['dataset']} fit seconds: { {f: m['fit_s'] for f, m in r['models'].items()} }"
-        )
+        print(f"{r['dataset']} fit seconds: { {f: m['fit_s'] for f, m in r['models'].items()} }")
     print(f"wrote {args.json}; numpy {np.__version__}")
 
 

@@ -23,17 +23,15 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from recsvc.config import load_config
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def served(
-    core: RecommenderCore, users: list[str], k: int
-) -> tuple[list[set[str]], float]:
+
+def served(core: RecommenderCore, users: list[str], k: int) -> tuple[list[set[str]], float]:
     started = time.perf_counter()
     lists = [{i.item_id for i in core.recommend(user, k).items} for user in users]
     return lists, (time.perf_counter() - started) / len(users) * 1000
@@ -57,9 +55,7 @@ def main() -> None:
     if published.ann is None:
         raise SystemExit(f"model {version} has no approximate index")
     rng = np.random.default_rng(args.seed)
-    users = rng.choice(
-        np.asarray(published.user_ids), args.users, replace=False
-    ).tolist()
+    users = rng.choice(np.asarray(published.user_ids), args.users, replace=False).tolist()
     approximate, exact = RecommenderCore(config), RecommenderCore(config)
     approximate.swap(published)
     exact.swap(dataclasses.replace(published, ann=None))

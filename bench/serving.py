@@ -23,14 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from recsvc.loadtest.runner import LoadSpec, Workload, run_load
+from recsvc.modelstore import ModelStore
 from recsvc.service.workers import free_port
 
-from recsvc.modelstore import ModelStore
+ROOT = Path(__file__).resolve().parents[1]
 
 RECSVC = str(Path(sys.executable).with_name("recsvc"))
 
@@ -83,16 +83,10 @@ def memory_mib(pid: int) -> dict[str, float]:
 def server_pids(process: subprocess.Popen[str], workers: int) -> list[int]:
     if workers == 1:
         return [process.pid]
-    children = (
-        Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-    )
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
     pids = [int(c) for c in children]
     # spawn starts a resource tracker beside the workers; keep processes that serve.
-    return [
-        p
-        for p in pids
-        if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()
-    ]
+    return [p for p in pids if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()]
 
 
 def read_through(directory: Path) -> None:
@@ -114,9 +108,7 @@ def load(spec: LoadSpec, workload: Workload) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument(
-        "--config", type=Path, default=None, help="recsvc serve --config"
-    )
+    parser.add_argument("--config", type=Path, default=None, help="recsvc serve --config")
     parser.add_argument("--label", default="model")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0)
@@ -132,9 +124,7 @@ def main() -> None:
     version = ModelStore(args.model_dir).current_version()
     assert version is not None
     on_disk = sum(
-        f.stat().st_size
-        for f in ModelStore(args.model_dir).path(version).rglob("*")
-        if f.is_file()
+        f.stat().st_size for f in ModelStore(args.model_dir).path(version).rglob("*") if f.is_file()
     )
     host = "127.0.0.1"
     mix = {"Recommend": 1.0}
@@ -160,9 +150,7 @@ def main() -> None:
             "listening on",
         )
         try:
-            load(
-                dataclass_replace(spec(f"{host}:{port}"), duration_s=2.0), workload
-            )  # warm-up
+            load(dataclass_replace(spec(f"{host}:{port}"), duration_s=2.0), workload)  # warm-up
             noop_rates.append(load(spec(f"{host}:{port}"), workload)["achieved_rate"])
         finally:
             stop(noop)
@@ -178,9 +166,7 @@ def main() -> None:
         ours = start(command, "listening on")
         try:
             wait_serving(f"{host}:{port}")
-            load(
-                dataclass_replace(spec(f"{host}:{port}"), duration_s=2.0), workload
-            )  # warm-up
+            load(dataclass_replace(spec(f"{host}:{port}"), duration_s=2.0), workload)  # warm-up
             report = load(spec(f"{host}:{port}"), workload)
             ours_rates.append(report["achieved_rate"])
             ours_reports.append(report)
@@ -212,9 +198,7 @@ def main() -> None:
         "noop_rates": noop_rates,
         "recsvc_rates": ours_rates,
         "ratio_median": round(statistics.median(ratios), 3),
-        "ratio_of_medians": round(
-            statistics.median(ours_rates) / statistics.median(noop_rates), 3
-        ),
+        "ratio_of_medians": round(statistics.median(ours_rates) / statistics.median(noop_rates), 3),
         "closed_loop_latency_ms": ours_reports[len(ours_reports) // 2]["latency_ms"],
         "closed_loop_codes": [r["codes"] for r in ours_reports],
         "open_loop": {

@@ -22,16 +22,15 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pyarrow.parquet as pq
-
-ROOT = Path(__file__).resolve().parents[1]
-
 from audience import DATASETS, SHARED
+
+from recsvc.config import Config
 from recsvc.training.importers import import_dataset
 from recsvc.training.ingest import load_dataset
 from recsvc.training.pipeline import TrainInputs, train
 from recsvc.training.progress import Progress
 
-from recsvc.config import Config
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -41,9 +40,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "data")
     args = parser.parse_args()
     if not SHARED.exists():
-        sys.exit(
-            f"bench/spark_engine.py: {SHARED} is absent; the real datasets are needed"
-        )
+        sys.exit(f"bench/spark_engine.py: {SHARED} is absent; the real datasets are needed")
     fmt, folder = DATASETS[args.dataset]
     data_dir = args.work / args.dataset
     if not (data_dir / "events.csv").exists():
@@ -54,9 +51,7 @@ def main() -> None:
     parquet = data_dir / "events.parquet"
     # The contract's columns: timestamp as milliseconds is read as such by both engines.
     pq.write_table(
-        raw.rename_columns(
-            ["user_id", "item_id", "event", "timestamp", "quantity", "price"]
-        ),
+        raw.rename_columns(["user_id", "item_id", "event", "timestamp", "quantity", "price"]),
         parquet,
     )
     items = data_dir / "items.csv" if (data_dir / "items.csv").exists() else None
@@ -75,9 +70,7 @@ def main() -> None:
         )
         with tempfile.TemporaryDirectory() as models:
             started = time.perf_counter()
-            result = train(
-                TrainInputs(parquet, items), Path(models), config, progress=progress
-            )
+            result = train(TrainInputs(parquet, items), Path(models), config, progress=progress)
             seconds = time.perf_counter() - started
         variant = result.manifest["evaluation"]["variant"]
         ndcg = result.manifest["metrics"][variant]["ndcg@10"]
@@ -91,9 +84,7 @@ def main() -> None:
     for engine, (ndcg, seconds) in results.items():
         print(f"| {engine} | {ndcg:.4f} | {seconds:.1f} |")
     local, spark = results["local"], results["spark"]
-    print(
-        f"\nspark / local: NDCG {spark[0] / local[0]:.3f}, time {spark[1] / local[1]:.2f}x"
-    )
+    print(f"\nspark / local: NDCG {spark[0] / local[0]:.3f}, time {spark[1] / local[1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from recsvc.errors import BadInput
 from recsvc.events import EVENTS_SCHEMA
 from recsvc.models import ALSRecommender, Recommender
 from recsvc.models.base import check_user_items
+from recsvc.training.engines import LocalEngine
 from recsvc.training.ingest import Dataset, IngestReport, load_dataset
 from recsvc.training.inputs import TrainInputs
 
@@ -249,6 +250,5 @@ class SparkEngine:
         return dataclasses.replace(dataset, events=events, reports=[report, *dataset.reports])
 
     def model_class(self, name: str) -> type[Recommender]:
-        if name != "als":
-            raise BadInput(f"the spark engine trains ALS, not {name!r}")
-        return SparkALSRecommender
+        """MLlib fits ALS; the non-personal fallbacks are fitted locally, as on any engine."""
+        return SparkALSRecommender if name == "als" else LocalEngine().model_class(name)
