@@ -581,14 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--limit", type=int, default=0, help="only the first N users (0: all)")
     batch.add_argument("--batch", type=int, default=1024, help="users scored together")
     batch.add_argument("--exclude-purchased", action="store_true")
-    batch.add_argument(
-        "--config", type=Path, default=None, help="the servers' TOML config: its [serving] rules"
-    )
-    batch.add_argument(
-        "--event-store",
-        default="",
-        help="the servers' store, for deletions (default: events.db beside the models, if any)",
-    )
+    _add_server_state_flags(batch)
     batch.set_defaults(run=_batch_recommend)
 
     audience = roles.add_parser("audience", help="campaign audiences")
@@ -604,12 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--segment", help="segment id, e.g. rfm:at_risk or cluster:3")
     export.add_argument("-k", type=int, default=0, help="users to keep (0: every eligible user)")
     export.add_argument("--exclude-buyers", action="store_true")
-    export.add_argument("--config", type=Path, default=None, help="TOML config ([serving])")
-    export.add_argument(
-        "--event-store",
-        default=None,
-        help="the server's event store, whose deletions are honoured (default as for serve)",
-    )
+    _add_server_state_flags(export)
     export.set_defaults(run=_audience_export)
 
     segments = roles.add_parser("segments", help="customer segments")
@@ -644,6 +632,19 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--service", default="", help="service name; empty for the server")
     check.set_defaults(run=_health)
     return parser
+
+
+def _add_server_state_flags(parser: argparse.ArgumentParser) -> None:
+    """An offline command that must answer as the servers do: their config and their store."""
+    parser.add_argument(
+        "--config", type=Path, default=None, help="the servers' TOML config: its [serving] rules"
+    )
+    parser.add_argument(
+        "--event-store",
+        default="",
+        help="the servers' store, whose events and deletions count (default: events.db beside "
+        "the models, if there is one)",
+    )
 
 
 def _add_client_flags(parser: argparse.ArgumentParser, timeout: float = 5.0) -> None:

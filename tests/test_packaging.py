@@ -11,10 +11,9 @@ import venv
 import zipfile
 from pathlib import Path
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from test_server_e2e import RunningServer
+from test_server_e2e import start_server
 
 from recsvc.v1 import recommender_pb2 as pb
 
@@ -64,24 +63,7 @@ def test_a_fresh_venv_with_the_wheel_generates_trains_and_serves(
          "--users", shop / "users.csv", "--model-dir", models],
         check=True, capture_output=True,
     )  # fmt: skip
-    process = subprocess.Popen(
-        [recsvc, "serve", "--model-dir", models, "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-    )  # fmt: skip
-    assert process.stdout is not None
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("recsvc serve: listening on "):
-            target = line.split("listening on ", 1)[1].split()[0].rstrip(",")
-            break
-    else:
-        raise AssertionError("the installed server never listened:\n" + "".join(lines))
-    import threading
-
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
-    reader.start()
-    running = RunningServer(process, target, grpc.insecure_channel(target), lines, reader)
+    running = start_server(models, command=str(recsvc))
     try:
         running.wait_for_health(health_pb2.HealthCheckResponse.SERVING)
         listed = running.stub.Recommend(pb.RecommendRequest(user_id="u0001", k=5), timeout=5)

@@ -71,14 +71,17 @@ class RunningServer:
 
 
 def start_server(
-    model_dir: Path, *extra: str, credentials: grpc.ChannelCredentials | None = None
+    model_dir: Path,
+    *extra: str,
+    credentials: grpc.ChannelCredentials | None = None,
+    command: str = RECSVC,
 ) -> RunningServer:
-    """`recsvc serve` on a free loopback port; `extra` flags are appended."""
+    """`command serve` on a free loopback port; `extra` flags are appended."""
     if "--event-store" not in extra:
         extra = (*extra, "--event-store", f"sqlite:///{model_dir / 'test-events.db'}")
     process = subprocess.Popen(
         [
-            RECSVC,
+            command,
             "serve",
             "--model-dir",
             str(model_dir),

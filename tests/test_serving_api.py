@@ -892,19 +892,27 @@ model_version = "{old}"
         running.stop()
 
 
+def experiment_server(
+    model_dir: Path, tmp_path: Path, name: str, strategy: str
+) -> tuple[RunningServer, str]:
+    """A server running experiment `name` (variant a: the model; b: `strategy`) on its own
+    SQLite store; the server and the store's URL."""
+    (tmp_path / "serve.toml").write_text(
+        f'[[serving.experiments]]\nname = "{name}"\nsalt = "{name}"\n'
+        '[[serving.experiments.variants]]\nname = "a"\n'
+        f'[[serving.experiments.variants]]\nname = "b"\nstrategy = "{strategy}"\n'
+    )
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    config = str(tmp_path / "serve.toml")
+    return start_server(model_dir, "--config", config, "--event-store", url), url
+
+
 def test_load_test_traffic_stays_out_of_experiments_and_stored_events(
     model_dir: Path, tmp_path: Path
 ) -> None:
     """`recsvc loadtest` marks its calls: no impression is counted and no event stored, so
     neither an experiment's report nor the next training run sees them; --live counts them."""
-    (tmp_path / "serve.toml").write_text(
-        '[[serving.experiments]]\nname = "home"\nsalt = "lt"\n'
-        '[[serving.experiments.variants]]\nname = "a"\n'
-        '[[serving.experiments.variants]]\nname = "b"\nstrategy = "trending"\n'
-    )
-    url = f"sqlite:///{tmp_path / 'events.db'}"
-    running = start_server(model_dir, "--config", str(tmp_path / "serve.toml"),
-                           "--event-store", url)  # fmt: skip
+    running, url = experiment_server(model_dir, tmp_path, "home", "trending")
     command = [
         RECSVC, "loadtest", "--target", running.target, "--model-dir", str(model_dir),
         "--duration", "30", "--requests", "200", "--concurrency", "4",
@@ -956,14 +964,7 @@ def test_serve_refuses_a_missing_model_dir_or_pinned_version(
 def test_an_experiment_run_from_the_command_line(model_dir: Path, tmp_path: Path) -> None:
     """recommend --json gives the variant and recommendation id, record-event sends the
     purchase that follows it, and the report counts it against that variant."""
-    (tmp_path / "serve.toml").write_text(
-        '[[serving.experiments]]\nname = "cli"\nsalt = "c"\n'
-        '[[serving.experiments.variants]]\nname = "a"\n'
-        '[[serving.experiments.variants]]\nname = "b"\nstrategy = "popular"\n'
-    )
-    url = f"sqlite:///{tmp_path / 'events.db'}"
-    running = start_server(model_dir, "--config", str(tmp_path / "serve.toml"),
-                           "--event-store", url)  # fmt: skip
+    running, url = experiment_server(model_dir, tmp_path, "cli", "popular")
     try:
         running.wait_for_health(SERVING)
         at = ["--target", running.target]
