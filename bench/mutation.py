@@ -65,6 +65,7 @@ TESTS = [
     "tests/test_retraining_job.py",
     "tests/test_training.py",
     "tests/test_marketing.py",
+    "tests/test_validation.py",
 ]
 LEFT_OUT = [
     "tests/test_retraining_job.py::test_sigkill_during_publish_leaves_the_previous_model_current",
