@@ -13,7 +13,7 @@ from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
 from recsvc.serving.policy import ANN_CANDIDATES, top_spread
-from recsvc.serving.values import Filters
+from recsvc.serving.values import EventInput, Filters
 from recsvc.training.pipeline import TrainInputs
 
 
@@ -132,3 +132,25 @@ def test_the_index_search_widens_so_filtered_lists_are_not_cut_short(
         assert len(items) == 10, (user_id, rare, sizes[rare])
         assert {categories[indexed.item_index(i.item_id)] for i in items} == {rare}
     assert widened > 50  # most users' first candidates held fewer than 10 of that category
+
+
+def test_fresh_events_are_served_through_the_index_like_exact_scoring(
+    indexed: PublishedModel,
+) -> None:
+    """A known user's fresh events fold into a query for the index (ALS folds in exactly); the
+    lists match exact scoring of the same history, and differ from the user's trained list."""
+    approximate, exact = RecommenderCore(), RecommenderCore()
+    approximate.swap(indexed)
+    exact.swap(dataclasses.replace(indexed, ann=None))
+    overlaps, changed = [], 0
+    for user in indexed.user_ids[:60].tolist():
+        before = [i.item_id for i in approximate.recommend(user, 10).items]
+        events = [EventInput(user, item, "cart") for item in before[:3]]
+        for core in (approximate, exact):
+            core.record_events(events)
+        a = [i.item_id for i in approximate.recommend(user, 10).items]
+        e = [i.item_id for i in exact.recommend(user, 10).items]
+        overlaps.append(len(set(a) & set(e)) / 10)
+        changed += a != before
+    assert np.mean(overlaps) >= 0.9, np.mean(overlaps)
+    assert changed > 30

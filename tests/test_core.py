@@ -428,3 +428,61 @@ def test_a_variant_whose_pinned_version_is_not_loaded_counts_no_impression(
     assert set(variants) == {"pin/current", ""} and variants[""] > 5
     assert {v for _, _, v, _, _ in core.take_impressions()} == {"pin/current"}
     store.close()
+
+
+def test_where_the_log_has_no_repeats_fresh_and_trained_items_are_never_served_again(
+    published: PublishedModel,
+) -> None:
+    """A model judged on unseen items (serving.exclude_seen) never serves what the user touched:
+    in training, or since (fresh events), on the exact and the cached path alike."""
+    manifest = {**published.manifest, "serving": {**published.manifest["serving"]}}
+    manifest["serving"]["exclude_seen"] = True
+    core = fresh_core(dataclasses.replace(published, manifest=manifest))
+    user = a_buyer(core)
+    row = core.model.user_index(user)
+    touched = set(core.model.item_ids[core.model.seen_by(row)].tolist())
+    first = [i.item_id for i in core.recommend(user, 20).items]
+    assert len(first) == 20 and not touched & set(first)
+    core.record_events([EventInput(user, first[0], "view"), EventInput(user, first[1], "cart")])
+    after = [i.item_id for i in core.recommend(user, 20).items]
+    assert len(after) == 20 and not (touched | {first[0], first[1]}) & set(after)
+    visitor = [i.item_id for i in core.recommend("walk-in", 10, context_item_ids=(first[2],)).items]
+    assert first[2] not in visitor and len(visitor) == 10
+
+
+def test_similar_and_popular_lists_honour_exclusions_and_carry_the_version(
+    published: PublishedModel,
+) -> None:
+    """Exclusions drop exactly the items named (the rest keep their order), the lists carry the
+    model version and real scores, and business boosts never reorder similar items."""
+    core = fresh_core(published)
+    item = str(core.model.item_ids[3])
+    similar = core.similar_items(item, 12)
+    ids = [i.item_id for i in similar.items]
+    assert similar.model_version == published.version and len(ids) == 12
+    assert all(isinstance(i.score, float) and np.isfinite(i.score) for i in similar.items)
+    fewer = core.similar_items(item, 10, Filters(exclude_item_ids=tuple(ids[:2])))
+    assert [i.item_id for i in fewer.items] == ids[2:12]
+    first = str(core.model.item_ids[0])  # index 0 is an item like any other
+    assert first in {i.item_id for i in core.similar_items(str(core.model.item_ids[1]), 999).items}
+
+    boosted = fresh_core(
+        published,
+        dataclasses.replace(WIDE, rules=RulesConfig(promoted_tag="gift", boost_promoted=50.0)),
+    )
+    assert [i.item_id for i in boosted.similar_items(item, 12).items] == ids
+
+    popular = core.popular_items(10)
+    top = [i.item_id for i in popular.items]
+    assert popular.model_version == published.version
+    assert [
+        i.item_id
+        for i in core.popular_items(8, filters=Filters(exclude_item_ids=tuple(top[:2]))).items
+    ] == top[2:10]
+    hot = core.popular_items(10, trending=True)
+    assert [i.item_id for i in hot.items] != top and {i.reason for i in hot.items} == {"trending"}
+    category = category_of(core, top[0])
+    both = core.popular_items(5, [category, "toys-nowhere"], filters=Filters(
+        include_categories=(category, "other")))  # fmt: skip
+    assert both.items and {category_of(core, i.item_id) for i in both.items} == {category}
+    assert core.popular_items(5, ["x"], filters=Filters(include_categories=("y",))).model_version
