@@ -454,3 +454,36 @@ def test_the_segments_report_says_its_clock_and_what_each_measure_counts(
     day = time.strftime("%Y-%m-%d", time.gmtime(trained.manifest["data_end_ms"] / 1000))
     assert f"as of {day}" in text
     assert "RFM counts purchases" in text and "lifecycle stages count any event" in text
+
+
+def test_repurchase_ranks_by_strength_and_counts_fresh_purchases_only(
+    published: PublishedModel,
+) -> None:
+    """Buy-again lists rank what the user bought by how strongly (the training confidence), and
+    a purchase since training joins them at one purchase weight; a fresh view does not."""
+    always = LifecycleConfig(*(["repurchase"] * 5))
+    core = serving_core(published, ServingConfig(lifecycle=always))
+    counts = np.diff(published.purchased_indptr)
+    row = int(np.flatnonzero(counts >= 3)[0])
+    user = str(published.user_ids[row])
+    items, confidences = published.history_of(row)
+    strength = dict(zip(items.tolist(), confidences.tolist(), strict=True))
+    bought = published.purchased_by(row).tolist()
+    on_sale = [i for i in bought if published.items.available[i]]  # the rules drop the rest
+    expected = sorted((strength.get(i, 1.0) for i in on_sale), reverse=True)
+    listed = [i for i in core.recommend(user, 50).items if i.reason == "repurchase"]
+    assert [i.score for i in listed] == pytest.approx(expected) and len(expected) >= 2
+    assert {i.item_id for i in listed} == set(published.item_ids[on_sale].tolist())
+
+    never = [
+        str(published.item_ids[i])
+        for i in range(published.item_ids.size)
+        if i not in bought and published.items.available[i]
+    ][:2]
+    later = core.now_ms() + 60_000
+    core.record_events([EventInput(user, never[0], "purchase", later),
+                        EventInput(user, never[1], "view", later)])  # fmt: skip
+    again = {i.item_id: i for i in core.recommend(user, 50).items if i.reason == "repurchase"}
+    weight = float(published.manifest["config"]["signals"]["purchase"])
+    assert never[0] in again and again[never[0]].score == pytest.approx(weight)
+    assert never[1] not in again
