@@ -12,8 +12,9 @@ happens in var/mutation/, where the layers above the library sit inside recsvc/ 
 names say (recsvc/training, recsvc/service, ...). Results stay there between runs; a changed
 function is tested again.
 
-    python bench/mutation.py            # run what is not yet run, then report
-    python bench/mutation.py --report   # report the results already there
+    python bench/mutation.py               # run what is not yet run, then report
+    python bench/mutation.py --survivors   # test the survivors again (after new tests)
+    python bench/mutation.py --report      # report the results already there
 """
 
 from __future__ import annotations
@@ -185,6 +186,20 @@ def results() -> dict[str, int | None]:
     return codes
 
 
+def survivors() -> list[str]:
+    """Survivors not judged equivalent, in every area."""
+    codes, equivalent = results(), equivalents()
+    patterns = [p for area in AREAS.values() for p in area]
+    return sorted(
+        name
+        for name, code in codes.items()
+        if code is not None
+        and code not in KILLED
+        and name not in equivalent
+        and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    )
+
+
 def report() -> int:
     codes, equivalent = results(), equivalents()
     print(f"{'area':<34}{'mutants':>8}{'killed':>8}{'equiv.':>8}{'survived':>9}{'score':>8}")
@@ -208,7 +223,8 @@ def report() -> int:
     return 1 if missed else 0
 
 
-def run(max_children: int) -> None:
+def run(max_children: int, names: list[str] | None = None) -> None:
+    """Runs mutmut on every area's mutants not yet run, or again on `names`."""
     stage()
     env = {
         **os.environ,
@@ -217,7 +233,7 @@ def run(max_children: int) -> None:
         # Trained once by the unmutated code, then copied for every mutant's session.
         "RECSVC_TEST_MODEL_CACHE": str(STAGE / "model-cache"),
     }
-    patterns = [p for area in AREAS.values() for p in area]
+    patterns = names or [p for area in AREAS.values() for p in area]
     mutmut = Path(sys.executable).with_name("mutmut")
     started = time.perf_counter()
     subprocess.run(
@@ -232,9 +248,12 @@ def run(max_children: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", action="store_true", help="only report existing results")
+    parser.add_argument("--survivors", action="store_true", help="test the survivors again")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
-    if not args.report:
+    if args.survivors:
+        run(args.max_children, survivors())
+    elif not args.report:
         run(args.max_children)
     return report()
 
