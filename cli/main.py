@@ -233,9 +233,8 @@ def _models_list(args: argparse.Namespace) -> None:
     from recsvc.modelstore import ModelStore
     from recsvc.published import MANIFEST_FILE
 
-    if not args.model_dir.is_dir():
-        raise BadInput(f"model directory {args.model_dir} does not exist")
     store = ModelStore(args.model_dir)
+    store.check_exists()
     current = store.current_version()
     if current is None:
         print(f"no model published in {args.model_dir}", file=sys.stderr)

@@ -142,10 +142,14 @@ class Tally:
         self.histogram.record_value(min(max(int(seconds * 1e6), LOWEST_US), HIGHEST_US))
 
 
+def _credentials(spec: LoadSpec) -> grpc.ChannelCredentials | None:
+    return grpc.ssl_channel_credentials(Path(spec.tls_ca).read_bytes()) if spec.tls_ca else None
+
+
 def _channel(spec: LoadSpec) -> grpc.aio.Channel:
     options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel object
-    if spec.tls_ca:
-        credentials = grpc.ssl_channel_credentials(Path(spec.tls_ca).read_bytes())
+    credentials = _credentials(spec)
+    if credentials is not None:
         return grpc.aio.secure_channel(spec.target, credentials, options=options)
     return grpc.aio.insecure_channel(spec.target, options=options)
 
@@ -253,11 +257,12 @@ def _process_main(spec: LoadSpec, workload: Workload, index: int, queue) -> None
 def wait_for_server(spec: LoadSpec, timeout_s: float = 5.0) -> None:
     """Unavailable when nothing answers at the target: a load against a dead port would only
     count refusals for its whole duration."""
-    if spec.tls_ca:
-        credentials = grpc.ssl_channel_credentials(Path(spec.tls_ca).read_bytes())
-        channel = grpc.secure_channel(spec.target, credentials)
-    else:
-        channel = grpc.insecure_channel(spec.target)
+    credentials = _credentials(spec)
+    channel = (
+        grpc.secure_channel(spec.target, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(spec.target)
+    )
     try:
         grpc.channel_ready_future(channel).result(timeout=min(timeout_s, spec.duration_s))
     except grpc.FutureTimeoutError:

@@ -36,6 +36,11 @@ class ModelStore:
     def versions_dir(self) -> Path:
         return self.root / VERSIONS_DIR
 
+    def check_exists(self) -> None:
+        """BadInput where the directory is not there: a typo must not pass for an empty store."""
+        if not self.root.is_dir():
+            raise BadInput(f"model directory {self.root} does not exist")
+
     def current_version(self) -> str | None:
         try:
             version = (self.root / CURRENT_FILE).read_text().strip()

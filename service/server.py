@@ -203,9 +203,8 @@ def check_model_dir(model_dir: Path, config: ServingConfig) -> str:
     """BadInput for a model directory that does not exist (a typo must not become an empty
     store that waits forever) or an experiment variant pinned to a version it does not hold;
     otherwise a line saying what will be served."""
-    if not model_dir.is_dir():
-        raise BadInput(f"model directory {model_dir} does not exist")
     store = ModelStore(model_dir)
+    store.check_exists()
     published = store.versions()
     for experiment in config.experiments[:1]:
         for variant in experiment.variants:

@@ -20,7 +20,6 @@ from recsvc.events import open_models_store
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
-from recsvc.serving.model import trained_at_ms
 from recsvc.training.progress import Progress
 from recsvc.training.tables import TableWriter
 
@@ -48,12 +47,7 @@ def batch_recommend(
     core = RecommenderCore(dataclasses.replace(config, experiments=[], cache_size=0), store)
     try:
         core.swap(model)
-        since = trained_at_ms(model)
-        forgotten = (
-            {u for u, when in store.forgotten_users().items() if when >= since} if store else set()
-        )
-        written = _write_lists(core, model, out, k, limit, batch, exclude_purchased, forgotten,
-                               progress)  # fmt: skip
+        written = _write_lists(core, model, out, k, limit, batch, exclude_purchased, progress)
     finally:
         if store is not None:
             store.close()
@@ -68,7 +62,6 @@ def _write_lists(
     limit: int,
     batch: int,
     exclude_purchased: bool,
-    forgotten: set[str],
     progress: Progress,
 ) -> dict[str, float]:
     n_users = model.user_ids.size if not limit else min(limit, model.user_ids.size)
@@ -76,8 +69,9 @@ def _write_lists(
     done = left_out = 0
     with TableWriter(out) as writer:
         for start in range(0, n_users, batch):
-            users = [u for u in model.user_ids[start : start + batch].tolist()]
-            kept = [u for u in users if u not in forgotten]
+            users = model.user_ids[start : start + batch].tolist()
+            # The core took the store's deletions in when it opened it.
+            kept = [u for u in users if not core.forgotten_since_training(u)]
             lists = [core.recommend(u, k, exclude_purchased=exclude_purchased).items for u in kept]
             writer.write(
                 pa.table(

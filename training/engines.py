@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Protocol
 
 from recsvc.config import Config
-from recsvc.errors import BadInput
-from recsvc.models import MODEL_TYPES, Recommender
+from recsvc.models import Recommender
+from recsvc.models.base import model_class
 from recsvc.training.ingest import Dataset, load_dataset
 from recsvc.training.inputs import TrainInputs
 
@@ -52,9 +52,7 @@ class LocalEngine:
         )
 
     def model_class(self, name: str) -> type[Recommender]:
-        if name not in MODEL_TYPES:
-            raise BadInput(f"unknown model type {name!r}")
-        return MODEL_TYPES[name]
+        return model_class(name)
 
 
 def engine_for(config: Config) -> Engine:

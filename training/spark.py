@@ -29,8 +29,8 @@ import scipy.sparse as sp
 from recsvc.config import Config, DataConfig
 from recsvc.errors import BadInput
 from recsvc.events import EVENTS_SCHEMA
-from recsvc.models import MODEL_TYPES, ALSRecommender, Recommender
-from recsvc.models.base import check_user_items
+from recsvc.models import ALSRecommender, Recommender
+from recsvc.models.base import check_user_items, model_class
 from recsvc.training.ingest import Dataset, IngestReport, load_dataset
 from recsvc.training.inputs import TrainInputs
 
@@ -250,8 +250,4 @@ class SparkEngine:
 
     def model_class(self, name: str) -> type[Recommender]:
         """MLlib fits ALS; the non-personal fallbacks are fitted locally, as on any engine."""
-        if name == "als":
-            return SparkALSRecommender
-        if name not in MODEL_TYPES:
-            raise BadInput(f"unknown model type {name!r}")
-        return MODEL_TYPES[name]
+        return SparkALSRecommender if name == "als" else model_class(name)

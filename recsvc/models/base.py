@@ -19,10 +19,19 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
+from recsvc.errors import BadInput
+
 DESCRIPTION_FILE = "model.json"
 AFFINITY_BLOCK = 1024  # users scored at once by the generic user_affinity
 # model_type -> class, filled as each model class is defined (recsvc.models imports them all).
 MODEL_TYPES: dict[str, type[Recommender]] = {}
+
+
+def model_class(name: str) -> type[Recommender]:
+    """The registered class of model type `name`; BadInput for a type nobody registered."""
+    if name not in MODEL_TYPES:
+        raise BadInput(f"unknown model type {name!r}")
+    return MODEL_TYPES[name]
 
 
 def load_model(directory: Path, mmap: bool = True) -> Recommender:

@@ -155,11 +155,7 @@ class RecommenderCore:
         forgotten_ms = self._forgotten.get(user_id)
         # A user forgotten since this model was trained is a stranger to it: their history,
         # profile and users-file attributes inside it are never used again.
-        known_as = (
-            user_id
-            if forgotten_ms is None or forgotten_ms < trained_at_ms(serving.published)
-            else STRANGER
-        )
+        known_as = STRANGER if self.forgotten_since_training(user_id, serving) else user_id
         fresh = self.realtime.of(user_id)
         now_ms = self.now_ms(serving)
         request = (variant_name, k, filters, exclude_purchased, tuple(context_item_ids), attributes)
@@ -340,6 +336,14 @@ class RecommenderCore:
         self.sync()
         return deleted
 
+    def forgotten_since_training(self, user_id: str, serving: ServingModel | None = None) -> bool:
+        """Whether the user was deleted after `serving` (the current model) read its inputs:
+        what that model holds of them must no longer be used."""
+        forgotten_ms = self._forgotten.get(user_id)
+        return forgotten_ms is not None and forgotten_ms >= trained_at_ms(
+            (serving or self.serving).published
+        )
+
     def model_info(self) -> dict[str, Any]:
         model = self.model
         manifest = model.manifest
@@ -366,9 +370,7 @@ class RecommenderCore:
         self.checks.check_id(user_id, "user_id")
         serving = self.serving
         fresh = [] if user_id in self._forgotten else self.realtime.of(user_id)
-        if user_id in self._forgotten and self._forgotten[user_id] >= trained_at_ms(
-            serving.published
-        ):
+        if self.forgotten_since_training(user_id, serving):
             raise NotFound(f"user {user_id!r} was forgotten")
         return marketing.user_profile(serving, user_id, fresh, self.now_ms(serving))
 
