@@ -66,6 +66,7 @@ TESTS = [
     "tests/test_retraining_job.py",
     "tests/test_training.py",
     "tests/test_marketing.py",
+    "tests/test_modelstore.py",
     "tests/test_validation.py",
 ]
 LEFT_OUT = [

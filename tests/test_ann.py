@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from helpers import train_once
 
+from recsvc.ann import ItemIndex
 from recsvc.config import Config, LimitsConfig, RulesConfig, ServingConfig
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
-from recsvc.serving.policy import ANN_CANDIDATES, top_spread
+from recsvc.serving.policy import ANN_CANDIDATES, ANN_MAX_CANDIDATES, ANN_PER_RESULT, top_spread
 from recsvc.serving.values import EventInput, Filters
 from recsvc.training.pipeline import TrainInputs
 
@@ -30,6 +31,20 @@ def indexed(shop_inputs: TrainInputs, tmp_path_factory: pytest.TempPathFactory) 
     model_dir = tmp_path_factory.mktemp("ann")
     result = train_once("ann", shop_inputs, model_dir, config)
     return PublishedModel.load(ModelStore(model_dir).path(result.version))
+
+
+@pytest.fixture
+def searches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many candidates each index search asked for, in order."""
+    asked: list[int] = []
+    search = ItemIndex.search
+
+    def counted(index: ItemIndex, queries: np.ndarray, k: int):
+        asked.append(k)
+        return search(index, queries, k)
+
+    monkeypatch.setattr(ItemIndex, "search", counted)
+    return asked
 
 
 def test_index_is_published_with_its_measured_recall(indexed: PublishedModel) -> None:
@@ -111,7 +126,7 @@ def test_boosts_have_one_unit_for_a_whole_catalogue_and_its_best_candidates(
 
 
 def test_the_index_search_widens_so_filtered_lists_are_not_cut_short(
-    indexed: PublishedModel,
+    indexed: PublishedModel, searches: list[int]
 ) -> None:
     """A filter that keeps few of the index's first candidates still gets k items: the search
     widens (then falls back to exact scoring) instead of serving a short list."""
@@ -128,29 +143,88 @@ def test_the_index_search_widens_so_filtered_lists_are_not_cut_short(
         scores = indexed.model.score(np.array([user]))[0]
         first = np.argsort(-scores)[:ANN_CANDIDATES]
         widened += int((categories[first] == rare).sum() < 10)
+        searches.clear()
         items = approximate.recommend(user_id, 10, Filters(include_categories=(rare,))).items
         assert len(items) == 10, (user_id, rare, sizes[rare])
+        # Each widening asks 8 times as many, up to the catalogue, and stops there.
+        cap = min(indexed.item_ids.size, ANN_MAX_CANDIDATES)
+        assert searches == [min(cap, searches[0] * 8**n) for n in range(len(searches))]
+        assert searches.count(cap) <= 1
         assert {categories[indexed.item_index(i.item_id)] for i in items} == {rare}
     assert widened > 50  # most users' first candidates held fewer than 10 of that category
 
 
+def test_the_index_asks_for_enough_candidates_once_when_they_suffice(
+    indexed: PublishedModel, searches: list[int]
+) -> None:
+    """One search, sized by k and by how many items are banned, when it yields k items."""
+    approximate = RecommenderCore(ServingConfig(limits=LimitsConfig(max_k=500)))
+    approximate.swap(indexed)
+    user = int(np.argmax(np.diff(indexed.purchased_indptr)))
+    bought = indexed.purchased_by(user).size
+    listed = approximate.recommend(str(indexed.user_ids[user]), 10)
+    assert (len(listed.items), listed.fallback, listed.strategy) == (10, False, "personal")
+    assert searches == [max(ANN_CANDIDATES, ANN_PER_RESULT * 10)]
+    searches.clear()
+    items = approximate.recommend(str(indexed.user_ids[user]), 30, exclude_purchased=True).items
+    assert len(items) == 30
+    assert searches[0] == ANN_PER_RESULT * (30 + bought), "banned items widen the first search"
+
+
+def test_the_first_item_of_the_catalogue_can_be_served_through_the_index(
+    indexed: PublishedModel, searches: list[int]
+) -> None:
+    """Item index 0 is a real candidate, not the index's "no result" marker (-1)."""
+    exact = RecommenderCore()
+    exact.swap(dataclasses.replace(indexed, ann=None))
+    approximate = RecommenderCore()
+    approximate.swap(indexed)
+    first = str(indexed.item_ids[0])
+    only_its_category = Filters(include_categories=(str(indexed.items.categories[0]),))
+    fans = [
+        user
+        for user in indexed.user_ids[:300].tolist()
+        if first in [i.item_id for i in exact.recommend(user, 2, only_its_category).items]
+    ]
+    assert fans, "the first item is among some users' two best of its category"
+    for user in fans:
+        assert first in [i.item_id for i in approximate.recommend(user, 2, only_its_category).items]
+    assert searches
+
+
 def test_fresh_events_are_served_through_the_index_like_exact_scoring(
-    indexed: PublishedModel,
+    indexed: PublishedModel, searches: list[int]
 ) -> None:
     """A known user's fresh events fold into a query for the index (ALS folds in exactly); the
     lists match exact scoring of the same history, and differ from the user's trained list."""
     approximate, exact = RecommenderCore(), RecommenderCore()
     approximate.swap(indexed)
     exact.swap(dataclasses.replace(indexed, ann=None))
-    overlaps, changed = [], 0
+    assert not indexed.exclude_seen
+    overlaps, changed, kept = [], 0, 0
     for user in indexed.user_ids[:60].tolist():
         before = [i.item_id for i in approximate.recommend(user, 10).items]
         events = [EventInput(user, item, "cart") for item in before[:3]]
         for core in (approximate, exact):
             core.record_events(events)
-        a = [i.item_id for i in approximate.recommend(user, 10).items]
+        searches.clear()
+        a = approximate.recommend(user, 10)
+        assert len(searches) == 1, "the fresh history was folded into one index search"
+        assert (a.fallback, a.strategy) == (False, "personal")
         e = [i.item_id for i in exact.recommend(user, 10).items]
-        overlaps.append(len(set(a) & set(e)) / 10)
-        changed += a != before
+        a_ids = [i.item_id for i in a.items]
+        overlaps.append(len(set(a_ids) & set(e)) / 10)
+        changed += a_ids != before
+        # The model does not exclude what was seen, so what was just carted stays eligible,
+        # and the trained history still counts beside the fresh events.
+        kept += set(before[:3]) <= set(a_ids)
+        # Exact scoring is of the trained row with the fresh events added (history_row, whose
+        # arithmetic test_core checks), unavailable items left out.
+        row = exact.policy.history_row(
+            exact.serving, indexed.user_index(user), exact.realtime.of(user), np.array([], int)
+        )
+        scores = indexed.model.score_history(row)[0]
+        scores[exact.serving.unavailable] = -np.inf
+        assert set(e) == set(indexed.item_ids[np.argsort(-scores)[:10]].tolist())
     assert np.mean(overlaps) >= 0.9, np.mean(overlaps)
-    assert changed > 30
+    assert changed > 30 and kept > 20, (changed, kept)

@@ -486,3 +486,40 @@ def test_similar_and_popular_lists_honour_exclusions_and_carry_the_version(
         include_categories=(category, "other")))  # fmt: skip
     assert both.items and {category_of(core, i.item_id) for i in both.items} == {category}
     assert core.popular_items(5, ["x"], filters=Filters(include_categories=("y",))).model_version
+
+
+@pytest.mark.parametrize("scaling", ["log", "bm25", "none"])
+def test_fresh_events_join_the_trained_row_exactly_as_training_would_weigh_them(
+    core: RecommenderCore, scaling: str
+) -> None:
+    """A fresh event adds its signal weight to the raw count under the item's trained
+    confidence, then the sum is scaled again (log1p for log and bm25, whose per-pair stand-in
+    it is); context items count as views; items the model does not know are skipped."""
+    serving = dataclasses.replace(core.serving, scaling=scaling)
+    model = serving.published
+    user = int(np.argmax(np.diff(model.history_indptr)))
+    items, confidences = model.history_of(user)
+    scale, unscale = (np.log1p, np.expm1) if scaling != "none" else (np.asarray, np.asarray)
+    weights = serving.signal_weights
+
+    unchanged = core.policy.history_row(serving, user, [], np.array([], dtype=np.int64))
+    np.testing.assert_allclose(unchanged.toarray()[0, items], confidences, rtol=1e-5)
+    assert unchanged.nnz == items.size and unchanged.shape == (1, serving.n_items)
+
+    known, first = int(items[0]), 0 if int(items[0]) != 0 else 1
+    fresh = [
+        (str(model.item_ids[known]), "cart", 1),
+        (str(model.item_ids[first]), "purchase", 2),
+        ("no-such-item", "view", 3),
+    ]
+    row = core.policy.history_row(serving, user, fresh, np.array([first], dtype=np.int64))
+    trained = dict(zip(items.tolist(), confidences.tolist(), strict=True))
+    expected_known = scale(unscale(trained[known]) + weights["cart"])
+    expected_first = scale(unscale(trained.get(first, 0.0)) + weights["purchase"] + weights["view"])
+    dense = row.toarray()[0]
+    np.testing.assert_allclose(dense[[known, first]], [expected_known, expected_first], rtol=1e-5)
+    assert row.dtype == np.float32
+
+    stranger = core.policy.history_row(serving, None, fresh[1:], np.array([], dtype=np.int64))
+    assert stranger.indices.tolist() == [first]
+    np.testing.assert_allclose(stranger.data, [scale(weights["purchase"])], rtol=1e-5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,40 @@ def test_changes_after_is_a_cursor_over_new_events_and_deletions(store: EventSto
     assert set(forgotten) == {"u1"}
     when = forgotten["u1"]
     assert store.changes_after(later[0][0], when + 1)[1] == {}
+
+
+def test_a_cursor_never_misses_events_stored_after_the_newest_ones_were_deleted(
+    store: EventStore,
+) -> None:
+    """Deleting the newest events must not hand their ids to the next ones: a server whose
+    cursor is past them would never see what is stored next."""
+    store.append([event("kept", "i1"), event("gone", "i2")])
+    events, _ = store.changes_after(0, 0)
+    cursor = events[-1][0]
+    store.forget("gone")
+    store.append([event("new", "i3")])
+    later, _ = store.changes_after(cursor, 0)
+    assert [e[1] for e in later] == ["new"]
+
+
+def test_a_store_from_before_increasing_ids_is_moved_with_its_events(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, item_id TEXT"
+            " NOT NULL, event TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, quantity REAL NOT"
+            " NULL, price REAL, variant TEXT NOT NULL DEFAULT '', recommendation_id TEXT NOT"
+            " NULL DEFAULT '')"
+        )
+        old.execute("INSERT INTO events VALUES (7, 'u1', 'i1', 'view', 5, 1.0, NULL, '', '')")
+        old.execute("INSERT INTO events VALUES (9, 'u2', 'i2', 'cart', 6, 1.0, 2.5, '', '')")
+    store = open_event_store(f"sqlite:///{path}")
+    events, _ = store.changes_after(0, 0)
+    assert [(e[0], e[1]) for e in events] == [(7, "u1"), (9, "u2")]
+    store.forget("u2")
+    store.append([event("u3", "i3")])
+    assert [(e[0], e[1]) for e in store.changes_after(7, 0)[0]] == [(10, "u3")]
+    store.close()
 
 
 def test_forget_deletes_exactly_the_users_events_and_impressions(store: EventStore) -> None:

@@ -5,6 +5,7 @@ planted buyers, and the export and report commands."""
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from recsvc.modelstore import ModelStore
 from recsvc.profiles import DAY_MS, STAGES, LifecycleRules
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
-from recsvc.serving.values import EventInput
+from recsvc.serving.values import EventInput, Filters
 from recsvc.training.marketing import export_audience, segments_report
 from recsvc.training.pipeline import TrainInputs, TrainResult
 from recsvc.training.profiles import build_profiles
@@ -361,7 +362,14 @@ def test_a_new_item_known_only_by_attributes_has_similar_items_and_an_audience(
     assert model.item_index(new_item) is None and model.coldstart is not None
     core = serving_core(model)
     similar = core.similar_items(new_item, 10)
-    assert similar.strategy == "hybrid"
+    assert similar.strategy == "hybrid" and similar.model_version == model.version
+    assert {i.reason for i in similar.items} == {f"similar_attributes:{new_item}"}
+    assert all(a.score >= b.score for a, b in itertools.pairwise(similar.items))
+    shown = tuple(i.item_id for i in similar.items[:3])
+    rest = core.similar_items(new_item, 7, Filters(exclude_item_ids=shown))
+    assert [i.item_id for i in rest.items] == [i.item_id for i in similar.items[3:]]
+    with pytest.raises(NotFound, match=f"'no-such-item' is not in model {model.version}"):
+        core.similar_items("no-such-item", 10)
     assert affinity_share([i.item_id for i in similar.items], model, ("garden",)) >= 0.8
     fans = {u for u, prefs in shop.preferred_categories.items() if "garden" in prefs}
     audience = core.find_audience(item_id=new_item, k=100)

@@ -21,9 +21,11 @@ from recsvc.events.records import (
 # How long a connection waits for another process's lock before it reports "locked".
 BUSY_TIMEOUT_SECONDS = 10.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
+# AUTOINCREMENT: an id is never handed out twice, even after the newest events are deleted;
+# servers read new events by id (changes_after), so a reused id would be an event never seen.
+EVENTS_TABLE = (
+    """CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id TEXT NOT NULL,
     item_id TEXT NOT NULL,
     event TEXT NOT NULL,
@@ -32,8 +34,12 @@ CREATE TABLE IF NOT EXISTS events (
     price REAL,
     variant TEXT NOT NULL DEFAULT '',
     recommendation_id TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id);
+)""",
+    "CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id)",
+)
+SCHEMA = (
+    ";\n".join(EVENTS_TABLE)
+    + """;
 CREATE TABLE IF NOT EXISTS forgotten (
     user_id TEXT PRIMARY KEY,
     forgotten_ms INTEGER NOT NULL
@@ -46,6 +52,7 @@ CREATE TABLE IF NOT EXISTS impressions (
     n_items INTEGER NOT NULL
 );
 """
+)
 
 
 class SQLiteEventStore:
@@ -76,6 +83,7 @@ class SQLiteEventStore:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
+                _never_reuse_ids(db)
                 break
             except sqlite3.OperationalError as error:
                 if "locked" not in str(error) or time.monotonic() > deadline:
@@ -213,3 +221,27 @@ class SQLiteEventStore:
                 if db is not None:
                     db.close()
             self._db = self._impressions_db = None
+
+
+def _never_reuse_ids(db: sqlite3.Connection) -> None:
+    """Moves a store made before ids were AUTOINCREMENT to a table that has it, ids kept."""
+    if _ids_increase(db):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if not _ids_increase(db):  # another process may have moved it meanwhile
+            db.execute("ALTER TABLE events RENAME TO events_before_autoincrement")
+            db.execute("DROP INDEX IF EXISTS events_by_user")
+            for statement in EVENTS_TABLE:
+                db.execute(statement)
+            db.execute("INSERT INTO events SELECT * FROM events_before_autoincrement")
+            db.execute("DROP TABLE events_before_autoincrement")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _ids_increase(db: sqlite3.Connection) -> bool:
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()
+    return "AUTOINCREMENT" in sql.upper()

@@ -157,7 +157,7 @@ class RankingPolicy:
 
     def _from_history(self, ask: Ask) -> Pick:
         serving, model = ask.serving, ask.serving.published
-        history = self._history_row(serving, ask.user, ask.fresh, ask.context)
+        history = self.history_row(serving, ask.user, ask.fresh, ask.context)
         banned = [*ask.banned, history.indices] if model.exclude_seen else ask.banned
         query = serving.fold_in(history)
         if query is not None and (ask.user is not None or not ask.context.size):
@@ -312,7 +312,7 @@ class RankingPolicy:
         ]
         return Recommendations(items, model.version, strategy=REASON_HYBRID)
 
-    def _history_row(
+    def history_row(
         self, serving: ServingModel, user: int | None, fresh: list, context: np.ndarray
     ) -> sp.csr_matrix:
         """The user's training row with fresh events and context items added, as the
