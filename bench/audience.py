@@ -111,7 +111,7 @@ def cut_and_fit(name: str, work: Path, progress: Progress) -> CutLog:
 
     interactions = build_interactions(before, config.signals)
     names, skipped = candidates(config, interactions.shape[1])
-    selection = select_model(
+    selection, _ = select_model(
         names, skipped, validation_holdout(before, config), train_part, config, progress
     )
     chosen = selection["selected"]

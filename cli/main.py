@@ -250,6 +250,9 @@ def _models_list(args: argparse.Namespace) -> None:
             f"{manifest.get('model_type', '?'):<10} {manifest.get('created_at', '?')}  "
             f"ndcg@10 {score if score is not None else '-'}"
         )
+        stages = manifest.get("serving", {}).get("lifecycle", {})
+        if stages:
+            print("    served per stage: " + ", ".join(f"{s} {v}" for s, v in stages.items()))
 
 
 def _models_rollback(args: argparse.Namespace) -> None:

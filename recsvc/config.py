@@ -237,18 +237,19 @@ class ExperimentConfig:
     variants: list[VariantConfig] = field(default_factory=list)
 
 
-Strategy = Literal["personal", "repurchase", "trending", "popular"]
+Strategy = Literal["auto", "personal", "repurchase", "blend", "trending", "popular"]
 
 
 @dataclass(frozen=True)
 class LifecycleConfig:
-    """Which strategy serves Recommend for a user in each lifecycle stage."""
+    """Which strategy serves Recommend for a user in each lifecycle stage; "auto" serves what
+    the training run chose for that stage on its validation split (see the model's manifest)."""
 
-    new: Strategy = "personal"
-    active: Strategy = "personal"
-    reactivated: Strategy = "personal"
-    at_risk: Strategy = "repurchase"
-    churned: Strategy = "repurchase"
+    new: Strategy = "auto"
+    active: Strategy = "auto"
+    reactivated: Strategy = "auto"
+    at_risk: Strategy = "auto"
+    churned: Strategy = "auto"
 
     def strategy(self, stage: str) -> Strategy:
         return getattr(self, stage)

@@ -123,7 +123,7 @@ def test_a_stage_holds_over_its_whole_span(
 def test_recommend_moves_a_user_to_the_next_stage_when_the_clock_crosses_it(
     published: PublishedModel,
 ) -> None:
-    core = serving_core(published)
+    core = serving_core(published, BUY_AGAIN_WHEN_LAPSED)
     profiles = published.profiles
     now = core.now_ms()
     active = np.flatnonzero(profiles.stages(now) == STAGES.index("active"))
@@ -168,6 +168,12 @@ def test_rfm_scores_and_segments_rank_buyers() -> None:
     assert segments["browser"] == "prospect"
     assert profiles.orders[best] == 20 and profiles.orders[worst] == 1
     assert profiles.monetary[best] == pytest.approx(20 * 200.0)
+
+
+# Lapsed users offered what they bought before (the shipped "auto" serves what training chose).
+BUY_AGAIN_WHEN_LAPSED = ServingConfig(
+    lifecycle=LifecycleConfig(at_risk="repurchase", churned="repurchase")
+)
 
 
 def serving_core(model: PublishedModel, config: ServingConfig | None = None) -> RecommenderCore:
@@ -244,7 +250,7 @@ def test_real_time_events_update_recency_stage_and_rfm(published: PublishedModel
 
 
 def test_at_risk_buyers_are_offered_repurchases_then_trending(published: PublishedModel) -> None:
-    core = serving_core(published)
+    core = serving_core(published, BUY_AGAIN_WHEN_LAPSED)
     profiles = published.profiles
     now = core.now_ms()
     stages = profiles.stages(now)

@@ -107,7 +107,8 @@ def test_a_variant_on_the_model_follows_the_user_s_stage(published: PublishedMod
     core = _core(published, experiments=[experiment])
     listed = core.recommend(str(published.user_ids[0]), 10)
     assert listed.variant == "exp/model"
-    assert listed.strategy == core.policy.config.lifecycle.strategy(listed.lifecycle_stage)
+    chosen = published.manifest["serving"]["lifecycle"][listed.lifecycle_stage]
+    assert listed.strategy == chosen, "the stage's strategy, as training chose it"
 
 
 def test_every_filter_at_once_lets_through_exactly_the_items_that_pass_each(

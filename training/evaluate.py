@@ -229,6 +229,16 @@ def ranking_metrics(
     return {name: variant.result() for name, variant in variants.items()}
 
 
+def list_ndcg(ranked: np.ndarray, relevant: np.ndarray, k: int = K) -> float:
+    """NDCG@k of one served list (item indices, best first) against the relevant items: the
+    same definition as ranking_metrics', for lists that come from the ranking policy."""
+    if not relevant.size:
+        return 0.0
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    hits = np.isin(ranked[:k], relevant)
+    return float((hits * discounts[: hits.size]).sum() / discounts[: min(relevant.size, k)].sum())
+
+
 class _Variant:
     """Running sums of the metrics for one way of masking the user's history."""
 

@@ -53,6 +53,7 @@ from recsvc.training.inputs import TrainInputs
 from recsvc.training.interactions import Interactions, build_interactions
 from recsvc.training.profiles import assign_clusters, build_profiles, describe_segments
 from recsvc.training.progress import Progress
+from recsvc.training.stage_policy import choose_stage_strategies
 
 log = logging.getLogger(__name__)
 SELECTION_METRIC = f"ndcg@{K}"
@@ -179,8 +180,20 @@ def train(
     names, skipped = candidates(config, interactions.shape[1])
     with progress.stage("holdout split"):
         holdout = validation_holdout(events, config)
-    evaluation = select_model(names, skipped, holdout, dataset, config, progress)
+    evaluation, fitted = select_model(names, skipped, holdout, dataset, config, progress)
     chosen = evaluation["selected"]
+    stage_choice = None
+    if holdout is not None and fitted:
+        stage_choice = choose_stage_strategies(
+            holdout,
+            fitted[chosen],
+            fitted[evaluation["fallback"]],
+            item_attributes(holdout.train, dataset),
+            dataset,
+            config,
+            progress,
+        )
+        evaluation["lifecycle"] = stage_choice
     gate = quality_gate(store, holdout, evaluation, dataset, config, progress)
 
     with progress.stage(f"fit {chosen} on all data") as tally:
@@ -209,6 +222,8 @@ def train(
         "serving": {
             "exclude_seen": evaluation["variant"] == "unseen",
             "fallback": evaluation["fallback"],
+            # What each lifecycle stage is served where the config says "auto".
+            "lifecycle": stage_choice["lifecycle"] if stage_choice else {},
         },
         "evaluation": evaluation,
         "quality_gate": gate,
@@ -369,8 +384,9 @@ def select_model(
     dataset: Dataset,
     config: Config,
     progress: Progress,
-) -> dict[str, Any]:
-    """Fits each candidate on the training part; the best on the holdout wins."""
+) -> tuple[dict[str, Any], dict[str, Recommender]]:
+    """Fits each candidate on the training part; the best on the holdout wins. Returns the
+    evaluation (for the manifest) and the models fitted on the training part, by name."""
     if holdout is None:
         progress.say("too little data for a holdout: no evaluation, no quality gate")
         return {
@@ -382,7 +398,7 @@ def select_model(
             "reason": "no holdout possible; first configured candidate",
             "variant": "all",
             "fallback": "popularity",
-        }
+        }, {}
     results: dict[str, dict[str, dict[str, float]]] = {}
     variant = holdout.variant
     progress.say(
@@ -416,6 +432,9 @@ def select_model(
     chosen = best_single
     if blend is not None and score(BLEND) > must_beat:
         chosen = BLEND
+        fitted[BLEND] = BlendRecommender.of_fitted(
+            [fitted[m["model_type"]] for m in blend["members"]], blend["weights"]
+        )
     fallback = max(FALLBACKS, key=score)
     ranked = sorted([*names, *([BLEND] if blend else [])], key=lambda n: -score(n))
     reason = (
@@ -443,7 +462,7 @@ def select_model(
         "reason": reason,
         "variant": variant,
         "fallback": fallback,
-    }
+    }, fitted
 
 
 def best_blend(

@@ -46,7 +46,7 @@ def evaluate_models(
     holdout = validation_holdout(events, config)
     if holdout is None:
         raise BadInput("too little data for a holdout: nothing to evaluate")
-    result = select_model(names, skipped, holdout, dataset, config, progress)
+    result, _ = select_model(names, skipped, holdout, dataset, config, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "evaluation.md").write_text(markdown(result, inputs))

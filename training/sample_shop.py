@@ -64,6 +64,9 @@ class ShopSpec:
     sessions_per_user: float = 12.0  # mean; activity is log-normal across users
     preferred_share: float = 0.85  # share of sessions spent in the user's preferred categories
     churn_share: float = 0.25  # users who stop coming back before the end
+    # A ratings-like log instead of a shop's (as MovieLens): every item a user touches is one
+    # purchase, none twice, and each user is active for a few days, then gone.
+    ratings: bool = False
 
 
 @dataclass
@@ -182,6 +185,8 @@ def _events(rng, spec, users, preferred, item_category, item_weight, item_price)
             if rng.random() < spec.churn_share
             else period
         )
+        if spec.ratings:
+            leaves = signup + rng.uniform(1, 5) * SECONDS_PER_DAY
         n_sessions = max(1, int(rng.lognormal(np.log(spec.sessions_per_user) - 0.3, 0.8)))
         starts = np.sort(rng.uniform(signup, leaves, size=n_sessions))
         # Evening-heavy hour of day.
@@ -191,10 +196,11 @@ def _events(rng, spec, users, preferred, item_category, item_weight, item_price)
             + rng.integers(0, 3600, size=n_sessions)
         )
         bought: list[int] = []
+        rated: set[int] = set()
         prefs = preferred[u]
         for start in starts:
             t = float(start)
-            if bought and rng.random() < 0.25:
+            if bought and not spec.ratings and rng.random() < 0.25:
                 consumables = [i for i in bought if CATEGORIES[item_category[i]] in CONSUMABLE]
                 if consumables:
                     item = int(rng.choice(consumables))
@@ -218,6 +224,11 @@ def _events(rng, spec, users, preferred, item_category, item_weight, item_price)
             liked = category in prefs
             for item in viewed:
                 t += rng.uniform(5, 300)
+                if spec.ratings:
+                    if int(item) not in rated:
+                        rated.add(int(item))
+                        log.add(uid, int(item), "purchase", t, 1)
+                    continue
                 log.add(uid, int(item), "view", t, 1)
                 if rng.random() < (0.2 if liked else 0.06):
                     t += rng.uniform(5, 120)

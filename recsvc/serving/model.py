@@ -30,6 +30,8 @@ class ServingModel:
     popular_order: np.ndarray  # item indices, most popular first
     trending_order: np.ndarray
     profile_rows: np.ndarray  # per model user, their row in the profiles (-1 none)
+    # What training chose to serve each lifecycle stage (config strategy "auto").
+    stage_strategies: dict[str, str]
 
     @classmethod
     def prepare(cls, published: PublishedModel, config: ServingConfig) -> ServingModel:
@@ -56,6 +58,7 @@ class ServingModel:
             popular_order=np.argsort(-np.asarray(published.fallback.item_scores), kind="stable"),
             trending_order=np.argsort(-np.asarray(published.trending.item_scores), kind="stable"),
             profile_rows=sorted_positions(published.profiles.user_ids, published.user_ids),
+            stage_strategies=dict(published.manifest.get("serving", {}).get("lifecycle", {})),
         )
 
     @property

@@ -44,6 +44,9 @@ ANN_PER_RESULT = 4
 ANN_MAX_CANDIDATES = 20_000
 # Boosts are in units of the spread of this many best scores (see top_spread).
 BOOST_SPREAD_DEPTH = 40
+# The "blend" strategy lifts what the user bought before by up to this many spreads of the
+# model's best scores, in proportion to how strongly they bought it.
+REPURCHASE_LIFT = 2.0
 
 Picked = tuple[np.ndarray, np.ndarray]  # item indices, scores
 
@@ -100,10 +103,12 @@ class RankingPolicy:
             self._banned(model, user, filters, exclude_purchased),
             fresh, model.item_indices(list(context_item_ids)), user_attributes,
         )  # fmt: skip
-        strategy = self.strategy(variant, stage)
-        pick = self._repurchase(ask) if strategy == "repurchase" else None
-        if strategy == "repurchase" and pick is None:
-            strategy = "personal"  # nothing bought before: nothing to buy again
+        strategy = self.strategy(variant, stage, serving)
+        pick = None
+        if strategy in ("repurchase", "blend"):
+            pick = self._repurchase(ask) if strategy == "repurchase" else self._blend(ask)
+            if pick is None:
+                strategy = "personal"  # nothing bought before: nothing to buy again
         if strategy in ("popular", "trending"):
             pick = self._non_personal(ask, trending=strategy == "trending")
         if pick is None:
@@ -112,11 +117,15 @@ class RankingPolicy:
             strategy = pick.reason if pick.fallback else REASON_PERSONAL
         return _scored_items(model, pick), pick.fallback, strategy
 
-    def strategy(self, variant: VariantConfig | None, stage: str) -> str:
-        """An experiment's variant decides first; then the strategy of the user's stage."""
+    def strategy(self, variant: VariantConfig | None, stage: str, serving: ServingModel) -> str:
+        """An experiment's variant decides first; then the strategy configured for the user's
+        stage, where "auto" is the one training chose for it on data."""
         if variant is not None and variant.strategy != "model":
             return variant.strategy
-        return self.config.lifecycle.strategy(stage)
+        configured = self.config.lifecycle.strategy(stage)
+        if configured == "auto":
+            return serving.stage_strategies.get(stage, "personal")
+        return configured
 
     def _banned(
         self, model: PublishedModel, user: int | None, filters: Filters, exclude_purchased: bool
@@ -133,6 +142,29 @@ class RankingPolicy:
         if not bought[0].size:
             return None
         picked, reasons = self._pick_repurchase(ask.serving, bought, ask.k, ask.filters, ask.banned)
+        return Pick(picked, REASON_PERSONAL, False, reasons)
+
+    def _blend(self, ask: Ask) -> Pick | None:
+        """The model's scores with what the user bought before lifted by how strongly they
+        bought it (see REPURCHASE_LIFT); None for a user who bought nothing."""
+        serving = ask.serving
+        items, strength = self._bought_before(serving, ask.user, ask.fresh)
+        if not items.size:
+            return None
+        model = serving.published.model
+        if ask.user is None or ask.fresh or ask.context.size:
+            history = self.history_row(serving, ask.user, ask.fresh, ask.context)
+            scores = np.array(model.score_history(history)[0], dtype=np.float32)
+        else:
+            scores = np.array(model.score(np.array([ask.user]))[0], dtype=np.float32)
+        lift = np.float32(REPURCHASE_LIFT * top_spread(scores)) / strength.max()
+        scores[items] += lift * strength
+        picked = self._select(serving, scores, None, ask.k, ask.filters, ask.banned)
+        again = set(items.tolist())
+        reasons = {
+            int(i): REASON_REPURCHASE if int(i) in again else REASON_PERSONAL
+            for i in picked[0].tolist()
+        }
         return Pick(picked, REASON_PERSONAL, False, reasons)
 
     def _non_personal(self, ask: Ask, trending: bool) -> Pick:

@@ -1,0 +1,152 @@
+"""What each lifecycle stage is served, chosen on the validation split as models are.
+
+The candidate strategies (the model's personal list, repurchase, the model blended with
+repurchase, trending) are scored by what the ranking policy itself would serve: the model
+fitted on the validation split's training part is wrapped as a published model in memory,
+and every validation user's list comes from `RankingPolicy.compute` with the serving rules of
+the config, so the evaluation is of served lists, not of raw scores. Per stage, the strategy
+with the highest NDCG@10 wins; a stage with too few validation users takes the winner over
+all users. Where the log has no repeats (models are judged on unseen items and the server
+excludes what users have seen), repurchase and the blend are never candidates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from recsvc.config import Config, LifecycleConfig
+from recsvc.models import Recommender, TrendingRecommender
+from recsvc.profiles import STAGES
+from recsvc.published import ItemAttributes, PublishedModel
+from recsvc.serving import marketing
+from recsvc.serving.model import ServingModel
+from recsvc.serving.policy import RankingPolicy
+from recsvc.serving.values import NO_FILTERS
+from recsvc.training.evaluate import Holdout, K, list_ndcg
+from recsvc.training.ingest import Dataset
+from recsvc.training.profiles import build_profiles
+from recsvc.training.progress import Progress
+
+# Strategies in order of preference: on a tie the simpler, more personal one wins.
+WITH_REPEATS = ("personal", "blend", "repurchase", "trending")
+WITHOUT_REPEATS = ("personal", "trending")
+# A stage needs this many validation users to get a strategy of its own.
+MIN_STAGE_USERS = 100
+# Validation users scored per strategy, at most (a seeded sample beyond that).
+MAX_USERS = 3000
+
+
+def choose_stage_strategies(
+    holdout: Holdout,
+    model: Recommender,
+    fallback: Recommender,
+    items: ItemAttributes,
+    dataset: Dataset,
+    config: Config,
+    progress: Progress,
+) -> dict[str, Any]:
+    """{"lifecycle": stage -> strategy, "evidence": per stage NDCG of each, "reason": why}."""
+    serving = _validation_serving(holdout, model, fallback, items, dataset, config)
+    strategies = WITH_REPEATS if holdout.variant == "all" else WITHOUT_REPEATS
+    truth = holdout.test
+    if holdout.variant == "unseen":  # judged on items the user has not touched, as models are
+        truth = (truth - truth.multiply(holdout.train.confidence > 0)).tocsr()
+        truth.eliminate_zeros()
+    users = np.flatnonzero(np.diff(truth.indptr))
+    if users.size > MAX_USERS:
+        users = np.sort(
+            np.random.default_rng(config.training.seed).choice(users, MAX_USERS, replace=False)
+        )
+    now_ms = int(serving.published.manifest["data_end_ms"])
+    user_ids = serving.published.user_ids
+    stages = [marketing.user_stage(serving, str(user_ids[u]), [], now_ms).stage for u in users]
+    scores = {s: np.zeros(users.size) for s in strategies}
+    with progress.stage(f"serving strategies per lifecycle stage ({', '.join(strategies)})") as t:
+        for strategy in strategies:
+            policy = RankingPolicy(
+                dataclasses.replace(
+                    config.serving, lifecycle=LifecycleConfig(*[strategy] * len(STAGES))
+                )
+            )
+            for n, (user, stage) in enumerate(zip(users.tolist(), stages, strict=True)):
+                listed, _, _ = policy.compute(
+                    serving, None, str(user_ids[user]), K, NO_FILTERS, False, (), [], stage, {}
+                )
+                ranked = serving.published.item_indices([i.item_id for i in listed])
+                relevant = truth.indices[truth.indptr[user] : truth.indptr[user + 1]]
+                scores[strategy][n] = list_ndcg(ranked, relevant, K)
+        t.count, t.unit = users.size * len(strategies), "lists"
+    return _choose(strategies, scores, np.array(stages), progress)
+
+
+def _choose(
+    strategies: tuple[str, ...],
+    scores: dict[str, np.ndarray],
+    stages: np.ndarray,
+    progress: Progress,
+) -> dict[str, Any]:
+    def best(mask: np.ndarray) -> str:
+        means = [float(scores[s][mask].mean()) for s in strategies]
+        return strategies[int(np.argmax(means))]  # the first of equals: the preferred one
+
+    everyone = np.ones(stages.size, dtype=bool)
+    overall = best(everyone)
+    lifecycle, evidence = {}, {}
+    for stage in STAGES:
+        mask = stages == stage
+        evidence[stage] = {"users": int(mask.sum())} | {
+            s: round(float(scores[s][mask].mean()), 4) if mask.any() else None for s in strategies
+        }
+        lifecycle[stage] = best(mask) if mask.sum() >= MIN_STAGE_USERS else overall
+    evidence["all"] = {"users": int(stages.size)} | {
+        s: round(float(scores[s].mean()), 4) if stages.size else None for s in strategies
+    }
+    reason = (
+        f"highest validation NDCG@{K} of the served list per stage among {', '.join(strategies)}"
+        f"; stages with fewer than {MIN_STAGE_USERS} validation users take the best over all "
+        f"users ({overall})"
+    )
+    progress.say(
+        "served per stage: "
+        + ", ".join(f"{stage} {lifecycle[stage]} ({evidence[stage]['users']})" for stage in STAGES)
+    )
+    return {"lifecycle": lifecycle, "evidence": evidence, "reason": reason}
+
+
+def _validation_serving(
+    holdout: Holdout,
+    model: Recommender,
+    fallback: Recommender,
+    items: ItemAttributes,
+    dataset: Dataset,
+    config: Config,
+) -> ServingModel:
+    """The validation split's model as the server would hold it, in memory."""
+    train, events = holdout.train, holdout.train_events
+    profiles = build_profiles(events, dataset.items, dataset.users, config)
+    purchased, history = train.purchased.tocsr(), train.confidence.tocsr()
+    published = PublishedModel(
+        version="validation",
+        manifest={
+            "data_end_ms": int(events.column("timestamp_ms").to_numpy().max()),
+            "serving": {"exclude_seen": holdout.variant == "unseen"},
+            "config": dataclasses.asdict(config),
+        },
+        model=model,
+        fallback=fallback,
+        trending=TrendingRecommender().fit(train.recent),
+        user_ids=train.user_ids,
+        item_ids=train.item_ids,
+        items=items,
+        purchased_indptr=purchased.indptr,
+        purchased_indices=purchased.indices,
+        history_indptr=history.indptr,
+        history_indices=history.indices,
+        history_data=history.data,
+        profiles=profiles,
+        segments=[],
+    )
+    return ServingModel.prepare(published, config.serving)
