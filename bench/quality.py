@@ -91,7 +91,7 @@ SPLITS = {
 }
 TEST_SHARE = 0.2
 TMALL_CUT_MS = 1373904000000  # 2013-07-16T00:00:00+08:00
-FAMILIES = ["popularity", "itemknn", "als", "ease", "bpr", "lightfm"]
+FAMILIES = ["popularity", "itemknn", "rp3beta", "als", "ease", "bpr", "lightfm"]
 REFERENCE = ("itemknn", "als", "ease")
 
 

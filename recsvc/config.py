@@ -145,6 +145,13 @@ class ItemKNNConfig:
 
 
 @dataclass(frozen=True)
+class RP3BetaConfig:
+    neighbours: int = 100
+    alpha: float = 0.6
+    beta: float = 0.4
+
+
+@dataclass(frozen=True)
 class EASEConfig:
     l2: float = 200.0
     max_items: int = 20_000
@@ -158,7 +165,9 @@ class LightFMConfig:
     epochs: int = 30
 
 
-ModelType = Literal["auto", "als", "bpr", "itemknn", "ease", "lightfm", "popularity", "trending"]
+ModelType = Literal[
+    "auto", "als", "bpr", "itemknn", "rp3beta", "ease", "lightfm", "popularity", "trending"
+]
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,7 @@ class ModelConfig:
     als: ALSConfig = field(default_factory=ALSConfig)
     bpr: BPRConfig = field(default_factory=BPRConfig)
     itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
+    rp3beta: RP3BetaConfig = field(default_factory=RP3BetaConfig)
     ease: EASEConfig = field(default_factory=EASEConfig)
     lightfm: LightFMConfig = field(default_factory=LightFMConfig)
 

@@ -21,6 +21,7 @@ from recsvc.models import (
     LightFMRecommender,
     PopularityRecommender,
     Recommender,
+    RP3BetaRecommender,
     TrendingRecommender,
     load_model,
 )
@@ -253,6 +254,36 @@ class TestItemKNNCosine(RecommenderContract):
 class TestItemKNNBM25(RecommenderContract):
     def make(self) -> Recommender:
         return ItemKNNRecommender(neighbours=10, weighting="bm25")
+
+
+class TestRP3Beta(RecommenderContract):
+    def make(self) -> Recommender:
+        return RP3BetaRecommender(neighbours=10, alpha=0.8, beta=0.3)
+
+    def test_popular_end_items_are_penalised_by_beta(self) -> None:
+        """From item 0 a walk ends at item 2 (seen by four users) with probability 5/12 and
+        at item 1 (seen by one) with 1/6; beta 1 divides by those counts: 5/48 against 1/6."""
+        matrix = sp.csr_matrix(
+            np.array(
+                [[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 0, 1]],
+                dtype=np.float32,
+            )
+        )
+        plain = RP3BetaRecommender(neighbours=3, alpha=1.0, beta=0.0).fit(matrix)
+        penalised = RP3BetaRecommender(neighbours=3, alpha=1.0, beta=1.0).fit(matrix)
+        row = lambda model: model.item_rows(np.array([0])).toarray()[0]  # noqa: E731
+        np.testing.assert_allclose(row(plain)[1:], [1 / 6, 5 / 12], rtol=1e-6)
+        np.testing.assert_allclose(row(penalised)[1:], [1 / 6, 5 / 48], rtol=1e-6)
+
+    def test_blocks_give_the_whole_product(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        whole = RP3BetaRecommender(neighbours=5).fit(block_matrix())
+        monkeypatch.setattr(RP3BetaRecommender, "BLOCK", 3)
+        blocked = RP3BetaRecommender(neighbours=5).fit(block_matrix())
+        np.testing.assert_allclose(
+            whole.item_rows(np.arange(whole.n_items)).toarray(),
+            blocked.item_rows(np.arange(blocked.n_items)).toarray(),
+            rtol=1e-6,
+        )
 
 
 class TestEASE(RecommenderContract):

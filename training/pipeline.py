@@ -60,7 +60,7 @@ SELECTION_METRIC = f"ndcg@{K}"
 # Non-personalised models, always evaluated; the better one serves users the model lacks.
 FALLBACKS = ("popularity", "trending")
 BLEND = "blend"
-BLENDABLE = ("als", "bpr", "itemknn", "ease")
+BLENDABLE = ("als", "bpr", "itemknn", "rp3beta", "ease")
 BLEND_WEIGHTS = (0.25, 0.5, 0.75)
 # A blend costs its members' scoring time per request: it must earn it on the holdout.
 BLEND_MARGIN = 0.01

@@ -10,7 +10,7 @@ from recsvc.models.factor import (
     FactorRecommender,
     LightFMRecommender,
 )
-from recsvc.models.neighbours import EASERecommender, ItemKNNRecommender
+from recsvc.models.neighbours import EASERecommender, ItemKNNRecommender, RP3BetaRecommender
 from recsvc.models.popularity import PopularityRecommender, TrendingRecommender
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ItemKNNRecommender",
     "LightFMRecommender",
     "PopularityRecommender",
+    "RP3BetaRecommender",
     "Recommender",
     "TrendingRecommender",
     "load_model",
