@@ -9,7 +9,7 @@ import pytest
 from helpers import train_once
 
 from recsvc.ann import ItemIndex
-from recsvc.config import Config, LimitsConfig, RulesConfig, ServingConfig
+from recsvc.config import Config, LifecycleConfig, LimitsConfig, RulesConfig, ServingConfig
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
@@ -31,6 +31,9 @@ def indexed(shop_inputs: TrainInputs, tmp_path_factory: pytest.TempPathFactory) 
     model_dir = tmp_path_factory.mktemp("ann")
     result = train_once("ann", shop_inputs, model_dir, config)
     return PublishedModel.load(ModelStore(model_dir).path(result.version))
+
+
+PERSONAL = LifecycleConfig(*["personal"] * 5)
 
 
 @pytest.fixture
@@ -158,7 +161,7 @@ def test_the_index_asks_for_enough_candidates_once_when_they_suffice(
     indexed: PublishedModel, searches: list[int]
 ) -> None:
     """One search, sized by k and by how many items are banned, when it yields k items."""
-    approximate = RecommenderCore(ServingConfig(limits=LimitsConfig(max_k=500)))
+    approximate = RecommenderCore(ServingConfig(limits=LimitsConfig(max_k=500), lifecycle=PERSONAL))
     approximate.swap(indexed)
     user = int(np.argmax(np.diff(indexed.purchased_indptr)))
     bought = indexed.purchased_by(user).size
@@ -197,7 +200,8 @@ def test_fresh_events_are_served_through_the_index_like_exact_scoring(
 ) -> None:
     """A known user's fresh events fold into a query for the index (ALS folds in exactly); the
     lists match exact scoring of the same history, and differ from the user's trained list."""
-    approximate, exact = RecommenderCore(), RecommenderCore()
+    approximate = RecommenderCore(ServingConfig(lifecycle=PERSONAL))
+    exact = RecommenderCore(ServingConfig(lifecycle=PERSONAL))
     approximate.swap(indexed)
     exact.swap(dataclasses.replace(indexed, ann=None))
     assert not indexed.exclude_seen
@@ -228,3 +232,25 @@ def test_fresh_events_are_served_through_the_index_like_exact_scoring(
         assert set(e) == set(indexed.item_ids[np.argsort(-scores)[:10]].tolist())
     assert np.mean(overlaps) >= 0.9, np.mean(overlaps)
     assert changed > 30 and kept > 20, (changed, kept)
+
+
+def test_the_blend_is_served_through_the_index_like_exact_scoring(
+    indexed: PublishedModel, searches: list[int]
+) -> None:
+    """The blend's candidates are the index's plus what the user bought, scored exactly: the
+    lists match the blend over the whole catalogue, with one search each."""
+    blend = ServingConfig(lifecycle=LifecycleConfig(*["blend"] * 5))
+    approximate, exact = RecommenderCore(blend), RecommenderCore(blend)
+    approximate.swap(indexed)
+    exact.swap(dataclasses.replace(indexed, ann=None))
+    buyers = np.flatnonzero(np.diff(indexed.purchased_indptr) >= 3)[:60]
+    overlaps, repurchases = [], 0
+    for user in indexed.user_ids[buyers].tolist():
+        searches.clear()
+        a = approximate.recommend(user, 10)
+        assert len(searches) == 1 and a.strategy == "blend"
+        e = exact.recommend(user, 10)
+        overlaps.append(len({i.item_id for i in a.items} & {i.item_id for i in e.items}) / 10)
+        repurchases += any(i.reason == "repurchase" for i in a.items)
+    assert np.mean(overlaps) >= 0.9, np.mean(overlaps)
+    assert repurchases > 30, "bought items are lifted into most lists"

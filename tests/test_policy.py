@@ -17,7 +17,7 @@ from recsvc.config import (
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
-from recsvc.serving.policy import top_spread
+from recsvc.serving.policy import REPURCHASE_LIFT, top_spread
 from recsvc.serving.values import Filters
 from recsvc.training.pipeline import TrainResult
 
@@ -197,3 +197,23 @@ def test_the_unit_of_a_boost_is_the_spread_of_the_best_scores() -> None:
     assert top_spread(np.array([0.0, 4.0])) == pytest.approx(2.0)
     assert top_spread(np.array([2.0, 2.0, 2.0])) == 1.0, "equal scores have none either"
     assert top_spread(np.array([1.0, np.inf, -np.inf, np.nan, 3.0])) == pytest.approx(1.0)
+
+
+def test_the_blend_lifts_bought_items_by_how_strongly_they_were_bought(
+    published: PublishedModel,
+) -> None:
+    core = _core(published, lifecycle=_everyone("blend"))
+    user = int(np.argmax(np.diff(published.purchased_indptr)))
+    scores = published.model.score(np.array([user]))[0]
+    items, confidences = published.history_of(user)
+    known = dict(zip(items.tolist(), confidences.tolist(), strict=True))
+    strength = {int(i): known.get(int(i), 1.0) for i in published.purchased_by(user).tolist()}
+    unit = REPURCHASE_LIFT * top_spread(scores) / max(strength.values())
+    listed = core.recommend(str(published.user_ids[user]), 50)
+    assert listed.strategy == "blend"
+    for entry in listed.items:
+        item = published.item_index(entry.item_id)
+        lift = unit * strength[item] if item in strength else 0.0
+        assert entry.score == pytest.approx(scores[item] + lift, rel=1e-4, abs=1e-5)
+        assert (entry.reason == "repurchase") == (item in strength)
+    assert any(entry.reason == "repurchase" for entry in listed.items)

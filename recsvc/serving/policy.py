@@ -146,26 +146,58 @@ class RankingPolicy:
 
     def _blend(self, ask: Ask) -> Pick | None:
         """The model's scores with what the user bought before lifted by how strongly they
-        bought it (see REPURCHASE_LIFT); None for a user who bought nothing."""
+        bought it (see REPURCHASE_LIFT); None for a user who bought nothing. Through the
+        approximate index where the model has one: its candidates plus the bought items."""
         serving = ask.serving
-        items, strength = self._bought_before(serving, ask.user, ask.fresh)
-        if not items.size:
+        bought = self._bought_before(serving, ask.user, ask.fresh)
+        if not bought[0].size:
             return None
-        model = serving.published.model
+        history = None
         if ask.user is None or ask.fresh or ask.context.size:
             history = self.history_row(serving, ask.user, ask.fresh, ask.context)
-            scores = np.array(model.score_history(history)[0], dtype=np.float32)
-        else:
-            scores = np.array(model.score(np.array([ask.user]))[0], dtype=np.float32)
-        lift = np.float32(REPURCHASE_LIFT * top_spread(scores)) / strength.max()
-        scores[items] += lift * strength
-        picked = self._select(serving, scores, None, ask.k, ask.filters, ask.banned)
-        again = set(items.tolist())
+        picked = self._blend_approximate(ask, bought, history)
+        if picked is None:
+            model = serving.published.model
+            scores = np.array(
+                model.score(np.array([ask.user]))[0]
+                if history is None
+                else model.score_history(history)[0],
+                dtype=np.float32,
+            )
+            _lift(scores, *bought)
+            picked = self._select(serving, scores, None, ask.k, ask.filters, ask.banned)
+        again = set(bought[0].tolist())
         reasons = {
             int(i): REASON_REPURCHASE if int(i) in again else REASON_PERSONAL
             for i in picked[0].tolist()
         }
         return Pick(picked, REASON_PERSONAL, False, reasons)
+
+    def _blend_approximate(
+        self, ask: Ask, bought: tuple[np.ndarray, np.ndarray], history: sp.csr_matrix | None
+    ) -> Picked | None:
+        serving = ask.serving
+        if serving.ann is None or ask.context.size:
+            return None
+        model = serving.published.model
+        query = (
+            np.asarray(model.user_factors[ask.user], dtype=np.float32)  # type: ignore[attr-defined]
+            if history is None
+            else serving.fold_in(history)
+        )
+        if query is None:
+            return None
+        items, strength = bought
+        excluded = sum(b.size for b in ask.banned)
+        wanted = min(serving.n_items, max(ANN_CANDIDATES, ANN_PER_RESULT * (ask.k + excluded)))
+        ids, _ = serving.ann.search(query[None, :], wanted)
+        candidates = np.union1d(ids[0][ids[0] >= 0], items)
+        # Exact scores of the few candidates: the factors' inner products, as the model's own.
+        scores = model.item_factors[candidates] @ query  # type: ignore[attr-defined]
+        scores = np.asarray(scores, dtype=np.float32)
+        _lift(scores, np.searchsorted(candidates, items), strength)
+        picked = self._select(serving, scores, candidates, ask.k, ask.filters, ask.banned)
+        return picked if picked[0].size >= ask.k else None
 
     def _non_personal(self, ask: Ask, trending: bool) -> Pick:
         model = ask.serving.published
@@ -538,6 +570,13 @@ def _scored_items(model: PublishedModel, pick: Pick) -> tuple[ScoredItem, ...]:
         return tuple(ScoredItem(i, s, pick.reason) for i, s in pairs)
     why = [str(pick.reasons[i]) or pick.reason for i in picked_ids.tolist()]
     return tuple(ScoredItem(i, s, w) for (i, s), w in zip(pairs, why, strict=True))
+
+
+def _lift(scores: np.ndarray, positions: np.ndarray, strength: np.ndarray) -> None:
+    """Lifts `scores` at `positions` by up to REPURCHASE_LIFT spreads of the best scores, in
+    proportion to `strength` (the blend strategy's repurchase component)."""
+    unit = REPURCHASE_LIFT * top_spread(scores) / float(strength.max())
+    scores[positions] += (unit * strength).astype(np.float32)
 
 
 def top_spread(scores: np.ndarray) -> float:
