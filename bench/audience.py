@@ -110,7 +110,7 @@ def cut_and_fit(name: str, work: Path, progress: Progress) -> CutLog:
     train_part = dataclasses.replace(dataset, events=before)
 
     interactions = build_interactions(before, config.signals)
-    names, skipped = candidates(config, interactions.shape[1])
+    names, skipped = candidates(config, interactions.shape)
     selection, _ = select_model(
         names, skipped, validation_holdout(before, config), train_part, config, progress
     )

@@ -50,7 +50,7 @@ def run(name: str, work: Path, progress: Progress) -> None:
     outer, train_part = quality.prepare(name, work, config, progress)
     inner = validation_holdout(outer.train_events, config)
     assert inner is not None
-    families, _ = candidates(config, outer.train.shape[1])  # EASE only where it fits
+    families, _ = candidates(config, outer.train.shape)  # EASE only where it fits
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for label, holdout in (("validation", inner), ("test", outer)):
         with progress.stage(f"{name}: {label}"):

@@ -12,8 +12,8 @@ happens in var/mutation/, where the layers above the library sit inside recsvc/ 
 names say (recsvc/training, recsvc/service, ...). Results stay there between runs; a changed
 function is tested again.
 
-    python bench/mutation.py               # run what is not yet run, then report
-    python bench/mutation.py --survivors   # test the survivors again (after new tests)
+    python bench/mutation.py               # run what is not yet run and the survivors, report
+    python bench/mutation.py --survivors   # test only the survivors again (after new tests)
     python bench/mutation.py --report      # report the results already there
 """
 
@@ -201,6 +201,16 @@ def survivors() -> list[str]:
     )
 
 
+def not_run() -> list[str]:
+    """Mutants of every area that have no result yet."""
+    patterns = [p for area in AREAS.values() for p in area]
+    return sorted(
+        name
+        for name, code in results().items()
+        if code is None and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    )
+
+
 def report() -> int:
     codes, equivalent = results(), equivalents()
     print(f"{'area':<34}{'mutants':>8}{'killed':>8}{'equiv.':>8}{'survived':>9}{'score':>8}")
@@ -225,7 +235,7 @@ def report() -> int:
 
 
 def run(max_children: int, names: list[str] | None = None) -> None:
-    """Runs mutmut on every area's mutants not yet run, or again on `names`."""
+    """Runs mutmut on every area's mutants not yet run, or on `names`."""
     stage()
     env = {
         **os.environ,
@@ -255,7 +265,10 @@ def main() -> int:
     if args.survivors:
         run(args.max_children, survivors())
     elif not args.report:
-        run(args.max_children)
+        # One mutmut run (one pass of its test-coverage stats): mutants changed or never run,
+        # and survivors, which new tests may kill.
+        stage()
+        run(args.max_children, sorted({*not_run(), *survivors()}) or None)
     return report()
 
 

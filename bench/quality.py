@@ -232,7 +232,7 @@ def run_dataset(name: str, work: Path, families: list[str], progress: Progress) 
 
     # The default choice sees only the training period, as a scheduled `recsvc train` would.
     started = time.perf_counter()
-    names, skipped = candidates(config, outer.train.shape[1])
+    names, skipped = candidates(config, outer.train.shape)
     inner = validation_holdout(outer.train_events, config)
     selection, _ = select_model(names, skipped, inner, train_part, config, progress)
     chosen = selection["selected"]

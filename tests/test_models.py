@@ -290,9 +290,40 @@ class TestEASE(RecommenderContract):
     def make(self) -> Recommender:
         return EASERecommender(l2=10.0)
 
-    def test_refuses_large_catalogues(self) -> None:
-        with pytest.raises(ValueError, match="at most 5 items"):
+    def test_refuses_large_catalogues_with_many_users(self) -> None:
+        with pytest.raises(ValueError, match="at most 5, got"):
             EASERecommender(max_items=5).fit(block_matrix())
+
+
+class TestEASEDual:
+    """More items than `max_items` but few users: EASE from the users' side (Woodbury)."""
+
+    def wide(self) -> sp.csr_matrix:
+        return block_matrix().T.tocsr()[:12]  # 12 users x 40 items
+
+    def test_the_dual_form_is_exactly_the_primal(self) -> None:
+        matrix = self.wide()
+        primal = EASERecommender(l2=10.0).fit(matrix)
+        dual = EASERecommender(l2=10.0, max_items=matrix.shape[0]).fit(matrix)
+        assert dual.dual and not primal.dual and dual.weights.size == 0
+        users, items = np.arange(matrix.shape[0]), np.arange(matrix.shape[1])
+        np.testing.assert_allclose(dual.score(users), primal.score(users), atol=1e-4)
+        np.testing.assert_allclose(dual.score(users[:1]), primal.score(users[:1]), atol=1e-4)
+        np.testing.assert_allclose(dual.item_rows(items), primal.item_rows(items), atol=1e-4)
+        np.testing.assert_allclose(
+            dual.item_columns(items[:3]), primal.item_columns(items[:3]), atol=1e-4
+        )
+        assert np.array_equal(
+            dual.similar_items(items[:2], 5)[0], primal.similar_items(items[:2], 5)[0]
+        )
+
+    def test_save_and_load_keep_the_dual_form(self, tmp_path: Path) -> None:
+        matrix = self.wide()
+        dual = EASERecommender(l2=10.0, max_items=matrix.shape[0]).fit(matrix)
+        dual.save(tmp_path / "m")
+        loaded = EASERecommender.load(tmp_path / "m")
+        assert loaded.dual
+        np.testing.assert_allclose(loaded.score(np.arange(12)), dual.score(np.arange(12)))
 
 
 class TestLightFM(RecommenderContract):

@@ -104,12 +104,15 @@ def fit_model(model: Recommender, interactions: Interactions, dataset: Dataset) 
     return model.fit(interactions.confidence)
 
 
-def candidates(config: Config, n_items: int) -> tuple[list[str], dict[str, str]]:
-    """The model types to try, and why any configured one was skipped."""
+def candidates(config: Config, shape: tuple[int, int]) -> tuple[list[str], dict[str, str]]:
+    """The model types to try for a users x items matrix, and why any configured one was
+    skipped (EASE needs the catalogue or the user base within model.ease.max_items)."""
     names = list(config.model.candidates) if config.model.type == "auto" else [config.model.type]
     skipped = {}
-    if "ease" in names and n_items > config.model.ease.max_items:
-        skipped["ease"] = f"{n_items} items > model.ease.max_items {config.model.ease.max_items}"
+    n_users, n_items = shape
+    limit = config.model.ease.max_items
+    if "ease" in names and min(n_users, n_items) > limit:
+        skipped["ease"] = f"{n_items} items and {n_users} users > model.ease.max_items {limit}"
         names.remove("ease")
     if not names:
         raise BadInput("no model to train: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
@@ -177,7 +180,7 @@ def train(
         tally.count, tally.unit = interactions.confidence.nnz, "user-item pairs"
     progress.say(f"{interactions.shape[0]:,} users x {interactions.shape[1]:,} items")
 
-    names, skipped = candidates(config, interactions.shape[1])
+    names, skipped = candidates(config, interactions.shape)
     with progress.stage("holdout split"):
         holdout = validation_holdout(events, config)
     evaluation, fitted = select_model(names, skipped, holdout, dataset, config, progress)

@@ -41,8 +41,11 @@ def evaluate_models(
         )
     dataset, _ = ingest_and_clean(inputs, config, out_dir / "rejects", progress)
     events = dataset.events
-    n_items = pc.count_distinct(events.column("item_id")).as_py()
-    names, skipped = candidates(config, n_items)
+    shape = (
+        pc.count_distinct(events.column("user_id")).as_py(),
+        pc.count_distinct(events.column("item_id")).as_py(),
+    )
+    names, skipped = candidates(config, shape)
     holdout = validation_holdout(events, config)
     if holdout is None:
         raise BadInput("too little data for a holdout: nothing to evaluate")

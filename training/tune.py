@@ -120,7 +120,7 @@ def tune(
             config,
             model=dataclasses.replace(config.model, type="auto", candidates=models or TUNABLE),
         ),
-        outer.train.shape[1],
+        outer.train.shape,
     )
     unknown = sorted(set(names) - set(TUNABLE))
     if unknown:

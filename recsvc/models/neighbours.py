@@ -232,12 +232,19 @@ def _row_stochastic(matrix: sp.csr_matrix) -> sp.csr_matrix:
 class EASERecommender(ItemBasedRecommender):
     """EASE (Steck 2019): a closed-form item-item linear model; strong on small catalogues.
 
-    Needs an n_items x n_items dense inverse, so it refuses catalogues above `max_items`.
+    B = I - P diag(1/diag(P)) with P = (X'X + l2 I)^-1, the diagonal of B zero. With at most
+    `max_items` items, P is inverted directly (the primal form, an items x items matrix).
+    With more items but at most `max_items` users, the same P comes from the users' side by
+    the Woodbury identity, P = (I - X' K X) / l2 with K = (l2 I + X X')^-1 (users x users):
+    exact EASE, and no items x items matrix is ever formed (the dual form). Catalogues and user
+    bases both above `max_items` are refused.
     """
 
     model_type: ClassVar[str] = "ease"
     array_names: ClassVar[tuple[str, ...]] = (
         "weights",
+        "dual_kernel",
+        "precision_diagonal",
         "user_items_data",
         "user_items_indices",
         "user_items_indptr",
@@ -249,28 +256,86 @@ class EASERecommender(ItemBasedRecommender):
 
     @property
     def n_items(self) -> int:
-        return int(self.weights.shape[0])
+        return int(self.weights.shape[0] or self.precision_diagonal.shape[0])
+
+    @property
+    def dual(self) -> bool:
+        return bool(self.dual_kernel.size)
 
     def fit(self, user_items: sp.csr_matrix) -> Self:
         matrix = check_user_items(user_items)
-        if matrix.shape[1] > self.max_items:
+        n_users, n_items = matrix.shape
+        if min(n_users, n_items) > self.max_items:
             raise ValueError(
-                f"EASE needs a catalogue of at most {self.max_items} items, got {matrix.shape[1]}"
+                f"EASE needs a catalogue or a user base of at most {self.max_items}, got "
+                f"{n_items} items and {n_users} users"
             )
-        gram = (matrix.T @ matrix).toarray().astype(np.float64)
-        gram[np.diag_indices_from(gram)] += self.l2
-        inverse = np.linalg.inv(gram)
-        weights = -inverse / np.diag(inverse)[None, :]
-        np.fill_diagonal(weights, 0.0)
-        self.weights = weights.astype(np.float32)
+        if n_items <= self.max_items:
+            gram = (matrix.T @ matrix).toarray().astype(np.float64)
+            gram[np.diag_indices_from(gram)] += self.l2
+            inverse = np.linalg.inv(gram)
+            weights = -inverse / np.diag(inverse)[None, :]
+            np.fill_diagonal(weights, 0.0)
+            self.weights = weights.astype(np.float32)
+            self.dual_kernel = np.zeros((0, 0), dtype=np.float32)
+            self.precision_diagonal = np.zeros(0, dtype=np.float32)
+        else:
+            x = sp.csr_matrix(matrix, dtype=np.float64)
+            outer = (x @ x.T).toarray()
+            outer[np.diag_indices_from(outer)] += self.l2
+            kernel = np.linalg.inv(outer)
+            # diag(P)_j = (1 - x_j' K x_j) / l2, x_j the users' column of item j.
+            columns = sp.csc_matrix(x)
+            quadratic = np.asarray(columns.multiply(kernel @ columns).sum(axis=0)).ravel()
+            self.weights = np.zeros((0, 0), dtype=np.float32)
+            self.dual_kernel = kernel.astype(np.float32)
+            self.precision_diagonal = ((1.0 - quadratic) / self.l2).astype(np.float32)
         self._keep_history(matrix)
         return self
 
+    def _fitted_matrix(self) -> sp.csr_matrix:
+        return self.history(np.arange(self.user_items_indptr.size - 1))
+
+    def _precision_rows(self, rows: sp.csr_matrix) -> np.ndarray:
+        """rows @ P in the dual form: (rows - rows X' K X) / l2, never items x items."""
+        x = self._fitted_matrix()
+        through_users = (rows @ x.T).toarray() @ self.dual_kernel
+        back = np.asarray(x.T @ through_users.T).T
+        return ((rows.toarray() - back) / self.l2).astype(np.float32)
+
+    def score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        if not self.dual:
+            return super().score_history(history)
+        history = sp.csr_matrix(history, dtype=np.float32)
+        # s = h B with B = -P D^-1 off the diagonal: h - (h P) / diag(P).
+        return (history.toarray() - self._precision_rows(history) / self.precision_diagonal).astype(
+            np.float32
+        )
+
     def item_rows(self, items: np.ndarray) -> np.ndarray:
-        return np.asarray(self.weights[items])
+        if not self.dual:
+            return np.asarray(self.weights[items])
+        unit = sp.csr_matrix(
+            (np.ones(items.size, dtype=np.float32), items, np.arange(items.size + 1)),
+            shape=(items.size, self.n_items),
+        )
+        rows = -self._precision_rows(unit) / self.precision_diagonal[None, :]
+        rows[np.arange(items.size), items] = 0.0
+        return rows
 
     def item_columns(self, items: np.ndarray) -> np.ndarray:
-        return np.asarray(self.weights[:, items])
+        if not self.dual:
+            return np.asarray(self.weights[:, items])
+        # P is symmetric: its columns are its rows.
+        unit = sp.csr_matrix(
+            (np.ones(items.size, dtype=np.float32), items, np.arange(items.size + 1)),
+            shape=(items.size, self.n_items),
+        )
+        columns = -self._precision_rows(unit).T / self.precision_diagonal[items][None, :]
+        columns[items, np.arange(items.size)] = 0.0
+        return columns
 
     def score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        if self.dual:
+            return super().score_items(items, weights)
         return np.asarray(weights @ self.weights[items], dtype=np.float32)
