@@ -243,7 +243,7 @@ def run_dataset(name: str, work: Path, families: list[str], progress: Progress) 
     variant = outer.variant
     rows: dict[str, dict] = {}
     for family in families:
-        if family == "ease" and outer.train.shape[1] > config.model.ease.max_items:
+        if family == "ease" and min(outer.train.shape) > config.model.ease.max_items:
             continue
         with progress.stage(f"{name}: fit and score {family}"):
             start = time.perf_counter()
