@@ -2,7 +2,8 @@
 exports, audiences and the evaluation of what is served alike.
 
 A list is built in three steps: the candidates and what is banned from them (exclusions,
-purchases, seen items), the strategy (an experiment's variant first, then the lifecycle stage's;
+purchases, seen items), the strategy (an experiment's variant first, then the lifecycle stage's,
+which training chooses on data where the config says "auto": repurchase, the model blended with
 repurchase, popular, trending, or the model: personal, session, hybrid or popular fallback), then
 the selection (filters, boosts and the per-category cap, top k), exactly or through the
 approximate index.
