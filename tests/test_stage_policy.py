@@ -92,3 +92,23 @@ def test_served_lists_beat_popularity_clearly_with_the_shipped_defaults(
     assert served > 1.5 * popular, (served, popular)
     # The table shipped before (lapsed users: repurchase) served them trending items here.
     assert served > 1.3 * fixed_table, (served, fixed_table)
+
+
+def test_a_log_without_time_is_never_served_repurchase(
+    shop_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every event at one instant: the holdout is a random share of each user's events, and
+    nothing was bought before anything else."""
+    events = pa_csv.read_csv(shop_dir / "events.csv")
+    one_instant = events.set_column(
+        events.schema.get_field_index("timestamp"),
+        "timestamp",
+        pa.array(["2026-11-01T00:00:00Z"] * events.num_rows),
+    )
+    directory = tmp_path_factory.mktemp("timeless")
+    pa_csv.write_csv(one_instant, directory / "events.csv")
+    result = train_once(
+        "timeless", TrainInputs(directory / "events.csv"), directory / "m", Config()
+    )
+    assert result.manifest["evaluation"]["holdout"]["method"] == "per_user"
+    assert set(result.manifest["serving"]["lifecycle"].values()) <= {"personal", "trending"}

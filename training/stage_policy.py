@@ -6,8 +6,10 @@ fitted on the validation split's training part is wrapped as a published model i
 and every validation user's list comes from `RankingPolicy.compute` with the serving rules of
 the config, so the evaluation is of served lists, not of raw scores. Per stage, the strategy
 with the highest NDCG@10 wins; a stage with too few validation users takes the winner over
-all users. Where the log has no repeats (models are judged on unseen items and the server
-excludes what users have seen), repurchase and the blend are never candidates.
+all users. Repurchase and the blend are candidates only where users come back to what they
+know (models are judged on all items) and the log has an order in time: where it has no repeats
+the server excludes what users have seen, and where every event has one timestamp (the holdout
+is a random share of each user's events) nothing was bought "before" anything else.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def choose_stage_strategies(
 ) -> dict[str, Any]:
     """{"lifecycle": stage -> strategy, "evidence": per stage NDCG of each, "reason": why}."""
     serving = _validation_serving(holdout, model, fallback, items, dataset, config)
-    strategies = WITH_REPEATS if holdout.variant == "all" else WITHOUT_REPEATS
+    ordered_repeats = holdout.variant == "all" and holdout.method != "per_user"
+    strategies = WITH_REPEATS if ordered_repeats else WITHOUT_REPEATS
     truth = holdout.test
     if holdout.variant == "unseen":  # judged on items the user has not touched, as models are
         truth = (truth - truth.multiply(holdout.train.confidence > 0)).tocsr()
