@@ -136,7 +136,9 @@ KILLED = {
 
 
 def stage() -> None:
-    """The code and tests in var/mutation/, laid out by import name, with mutmut's config."""
+    """The code and tests in var/mutation/, laid out by import name, with mutmut's config;
+    models cached for the tests are dropped, to be trained again by this code."""
+    shutil.rmtree(STAGE / "model-cache", ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "mutants")
     for folder, target in LAYOUT.items():
         shutil.copytree(ROOT / folder, STAGE / target, ignore=ignore, dirs_exist_ok=True)
@@ -187,10 +189,10 @@ def results() -> dict[str, int | None]:
     return codes
 
 
-def survivors() -> list[str]:
-    """Survivors not judged equivalent, in every area."""
+def survivors(areas: list[str] | None = None) -> list[str]:
+    """Survivors not judged equivalent, in the areas (all by default)."""
     codes, equivalent = results(), equivalents()
-    patterns = [p for area in AREAS.values() for p in area]
+    patterns = [p for area in areas or AREAS for p in AREAS[area]]
     return sorted(
         name
         for name, code in codes.items()
@@ -201,9 +203,9 @@ def survivors() -> list[str]:
     )
 
 
-def not_run() -> list[str]:
-    """Mutants of every area that have no result yet."""
-    patterns = [p for area in AREAS.values() for p in area]
+def not_run(areas: list[str] | None = None) -> list[str]:
+    """Mutants of the areas (all by default) that have no result yet."""
+    patterns = [p for area in areas or AREAS for p in AREAS[area]]
     return sorted(
         name
         for name, code in results().items()
@@ -261,14 +263,19 @@ def main() -> int:
     parser.add_argument("--report", action="store_true", help="only report existing results")
     parser.add_argument("--survivors", action="store_true", help="test the survivors again")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--area", action="append", choices=list(AREAS), help="only this area (repeatable)"
+    )
     args = parser.parse_args()
     if args.survivors:
-        run(args.max_children, survivors())
+        run(args.max_children, survivors(args.area))
     elif not args.report:
-        # One mutmut run (one pass of its test-coverage stats): mutants changed or never run,
-        # and survivors, which new tests may kill.
+        # Mutants changed or never run, and survivors, which new tests may kill. (Naming them
+        # is what makes mutmut test them again; a run without names would redo every mutant.)
         stage()
-        run(args.max_children, sorted({*not_run(), *survivors()}) or None)
+        names = sorted({*not_run(args.area), *survivors(args.area)})
+        if names:
+            run(args.max_children, names)
     return report()
 
 

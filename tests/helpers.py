@@ -66,7 +66,8 @@ def train_once(name: str, inputs, model_dir: Path, config):
         return TrainResult(version, model_dir, PublishedModel.load(store.path(version)).manifest)
     with open(os.devnull, "w") as quiet:
         result = train(inputs, model_dir, config, progress=Progress("train", quiet))
-    if cached is not None:
+    # Only the unmutated code fills the cache: a mutant's model must never serve the next mutant.
+    if cached is not None and "__mutmut_" not in os.environ.get("MUTANT_UNDER_TEST", ""):
         cached.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cached.parent))
         shutil.copytree(model_dir, staging, dirs_exist_ok=True)
