@@ -124,6 +124,26 @@ AREAS: dict[str, list[str]] = {
     "experiments' statistics": ["recsvc.experiments.*"],
     "model store": ["recsvc.modelstore.*"],
 }
+# Area -> the fast tests that judge it (an --area run collects only these): the training tests
+# reach ingest and the policy too, but repeat what these check at many times the cost.
+AREA_TESTS: dict[str, list[str]] = {
+    "request validation and filters": [
+        "tests/test_validation.py", "tests/test_core.py", "tests/test_policy.py",
+    ],
+    "ranking policy and rules": [
+        "tests/test_core.py", "tests/test_policy.py", "tests/test_ann.py",
+        "tests/test_marketing.py",
+    ],
+    "quality gate": ["tests/test_retraining_job.py"],
+    "holdout and tuning": ["tests/test_training.py"],
+    "ingest validation": ["tests/test_ingest.py"],
+    "deletion": [
+        "tests/test_deletion.py", "tests/test_core.py", "tests/test_eventstore.py",
+        "tests/test_retraining_job.py",
+    ],
+    "experiments' statistics": ["tests/test_experiments.py"],
+    "model store": ["tests/test_modelstore.py", "tests/test_retraining_job.py"],
+}  # fmt: skip
 KILLED = {
     1,
     3,
@@ -135,7 +155,7 @@ KILLED = {
 }  # a failing test, or a mutant that never finishes
 
 
-def stage() -> None:
+def stage(tests: list[str] | None = None) -> None:
     """The code and tests in var/mutation/, laid out by import name, with mutmut's config;
     models cached for the tests are dropped, to be trained again by this code."""
     shutil.rmtree(STAGE / "model-cache", ignore_errors=True)
@@ -147,7 +167,7 @@ def stage() -> None:
             "tool.mutmut": {
                 "source_paths": ["recsvc"],
                 "only_mutate": MUTATED,
-                "pytest_add_cli_args_test_selection": TESTS,
+                "pytest_add_cli_args_test_selection": tests or TESTS,
                 "pytest_add_cli_args": [
                     "-p", "no:cacheprovider", "-q", "--timeout=600",
                     *[arg for test in LEFT_OUT for arg in ("--deselect", test)],
@@ -236,9 +256,9 @@ def report() -> int:
     return 1 if missed else 0
 
 
-def run(max_children: int, names: list[str] | None = None) -> None:
-    """Runs mutmut on every area's mutants not yet run, or on `names`."""
-    stage()
+def run(max_children: int, names: list[str] | None = None, tests: list[str] | None = None) -> None:
+    """Runs mutmut on every area's mutants not yet run, or on `names`, judged by `tests`."""
+    stage(tests)
     env = {
         **os.environ,
         "OPENBLAS_NUM_THREADS": "1",
@@ -268,14 +288,16 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.survivors:
-        run(args.max_children, survivors(args.area))
+        tests = sorted({t for area in args.area for t in AREA_TESTS[area]}) if args.area else None
+        run(args.max_children, survivors(args.area), tests)
     elif not args.report:
         # Mutants changed or never run, and survivors, which new tests may kill. (Naming them
         # is what makes mutmut test them again; a run without names would redo every mutant.)
-        stage()
+        tests = sorted({t for area in args.area for t in AREA_TESTS[area]}) if args.area else None
+        stage(tests)
         names = sorted({*not_run(args.area), *survivors(args.area)})
         if names:
-            run(args.max_children, names)
+            run(args.max_children, names, tests)
     return report()
 
 
