@@ -7,12 +7,12 @@ Survivors judged equivalent (no test could tell them from the original) are list
 reason in tests/mutation_equivalents.txt and reported apart; every other survivor is a test to
 write.
 
-mutmut mutates a copy of the code found by folder, and imports must find the copy: the run
-happens in var/mutation/, where the layers above the library sit inside recsvc/ as the import
-names say (recsvc/training, recsvc/service, ...). Results stay there between runs; a changed
-function is tested again.
+mutmut mutates a copy of the code found by folder, and imports must find the copy: each area
+runs in its own folder of var/mutation/, judged by its own fast tests (AREA_TESTS), where the
+layers above the library sit inside recsvc/ as the import names say (recsvc/training, ...).
+Results stay there between runs; a changed function is tested again.
 
-    python bench/mutation.py               # run what is not yet run and the survivors, report
+    python bench/mutation.py [--area A]    # run what is not yet run and the survivors, report
     python bench/mutation.py --survivors   # test only the survivors again (after new tests)
     python bench/mutation.py --report      # report the results already there
 """
@@ -23,6 +23,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,21 +55,8 @@ MUTATED = [
     "recsvc/training/tune.py",
     "recsvc/training/pipeline.py",
 ]
-# Only in-process tests see the mutants; these reach the code only through a subprocess (the
-# installed, unmutated code) or repeat a whole training run a faster test already covers.
-TESTS = [
-    "tests/test_ann.py",
-    "tests/test_config.py",
-    "tests/test_core.py",
-    "tests/test_experiments.py",
-    "tests/test_eventstore.py",
-    "tests/test_ingest.py",
-    "tests/test_retraining_job.py",
-    "tests/test_training.py",
-    "tests/test_marketing.py",
-    "tests/test_modelstore.py",
-    "tests/test_validation.py",
-]
+# Tests that reach the code only through a subprocess (the installed, unmutated code) or
+# repeat a whole training run a faster test already covers: never selected.
 LEFT_OUT = [
     "tests/test_retraining_job.py::test_sigkill_during_publish_leaves_the_previous_model_current",
     "tests/test_eventstore.py::test_processes_opening_a_new_store_together_all_succeed",
@@ -155,19 +143,32 @@ KILLED = {
 }  # a failing test, or a mutant that never finishes
 
 
-def stage(tests: list[str] | None = None) -> None:
-    """The code and tests in var/mutation/, laid out by import name, with mutmut's config;
-    models cached for the tests are dropped, to be trained again by this code."""
-    shutil.rmtree(STAGE / "model-cache", ignore_errors=True)
+def area_dir(area: str) -> Path:
+    return STAGE / re.sub(r"[^a-z]+", "-", area.lower()).strip("-")
+
+
+def area_files(area: str) -> list[str]:
+    """The staged files holding an area's functions (from its mutmut name patterns)."""
+    modules = {re.split(r"\.x[_ǁ]", pattern)[0] for pattern in AREAS[area]}
+    return sorted(module.replace(".", "/") + ".py" for module in modules)
+
+
+def stage(area: str) -> None:
+    """The code and tests in the area's folder of var/mutation/, laid out by import name, with
+    mutmut's config for that area alone; models cached for its tests are dropped, to be
+    trained again by this code. Each area has its own folder because mutmut drops every result
+    of a folder whose test selection changes."""
+    target_dir = area_dir(area)
+    shutil.rmtree(target_dir / "model-cache", ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "mutants")
     for folder, target in LAYOUT.items():
-        shutil.copytree(ROOT / folder, STAGE / target, ignore=ignore, dirs_exist_ok=True)
+        shutil.copytree(ROOT / folder, target_dir / target, ignore=ignore, dirs_exist_ok=True)
     settings = tomllib_dump(
         {
             "tool.mutmut": {
                 "source_paths": ["recsvc"],
-                "only_mutate": MUTATED,
-                "pytest_add_cli_args_test_selection": tests or TESTS,
+                "only_mutate": area_files(area),
+                "pytest_add_cli_args_test_selection": AREA_TESTS[area],
                 "pytest_add_cli_args": [
                     "-p", "no:cacheprovider", "-q", "--timeout=600",
                     *[arg for test in LEFT_OUT for arg in ("--deselect", test)],
@@ -179,7 +180,7 @@ def stage(tests: list[str] | None = None) -> None:
             "tool.pytest.ini_options": {"testpaths": ["tests"], "timeout": 300},
         }
     )  # fmt: skip
-    (STAGE / "pyproject.toml").write_text(settings)
+    (target_dir / "pyproject.toml").write_text(settings)
 
 
 def tomllib_dump(tables: dict[str, dict[str, object]]) -> str:
@@ -201,54 +202,48 @@ def equivalents() -> dict[str, str]:
     return found
 
 
-def results() -> dict[str, int | None]:
-    """Every mutant's exit code from mutmut's records (None: not run yet)."""
+def results(area: str) -> dict[str, int | None]:
+    """Exit code of each of the area's mutants, from its folder's records (None: not run)."""
     codes: dict[str, int | None] = {}
-    for meta in (STAGE / "mutants").rglob("*.meta"):
+    for meta in (area_dir(area) / "mutants").rglob("*.meta"):
         codes.update(json.loads(meta.read_text())["exit_code_by_key"])
-    return codes
-
-
-def survivors(areas: list[str] | None = None) -> list[str]:
-    """Survivors not judged equivalent, in the areas (all by default)."""
-    codes, equivalent = results(), equivalents()
-    patterns = [p for area in areas or AREAS for p in AREAS[area]]
-    return sorted(
-        name
+    return {
+        name: code
         for name, code in codes.items()
-        if code is not None
-        and code not in KILLED
-        and name not in equivalent
-        and any(fnmatch.fnmatchcase(name, p) for p in patterns)
-    )
+        if any(fnmatch.fnmatchcase(name, p) for p in AREAS[area])
+    }
 
 
-def not_run(areas: list[str] | None = None) -> list[str]:
-    """Mutants of the areas (all by default) that have no result yet."""
-    patterns = [p for area in areas or AREAS for p in AREAS[area]]
+def survivors(area: str) -> list[str]:
+    """The area's survivors not judged equivalent."""
+    equivalent = equivalents()
     return sorted(
         name
-        for name, code in results().items()
-        if code is None and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        for name, code in results(area).items()
+        if code is not None and code not in KILLED and name not in equivalent
     )
+
+
+def not_run(area: str) -> list[str]:
+    return sorted(name for name, code in results(area).items() if code is None)
 
 
 def report() -> int:
-    codes, equivalent = results(), equivalents()
+    equivalent = equivalents()
     print(f"{'area':<34}{'mutants':>8}{'killed':>8}{'equiv.':>8}{'survived':>9}{'score':>8}")
     missed = 0
-    for area, patterns in AREAS.items():
-        names = [n for n in codes if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-        run = [n for n in names if codes[n] is not None]
+    for area in AREAS:
+        codes = results(area)
+        run = [n for n, code in codes.items() if code is not None]
         killed = [n for n in run if codes[n] in KILLED]
         same = [n for n in run if n not in killed and n in equivalent]
         survived = sorted(set(run) - set(killed) - set(same))
         scored = len(run) - len(same)
         score = len(killed) / scored if scored else 1.0
-        missed += score < 0.85
-        waiting = f"  ({len(names) - len(run)} not run)" if len(run) < len(names) else ""
+        missed += score < 0.85 or len(run) < len(codes) or not codes
+        waiting = f"  ({len(codes) - len(run)} not run)" if len(run) < len(codes) else ""
         print(
-            f"{area:<34}{len(names):>8}{len(killed):>8}{len(same):>8}{len(survived):>9}"
+            f"{area:<34}{len(codes):>8}{len(killed):>8}{len(same):>8}{len(survived):>9}"
             f"{score:>8.1%}{waiting}"
         )
         for name in survived:
@@ -256,48 +251,46 @@ def report() -> int:
     return 1 if missed else 0
 
 
-def run(max_children: int, names: list[str] | None = None, tests: list[str] | None = None) -> None:
-    """Runs mutmut on every area's mutants not yet run, or on `names`, judged by `tests`."""
-    stage(tests)
+def run(area: str, max_children: int, only_survivors: bool) -> None:
+    """One mutmut run for the area: every mutant the first time; then those never run (or
+    changed since) and the survivors, which new tests may kill. Naming them is what makes
+    mutmut test them again: a run without names would redo every mutant."""
+    stage(area)
+    first = not results(area)
+    names = survivors(area) if only_survivors else sorted({*not_run(area), *survivors(area)})
+    if not first and not names:
+        return
     env = {
         **os.environ,
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         # Trained once by the unmutated code, then copied for every mutant's session.
-        "RECSVC_TEST_MODEL_CACHE": str(STAGE / "model-cache"),
+        "RECSVC_TEST_MODEL_CACHE": str(area_dir(area) / "model-cache"),
     }
-    patterns = names or [p for area in AREAS.values() for p in area]
     mutmut = Path(sys.executable).with_name("mutmut")
     started = time.perf_counter()
     subprocess.run(
-        [str(mutmut), "run", "--max-children", str(max_children), *patterns],
-        cwd=STAGE,
+        [str(mutmut), "run", "--max-children", str(max_children),
+         *(AREAS[area] if first else names)],
+        cwd=area_dir(area),
         env=env,
         check=True,
-    )
-    print(f"mutmut ran for {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    )  # fmt: skip
+    print(f"{area}: mutmut ran for {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", action="store_true", help="only report existing results")
-    parser.add_argument("--survivors", action="store_true", help="test the survivors again")
+    parser.add_argument("--survivors", action="store_true", help="test only the survivors again")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     parser.add_argument(
         "--area", action="append", choices=list(AREAS), help="only this area (repeatable)"
     )
     args = parser.parse_args()
-    if args.survivors:
-        tests = sorted({t for area in args.area for t in AREA_TESTS[area]}) if args.area else None
-        run(args.max_children, survivors(args.area), tests)
-    elif not args.report:
-        # Mutants changed or never run, and survivors, which new tests may kill. (Naming them
-        # is what makes mutmut test them again; a run without names would redo every mutant.)
-        tests = sorted({t for area in args.area for t in AREA_TESTS[area]}) if args.area else None
-        stage(tests)
-        names = sorted({*not_run(args.area), *survivors(args.area)})
-        if names:
-            run(args.max_children, names, tests)
+    if not args.report:
+        for area in args.area or AREAS:
+            run(area, args.max_children, args.survivors)
     return report()
 
 
