@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from recsvc.cli.main import main
 from recsvc.config import Config, DataConfig, EventColumns, EventNames, EventsSource
 from recsvc.errors import BadInput
-from recsvc.training.ingest import RejectsWriter, load_dataset, load_events, load_items, load_users
+from recsvc.training.ingest import (
+    RejectsWriter,
+    load_dataset,
+    load_events,
+    load_items,
+    load_users,
+    parse_timestamps_ms,
+)
 
 HEADER = "user_id,item_id,event,timestamp,quantity,price"
 NOW_MS = datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000
@@ -286,3 +293,155 @@ def test_no_row_is_ever_lost(tmp_path: Path, lines: list[str]) -> None:
         first_good = line not in BAD and line not in seen_good
         seen_good.add(line)
         assert (line_no not in rejected_lines) == first_good, (line_no, line)
+
+
+def test_bounds_are_inclusive_and_every_rejection_says_what_was_wrong(tmp_path: Path) -> None:
+    """1970 itself and a price of 0 are fine; the future limit is `max_future_hours` after now,
+    inclusive; a missing quantity is one; each detail names the field and what it should be."""
+    limit_ms = int(NOW_MS + Config().data.max_future_hours * 3_600_000)
+    events = write_lines(
+        tmp_path / "events.csv",
+        HEADER,
+        "u1,i1,purchase,1970-01-01T00:00:00Z,,0",  # 2: fine
+        "u1,i1,view,1969-12-31T23:59:59Z,,",  # 3: before 1970
+        f"u1,i2,view,{limit_ms},,",  # 4: fine, at the limit
+        f"u1,i3,view,{limit_ms + 1000},,",  # 5: past it
+        "u1,i1,purchase,2025-03-01T11:00:00Z,0,5",  # 6
+        "u1,i1,purchase,2025-03-01T11:00:00Z,1,-0.5",  # 7
+    )
+    clean, report = load(events, tmp_path / "rejects")
+    assert clean.column("item_id").to_pylist() == ["i1", "i2"]
+    assert clean.column("quantity").to_pylist() == [1.0, 1.0]
+    assert clean.column("price").to_pylist() == [0.0, None]
+    assert clean.column("timestamp_ms").to_pylist() == [0, limit_ms]
+    assert clean.column("timestamp_ms").type == pa.int64()
+    assert (report.source, report.rows_read, report.accepted) == (str(events), 6, 2)
+    assert 0 <= report.seconds < 60
+    rows = read_rejects(tmp_path / "rejects" / "events.csv.rejects.csv")
+    assert [(int(r["line"]), r["reason"], r["detail"]) for r in rows] == [
+        (3, "bad_timestamp", "timestamp is before 1970"),
+        (5, "future_timestamp", rows[1]["detail"]),
+        (6, "bad_quantity", "quantity '0' is not a positive whole number"),
+        (7, "bad_price", "price '-0.5' is not a number >= 0"),
+    ]
+    assert "future" in rows[1]["detail"]
+
+
+def test_the_wall_clock_bounds_the_future_when_no_now_is_given(tmp_path: Path) -> None:
+    hour = 3_600_000
+    now = datetime.now(UTC).timestamp() * 1000
+    events = write_lines(
+        tmp_path / "events.csv",
+        HEADER,
+        f"u1,i1,view,{int(now + hour)},,",
+        f"u1,i2,view,{int(now + 48 * hour)},,",
+    )
+    clean, report = load_events(events, Config().data, RejectsWriter(tmp_path / "rj"))
+    assert clean.column("item_id").to_pylist() == ["i1"]
+    assert report.rejected == {"future_timestamp": 1}
+
+
+def test_events_for_unknown_items_say_so(tmp_path: Path) -> None:
+    items = write_lines(tmp_path / "items.csv", "item_id,category", "i1,books")
+    events = write_lines(tmp_path / "events.csv", HEADER, "u1,i9,view,1740823200,,")
+    dataset = load_dataset(events, Config().data, items, rejects_dir=tmp_path / "rj", now_ms=NOW_MS)
+    assert dataset.events.num_rows == 0
+    rows = read_rejects(tmp_path / "rj" / "events.csv.rejects.csv")
+    assert rows[0]["detail"] == "item_id is not in the items file"
+
+
+def test_items_and_users_files_account_for_every_row(tmp_path: Path) -> None:
+    items = write_lines(
+        tmp_path / "items.csv",
+        "item_id,category,brand,price,available,tags",
+        "i1,books,acme,0,true,gift",  # 2: fine, free
+        ",books,acme,1,true,",  # 3: no id
+        "i2,toys,,,YES,",  # 4: fine, no price
+        "i3,toys",  # 5: malformed
+        "i4,toys,acme,-2,true,",  # 6
+    )
+    clean, report = load_items(items, Config().data, RejectsWriter(tmp_path / "rj"))
+    assert clean.to_pylist() == [
+        {"item_id": "i1", "category": "books", "brand": "acme", "price": 0.0,
+         "available": True, "tags": "gift"},
+        {"item_id": "i2", "category": "toys", "brand": "", "price": None,
+         "available": True, "tags": ""},
+    ]  # fmt: skip
+    assert (report.source, report.rows_read, report.accepted) == (str(items), 5, 2)
+    assert 0 <= report.seconds < 60
+    rows = read_rejects(tmp_path / "rj" / "items.csv.rejects.csv")
+    assert [(int(r["line"]), r["reason"], r["detail"]) for r in rows][:1] == [
+        (3, "missing_item_id", "item_id is empty")
+    ]
+    assert [(int(r["line"]), r["reason"]) for r in rows][1:] == [
+        (5, "malformed_row"),
+        (6, "bad_price"),
+    ]
+    assert rows[2]["detail"] == "price '-2' is not a number >= 0"
+
+    bare = write_lines(tmp_path / "bare.csv", "item_id,category", "i1,books", "i2,")
+    clean, _ = load_items(bare, Config().data, RejectsWriter(tmp_path / "rj2"))
+    assert clean.to_pylist() == [
+        {"item_id": "i1", "category": "books", "brand": "", "price": None,
+         "available": True, "tags": ""},
+    ]  # fmt: skip
+    assert read_rejects(tmp_path / "rj2" / "bare.csv.rejects.csv")[0]["detail"] == (
+        "category is empty"
+    )
+
+    users = write_lines(
+        tmp_path / "users.csv", "user_id,age_band", ",25-34", "u1,25-34", "u1,18-24", "u2"
+    )
+    clean, report = load_users(users, Config().data, RejectsWriter(tmp_path / "rj"))
+    assert clean.to_pylist() == [{"user_id": "u1", "age_band": "25-34"}]
+    assert (report.source, report.rows_read, report.accepted) == (str(users), 4, 1)
+    rows = read_rejects(tmp_path / "rj" / "users.csv.rejects.csv")
+    assert [(int(r["line"]), r["reason"], r["detail"]) for r in rows][:2] == [
+        (2, "missing_user_id", "user_id is empty"),
+        (4, "duplicate_user", "user_id already on line 3"),
+    ]
+    assert rows[2]["reason"] == "malformed_row"
+
+
+def test_typed_and_numeric_timestamp_columns_read_as_epoch_milliseconds() -> None:
+    instant = ms("2025-03-01T10:00:00+00:00")
+
+    def column(values: list, kind: pa.DataType) -> pa.ChunkedArray:
+        return pa.chunked_array([pa.array(values, kind)])
+
+    cases = [
+        column([instant * 1000], pa.timestamp("us", tz="Asia/Shanghai")),
+        column([instant // 1000], pa.timestamp("s")),
+        column([instant // 1000], pa.int64()),  # epoch seconds
+        column([instant], pa.int64()),  # epoch milliseconds
+        column([instant / 1000], pa.float64()),
+        column([str(instant)], pa.string()),
+        # One text column in several forms takes the slow path, form by form.
+        column(["2025-03-01T10:00:00Z", "2025-03-01T10:00:00", str(instant // 1000)], pa.string()),
+        column(["2025-03-01T18:00:00+08:00"], pa.string()),
+    ]
+    for case in cases:
+        assert parse_timestamps_ms(case).tolist() == [instant] * len(case), case.type
+
+
+def test_a_missing_price_is_not_the_same_event_as_any_price(tmp_path: Path) -> None:
+    events = write_lines(
+        tmp_path / "events.csv",
+        HEADER,
+        "u1,i1,purchase,2025-03-01T11:00:00Z,1,",
+        "u1,i1,purchase,2025-03-01T11:00:00Z,1,0",
+        "u1,i1,purchase,2025-03-01T11:00:00Z,1,1",
+        "u1,i1,purchase,2025-03-01T11:00:00Z,1,1",  # the one duplicate
+    )
+    clean, report = load(events, tmp_path / "rejects")
+    assert clean.column("price").to_pylist() == [None, 0.0, 1.0]
+    assert report.duplicates_dropped == 1
+
+
+def test_rejects_go_to_a_new_nested_folder_in_file_order(tmp_path: Path) -> None:
+    users = write_lines(tmp_path / "users.csv", "user_id", "u1", "u2", "u1", "u2")
+    target = tmp_path / "a" / "b" / "rejects"
+    _, report = load_users(users, Config().data, RejectsWriter(target))
+    assert report.rejects_path == str(target / "users.csv.rejects.csv")
+    rows = read_rejects(target / "users.csv.rejects.csv")
+    assert [(int(r["line"]), r["data"]) for r in rows] == [(4, "u1"), (5, "u2")]
