@@ -140,7 +140,8 @@ KILLED = {
     24,
     152,
     255,
-}  # a failing test, or a mutant that never finishes
+}  # a failing test, or a mutant that never finishes (mutmut counts both as caught)
+TIMEOUTS = {36, -24, 24, 152, 255}
 
 
 def area_dir(area: str) -> Path:
@@ -230,12 +231,16 @@ def not_run(area: str) -> list[str]:
 
 def report() -> int:
     equivalent = equivalents()
-    print(f"{'area':<34}{'mutants':>8}{'killed':>8}{'equiv.':>8}{'survived':>9}{'score':>8}")
+    print(
+        f"{'area':<34}{'mutants':>8}{'killed':>8}{'of which timeouts':>18}{'equiv.':>8}"
+        f"{'survived':>9}{'score':>8}"
+    )
     missed = 0
     for area in AREAS:
         codes = results(area)
         run = [n for n, code in codes.items() if code is not None]
         killed = [n for n in run if codes[n] in KILLED]
+        timeouts = sum(codes[n] in TIMEOUTS for n in killed)
         same = [n for n in run if n not in killed and n in equivalent]
         survived = sorted(set(run) - set(killed) - set(same))
         scored = len(run) - len(same)
@@ -243,7 +248,7 @@ def report() -> int:
         missed += score < 0.85 or len(run) < len(codes) or not codes
         waiting = f"  ({len(codes) - len(run)} not run)" if len(run) < len(codes) else ""
         print(
-            f"{area:<34}{len(codes):>8}{len(killed):>8}{len(same):>8}{len(survived):>9}"
+            f"{area:<34}{len(codes):>8}{len(killed):>8}{timeouts:>18}{len(same):>8}{len(survived):>9}"
             f"{score:>8.1%}{waiting}"
         )
         for name in survived:
