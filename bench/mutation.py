@@ -150,7 +150,7 @@ def area_dir(area: str) -> Path:
 
 def area_files(area: str) -> list[str]:
     """The staged files holding an area's functions (from its mutmut name patterns)."""
-    modules = {re.split(r"\.x[_ǁ]", pattern)[0] for pattern in AREAS[area]}
+    modules = {re.split(r"\.x[_ǁ]|\.\*$", pattern)[0] for pattern in AREAS[area]}
     return sorted(module.replace(".", "/") + ".py" for module in modules)
 
 
