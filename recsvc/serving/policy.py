@@ -577,7 +577,8 @@ def _lift(scores: np.ndarray, positions: np.ndarray, strength: np.ndarray) -> No
     """Lifts `scores` at `positions` by up to REPURCHASE_LIFT spreads of the best scores, in
     proportion to `strength` (the blend strategy's repurchase component)."""
     unit = REPURCHASE_LIFT * top_spread(scores) / float(strength.max())
-    scores[positions] += (unit * strength).astype(np.float32)
+    with np.errstate(over="ignore"):  # absurd signal weights: the lift saturates at infinity
+        scores[positions] += (unit * strength).astype(np.float32)
 
 
 def top_spread(scores: np.ndarray) -> float:
