@@ -35,7 +35,7 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving import wait_serving
 
 from recsvc.config import Config
 from recsvc.ids import sorted_positions
@@ -167,10 +167,7 @@ def served(name: str, outer: Holdout, data_dir: Path, progress: Progress) -> dic
     result = train(inputs, job / "models", Config(), progress=progress)
     job_seconds = time.perf_counter() - started
 
-    truth = outer.test
-    if outer.variant == "unseen":
-        truth = (truth - truth.multiply(outer.train.confidence > 0)).tocsr()
-        truth.eliminate_zeros()
+    truth = outer.judged
     users = np.flatnonzero(np.diff(truth.indptr))
     server = subprocess.Popen(
         [RECSVC, "serve", "--model-dir", str(job / "models"), "--port", "0"],
@@ -180,10 +177,8 @@ def served(name: str, outer: Holdout, data_dir: Path, progress: Progress) -> dic
     )
     try:
         target = _listening_on(server)
+        wait_serving(target)
         channel = grpc.insecure_channel(target)
-        health = health_pb2_grpc.HealthStub(channel)
-        while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != 1:
-            time.sleep(0.1)
         stub = pb_grpc.RecommenderStub(channel)
         scores, strategies = np.zeros(users.size), Counter()
         with progress.stage(f"{name}: Recommend for {users.size:,} test users") as tally:

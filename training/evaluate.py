@@ -62,6 +62,14 @@ class Holdout:
         return float(self.test.multiply(self.train.confidence > 0).nnz / self.test.nnz)
 
     @property
+    def judged(self) -> sp.csr_matrix:
+        """The holdout pairs the log's metric variant judges: all of them, or (variant
+        "unseen") those the user had not touched in the training part."""
+        if self.variant == "unseen":
+            return without_known(self.test, self.train.confidence)
+        return self.test
+
+    @property
     def variant(self) -> str:
         """The metric variant that judges models on this log (see the module notes)."""
         return "all" if self.repeat_share >= MIN_REPEAT_SHARE else "unseen"
@@ -229,6 +237,13 @@ def ranking_metrics(
     return {name: variant.result() for name, variant in variants.items()}
 
 
+def without_known(test: sp.csr_matrix, known: sp.csr_matrix) -> sp.csr_matrix:
+    """`test` less the pairs `known` holds."""
+    left = (test - test.multiply(known > 0)).tocsr()
+    left.eliminate_zeros()
+    return left
+
+
 def list_ndcg(ranked: np.ndarray, relevant: np.ndarray, k: int = K) -> float:
     """NDCG@k of one served list (item indices, best first) against the relevant items: the
     same definition as ranking_metrics', for lists that come from the ranking policy."""
@@ -252,8 +267,7 @@ class _Variant:
         k: int,
     ) -> None:
         if exclude is not None:
-            test = (test - test.multiply(exclude > 0)).tocsr()
-            test.eliminate_zeros()
+            test = without_known(test, exclude)
         self.test, self.exclude, self.popularity, self.k = test, exclude, popularity, k
         self.has_truth = np.diff(test.indptr) > 0
         self.discounts = 1.0 / np.log2(np.arange(2, k + 2))

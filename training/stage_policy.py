@@ -54,10 +54,7 @@ def choose_stage_strategies(
     serving = _validation_serving(holdout, model, fallback, items, dataset, config)
     ordered_repeats = holdout.variant == "all" and holdout.method != "per_user"
     strategies = WITH_REPEATS if ordered_repeats else WITHOUT_REPEATS
-    truth = holdout.test
-    if holdout.variant == "unseen":  # judged on items the user has not touched, as models are
-        truth = (truth - truth.multiply(holdout.train.confidence > 0)).tocsr()
-        truth.eliminate_zeros()
+    truth = holdout.judged  # as models are judged
     users = np.flatnonzero(np.diff(truth.indptr))
     if users.size > MAX_USERS:
         users = np.sort(

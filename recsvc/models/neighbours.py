@@ -293,12 +293,13 @@ class EASERecommender(ItemBasedRecommender):
         self._keep_history(matrix)
         return self
 
-    def _fitted_matrix(self) -> sp.csr_matrix:
-        return self.history(np.arange(self.user_items_indptr.size - 1))
-
     def _precision_rows(self, rows: sp.csr_matrix) -> np.ndarray:
         """rows @ P in the dual form: (rows - rows X' K X) / l2, never items x items."""
-        x = self._fitted_matrix()
+        # X over the kept arrays as they are: gathering its rows would copy all of it per call.
+        x = sp.csr_matrix(
+            (self.user_items_data, self.user_items_indices, self.user_items_indptr),
+            shape=(self.dual_kernel.shape[0], self.n_items),
+        )
         through_users = (rows @ x.T).toarray() @ self.dual_kernel
         back = np.asarray(x.T @ through_users.T).T
         return ((rows.toarray() - back) / self.l2).astype(np.float32)
@@ -315,11 +316,7 @@ class EASERecommender(ItemBasedRecommender):
     def item_rows(self, items: np.ndarray) -> np.ndarray:
         if not self.dual:
             return np.asarray(self.weights[items])
-        unit = sp.csr_matrix(
-            (np.ones(items.size, dtype=np.float32), items, np.arange(items.size + 1)),
-            shape=(items.size, self.n_items),
-        )
-        rows = -self._precision_rows(unit) / self.precision_diagonal[None, :]
+        rows = -self._precision_rows(self._unit_rows(items)) / self.precision_diagonal[None, :]
         rows[np.arange(items.size), items] = 0.0
         return rows
 
@@ -327,13 +324,17 @@ class EASERecommender(ItemBasedRecommender):
         if not self.dual:
             return np.asarray(self.weights[:, items])
         # P is symmetric: its columns are its rows.
-        unit = sp.csr_matrix(
+        precision = self._precision_rows(self._unit_rows(items))
+        columns = -precision.T / self.precision_diagonal[items][None, :]
+        columns[items, np.arange(items.size)] = 0.0
+        return columns
+
+    def _unit_rows(self, items: np.ndarray) -> sp.csr_matrix:
+        """One row per item of `items`, 1 in that item's column."""
+        return sp.csr_matrix(
             (np.ones(items.size, dtype=np.float32), items, np.arange(items.size + 1)),
             shape=(items.size, self.n_items),
         )
-        columns = -self._precision_rows(unit).T / self.precision_diagonal[items][None, :]
-        columns[items, np.arange(items.size)] = 0.0
-        return columns
 
     def score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
         if self.dual:

@@ -167,12 +167,7 @@ class RankingPolicy:
             )
             _lift(scores, *bought)
             picked = self._select(serving, scores, None, ask.k, ask.filters, ask.banned)
-        again = set(bought[0].tolist())
-        reasons = {
-            int(i): REASON_REPURCHASE if int(i) in again else REASON_PERSONAL
-            for i in picked[0].tolist()
-        }
-        return Pick(picked, REASON_PERSONAL, False, reasons)
+        return Pick(picked, REASON_PERSONAL, False, _reasons(picked, bought[0], REASON_PERSONAL))
 
     def _blend_approximate(
         self, ask: Ask, bought: tuple[np.ndarray, np.ndarray], history: sp.csr_matrix | None
@@ -189,9 +184,7 @@ class RankingPolicy:
         if query is None:
             return None
         items, strength = bought
-        excluded = sum(b.size for b in ask.banned)
-        wanted = min(serving.n_items, max(ANN_CANDIDATES, ANN_PER_RESULT * (ask.k + excluded)))
-        ids, _ = serving.ann.search(query[None, :], wanted)
+        ids, _ = serving.ann.search(query[None, :], _first_search(serving, ask.k, ask.banned))
         candidates = np.union1d(ids[0][ids[0] >= 0], items)
         # Exact scores of the few candidates: the factors' inner products, as the model's own.
         scores = model.item_factors[candidates] @ query  # type: ignore[attr-defined]
@@ -336,12 +329,7 @@ class RankingPolicy:
 
         start = max(k * CAP_CANDIDATES, 256) + items.size
         picked = self._select_widening(serving, candidates, start, k, filters, banned)
-        again = set(items.tolist())
-        reasons = {
-            int(i): REASON_REPURCHASE if int(i) in again else REASON_TRENDING
-            for i in picked[0].tolist()
-        }
-        return picked, reasons
+        return picked, _reasons(picked, items, REASON_TRENDING)
 
     def _attribute_vector(
         self, serving: ServingModel, user_id: str, attributes: dict[str, str]
@@ -550,8 +538,7 @@ class RankingPolicy:
         index = serving.ann
         if index is None:
             return None
-        excluded = sum(b.size for b in banned)
-        wanted = min(serving.n_items, max(ANN_CANDIDATES, ANN_PER_RESULT * (k + excluded)))
+        wanted = _first_search(serving, k, banned)
         while True:  # widen the search before giving up on it: filters and caps thin it out
             ids, scores = index.search(query[None, :], wanted)
             valid = ids[0] >= 0
@@ -571,6 +558,18 @@ def _scored_items(model: PublishedModel, pick: Pick) -> tuple[ScoredItem, ...]:
         return tuple(ScoredItem(i, s, pick.reason) for i, s in pairs)
     why = [str(pick.reasons[i]) or pick.reason for i in picked_ids.tolist()]
     return tuple(ScoredItem(i, s, w) for (i, s), w in zip(pairs, why, strict=True))
+
+
+def _first_search(serving: ServingModel, k: int, banned: list[np.ndarray]) -> int:
+    """Candidates the approximate index is first asked for (see ANN_CANDIDATES)."""
+    excluded = sum(b.size for b in banned)
+    return min(serving.n_items, max(ANN_CANDIDATES, ANN_PER_RESULT * (k + excluded)))
+
+
+def _reasons(picked: Picked, bought: np.ndarray, otherwise: str) -> dict[int, str]:
+    """Per picked item: repurchase where the user bought it before, else `otherwise`."""
+    again = set(bought.tolist())
+    return {int(i): REASON_REPURCHASE if int(i) in again else otherwise for i in picked[0].tolist()}
 
 
 def _lift(scores: np.ndarray, positions: np.ndarray, strength: np.ndarray) -> None:
