@@ -37,7 +37,12 @@ def _data_validate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     dataset = load_dataset(
-        Path(args.events), config.data, args.items, args.users, rejects_dir=args.rejects_dir
+        Path(args.events),
+        config.data,
+        args.items,
+        args.users,
+        rejects_dir=args.rejects_dir,
+        max_id_length=config.serving.limits.max_id_length,
     )
     for report in dataset.reports:
         print(report.summary())

@@ -1,6 +1,9 @@
-"""Id look-ups in sorted id arrays: no per-process dict, and they work on memory-mapped ids."""
+"""Ids: what makes a valid one, and look-ups in sorted id arrays (no per-process dict, and they
+work on memory-mapped ids)."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -39,4 +42,23 @@ def lookup_sorted(sorted_ids: np.ndarray, key: str) -> int | None:
     pos = int(np.searchsorted(sorted_ids, probe))
     if pos < sorted_ids.size and sorted_ids[pos] == key:
         return pos
+    return None
+
+
+# Characters no id may hold, as a regular expression that Python, Arrow (RE2) and Spark (Java)
+# all read alike: the C0 controls (NUL, tab, newline, ...) and DEL. A real shop's ids never hold
+# them, and they break CSV exports, log lines and terminals downstream.
+CONTROL_CHARACTER = r"[\x00-\x1f\x7f]"
+_CONTROL_CHARACTER = re.compile(CONTROL_CHARACTER)
+
+
+def id_problem(value: str, max_length: int) -> str | None:
+    """Why `value` cannot be an id (user, item, segment), or None: the one rule that training's
+    ingest (column-wise, as `bad_id`) and every request apply."""
+    if not value:
+        return "must not be empty"
+    if len(value) > max_length:
+        return f"is longer than {max_length} characters"
+    if _CONTROL_CHARACTER.search(value):
+        return "holds a control character"
     return None

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from recsvc.cli.main import main
 from recsvc.config import Config, DataConfig, EventColumns, EventNames, EventsSource
 from recsvc.errors import BadInput
+from recsvc.ids import id_problem
 from recsvc.training.ingest import (
     RejectsWriter,
     load_dataset,
@@ -322,7 +323,7 @@ def test_bounds_are_inclusive_and_every_rejection_says_what_was_wrong(tmp_path: 
         (3, "bad_timestamp", "timestamp is before 1970"),
         (5, "future_timestamp", rows[1]["detail"]),
         (6, "bad_quantity", "quantity '0' is not a positive whole number"),
-        (7, "bad_price", "price '-0.5' is not a number >= 0"),
+        (7, "bad_price", "price '-0.5' is not a finite number >= 0"),
     ]
     assert "future" in rows[1]["detail"]
 
@@ -377,7 +378,7 @@ def test_items_and_users_files_account_for_every_row(tmp_path: Path) -> None:
         (5, "malformed_row"),
         (6, "bad_price"),
     ]
-    assert rows[2]["detail"] == "price '-2' is not a number >= 0"
+    assert rows[2]["detail"] == "price '-2' is not a finite number >= 0"
 
     bare = write_lines(tmp_path / "bare.csv", "item_id,category", "i1,books", "i2,")
     clean, _ = load_items(bare, Config().data, RejectsWriter(tmp_path / "rj2"))
@@ -445,3 +446,149 @@ def test_rejects_go_to_a_new_nested_folder_in_file_order(tmp_path: Path) -> None
     assert report.rejects_path == str(target / "users.csv.rejects.csv")
     rows = read_rejects(target / "users.csv.rejects.csv")
     assert [(int(r["line"]), r["data"]) for r in rows] == [(4, "u1"), (5, "u2")]
+
+
+def test_a_row_that_is_not_utf8_is_rejected_and_the_rest_read(tmp_path: Path) -> None:
+    events = tmp_path / "events.csv"
+    events.write_bytes(
+        (HEADER + "\n").encode()
+        + GOOD.format(n=1).encode()
+        + b"\nu\xff2,i2,view,2025-03-01T10:00:00Z,1,2.5\n"
+        + b"u3,i3,view,2025-03-01T10:00:00Z,1,\xe4\xb8\n"  # a cut multi-byte character
+        + "u4,商品4,view,2025-03-01T10:00:00Z,1,2.5\n".encode()
+    )
+    clean, report = load(events, tmp_path / "rejects")
+    assert clean.column("item_id").to_pylist() == ["i1", "商品4"]
+    assert (report.rows_read, report.accepted, dict(report.rejected)) == (4, 2, {"bad_encoding": 2})
+    rejects = read_rejects(tmp_path / "rejects" / "events.csv.rejects.csv")
+    assert [(r["line"], r["reason"], r["detail"]) for r in rejects] == [
+        ("3", "bad_encoding", "user_id holds bytes that are not UTF-8 (shown as \ufffd)"),
+        ("4", "bad_encoding", "price holds bytes that are not UTF-8 (shown as \ufffd)"),
+    ]
+    assert rejects[0]["data"].startswith("u\ufffd2,i2,view")
+
+
+def test_a_binary_parquet_column_that_is_not_utf8_is_rejected_by_row(tmp_path: Path) -> None:
+    path = tmp_path / "events.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([b"u1", b"u\xfe", b"u3"], pa.binary()),
+                "item_id": ["i1", "i2", "i3"],
+                "event": ["view"] * 3,
+                "timestamp": ["2025-03-01T10:00:00Z"] * 3,
+            }
+        ),
+        path,
+    )
+    clean, report = load(path, tmp_path / "rejects")
+    assert clean.column("user_id").to_pylist() == ["u1", "u3"]
+    rejects = read_rejects(tmp_path / "rejects" / "events.parquet.rejects.csv")
+    assert [(r["row"], r["reason"]) for r in rejects] == [("2", "bad_encoding")]
+
+
+@pytest.mark.parametrize(
+    ("user_id", "item_id", "detail"),
+    [
+        ("u\x001", "i1", r"user_id 'u\x001' holds a control character"),
+        ("u1", "i\t1", r"item_id 'i\t1' holds a control character"),
+        ("u" * 257, "i1", "user_id is longer than 256 characters"),
+        ("u1", "i" * 10_000, "item_id is longer than 256 characters"),
+    ],
+)
+def test_an_id_the_server_would_refuse_is_a_bad_id(
+    tmp_path: Path, user_id: str, item_id: str, detail: str
+) -> None:
+    events = write_lines(
+        tmp_path / "e.csv",
+        HEADER,
+        GOOD.format(n=1),
+        f'"{user_id}","{item_id}",view,2025-03-01T10:00:00Z,1,2.5',
+        "u" * 256 + ",商品,view,2025-03-01T10:00:00Z,1,2.5",  # at the limit, in characters
+    )
+    clean, report = load(events, tmp_path / "rejects")
+    assert report.accepted == 2 and dict(report.rejected) == {"bad_id": 1}
+    (reject,) = read_rejects(tmp_path / "rejects" / "e.csv.rejects.csv")
+    assert (reject["line"], reject["detail"]) == ("3", detail)
+
+
+def test_the_id_limit_is_the_servers(tmp_path: Path) -> None:
+    events = write_lines(tmp_path / "e.csv", HEADER, GOOD.format(n=12345))
+    _, report = load(events, tmp_path / "rejects", max_id_length=5)
+    assert dict(report.rejected) == {"bad_id": 1}
+    items = write_lines(tmp_path / "items.csv", "item_id,category", "i1,a", "i123456,a")
+    users = write_lines(tmp_path / "users.csv", "user_id", "u1", "u\x7f")
+    dataset = load_dataset(None, Config().data, items, users, max_id_length=5)
+    assert [dict(r.rejected) for r in dataset.reports] == [{"bad_id": 1}, {"bad_id": 1}]
+
+
+@pytest.mark.parametrize("column", ["price", "quantity"])
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "inf", "nan"])
+def test_a_number_that_is_not_finite_is_rejected(tmp_path: Path, column: str, value: str) -> None:
+    price, quantity = (value, "1") if column == "price" else ("2.5", value)
+    events = write_lines(
+        tmp_path / "e.csv", HEADER, f"u1,i1,view,2025-03-01T10:00:00Z,{quantity},{price}"
+    )
+    _, report = load(events, tmp_path / "rejects")
+    assert dict(report.rejected) == {f"bad_{column}": 1}
+
+
+def test_an_infinite_price_in_a_typed_parquet_column_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "items.parquet"
+    pq.write_table(
+        pa.table({"item_id": ["i1", "i2"], "category": ["a", "a"], "price": [1.0, float("inf")]}),
+        path,
+    )
+    _, report = load_items(path, Config().data, RejectsWriter(tmp_path / "rejects"))
+    assert dict(report.rejected) == {"bad_price": 1}
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(0, 5).map(lambda n: GOOD.format(n=n).encode()),
+            st.binary(max_size=60),
+            st.lists(st.binary(max_size=12), min_size=6, max_size=6).map(b",".join),
+        ),
+        max_size=30,
+    )
+)
+def test_hostile_bytes_never_abort_the_read_and_every_row_is_accounted_for(
+    tmp_path: Path, lines: list[bytes]
+) -> None:
+    events = tmp_path / "events.csv"
+    events.write_bytes(HEADER.encode() + b"\n" + b"\n".join(lines) + b"\n")
+    config = dataclasses.replace(
+        Config().data,
+        events=dataclasses.replace(
+            Config().data.events, names=EventNames(view=["view"], ignore=["x"])
+        ),
+    )
+    clean, report = load(events, tmp_path / "rejects", config)
+    assert report.rows_read == (
+        report.accepted
+        + report.rejected_total
+        + report.duplicates_dropped
+        + sum(report.ignored.values())
+    )
+    assert clean.num_rows == report.accepted
+    for user_id, item_id in zip(
+        clean.column("user_id").to_pylist(), clean.column("item_id").to_pylist(), strict=True
+    ):
+        assert id_problem(user_id, 256) is None and id_problem(item_id, 256) is None
+
+
+def test_one_corrupt_byte_costs_one_row_not_the_nightly_run(
+    shop_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = (shop_dir / "events.csv").read_bytes().splitlines(keepends=True)[:3000]
+    lines[1500] = lines[1500].replace(b",", b"\xff,", 1)
+    events = tmp_path / "events.csv"
+    events.write_bytes(b"".join(lines))
+    code = main(["train", "--events", str(events), "--model-dir", str(tmp_path / "m")])
+    assert code == 0, capsys.readouterr().err
+    (reject,) = read_rejects(next((tmp_path / "m").rglob("events.csv.rejects.csv")))
+    assert (reject["line"], reject["reason"]) == ("1501", "bad_encoding")

@@ -27,6 +27,17 @@ def test_ids_are_non_empty_and_at_most_the_length_limit() -> None:
         CHECKS.check_id("abcdef", "item_id")
 
 
+@pytest.mark.parametrize("value", ["a\x00b", "ab\n", "\tab", "a\x7f", "a\x1fb"])
+def test_an_id_with_a_control_character_is_refused(value: str) -> None:
+    with refused("^user_id holds a control character$"):
+        CHECKS.check_id(value, "user_id")
+
+
+def test_ids_may_hold_any_printable_character() -> None:
+    for value in ("商品-4", "a b", "é", "x/y?z", "\u00a0"):
+        CHECKS.check_id(value, "item_id")
+
+
 @pytest.mark.parametrize("k", [1, 7])
 def test_k_within_its_bounds_passes(k: int) -> None:
     CHECKS.check_k(k)

@@ -48,7 +48,12 @@ class LocalEngine:
     def read(self, inputs: TrainInputs, config: Config, rejects_dir: Path) -> Dataset:
         events = Path(inputs.events) if inputs.events is not None else None
         return load_dataset(
-            events, config.data, inputs.items, inputs.users, rejects_dir=rejects_dir
+            events,
+            config.data,
+            inputs.items,
+            inputs.users,
+            rejects_dir=rejects_dir,
+            max_id_length=config.serving.limits.max_id_length,
         )
 
     def model_class(self, name: str) -> type[Recommender]:

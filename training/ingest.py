@@ -8,12 +8,16 @@ raises BadInput, which the CLI turns into exit code 2.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import gzip
 import logging
+import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +27,16 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from recsvc.config import DataConfig
+from recsvc.config import DataConfig, LimitsConfig
 from recsvc.errors import BadInput
 from recsvc.events import EVENTS_SCHEMA
+from recsvc.ids import CONTROL_CHARACTER
 
 log = logging.getLogger(__name__)
+
+# Ids longer than the server accepts ([serving.limits] max_id_length) are rejected in training
+# too, so that every id a model holds can be asked for.
+MAX_ID_LENGTH = LimitsConfig.max_id_length
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 # Epoch values at or above this are milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
@@ -35,6 +44,7 @@ EPOCH_MS_THRESHOLD = 1e11
 ISO_WITH_ZONE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$"
 ISO_NAIVE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?$"
 EPOCH_NUMBER = r"^\d+(\.\d+)?$"
+REPLACEMENT = "\ufffd"  # what a decoder makes of bytes that are not UTF-8
 TRUE_WORDS = {"1", "true", "yes", "y", "t"}
 FALSE_WORDS = {"0", "false", "no", "n", "f"}
 
@@ -100,6 +110,19 @@ class RawTable:
     positions: np.ndarray  # 1-based line (CSV) or row (Parquet) number of each table row
     malformed: list[tuple[int, str, str]]  # (line, detail, text) of rows that could not be split
     position_word: str  # "line" or "row"
+
+    def checks(self) -> RowChecks:
+        """The row checks of this table, starting with `bad_encoding`: a row holding U+FFFD,
+        which is what bytes that are not UTF-8 became on reading (and no real id holds)."""
+        checks = RowChecks(self.table.num_rows)
+        for name, column in zip(self.table.column_names, self.table.columns, strict=True):
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                checks.reject(
+                    pc.match_substring(column, REPLACEMENT).to_numpy(zero_copy_only=False),
+                    "bad_encoding",
+                    f"{name} holds bytes that are not UTF-8 (shown as {REPLACEMENT})",
+                )
+        return checks
 
 
 class RowChecks:
@@ -178,16 +201,61 @@ def _read_csv(path: Path, columns: list[str] | None, required: list[str], what: 
     present = csv_header(path)
     _check_columns(present, required, what, path)
     wanted = [c for c in (columns or present) if c in present]
-    table, malformed = _read_csv_text(path, wanted, use_threads=True)
-    if malformed:
-        # Only the single-threaded reader knows the line number of a malformed row.
-        table, malformed = _read_csv_text(path, wanted, use_threads=False)
+    source = path
+    with contextlib.ExitStack() as stack:
+        try:
+            with _quiet_decode_failures():
+                table, malformed = _read_csv_text(path, wanted, use_threads=True)
+        except pa.ArrowInvalid as exc:
+            # Bytes that are not UTF-8 fail the read (in a malformed row, with a parse error):
+            # read a copy in which they are U+FFFD, so that each costs its row, not the file.
+            path = stack.enter_context(_utf8_copy(path))
+            try:
+                table, malformed = _read_csv_text(path, wanted, use_threads=True)
+            except pa.ArrowInvalid:
+                raise exc from None
+        if malformed:
+            # Only the single-threaded reader knows the line number of a malformed row.
+            table, malformed = _read_csv_text(path, wanted, use_threads=False)
     # Data starts on line 2; rows the reader skipped as malformed take their lines with them.
     n_lines = table.num_rows + len(malformed)
     positions = np.arange(2, 2 + n_lines, dtype=np.int64)
     if malformed:
         positions = np.setdiff1d(positions, [m[0] for m in malformed], assume_unique=True)
-    return RawTable(path, table, positions, sorted(malformed), "line")
+    return RawTable(source, table, positions, sorted(malformed), "line")
+
+
+@contextlib.contextmanager
+def _quiet_decode_failures() -> Iterator[None]:
+    """pyarrow decodes a malformed row's text before calling the invalid-row handler, and
+    reports a failure there as an 'unraisable' traceback before the read fails; the read is
+    then retried on a UTF-8 copy, so that report is noise to the operator."""
+    previous = sys.unraisablehook
+
+    def hook(report: sys.UnraisableHookArgs) -> None:
+        if report.exc_type is not UnicodeDecodeError:
+            previous(report)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+@contextlib.contextmanager
+def _utf8_copy(path: Path) -> Iterator[Path]:
+    """A temporary copy of a (maybe compressed) file with every byte sequence that is not
+    UTF-8 replaced by U+FFFD, made in blocks (a multi-byte character may straddle two)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with tempfile.TemporaryDirectory(prefix="recsvc-utf8-") as directory:
+        copy = Path(directory) / path.name.removesuffix(".gz")
+        with opener(path, "rb") as source, open(copy, "wb") as target:
+            while block := source.read(1 << 24):
+                target.write(decoder.decode(block).encode("utf-8"))
+            target.write(decoder.decode(b"", final=True).encode("utf-8"))
+        yield copy
 
 
 def _read_csv_text(
@@ -218,8 +286,10 @@ def _read_csv_text(
 def csv_header(path: Path) -> list[str]:
     """Column names from the first line of a CSV file (compressed ones included)."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8-sig", newline="") as stream:
-        return next(csv.reader([stream.readline()]), [])
+    with opener(path, "rb") as stream:
+        # Only the first line is decoded: a bad byte further down is one row's problem.
+        first = stream.readline().decode("utf-8-sig")
+    return next(csv.reader([first.rstrip("\r\n")]), [])
 
 
 def _read_parquet(
@@ -228,8 +298,18 @@ def _read_parquet(
     present = pq.read_schema(path).names
     _check_columns(present, required, what, path)
     table = pq.read_table(path, columns=[c for c in (columns or present) if c in present])
+    table = pa.table(
+        [_bytes_as_text(c) if pa.types.is_binary(c.type) else c for c in table.columns],
+        names=table.column_names,
+    )
     positions = np.arange(1, table.num_rows + 1, dtype=np.int64)
     return RawTable(path, table, positions, [], "row")
+
+
+def _bytes_as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A binary column as text, bytes that are not UTF-8 as U+FFFD (rows then bad_encoding)."""
+    values = [None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()]
+    return pa.chunked_array([pa.array(values, pa.string())])
 
 
 def as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -361,23 +441,24 @@ def load_dataset(
     users_path: Path | None = None,
     rejects_dir: Path | None = None,
     now_ms: float | None = None,
+    max_id_length: int = MAX_ID_LENGTH,
 ) -> Dataset:
     """Reads and validates all inputs; the catalogue, when given, vets the events' item ids."""
     writer = RejectsWriter(rejects_dir)
     reports = []
     items = None
     if items_path is not None:
-        items, report = load_items(items_path, config, writer)
+        items, report = load_items(items_path, config, writer, max_id_length)
         reports.append(report)
     if events_path is not None:
-        events, report = load_events(events_path, config, writer, items, now_ms)
+        events, report = load_events(events_path, config, writer, items, now_ms, max_id_length)
         events = events.cast(EVENTS_SCHEMA)
         reports.insert(0, report)
     else:
         events = EVENTS_SCHEMA.empty_table()
     users = None
     if users_path is not None:
-        users, report = load_users(users_path, config, writer)
+        users, report = load_users(users_path, config, writer, max_id_length)
         reports.append(report)
     return Dataset(events, items, users, reports)
 
@@ -388,6 +469,7 @@ def load_events(
     writer: RejectsWriter,
     items: pa.Table | None = None,
     now_ms: float | None = None,
+    max_id_length: int = MAX_ID_LENGTH,
 ) -> tuple[pa.Table, IngestReport]:
     started = time.perf_counter()
     cols = config.events.columns
@@ -398,7 +480,7 @@ def load_events(
         "events",
     )
     table, n = raw.table, raw.table.num_rows
-    checks = RowChecks(n)
+    checks = raw.checks()
     user = as_text(table.column(cols.user_id))
     item = as_text(table.column(cols.item_id))
     checks.reject(
@@ -407,6 +489,8 @@ def load_events(
     checks.reject(
         pc.equal(item, "").to_numpy(zero_copy_only=False), "missing_item_id", "item_id is empty"
     )
+    reject_bad_ids(checks, user, "user_id", max_id_length)
+    reject_bad_ids(checks, item, "item_id", max_id_length)
 
     source_event = as_text(table.column(cols.event))
     mapping = config.events.names.source_to_event()
@@ -444,7 +528,8 @@ def load_events(
     if cols.quantity in table.column_names:
         values, present = parse_numbers(table.column(cols.quantity))
         quantity = np.where(present, values, 1.0)
-        bad = present & ~((values > 0) & (np.mod(values, 1) == 0))
+        finite = np.where(np.isfinite(values), values, 0.5)  # 0.5: not whole, so rejected
+        bad = present & ~((values > 0) & (np.mod(finite, 1) == 0))
         checks.reject(
             bad,
             "bad_quantity",
@@ -455,9 +540,9 @@ def load_events(
         values, present = parse_numbers(table.column(cols.price))
         price = values
         checks.reject(
-            present & ~(values >= 0),
+            present & ~((values >= 0) & np.isfinite(values)),
             "bad_price",
-            _describe(table.column(cols.price), "price", "a number >= 0"),
+            _describe(table.column(cols.price), "price", "a finite number >= 0"),
         )
 
     if items is not None:
@@ -497,6 +582,18 @@ def load_events(
     report.accepted = clean.num_rows
     report.seconds = time.perf_counter() - started
     return clean, report
+
+
+def reject_bad_ids(checks: RowChecks, ids: pa.ChunkedArray, name: str, max_length: int) -> None:
+    """`bad_id` for ids the server would refuse (recsvc.ids.id_problem, column-wise)."""
+    too_long = pc.greater(pc.utf8_length(ids), max_length).to_numpy(zero_copy_only=False)
+    checks.reject(too_long, "bad_id", f"{name} is longer than {max_length} characters")
+    control = pc.match_substring_regex(ids, CONTROL_CHARACTER).to_numpy(zero_copy_only=False)
+    checks.reject(
+        control,
+        "bad_id",
+        lambda r: [f"{name} {v[:60]!r} holds a control character" for v in _values_at(ids, r)],
+    )
 
 
 def _values_at(column: pa.ChunkedArray, rows: np.ndarray) -> list[str]:
@@ -548,7 +645,7 @@ def _drop_duplicates(events: pa.Table) -> tuple[pa.Table, np.ndarray]:
 
 
 def load_items(
-    path: Path, config: DataConfig, writer: RejectsWriter
+    path: Path, config: DataConfig, writer: RejectsWriter, max_id_length: int = MAX_ID_LENGTH
 ) -> tuple[pa.Table, IngestReport]:
     started = time.perf_counter()
     cols = config.items.columns
@@ -559,7 +656,7 @@ def load_items(
         "items",
     )
     table, n = raw.table, raw.table.num_rows
-    checks = RowChecks(n)
+    checks = raw.checks()
     item = as_text(table.column(cols.item_id))
     category = as_text(table.column(cols.category))
     checks.reject(
@@ -570,6 +667,7 @@ def load_items(
         "missing_category",
         "category is empty",
     )
+    reject_bad_ids(checks, item, "item_id", max_id_length)
     _reject_repeated_ids(checks, item, raw, "item_id", "duplicate_item")
 
     def optional_text(name: str) -> pa.ChunkedArray:
@@ -581,9 +679,9 @@ def load_items(
     if cols.price in table.column_names:
         price, present = parse_numbers(table.column(cols.price))
         checks.reject(
-            present & ~(price >= 0),
+            present & ~((price >= 0) & np.isfinite(price)),
             "bad_price",
-            _describe(table.column(cols.price), "price", "a number >= 0"),
+            _describe(table.column(cols.price), "price", "a finite number >= 0"),
         )
     available = np.ones(n, dtype=bool)
     if cols.available in table.column_names:
@@ -617,17 +715,18 @@ def load_items(
 
 
 def load_users(
-    path: Path, config: DataConfig, writer: RejectsWriter
+    path: Path, config: DataConfig, writer: RejectsWriter, max_id_length: int = MAX_ID_LENGTH
 ) -> tuple[pa.Table, IngestReport]:
     started = time.perf_counter()
     id_column = config.users.columns.user_id
     raw = read_raw(path, None, [id_column], "users")
     table, n = raw.table, raw.table.num_rows
-    checks = RowChecks(n)
+    checks = raw.checks()
     user = as_text(table.column(id_column))
     checks.reject(
         pc.equal(user, "").to_numpy(zero_copy_only=False), "missing_user_id", "user_id is empty"
     )
+    reject_bad_ids(checks, user, "user_id", max_id_length)
     _reject_repeated_ids(checks, user, raw, "user_id", "duplicate_user")
     report = IngestReport(source=str(path), rows_read=n + len(raw.malformed))
     writer.write(raw, checks, report)

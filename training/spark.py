@@ -29,9 +29,10 @@ import scipy.sparse as sp
 from recsvc.config import Config, DataConfig
 from recsvc.errors import BadInput
 from recsvc.events import EVENTS_SCHEMA
+from recsvc.ids import CONTROL_CHARACTER
 from recsvc.models import ALSRecommender, Recommender
 from recsvc.models.base import check_user_items, model_class
-from recsvc.training.ingest import Dataset, IngestReport, load_dataset
+from recsvc.training.ingest import MAX_ID_LENGTH, Dataset, IngestReport, load_dataset
 from recsvc.training.inputs import TrainInputs
 
 # Numbers below this are epoch seconds, at or above it milliseconds (the year 5138 in seconds).
@@ -60,6 +61,9 @@ def spark_session(master: str, checkpoint_dir: str) -> Any:
     return session
 
 
+INFINITY = float("inf")
+
+
 def read_events(
     url: str,
     config: DataConfig,
@@ -67,6 +71,7 @@ def read_events(
     master: str,
     checkpoint_dir: str = "",
     catalogue: pa.Table | None = None,
+    max_id_length: int = MAX_ID_LENGTH,
 ) -> tuple[pa.Table, IngestReport]:
     """Clean events in the contract's columns; rejected rows go to rejects_dir with a reason.
     The rules and reasons are the local ingest's (training/ingest.py); with a catalogue, an
@@ -118,16 +123,26 @@ def read_events(
     else:
         table = table.withColumn("in_catalogue", F.lit(True))
     future = int(time.time() * 1000 + config.max_future_hours * 3_600_000)
+
+    def bad_id(name: str) -> Any:
+        return (F.length(name) > max_id_length) | F.col(name).rlike(CONTROL_CHARACTER)
+
     reason = (
         F.when(F.col("user_id").isNull() | (F.col("user_id") == ""), "missing_user_id")
         .when(F.col("item_id").isNull() | (F.col("item_id") == ""), "missing_item_id")
+        .when(bad_id("user_id") | bad_id("item_id"), "bad_id")
         .when(F.col("event").isNull(), "unknown_event")
         .when(F.col("timestamp_ms").isNull() | (F.col("timestamp_ms") < 0), "bad_timestamp")
         .when(F.col("timestamp_ms") > future, "future_timestamp")
         .when(
-            ~((F.col("quantity") > 0) & (F.col("quantity") == F.floor("quantity"))), "bad_quantity"
+            ~(
+                (F.col("quantity") > 0)
+                & (F.col("quantity") < INFINITY)
+                & (F.col("quantity") == F.floor("quantity"))
+            ),
+            "bad_quantity",
         )
-        .when(F.col("price") < 0, "bad_price")
+        .when((F.col("price") < 0) | (F.col("price") >= INFINITY) | F.isnan("price"), "bad_price")
         .when(F.col("in_catalogue").isNull(), "unknown_item")
     )
     checked = table.withColumn("reason", reason).cache()
@@ -234,7 +249,12 @@ class SparkEngine:
 
     def read(self, inputs: TrainInputs, config: Config, rejects_dir: Path) -> Dataset:
         dataset = load_dataset(
-            None, config.data, inputs.items, inputs.users, rejects_dir=rejects_dir
+            None,
+            config.data,
+            inputs.items,
+            inputs.users,
+            rejects_dir=rejects_dir,
+            max_id_length=config.serving.limits.max_id_length,
         )
         if inputs.events is None:
             return dataset
@@ -245,6 +265,7 @@ class SparkEngine:
             config.training.spark_master,
             config.training.spark_checkpoint_dir,
             dataset.items,
+            config.serving.limits.max_id_length,
         )
         return dataclasses.replace(dataset, events=events, reports=[report, *dataset.reports])
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from recsvc.config import LimitsConfig
 from recsvc.errors import InvalidArgument
+from recsvc.ids import id_problem
 from recsvc.serving.values import Filters
 
 
@@ -16,10 +17,9 @@ class RequestChecks:
         self.limits = limits
 
     def check_id(self, value: str, name: str) -> None:
-        if not value:
-            raise InvalidArgument(f"{name} must not be empty")
-        if len(value) > self.limits.max_id_length:
-            raise InvalidArgument(f"{name} is longer than {self.limits.max_id_length} characters")
+        problem = id_problem(value, self.limits.max_id_length)
+        if problem is not None:
+            raise InvalidArgument(f"{name} {problem}")
 
     def check_attributes(self, attributes: tuple[tuple[str, str], ...]) -> None:
         limit = self.limits.max_id_length
