@@ -247,6 +247,10 @@ def test_cli_exits_2_with_one_line_reason_for_unusable_input(
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
 
+    code = main(["train", "--events", str(tmp_path), "--model-dir", str(tmp_path / "m")])
+    assert code == 2
+    assert "is a directory: give the file itself" in capsys.readouterr().err
+
     garbage = tmp_path / "garbage.parquet"
     garbage.write_bytes(b"\x00\x01 not parquet at all")
     code = main(["train", "--events", str(garbage), "--model-dir", str(tmp_path / "m")])
