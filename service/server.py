@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+from prometheus_client.registry import Collector
 
 from recsvc.config import ServingConfig
 from recsvc.errors import BadInput
@@ -237,14 +238,18 @@ async def serve(
     config: ServingConfig,
     options: ServeOptions,
     on_ready: Callable[[], object] | None = None,
+    collectors: Sequence[Collector] = (),
 ) -> None:
-    """Serves until SIGTERM or SIGINT, then drains requests in flight for up to `grace` s."""
+    """Serves until SIGTERM or SIGINT, then drains requests in flight for up to `grace` s.
+    `collectors` add metrics of the caller's own (a worker pool's counts) to /metrics."""
     api_keys = ApiKeys.load(Path(config.api_keys_file)) if config.api_keys_file else None
     credentials = _credentials(options)
     store = open_event_store(store_url(model_dir, options.event_store or config.event_store))
     core = RecommenderCore(config, store)
     servicer = RecommenderServicer(core)
     parts = create_server(core, servicer, api_keys=api_keys)
+    for collector in collectors:
+        parts.metrics.registry.register(collector)
     watcher = ModelWatcher(ModelStore(model_dir), parts, options.reload_interval)
     servicer.reload = watcher.refresh
     address = f"{options.host}:{options.port}"
@@ -262,6 +267,10 @@ async def serve(
     # Alive (answering on its event loop) before any model is loaded: what a liveness probe
     # asks, so that an empty model store makes pods unready, not restarted over and over.
     await parts.health.set(LIVENESS_SERVICE, SERVING)
+    if on_ready is not None:
+        # A worker of several (a replacement too) loads the current model, if any, before it
+        # takes connections: one the kernel hands it must not find it still loading.
+        await watcher.refresh()
     await parts.server.start()
     log.info("listening on %s:%d (model dir %s)", options.host, bound, model_dir)
     if not options.quiet:
@@ -272,9 +281,6 @@ async def serve(
             flush=True,
         )
     if on_ready is not None:
-        # A worker of several reports ready once it has loaded the current model (if any):
-        # a connection the kernel hands it must not find it still loading.
-        await watcher.refresh()
         on_ready()
 
     stop = asyncio.Event()

@@ -485,7 +485,7 @@ def test_a_binary_parquet_column_that_is_not_utf8_is_rejected_by_row(tmp_path: P
         ),
         path,
     )
-    clean, report = load(path, tmp_path / "rejects")
+    clean, _ = load(path, tmp_path / "rejects")
     assert clean.column("user_id").to_pylist() == ["u1", "u3"]
     rejects = read_rejects(tmp_path / "rejects" / "events.parquet.rejects.csv")
     assert [(r["row"], r["reason"]) for r in rejects] == [("2", "bad_encoding")]
@@ -510,7 +510,7 @@ def test_an_id_the_server_would_refuse_is_a_bad_id(
         f'"{user_id}","{item_id}",view,2025-03-01T10:00:00Z,1,2.5',
         "u" * 256 + ",商品,view,2025-03-01T10:00:00Z,1,2.5",  # at the limit, in characters
     )
-    clean, report = load(events, tmp_path / "rejects")
+    _, report = load(events, tmp_path / "rejects")
     assert report.accepted == 2 and dict(report.rejected) == {"bad_id": 1}
     (reject,) = read_rejects(tmp_path / "rejects" / "e.csv.rejects.csv")
     assert (reject["line"], reject["detail"]) == ("3", detail)

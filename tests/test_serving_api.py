@@ -673,6 +673,147 @@ def test_workers_share_the_port_and_real_time_state(model_dir: Path, tmp_path: P
     assert "(2 workers)" in output and output.count("stopping: draining") == 2
 
 
+def worker_pids(running: RunningServer) -> set[int]:
+    """The server processes under a `--workers` parent (not multiprocessing's helpers)."""
+    pid = running.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    workers = set()
+    for child in map(int, children):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.add(child)
+        except FileNotFoundError:
+            continue  # exited meanwhile
+    return workers
+
+
+def scrape(url: str) -> dict[str, float]:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+    }
+
+
+def test_a_killed_worker_is_replaced_while_calls_keep_succeeding(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'events.db'}"
+    running = start_server(
+        model_dir, "--workers", "2", "--metrics-port", "0", "--event-store", store
+    )
+    outcomes: list[tuple[float, grpc.StatusCode]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        # Several connections, so that the kernel hands both workers some of them.
+        channels = [
+            grpc.insecure_channel(running.target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(4)
+        ]
+        stubs = [pb_grpc.RecommenderStub(c) for c in channels]
+        n = 0
+        while not stop.is_set():
+            n += 1
+            request = pb.RecommendRequest(user_id=f"u{n % 500:04d}", k=5)
+            try:
+                stubs[n % 4].Recommend(request, timeout=5)
+                outcomes.append((time.monotonic(), grpc.StatusCode.OK))
+            except grpc.RpcError as error:
+                outcomes.append((time.monotonic(), error.code()))
+        for channel in channels:
+            channel.close()
+
+    loader = threading.Thread(target=load)
+    try:
+        running.wait_for_health(SERVING)
+        wait_until(lambda: len(worker_pids(running)) == 2, "two workers")
+        before = worker_pids(running)
+        loader.start()
+        wait_until(lambda: len(outcomes) > 50, "calls under way")
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: any("replaced by pid" in line for line in running.output),
+            "the killed worker replaced",
+            timeout=5,
+        )
+        wait_until(lambda: len(worker_pids(running) - before) == 1, "a new worker process")
+        (replacement,) = worker_pids(running) - before
+
+        def replacement_answers() -> bool:
+            fresh = grpc.insecure_channel(
+                running.target, options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            request = pb.RecommendRequest(user_id="x", k=5)
+            pb_grpc.RecommenderStub(fresh).Recommend(request, timeout=5)
+            fresh.close()
+            return any(
+                json.loads(line).get("pid") == replacement
+                for line in list(running.output)
+                if line.startswith("{") and '"method"' in line
+            )
+
+        wait_until(replacement_answers, "the new worker answering calls")
+        served_after = len(outcomes)
+        wait_until(lambda: len(outcomes) > served_after + 50, "calls after the replacement")
+        stop.set()
+        loader.join(timeout=30)
+        failed = [code for at, code in outcomes if code != grpc.StatusCode.OK]
+        after = [code for _, code in outcomes[served_after:]]
+        # Only calls in flight on the killed worker's connections may fail, as UNAVAILABLE.
+        assert set(failed) <= {grpc.StatusCode.UNAVAILABLE}, Counter(failed)
+        assert len(failed) <= 4, Counter(failed)
+        assert set(after) == {grpc.StatusCode.OK}
+        urls = [
+            line.split("metrics on ", 1)[1].strip()
+            for line in running.output
+            if "metrics on " in line
+        ]
+        counts = scrape(urls[-1])  # the replacement's own endpoint
+        assert counts["recsvc_worker_exits_total"] == 1
+        assert counts["recsvc_worker_replacements_total"] == 1
+        assert counts["recsvc_workers_ready"] == counts["recsvc_workers_configured"] == 2
+    finally:
+        stop.set()
+        if loader.is_alive():
+            loader.join(timeout=30)
+        code, output = running.stop()
+    assert "exited with signal SIGKILL" in output
+    assert code == 0, output
+
+
+def test_workers_that_keep_dying_make_the_server_give_up(model_dir: Path, tmp_path: Path) -> None:
+    from recsvc.service.workers import MAX_EXITS
+
+    store = f"sqlite:///{tmp_path / 'events.db'}"
+    running = start_server(model_dir, "--workers", "2", "--event-store", store)
+    try:
+        running.wait_for_health(SERVING)
+        killed: set[int] = set()
+        seen = worker_pids(running)
+        for _ in range(MAX_EXITS):
+            wait_until(lambda: len(worker_pids(running) - killed) >= 1, "a worker to kill", 30)
+            seen |= worker_pids(running)
+            victim = min(worker_pids(running) - killed)
+            os.kill(victim, signal.SIGKILL)
+            killed.add(victim)
+        code = running.process.wait(timeout=30)
+    finally:
+        _, output = running.stop()
+    assert code == 1, output
+    assert f"workers exited {MAX_EXITS} times within 60 s; giving up" in output
+    assert not {pid for pid in seen if running_process(pid)}, "workers left behind"
+
+
+def running_process(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent has not collected it
+
+
 def test_two_servers_on_one_redis_share_events_and_deletions(
     model_dir: Path, redis_url: str
 ) -> None:
