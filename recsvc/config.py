@@ -268,6 +268,7 @@ class LifecycleConfig:
 @dataclass(frozen=True)
 class ServingConfig:
     event_store: str = ""
+    event_store_timeout_s: float = 1.0
     realtime_events_per_user: int = 200
     cache_size: int = 50_000
     api_keys_file: str = ""

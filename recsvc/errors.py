@@ -17,6 +17,10 @@ class Unavailable(RecsvcError):
     """The service cannot answer yet (e.g. no model has loaded)."""
 
 
+class StoreUnavailable(Unavailable):
+    """The event store cannot be reached, or did not answer in time: worth a retry later."""
+
+
 class BadInput(RecsvcError):
     """Input data or configuration cannot be used at all (CLI exit code 2)."""
 

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client.registry import Collector
 
 from recsvc.config import ServingConfig
-from recsvc.errors import BadInput
+from recsvc.errors import BadInput, StoreUnavailable
 from recsvc.events import EventStore, open_event_store, store_url
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
@@ -166,8 +166,9 @@ async def flush_impressions(core: RecommenderCore, store: EventStore) -> None:
         if taken:
             try:
                 await asyncio.to_thread(store.record_impressions, taken)
-            except Exception:
-                log.exception("could not store %d impressions", len(taken))
+            except StoreUnavailable as error:
+                core.outages.failed(error, "storing impressions")
+                core.keep_impressions(taken)  # written with the next ones, once it is back
 
 
 async def keep_in_sync(core: RecommenderCore) -> None:
@@ -180,8 +181,9 @@ async def keep_in_sync(core: RecommenderCore) -> None:
         try:
             await asyncio.to_thread(store.wait_for_change, SYNC_SECONDS)
             await asyncio.to_thread(core.sync)
-        except Exception:
-            log.exception("could not read the event store")
+            core.outages.succeeded()
+        except StoreUnavailable as error:
+            core.outages.failed(error, "reading other servers' events")
             await asyncio.sleep(SYNC_SECONDS)
 
 
@@ -244,7 +246,10 @@ async def serve(
     `collectors` add metrics of the caller's own (a worker pool's counts) to /metrics."""
     api_keys = ApiKeys.load(Path(config.api_keys_file)) if config.api_keys_file else None
     credentials = _credentials(options)
-    store = open_event_store(store_url(model_dir, options.event_store or config.event_store))
+    store = open_event_store(
+        store_url(model_dir, options.event_store or config.event_store),
+        timeout=config.event_store_timeout_s,
+    )
     core = RecommenderCore(config, store)
     servicer = RecommenderServicer(core)
     parts = create_server(core, servicer, api_keys=api_keys)
@@ -297,7 +302,11 @@ async def serve(
     for task in tasks:
         task.cancel()
     await shutdown(parts, options.grace)
-    store.record_impressions(core.take_impressions())
+    core.close()
+    try:
+        store.record_impressions(core.take_impressions())
+    except StoreUnavailable as error:
+        log.error("impressions not stored at shutdown: %s", error)
     store.close()
     if not options.quiet:
         print("recsvc serve: stopped", flush=True)

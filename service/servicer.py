@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from typing import Any
 
 import grpc
 
 from recsvc.serving.core import RecommenderCore
 from recsvc.serving.values import NO_FILTERS, EventInput, Filters, Recommendations
+from recsvc.serving.writer import store_timed_out
 from recsvc.v1 import LOAD_TEST_METADATA_KEY
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
@@ -158,14 +160,23 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         ]
         if _load_test(context):
             return pb.RecordEventsResponse(recorded=len(self.core.check_events(events)))
-        recorded = await asyncio.to_thread(self.core.record_events, events)
+        recorded = await self._stored(self.core.submit_events(events))
         return pb.RecordEventsResponse(recorded=recorded)
 
     async def ForgetUser(
         self, request: pb.ForgetUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.ForgetUserResponse:
-        deleted = await asyncio.to_thread(self.core.forget_user, request.user_id, request.reason)
+        deleted = await self._stored(self.core.submit_forget(request.user_id, request.reason))
         return pb.ForgetUserResponse(events_deleted=deleted)
+
+    async def _stored(self, write: Future[int]) -> int:
+        """Waits for a write without holding a thread (many callers share one commit);
+        StoreUnavailable past the store timeout."""
+        timeout = self.core.config.event_store_timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(write), timeout)
+        except TimeoutError:
+            raise store_timed_out(timeout) from None
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext

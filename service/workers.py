@@ -230,8 +230,7 @@ class WorkerPool:
             self._counts[EXITS] += 1
             if slot.counted_ready:
                 self._counts[READY] -= 1
-        slot.counted_ready = False
-        slot.process = None
+        slot.counted_ready, slot.ready, slot.process = False, None, None
         code = process.exitcode
         how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else code
         if len(self._exits) >= MAX_EXITS:

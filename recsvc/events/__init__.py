@@ -84,9 +84,10 @@ def open_models_store(
     return open_event_store(store_url(model_dir, configured), existing=existing)
 
 
-def open_event_store(url: str, existing: bool = False) -> EventStore:
+def open_event_store(url: str, existing: bool = False, timeout: float | None = None) -> EventStore:
     """The store named by `url`; a bare path means SQLite. With `existing` (commands that only
-    read a store), a SQLite file that is not there is BadInput, never created."""
+    read a store), a SQLite file that is not there is BadInput, never created. `timeout` bounds
+    each call to a networked store (a server's; batch commands wait longer)."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "sqlite"):
         path = parsed.path if parsed.scheme else url
@@ -100,7 +101,7 @@ def open_event_store(url: str, existing: bool = False) -> EventStore:
     if parsed.scheme == "redis":
         from recsvc.events.redis import RedisEventStore  # redis-py only when asked for
 
-        return RedisEventStore(url)
+        return RedisEventStore(url) if timeout is None else RedisEventStore(url, timeout)
     raise BadInput(
         f"unknown event store {url!r}: use sqlite:///path/events.db or redis://host:port/db"
     )

@@ -11,13 +11,16 @@ also published on `<prefix>:changes`, which replicas wait on instead of polling.
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 import pyarrow as pa
+import redis
 
-from recsvc.errors import BadInput
+from recsvc.errors import BadInput, StoreUnavailable
 from recsvc.events.records import (
     EVENTS_SCHEMA,
     IMPRESSIONS_SCHEMA,
@@ -77,11 +80,31 @@ EVENT_FIELDS = (
 IMPRESSION_FIELDS = ("user_id", "recommendation_id", "variant", "timestamp_ms", "n_items")
 
 
-class RedisEventStore:
-    """Same contract as SQLiteEventStore (tests/test_eventstore.py runs one suite on both)."""
+Result = TypeVar("Result")
 
-    def __init__(self, url: str) -> None:
-        import redis
+
+def _outage_is_unavailable(method: Callable[..., Result]) -> Callable[..., Result]:
+    """Redis down, unreachable or too slow is StoreUnavailable (a retry later may succeed)."""
+
+    @functools.wraps(method)
+    def call(self: RedisEventStore, *args: Any, **kwargs: Any) -> Result:
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise StoreUnavailable(f"redis at {self.address}: {error}") from error
+
+    return call
+
+
+class RedisEventStore:
+    """Same contract as SQLiteEventStore (tests/test_eventstore.py runs one suite on both).
+
+    Each call gives up after `timeout` seconds (once more on a fresh connection, so that a
+    connection Redis dropped while restarting costs no failed call)."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         parsed = urlparse(url)
         self.prefix = parse_qs(parsed.query).get("prefix", ["recsvc"])[0]
@@ -95,8 +118,11 @@ class RedisEventStore:
             db=database,
             password=parsed.password,
             decode_responses=True,
-            socket_timeout=10,
+            socket_timeout=timeout / 2,
+            socket_connect_timeout=timeout / 2,
+            retry=Retry(NoBackoff(), 1),
         )
+        self.address = f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}"
         self._changes: Any = None  # pub/sub subscription, opened by the first wait_for_change
         self._append = self._redis.register_script(_APPEND)
         self._forget = self._redis.register_script(_FORGET)
@@ -104,6 +130,7 @@ class RedisEventStore:
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    @_outage_is_unavailable
     def append(self, events: list[StoredEvent]) -> int:
         values: list[Any] = []
         for e in events:
@@ -124,6 +151,7 @@ class RedisEventStore:
             )
         )
 
+    @_outage_is_unavailable
     def forget(self, user_id: str, reason: str = "") -> int:
         now = int(time.time() * 1000)
         removed = int(
@@ -142,9 +170,11 @@ class RedisEventStore:
         self._redis.rpush(self._key("audit"), forget_audit_line(user_id, removed, reason, now))
         return removed
 
+    @_outage_is_unavailable
     def forgotten_users(self) -> dict[str, int]:
         return {u: int(ms) for u, ms in self._redis.hgetall(self._key("forgotten")).items()}
 
+    @_outage_is_unavailable
     def changes_after(
         self, event_id: int, forgotten_ms: int
     ) -> tuple[list[tuple[int, str, str, str, int]], dict[str, int]]:
@@ -166,6 +196,7 @@ class RedisEventStore:
                 return
             start = f"({chunk[-1][0]}"
 
+    @_outage_is_unavailable
     def read_events(self) -> pa.Table:
         rows = [f for _, f in self._entries("events")]
         return pa.table(
@@ -182,6 +213,7 @@ class RedisEventStore:
             schema=EVENTS_SCHEMA,
         )
 
+    @_outage_is_unavailable
     def read_outcomes(self) -> pa.Table:
         rows = [f for _, f in self._entries("events") if f["recommendation_id"]]
         return pa.table(
@@ -193,6 +225,7 @@ class RedisEventStore:
             schema=OUTCOMES_SCHEMA,
         )
 
+    @_outage_is_unavailable
     def record_impressions(self, rows: list[tuple[str, str, str, int, int]]) -> None:
         values: list[Any] = []
         for recommendation_id, user_id, variant, stamp, n_items in rows:
@@ -212,6 +245,7 @@ class RedisEventStore:
                 ],
             )
 
+    @_outage_is_unavailable
     def read_impressions(self) -> pa.Table:
         seen: dict[str, str] = {}
         for _, f in self._entries("impressions"):
@@ -221,6 +255,7 @@ class RedisEventStore:
             schema=IMPRESSIONS_SCHEMA,
         )
 
+    @_outage_is_unavailable
     def wait_for_change(self, timeout: float) -> None:
         """Waits on the change channel every append and deletion publishes to, so replicas take
         in each other's events and deletions within milliseconds, not a polling interval."""

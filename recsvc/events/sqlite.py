@@ -3,13 +3,17 @@ job reads (`sqlite:///path/events.db`, the default beside the models)."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from recsvc.errors import StoreUnavailable
 from recsvc.events.records import (
     EVENTS_SCHEMA,
     IMPRESSIONS_SCHEMA,
@@ -55,6 +59,27 @@ CREATE TABLE IF NOT EXISTS impressions (
 )
 
 
+Result = TypeVar("Result")
+# What SQLite says when the database cannot be used now, as opposed to a broken schema.
+OUTAGE_WORDS = ("locked", "busy", "disk", "I/O", "unable to open", "readonly", "full")
+
+
+def _outage_is_unavailable(method: Callable[..., Result]) -> Callable[..., Result]:
+    """A database that cannot be written now (locked past the busy timeout, a full disk, an I/O
+    error, a file that cannot be opened) is StoreUnavailable: a retry later may succeed."""
+
+    @functools.wraps(method)
+    def call(self: SQLiteEventStore, *args: Any, **kwargs: Any) -> Result:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as error:
+            if not any(word in str(error) for word in OUTAGE_WORDS):
+                raise  # a schema changed under us, a bug: not for a client to retry
+            raise StoreUnavailable(f"sqlite {self.path}: {error}") from error
+
+    return call
+
+
 class SQLiteEventStore:
     """One SQLite file in WAL mode; every append is one transaction, synced to disk."""
 
@@ -93,6 +118,7 @@ class SQLiteEventStore:
         db.execute(f"PRAGMA synchronous={synchronous}")
         return db
 
+    @_outage_is_unavailable
     def append(self, events: list[StoredEvent]) -> int:
         rows = [
             (
@@ -122,6 +148,7 @@ class SQLiteEventStore:
             db.execute("COMMIT")
         return len(rows)
 
+    @_outage_is_unavailable
     def forget(self, user_id: str, reason: str = "") -> int:
         now = int(time.time() * 1000)
         with self._lock:
@@ -142,6 +169,7 @@ class SQLiteEventStore:
                 log.write(forget_audit_line(user_id, removed, reason, now) + "\n")
         return removed
 
+    @_outage_is_unavailable
     def changes_after(
         self, event_id: int, forgotten_ms: int
     ) -> tuple[list[tuple[int, str, str, str, int]], dict[str, int]]:
@@ -160,6 +188,7 @@ class SQLiteEventStore:
             ).fetchall()
         return events, {user: int(ms) for user, ms in forgotten}
 
+    @_outage_is_unavailable
     def forgotten_users(self) -> dict[str, int]:
         """User id -> when it was forgotten (epoch ms)."""
         with self._lock:
@@ -181,6 +210,7 @@ class SQLiteEventStore:
             OUTCOMES_SCHEMA,
         )
 
+    @_outage_is_unavailable
     def _query(self, sql: str, schema: pa.Schema) -> pa.Table:
         """The rows of `sql` as a table whose columns are `schema`'s, in that order."""
         with self._lock:
@@ -191,6 +221,7 @@ class SQLiteEventStore:
             schema=schema,
         )
 
+    @_outage_is_unavailable
     def record_impressions(self, rows: list[tuple[str, str, str, int, int]]) -> None:
         """(recommendation_id, user_id, variant, timestamp_ms, n_items) per response served."""
         with self._lock:

@@ -13,12 +13,14 @@ import itertools
 import threading
 import time
 import uuid
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import numpy as np
 
 from recsvc.config import EVENT_NAMES, ServingConfig, VariantConfig
-from recsvc.errors import InvalidArgument, NotFound, Unavailable
+from recsvc.errors import InvalidArgument, NotFound, StoreUnavailable, Unavailable
 from recsvc.events import EventStore, StoredEvent
 from recsvc.experiments import assign_variant
 from recsvc.published import PublishedModel
@@ -34,6 +36,7 @@ from recsvc.serving.values import (
     ListEntry,
     Recommendations,
 )
+from recsvc.serving.writer import EventWriter, OutageLog, store_timed_out
 
 # Events may be stamped a little in the future (client clocks); more is a client mistake.
 MAX_FUTURE_MS = 24 * 3_600_000
@@ -67,8 +70,15 @@ class RecommenderCore:
         self._last_forgotten_ms = 0
         self._newest_event_ms = 0  # the profile clock, with profile_clock = "events"
         self._sync_lock = threading.Lock()
+        self.outages = OutageLog()
+        self._writer = (
+            EventWriter(event_store, self.sync, self.outages) if event_store is not None else None
+        )
         if event_store is not None:
-            self.sync()
+            try:
+                self.sync()
+            except StoreUnavailable as error:  # recommendations go on; sync catches up later
+                self.outages.failed(error, "starting")
         self._impressions: list[tuple[str, str, str, int, int]] = []
         self._impressions_lock = threading.Lock()
 
@@ -244,16 +254,37 @@ class RecommenderCore:
         return self.policy.popular(self.serving, k, categories, trending, filters)
 
     def record_events(self, events: list[EventInput]) -> int:
-        """Validates the whole batch first: one bad event refuses the batch, nothing stored."""
+        """Validates the whole batch first: one bad event refuses the batch, nothing stored.
+        Returns once the events are durable; StoreUnavailable past the store's timeout."""
+        return self.wait_for_store(self.submit_events(events))
+
+    def submit_events(self, events: list[EventInput]) -> Future[int]:
+        """As record_events, without waiting: InvalidArgument at once for a bad batch, else
+        a future that resolves when the batch is stored with other callers' (group commit)."""
         stored = self.check_events(events)
-        if self.event_store is None:
+        if self._writer is None:
             for e in stored:
                 self.realtime.add(e.user_id, e.item_id, e.event, e.timestamp_ms)
                 self._newest_event_ms = max(self._newest_event_ms, e.timestamp_ms)
-        else:
-            self.event_store.append(stored)
-            self.sync()  # the store is the one path into real-time state, for every worker
-        return len(stored)
+            return _done(len(stored))
+        # The store is the one path into real-time state, for every worker: the writer syncs
+        # before it answers.
+        return self._writer.append(stored)
+
+    def wait_for_store(self, future: Future[int]) -> int:
+        """The result of a write; StoreUnavailable if it takes longer than the store timeout
+        (the write is then withdrawn if it has not started)."""
+        timeout = self.config.event_store_timeout_s
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise store_timed_out(timeout) from None
+
+    def close(self) -> None:
+        """Stores what callers have queued, then stops the writer."""
+        if self._writer is not None:
+            self._writer.close()
 
     def check_events(self, events: list[EventInput]) -> list[StoredEvent]:
         """The batch as it would be stored; InvalidArgument for the first bad event. Load-test
@@ -327,14 +358,17 @@ class RecommenderCore:
 
     def forget_user(self, user_id: str, reason: str = "") -> int:
         """Deletes stored events, drops real-time state and stops personalising at once."""
+        return self.wait_for_store(self.submit_forget(user_id, reason))
+
+    def submit_forget(self, user_id: str, reason: str = "") -> Future[int]:
+        """As forget_user, without waiting: the deletion is stored after every event queued
+        before it, and its future resolves (acknowledged) only once it is durable."""
         self.checks.check_id(user_id, "user_id")
-        if self.event_store is None:
+        if self._writer is None:
             self._forgotten[user_id] = int(time.time() * 1000)
             self.realtime.forget(user_id)
-            return 0
-        deleted = self.event_store.forget(user_id, reason)
-        self.sync()
-        return deleted
+            return _done(0)
+        return self._writer.forget(user_id, reason)
 
     def forgotten_since_training(self, user_id: str, serving: ServingModel | None = None) -> bool:
         """Whether the user was deleted after `serving` (the current model) read its inputs:
@@ -419,9 +453,20 @@ class RecommenderCore:
             taken, self._impressions = self._impressions, []
         return taken
 
+    def keep_impressions(self, taken: list[tuple[str, str, str, int, int]]) -> None:
+        """Puts back impressions the store could not take, to be written with the next ones."""
+        with self._impressions_lock:
+            self._impressions = taken + self._impressions
+
     def _note_impression(self, recommendation_id: str, user_id: str, variant: str, n: int) -> None:
         """Impressions serve the experiment report only: Recommend notes them for variants."""
         with self._impressions_lock:
             self._impressions.append(
                 (recommendation_id, user_id, variant, int(time.time() * 1000), n)
             )
+
+
+def _done(result: int) -> Future[int]:
+    future: Future[int] = Future()
+    future.set_result(result)
+    return future
