@@ -12,7 +12,6 @@ import grpc
 
 from recsvc.serving.core import RecommenderCore
 from recsvc.serving.values import NO_FILTERS, EventInput, Filters, Recommendations
-from recsvc.serving.writer import store_timed_out
 from recsvc.v1 import LOAD_TEST_METADATA_KEY
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
@@ -176,7 +175,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             return await asyncio.wait_for(asyncio.wrap_future(write), timeout)
         except TimeoutError:
-            raise store_timed_out(timeout) from None
+            raise self.core.store_timed_out() from None
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext

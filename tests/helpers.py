@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -74,3 +75,59 @@ def train_once(name: str, inputs, model_dir: Path, config):
         with contextlib.suppress(OSError):  # another worker got there first
             staging.rename(cached)
     return result
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, in `directory`; `persistent` keeps its
+    data on disk (appendonly, fsync always) across a stop and start, as a production one."""
+
+    def __init__(self, directory: Path, persistent: bool = False) -> None:
+        import socket
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            skip_for_missing(
+                "redis",
+                "redis-server is not installed (apt-get install redis-server; .ci/run does)",
+            )
+        self.binary = binary
+        self.directory = directory
+        self.persistent = persistent
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import socket
+
+        durability = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persistent
+            else ["--appendonly", "no"]
+        )
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *durability, "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+        def accepting() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(accepting, "redis-server accepting connections")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None

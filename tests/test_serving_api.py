@@ -21,7 +21,7 @@ import grpc
 import pyarrow.parquet as pq
 import pytest
 from grpc_health.v1 import health_pb2
-from helpers import wait_until
+from helpers import RedisServer, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_server_e2e import RECSVC, RunningServer, start_server
@@ -773,7 +773,9 @@ def test_a_killed_worker_is_replaced_while_calls_keep_succeeding(
         counts = scrape(urls[-1])  # the replacement's own endpoint
         assert counts["recsvc_worker_exits_total"] == 1
         assert counts["recsvc_worker_replacements_total"] == 1
-        assert counts["recsvc_workers_ready"] == counts["recsvc_workers_configured"] == 2
+        assert counts["recsvc_workers_configured"] == 2
+        # The parent counts a worker ready when it next looks (every 0.2 s).
+        wait_until(lambda: scrape(urls[-1])["recsvc_workers_ready"] == 2, "two workers ready")
     finally:
         stop.set()
         if loader.is_alive():
@@ -812,6 +814,79 @@ def running_process(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has exited; only its parent has not collected it
+
+
+def test_redis_going_away_costs_unavailable_answers_never_recommendations(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Redis stops under load and comes back: RecordEvents and ForgetUser answer UNAVAILABLE
+    (never INTERNAL) while it is gone, Recommend never fails, each replica logs the outage in
+    two lines, and once it is back every replica takes in what is recorded through the other."""
+    redis = RedisServer(tmp_path / "redis", persistent=True)
+    (tmp_path / "redis").mkdir()
+    redis.start()
+    store = f"{redis.url}?prefix=outage"
+    first = start_server(model_dir, "--event-store", store)
+    second = start_server(model_dir, "--event-store", store)
+    recommend_codes: Counter[grpc.StatusCode] = Counter()
+    stop = threading.Event()
+
+    def recommend_all_along() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            for running in (first, second):
+                try:
+                    running.stub.Recommend(pb.RecommendRequest(user_id=f"u{n % 300:04d}", k=5))
+                    recommend_codes[grpc.StatusCode.OK] += 1
+                except grpc.RpcError as error:
+                    recommend_codes[error.code()] += 1
+
+    def event(user: str, item: str = "i0001") -> pb.RecordEventsRequest:
+        return pb.RecordEventsRequest(events=[pb.Event(user_id=user, item_id=item, event="cart")])
+
+    loader = threading.Thread(target=recommend_all_along)
+    try:
+        first.wait_for_health(SERVING)
+        second.wait_for_health(SERVING)
+        loader.start()
+        assert first.stub.RecordEvents(event("before"), timeout=5).recorded == 1
+        redis.stop()
+        for _ in range(5):
+            with pytest.raises(grpc.RpcError) as refused:
+                first.stub.RecordEvents(event("during"), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "event store" in (refused.value.details() or "")
+        with pytest.raises(grpc.RpcError) as refused:
+            second.stub.ForgetUser(pb.ForgetUserRequest(user_id="before"), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        redis.start()
+
+        def recorded_again() -> bool:
+            try:
+                return first.stub.RecordEvents(event("after", "i0002"), timeout=5).recorded == 1
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                return False
+
+        wait_until(recorded_again, "RecordEvents to succeed once Redis is back")
+
+        def second_sees_it() -> bool:
+            answer = second.stub.Recommend(pb.RecommendRequest(user_id="after", k=5), timeout=5)
+            return not answer.fallback
+
+        wait_until(second_sees_it, "the other replica to take in the event recorded after")
+    finally:
+        stop.set()
+        if loader.is_alive():
+            loader.join(timeout=30)
+        outputs = [running.stop()[1] for running in (first, second)]
+        redis.stop()
+    assert set(recommend_codes) == {grpc.StatusCode.OK}, recommend_codes
+    for output in outputs:
+        assert output.count("event store unreachable") == 1, output
+        assert output.count("event store reachable again") == 1, output
+        assert "Traceback" not in output and "INTERNAL" not in output
 
 
 def test_two_servers_on_one_redis_share_events_and_deletions(

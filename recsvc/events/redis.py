@@ -91,7 +91,7 @@ def _outage_is_unavailable(method: Callable[..., Result]) -> Callable[..., Resul
         try:
             return method(self, *args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise StoreUnavailable(f"redis at {self.address}: {error}") from error
+            raise StoreUnavailable(f"event store redis at {self.address}: {error}") from error
 
     return call
 

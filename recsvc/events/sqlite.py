@@ -75,7 +75,7 @@ def _outage_is_unavailable(method: Callable[..., Result]) -> Callable[..., Resul
         except sqlite3.OperationalError as error:
             if not any(word in str(error) for word in OUTAGE_WORDS):
                 raise  # a schema changed under us, a bug: not for a client to retry
-            raise StoreUnavailable(f"sqlite {self.path}: {error}") from error
+            raise StoreUnavailable(f"event store {self.path}: {error}") from error
 
     return call
 

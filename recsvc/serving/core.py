@@ -36,7 +36,7 @@ from recsvc.serving.values import (
     ListEntry,
     Recommendations,
 )
-from recsvc.serving.writer import EventWriter, OutageLog, store_timed_out
+from recsvc.serving.writer import EventWriter, OutageLog
 
 # Events may be stamped a little in the future (client clocks); more is a client mistake.
 MAX_FUTURE_MS = 24 * 3_600_000
@@ -274,12 +274,19 @@ class RecommenderCore:
     def wait_for_store(self, future: Future[int]) -> int:
         """The result of a write; StoreUnavailable if it takes longer than the store timeout
         (the write is then withdrawn if it has not started)."""
-        timeout = self.config.event_store_timeout_s
         try:
-            return future.result(timeout)
+            return future.result(self.config.event_store_timeout_s)
         except FutureTimeout:
             future.cancel()
-            raise store_timed_out(timeout) from None
+            raise self.store_timed_out() from None
+
+    def store_timed_out(self) -> StoreUnavailable:
+        """The error for a write the store did not finish in time; the outage is logged."""
+        error = StoreUnavailable(
+            f"the event store did not answer within {self.config.event_store_timeout_s:g} s"
+        )
+        self.outages.failed(error, "waiting for a write")
+        return error
 
     def close(self) -> None:
         """Stores what callers have queued, then stops the writer."""

@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH_EVENTS = 20_000
 
 
-def store_timed_out(timeout: float) -> StoreUnavailable:
-    return StoreUnavailable(f"the event store did not answer within {timeout:g} s")
-
-
 class OutageLog:
     """One log line when the event store becomes unreachable and one when it is back."""
 
