@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -67,9 +68,51 @@ def _model_info(info: dict[str, Any]) -> pb.ModelInfo:
     )
 
 
+class Completions:
+    """Awaits the core's write futures on the event loop, waking it once per burst.
+
+    asyncio.wrap_future wakes the loop (a write to its self-pipe, and a pass of the loop) for
+    every future; the writer completes a whole group commit at once, so this collects the
+    completions and hands them over in one wake-up."""
+
+    def __init__(self) -> None:
+        self._done: list[tuple[Future[int], asyncio.Future[int]]] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wait(self, write: Future[int]) -> asyncio.Future[int]:
+        """An asyncio future of the write's result; cancelling it withdraws the write."""
+        loop = self._loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[int] = loop.create_future()
+        waiter.add_done_callback(lambda w: write.cancel() if w.cancelled() else None)
+        write.add_done_callback(lambda f: self._completed(f, waiter))
+        return waiter
+
+    def _completed(self, write: Future[int], waiter: asyncio.Future[int]) -> None:
+        with self._lock:
+            self._done.append((write, waiter))
+            first = len(self._done) == 1
+        if first and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+        for write, waiter in done:
+            if waiter.done():
+                continue
+            if write.cancelled():
+                waiter.cancel()
+            elif (error := write.exception()) is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(write.result())
+
+
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     """Scoring runs on the event loop (a thread hop costs more than scoring a small catalogue;
-    several worker processes give parallelism); calls that write to disk run in a thread."""
+    several worker processes give parallelism); writes go to the core's event writer, whose
+    thread stores many calls' events in one commit."""
 
     def __init__(
         self, core: RecommenderCore, reload: Callable[[], Awaitable[None]] | None = None
@@ -77,6 +120,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.core = core
         self.reload = reload  # set by the server once its model watcher exists
         self._built: OrderedDict[int, tuple[Recommendations, pb.RecommendResponse]] = OrderedDict()
+        self._completions = Completions()
 
     def _response(self, result: Recommendations) -> pb.RecommendResponse:
         """The response for a result, from a copy of the one built for the same list."""
@@ -173,7 +217,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         StoreUnavailable past the store timeout."""
         timeout = self.core.config.event_store_timeout_s
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(write), timeout)
+            return await asyncio.wait_for(self._completions.wait(write), timeout)
         except TimeoutError:
             raise self.core.store_timed_out() from None
 

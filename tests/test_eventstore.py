@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,34 @@ def test_a_redis_replica_is_woken_by_another_replicas_change(redis_url: str) -> 
     thread.join()
     waiting.close()
     writing.close()
+
+
+def test_a_redis_store_is_not_woken_by_its_own_changes(redis_url: str) -> None:
+    """Its own writes are taken in by the writer: waking its syncs for them would read every
+    event back."""
+    import threading
+
+    store = open_event_store(f"{redis_url}?prefix=own{next(_prefixes)}")
+    store.wait_for_change(0.01)  # subscribes
+    woke = threading.Event()
+    thread = threading.Thread(target=lambda: (store.wait_for_change(1.0), woke.set()))
+    started = time.monotonic()
+    thread.start()
+    store.append([StoredEvent("u1", "i1", "view", 1)])
+    thread.join()
+    assert time.monotonic() - started >= 0.9, "woken by its own append"
+
+
+def test_deletions_stored_before_the_by_time_index_are_still_honoured(redis_url: str) -> None:
+    import redis
+
+    prefix = f"old{next(_prefixes)}"
+    # A store written by an earlier version: the deletion in the hash only.
+    redis.Redis.from_url(redis_url).hset(f"{prefix}:forgotten", "gone", 1234)
+    store = open_event_store(f"{redis_url}?prefix={prefix}")
+    store.forget("later")
+    _, forgotten = store.changes_after(0, 0)
+    assert forgotten["gone"] == 1234 and "later" in forgotten
+    _, newer = store.changes_after(0, 1235)
+    assert "gone" not in newer and "later" in newer
+    store.close()

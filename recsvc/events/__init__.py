@@ -42,7 +42,10 @@ DEFAULT_STORE_FILE = "events.db"
 
 
 class EventStore(Protocol):
-    def append(self, events: list[StoredEvent]) -> int: ...
+    def append(self, events: list[StoredEvent]) -> int:
+        """Stores the events at once (all or none); returns the id of the last. Their ids are
+        the len(events) consecutive ids ending there, above every id stored before."""
+        ...
 
     def forget(self, user_id: str, reason: str = "") -> int: ...
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
@@ -30,30 +31,54 @@ from recsvc.events.records import (
 )
 
 READ_CHUNK = 10_000
-# KEYS: stream, sequence counter, change channel. ARGV: user-index key prefix, fields per
-# entry, then the entries' field values, the user id first. Returns the entries stored.
+# KEYS: stream, sequence counter, change channel. ARGV: the writer's token (published, so that
+# it can ignore its own changes), user-index key prefix, fields per entry, then the entries'
+# field values, the user id first. Returns the last entry's sequence number (the entries have
+# the consecutive numbers ending there).
 _APPEND = """
-local per = tonumber(ARGV[2])
+local per = tonumber(ARGV[3])
 local names = {}
-for n = 1, per do names[n] = ARGV[2 + n] end
-local first = 3 + per
-local stored = 0
+for n = 1, per do names[n] = ARGV[3 + n] end
+local first = 4 + per
+local last = redis.call('INCRBY', KEYS[2], (#ARGV - first + 1) / per)
+local seq = last - (#ARGV - first + 1) / per
 for start = first, #ARGV, per do
-    local seq = redis.call('INCR', KEYS[2])
+    seq = seq + 1
     local fields = {}
     for n = 1, per do
         fields[#fields + 1] = names[n]
         fields[#fields + 1] = ARGV[start + n - 1]
     end
     redis.call('XADD', KEYS[1], seq .. '-0', unpack(fields))
-    redis.call('RPUSH', ARGV[1] .. ARGV[start], seq)
-    stored = stored + 1
+    redis.call('RPUSH', ARGV[2] .. ARGV[start], seq)
 end
-redis.call('PUBLISH', KEYS[3], 'append')
-return stored
+redis.call('PUBLISH', KEYS[3], ARGV[1])
+return last
+"""
+# Events are stored packed: one stream field holding the event's values joined by SEPARATOR,
+# a control character that no id can hold (recsvc.ids), so a call of 100 events sends 100
+# arguments instead of 800. KEYS: stream, sequence counter, change channel. ARGV: the writer's
+# token, user-index key prefix, then one packed event each (the user id first).
+SEPARATOR = "\x1f"
+PACKED = "e"
+_APPEND_EVENTS = """
+local n = #ARGV - 2
+local last = redis.call('INCRBY', KEYS[2], n)
+local seq = last - n
+for i = 3, #ARGV do
+    seq = seq + 1
+    local event = ARGV[i]
+    local user = string.sub(event, 1, string.find(event, '\\31', 1, true) - 1)
+    redis.call('XADD', KEYS[1], seq .. '-0', 'e', event)
+    redis.call('RPUSH', ARGV[2] .. user, seq)
+end
+redis.call('PUBLISH', KEYS[3], ARGV[1])
+return last
 """
 # KEYS: events stream, the user's event index, impressions stream, the user's impression
-# index, forgotten hash, change channel. ARGV: user id, now (ms). Returns the events deleted.
+# index, forgotten hash, change channel, forgotten users by time (a sorted set, so that a sync
+# reads only deletions since its last). ARGV: user id, now (ms), the writer's token. Returns
+# the events deleted.
 _FORGET = """
 local function drop(stream, index)
     local ids = redis.call('LRANGE', index, 0, -1)
@@ -64,7 +89,8 @@ end
 local removed = drop(KEYS[1], KEYS[2])
 drop(KEYS[3], KEYS[4])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
-redis.call('PUBLISH', KEYS[6], 'forget')
+redis.call('ZADD', KEYS[7], ARGV[2], ARGV[1])
+redis.call('PUBLISH', KEYS[6], ARGV[3])
 return removed
 """
 EVENT_FIELDS = (
@@ -124,7 +150,11 @@ class RedisEventStore:
         )
         self.address = f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}"
         self._changes: Any = None  # pub/sub subscription, opened by the first wait_for_change
+        # Published with every change this store makes: its own are not news to its owner.
+        self._token = uuid.uuid4().hex
+        self._forgotten_indexed = False
         self._append = self._redis.register_script(_APPEND)
+        self._append_events = self._redis.register_script(_APPEND_EVENTS)
         self._forget = self._redis.register_script(_FORGET)
 
     def _key(self, *parts: str) -> str:
@@ -132,22 +162,25 @@ class RedisEventStore:
 
     @_outage_is_unavailable
     def append(self, events: list[StoredEvent]) -> int:
-        values: list[Any] = []
-        for e in events:
-            values += [
-                e.user_id,
-                e.item_id,
-                e.event,
-                int(e.timestamp_ms),
-                repr(float(e.quantity)),
-                "" if e.price is None else repr(float(e.price)),
-                e.variant,
-                e.recommendation_id,
-            ]
+        packed = [
+            SEPARATOR.join(
+                (
+                    e.user_id,
+                    e.item_id,
+                    e.event,
+                    str(int(e.timestamp_ms)),
+                    repr(float(e.quantity)),
+                    "" if e.price is None else repr(float(e.price)),
+                    e.variant,
+                    e.recommendation_id,
+                )
+            )
+            for e in events
+        ]
         return int(
-            self._append(
+            self._append_events(
                 keys=[self._key("events"), self._key("events", "seq"), self._key("changes")],
-                args=[self._key("user-events", ""), len(EVENT_FIELDS), *EVENT_FIELDS, *values],
+                args=[self._token, self._key("user-events", ""), *packed],
             )
         )
 
@@ -163,8 +196,9 @@ class RedisEventStore:
                     self._key("user-impressions", user_id),
                     self._key("forgotten"),
                     self._key("changes"),
+                    self._key("forgotten", "by-time"),
                 ],
-                args=[user_id, now],
+                args=[user_id, now, self._token],
             )
         )
         self._redis.rpush(self._key("audit"), forget_audit_line(user_id, removed, reason, now))
@@ -182,8 +216,20 @@ class RedisEventStore:
             (seq, f["user_id"], f["item_id"], f["event"], int(f["timestamp_ms"]))
             for seq, f in self._entries("events", event_id)
         ]
-        forgotten = {u: ms for u, ms in self.forgotten_users().items() if ms >= forgotten_ms}
-        return events, forgotten
+        if not self._forgotten_indexed:
+            self._index_forgotten()
+        by_time = self._redis.zrangebyscore(
+            self._key("forgotten", "by-time"), forgotten_ms, "+inf", withscores=True
+        )
+        return events, {user: int(ms) for user, ms in by_time}
+
+    def _index_forgotten(self) -> None:
+        """Fills the by-time index from the hash for deletions stored before it existed."""
+        index = self._key("forgotten", "by-time")
+        if self._redis.zcard(index) < self._redis.hlen(self._key("forgotten")):
+            for user, ms in self._redis.hgetall(self._key("forgotten")).items():
+                self._redis.zadd(index, {user: int(ms)})
+        self._forgotten_indexed = True
 
     def _entries(self, stream: str, after: int = 0):
         """(sequence number, fields) of the stream's entries after `after`, oldest first."""
@@ -191,6 +237,9 @@ class RedisEventStore:
         while True:
             chunk = self._redis.xrange(self._key(stream), start, "+", count=READ_CHUNK)
             for entry_id, fields in chunk:
+                packed = fields.get(PACKED)
+                if packed is not None:
+                    fields = dict(zip(EVENT_FIELDS, packed.split(SEPARATOR), strict=True))
                 yield int(entry_id.split("-", 1)[0]), fields
             if len(chunk) < READ_CHUNK:
                 return
@@ -238,6 +287,7 @@ class RedisEventStore:
                     self._key("changes"),
                 ],
                 args=[
+                    self._token,
                     self._key("user-impressions", ""),
                     len(IMPRESSION_FIELDS),
                     *IMPRESSION_FIELDS,
@@ -262,9 +312,13 @@ class RedisEventStore:
         if self._changes is None:
             self._changes = self._redis.pubsub(ignore_subscribe_messages=True)
             self._changes.subscribe(self._key("changes"))
-        if self._changes.get_message(timeout=timeout) is not None:
-            while self._changes.get_message(timeout=0) is not None:
-                pass  # one sync takes in every change so far
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            message = self._changes.get_message(timeout=left)
+            if message is not None and message["data"] != self._token:
+                while self._changes.get_message(timeout=0) is not None:
+                    pass  # one sync takes in every change so far
+                return
 
     def close(self) -> None:
         if self._changes is not None:

@@ -120,33 +120,24 @@ class SQLiteEventStore:
 
     @_outage_is_unavailable
     def append(self, events: list[StoredEvent]) -> int:
-        rows = [
-            (
-                e.user_id,
-                e.item_id,
-                e.event,
-                int(e.timestamp_ms),
-                float(e.quantity),
-                e.price,
-                e.variant,
-                e.recommendation_id,
-            )
-            for e in events
-        ]
+        """Stores the events in one transaction; returns the id of the last (their ids are the
+        len(events) consecutive ids ending there: the transaction holds the write lock)."""
         with self._lock:
             db = self._connection()
             db.execute("BEGIN")
             try:
+                # A StoredEvent is a tuple in the columns' order: no per-event conversion.
                 db.executemany(
                     "INSERT INTO events (user_id, item_id, event, timestamp_ms, quantity, price,"
                     " variant, recommendation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
+                    events,
                 )
+                last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-        return len(rows)
+        return int(last)
 
     @_outage_is_unavailable
     def forget(self, user_id: str, reason: str = "") -> int:

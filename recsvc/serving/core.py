@@ -10,9 +10,11 @@ runs from start to end on the model it started with, even during a reload.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -23,6 +25,7 @@ from recsvc.config import EVENT_NAMES, ServingConfig, VariantConfig
 from recsvc.errors import InvalidArgument, NotFound, StoreUnavailable, Unavailable
 from recsvc.events import EventStore, StoredEvent
 from recsvc.experiments import assign_variant
+from recsvc.ids import id_problem
 from recsvc.published import PublishedModel
 from recsvc.serving import marketing
 from recsvc.serving.model import ServingModel, trained_at_ms
@@ -72,7 +75,9 @@ class RecommenderCore:
         self._sync_lock = threading.Lock()
         self.outages = OutageLog()
         self._writer = (
-            EventWriter(event_store, self.sync, self.outages) if event_store is not None else None
+            EventWriter(event_store, self._take_in_own, self.sync, self.outages)
+            if event_store is not None
+            else None
         )
         if event_store is not None:
             try:
@@ -304,38 +309,41 @@ class RecommenderCore:
                 f"at most {limits.max_events_per_call} events per call, got {len(events)}"
             )
         now = int(time.time() * 1000)
+        latest = now + MAX_FUTURE_MS
+        max_id = limits.max_id_length
+        experiment = self.config.experiments[0] if self.config.experiments else None
         stored = []
+        # Runs for every event of every call: messages are only formatted for a bad one.
         for n, event in enumerate(events):
-            where = f"events[{n}]"
-            self.checks.check_id(event.user_id, f"{where}.user_id")
-            self.checks.check_id(event.item_id, f"{where}.item_id")
-            if event.event not in EVENT_NAMES:
+            user_id, item_id, name, stamp, quantity, price, recommendation_id = event
+            problem = id_problem(user_id, max_id)
+            if problem is not None:
+                raise InvalidArgument(f"events[{n}].user_id {problem}")
+            problem = id_problem(item_id, max_id)
+            if problem is not None:
+                raise InvalidArgument(f"events[{n}].item_id {problem}")
+            if name not in EVENT_NAMES:
                 raise InvalidArgument(
-                    f"{where}.event must be one of {', '.join(EVENT_NAMES)}, got {event.event!r}"
+                    f"events[{n}].event must be one of {', '.join(EVENT_NAMES)}, got {name!r}"
                 )
-            stamp = event.timestamp_ms or now
-            if stamp < 0 or stamp > now + MAX_FUTURE_MS:
-                raise InvalidArgument(f"{where}.timestamp_ms {stamp} is outside the allowed range")
-            if not (event.quantity > 0 and float(event.quantity).is_integer()):
-                raise InvalidArgument(f"{where}.quantity must be a positive whole number")
-            if event.price is not None and not (event.price >= 0 and np.isfinite(event.price)):
-                raise InvalidArgument(f"{where}.price must be a number >= 0")
-            if len(event.recommendation_id) > limits.max_id_length:
-                raise InvalidArgument(f"{where}.recommendation_id is too long")
+            stamp = stamp or now
+            if stamp < 0 or stamp > latest:
+                raise InvalidArgument(
+                    f"events[{n}].timestamp_ms {stamp} is outside the allowed range"
+                )
+            quantity = float(quantity)
+            if not (quantity > 0 and quantity.is_integer()):
+                raise InvalidArgument(f"events[{n}].quantity must be a positive whole number")
+            if price is not None and not (price >= 0 and math.isfinite(price)):
+                raise InvalidArgument(f"events[{n}].price must be a number >= 0")
+            if recommendation_id and (problem := id_problem(recommendation_id, max_id)):
+                raise InvalidArgument(f"events[{n}].recommendation_id {problem}")
             variant = ""
-            if self.config.experiments:
-                experiment = self.config.experiments[0]
-                variant = f"{experiment.name}/{assign_variant(experiment, event.user_id).name}"
+            if experiment is not None:
+                variant = f"{experiment.name}/{assign_variant(experiment, user_id).name}"
             stored.append(
                 StoredEvent(
-                    event.user_id,
-                    event.item_id,
-                    event.event,
-                    stamp,
-                    float(event.quantity),
-                    event.price,
-                    variant,
-                    event.recommendation_id,
+                    user_id, item_id, name, stamp, quantity, price, variant, recommendation_id
                 )
             )
         return stored
@@ -353,15 +361,33 @@ class RecommenderCore:
                     self._forgotten[user_id] = when
                     self.realtime.forget_before(user_id, when)
                 self._last_forgotten_ms = max(self._last_forgotten_ms, when)
-            model = self._model
-            trained_until = (
-                int(model.published.manifest.get("data_end_ms", 0)) if model is not None else 0
-            )
-            for event_id, user_id, item_id, event, stamp in events:
-                self._last_event_id = event_id
-                self._newest_event_ms = max(self._newest_event_ms, stamp)
-                if stamp > trained_until:
-                    self.realtime.add(user_id, item_id, event, stamp)
+            if events:
+                self._add_fresh(row[1:] for row in events)
+                self._last_event_id = events[-1][0]
+
+    def _take_in_own(self, events: list[StoredEvent], last_id: int) -> None:
+        """Takes in events this process just stored (ids last_id - len + 1 .. last_id) without
+        reading them back, when nothing else was stored since the last sync; else syncs."""
+        with self._sync_lock:
+            if self._last_event_id == last_id - len(events):
+                self._add_fresh((e.user_id, e.item_id, e.event, e.timestamp_ms) for e in events)
+                self._last_event_id = last_id
+                return
+        self.sync()
+
+    def _add_fresh(self, events: Iterable[tuple[str, str, str, int]]) -> None:
+        """Stored events into real-time state: those after the model's data end (the model
+        holds the rest). Callers hold the sync lock."""
+        model = self._model
+        trained_until = (
+            int(model.published.manifest.get("data_end_ms", 0)) if model is not None else 0
+        )
+        newest = self._newest_event_ms
+        for user_id, item_id, event, stamp in events:
+            newest = max(newest, stamp)
+            if stamp > trained_until:
+                self.realtime.add(user_id, item_id, event, stamp)
+        self._newest_event_ms = newest
 
     def forget_user(self, user_id: str, reason: str = "") -> int:
         """Deletes stored events, drops real-time state and stops personalising at once."""

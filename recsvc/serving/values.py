@@ -58,8 +58,9 @@ class ListEntry(NamedTuple):
     until_ms: int
 
 
-@dataclass(frozen=True)
-class EventInput:
+class EventInput(NamedTuple):
+    """One event of a RecordEvents call (a tuple: cheap to make for every event)."""
+
     user_id: str
     item_id: str
     event: str

@@ -73,14 +73,19 @@ class _Write:
 
 
 class EventWriter:
-    """The event store's single writer. `after_write` runs after each stored batch, before its
-    callers are answered (the core's sync of real-time state)."""
+    """The event store's single writer. After each stored batch, before its callers are
+    answered, `appended(events, last_id)` or `forgotten()` lets the core take it in."""
 
     def __init__(
-        self, store: EventStore, after_write: Callable[[], None], outages: OutageLog
+        self,
+        store: EventStore,
+        appended: Callable[[list[StoredEvent], int], None],
+        forgotten: Callable[[], None],
+        outages: OutageLog,
     ) -> None:
         self.store = store
-        self.after_write = after_write
+        self.appended = appended
+        self.forgotten = forgotten
         self.outages = outages
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -120,7 +125,11 @@ class EventWriter:
                 return
             if write.events is None:
                 if write.future.set_running_or_notify_cancel():
-                    self._finish([write], lambda w=write: self.store.forget(w.user_id, w.reason))
+                    self._finish(
+                        [write],
+                        lambda w=write: self.store.forget(w.user_id, w.reason),
+                        lambda _: self.forgotten(),
+                    )
                 continue
             batch, n_events = [write], len(write.events)
             while n_events < MAX_BATCH_EVENTS:
@@ -138,12 +147,19 @@ class EventWriter:
             live = [w for w in batch if w.future.set_running_or_notify_cancel()]
             if live:
                 events = [e for w in live for e in w.events or ()]
-                self._finish(live, lambda events=events: self.store.append(events))
+                self._finish(
+                    live,
+                    lambda events=events: self.store.append(events),
+                    lambda last, events=events: self.appended(events, last),
+                )
 
-    def _finish(self, writes: list[_Write], action: Callable[[], int]) -> None:
-        """Runs the store action for `writes` and answers each of their callers."""
+    def _finish(
+        self, writes: list[_Write], action: Callable[[], int], after: Callable[[int], None]
+    ) -> None:
+        """Runs the store action for `writes`, lets the core take it in (`after`, given the
+        action's result), and answers each of their callers."""
         try:
-            removed = action()
+            result = action()
         except StoreUnavailable as error:
             self.outages.failed(error, "storing events" if writes[0].events else "deleting")
             for write in writes:
@@ -156,8 +172,8 @@ class EventWriter:
             return
         self.outages.succeeded()
         try:
-            self.after_write()
+            after(result)
         except StoreUnavailable as error:  # stored and durable: the callers are answered
             self.outages.failed(error, "reading it back")
         for write in writes:
-            write.future.set_result(len(write.events) if write.events is not None else removed)
+            write.future.set_result(len(write.events) if write.events is not None else result)
