@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from recsvc.errors import BadInput, InvalidArgument, NotFound, QualityGateRefused, Unavailable
+from recsvc.errors import (
+    BadInput,
+    InvalidArgument,
+    NotFound,
+    PublishFailed,
+    QualityGateRefused,
+    Unavailable,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_GATE_REFUSED = 0, 1, 2, 3
 
@@ -697,6 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     except QualityGateRefused as exc:
         print(f"recsvc: refused: {exc}", file=sys.stderr)
         return EXIT_GATE_REFUSED
+    except PublishFailed as exc:
+        print(f"recsvc: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except Unavailable as exc:
         print(f"recsvc: unavailable: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -25,6 +25,10 @@ class BadInput(RecsvcError):
     """Input data or configuration cannot be used at all (CLI exit code 2)."""
 
 
+class PublishFailed(RecsvcError):
+    """A new version could not be written (a full disk, an I/O error); the current one stays."""
+
+
 class QualityGateRefused(RecsvcError):
     """The new model is worse than the published one beyond tolerance (CLI exit code 3)."""
 

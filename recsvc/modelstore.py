@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from recsvc.errors import BadInput
+from recsvc.errors import BadInput, PublishFailed
 
 CURRENT_FILE = "current"
 VERSIONS_DIR = "versions"
@@ -69,17 +69,26 @@ class ModelStore:
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         self._remove_abandoned_staging()
         staging = self.root / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
-        staging.mkdir()
         try:
+            staging.mkdir()
             write(staging)
             _fsync_tree(staging)
             version = self._new_version_name(suffix)
             os.rename(staging, self.path(version))
-        except BaseException:
+            _fsync_dir(self.versions_dir)
+            self.set_current(version)
+        except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError):
+                # Some writers (numpy's) report a full disk without its errno: the free space
+                # says it plainly.
+                free_mb = shutil.disk_usage(self.root).free / 2**20
+                raise PublishFailed(
+                    f"could not publish a new version in {self.root}: "
+                    f"{error.strerror or error} ({free_mb:,.1f} MB free on its file system); "
+                    f"the current version ({self.current_version() or 'none'}) is unchanged"
+                ) from error
             raise
-        _fsync_dir(self.versions_dir)
-        self.set_current(version)
         return version
 
     def set_current(self, version: str) -> None:

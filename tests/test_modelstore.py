@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from recsvc.errors import BadInput
+from recsvc.errors import BadInput, PublishFailed
 from recsvc.modelstore import STAGING_PREFIX, ModelStore
 
 
@@ -45,7 +45,7 @@ def test_a_failed_write_leaves_nothing_behind_and_the_current_version_serving(
         (staging / "model").write_text("half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(PublishFailed, match=rf"disk full .*; the current version \({good}\)"):
         store.publish(half_written, suffix="als")
     assert store.versions() == [good]
     assert store.current_version() == good
