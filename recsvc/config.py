@@ -270,6 +270,7 @@ class ServingConfig:
     event_store: str = ""
     event_store_timeout_s: float = 1.0
     realtime_events_per_user: int = 200
+    realtime_users: int = 200_000
     cache_size: int = 50_000
     api_keys_file: str = ""
     profile_clock: Literal["events", "wall"] = "events"

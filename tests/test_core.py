@@ -523,3 +523,17 @@ def test_fresh_events_join_the_trained_row_exactly_as_training_would_weigh_them(
     stranger = core.policy.history_row(serving, None, fresh[1:], np.array([], dtype=np.int64))
     assert stranger.indices.tolist() == [first]
     np.testing.assert_allclose(stranger.data, [scale(weights["purchase"])], rtol=1e-5)
+
+
+def test_real_time_state_keeps_the_most_recently_active_users_within_its_bound() -> None:
+    from recsvc.serving.state import RealtimeHistory
+
+    history = RealtimeHistory(per_user=2, users=3)
+    for n in range(5):
+        history.add(f"u{n}", "i1", "view", n)
+    history.add("u2", "i2", "view", 9)  # u2 active again: u3 is now the least recent
+    history.add("u5", "i1", "view", 10)
+    assert [u for u in (f"u{n}" for n in range(6)) if history.of(u)] == ["u2", "u4", "u5"]
+    for stamp in range(3):
+        history.add("u5", f"i{stamp}", "cart", stamp)
+    assert [e[0] for e in history.of("u5")] == ["i1", "i2"], "newest per_user events kept"

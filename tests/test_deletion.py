@@ -149,7 +149,7 @@ def test_an_event_recorded_after_a_deletion_stays_though_its_clock_is_behind(
 
 
 def test_real_time_deletion_drops_events_up_to_its_time_and_keeps_the_bound() -> None:
-    history = RealtimeHistory(per_user=3)
+    history = RealtimeHistory(per_user=3, users=10)
     for stamp in (100, 200, 300):
         history.add("u", f"i{stamp}", "view", stamp)
     history.add("v", "i1", "view", 100)

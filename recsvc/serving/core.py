@@ -62,7 +62,9 @@ class RecommenderCore:
         self._pinned: dict[str, ServingModel] = {}
         self.checks = RequestChecks(self.config.limits)
         self.policy = RankingPolicy(self.config)
-        self.realtime = RealtimeHistory(self.config.realtime_events_per_user)
+        self.realtime = RealtimeHistory(
+            self.config.realtime_events_per_user, self.config.realtime_users
+        )
         self._lists = LruCache(self.config.cache_size)
         # Recommendation ids: unique across processes by a random prefix, cheap by a counter.
         self._id_prefix = uuid.uuid4().hex[:16]

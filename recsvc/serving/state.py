@@ -8,9 +8,6 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-# Users whose fresh events are kept in memory; the least recently active are dropped first.
-REALTIME_USERS = 200_000
-
 
 @dataclass
 class _Fresh:
@@ -22,8 +19,9 @@ class _Fresh:
 class RealtimeHistory:
     """Recent events per user, bounded per user and in the number of users."""
 
-    def __init__(self, per_user: int) -> None:
+    def __init__(self, per_user: int, users: int) -> None:
         self.per_user = per_user
+        self.users = users  # the least recently active are dropped first
         self._users: OrderedDict[str, _Fresh] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -32,7 +30,7 @@ class RealtimeHistory:
             fresh = self._users.pop(user_id, None) or _Fresh(deque(maxlen=self.per_user))
             fresh.events.append((item_id, event, timestamp_ms))
             self._users[user_id] = fresh
-            while len(self._users) > REALTIME_USERS:
+            while len(self._users) > self.users:
                 self._users.popitem(last=False)
 
     def of(self, user_id: str) -> list[tuple[str, str, int]]:
