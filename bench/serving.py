@@ -1,8 +1,12 @@
 """Serving speed: recsvc against a no-op gRPC server, same machine, same client, same run.
 
 Alternates, `--repeats` times: the no-op server (fixed response of the same size), then
-`recsvc serve` on the model, each under the same closed-loop Recommend load; reports medians
-and the throughput ratio. Then an open-loop run at half of recsvc's measured maximum gives the
+`recsvc serve` on the model, each under the same closed-loop Recommend load from the light
+client (bench/lightclient.py: requests serialised in advance, responses left as bytes, 64 calls
+in flight on 4 channels), which spends less CPU per call than either server; reports medians,
+the throughput ratio, and the client's and each server's CPU per call (from /proc), so that a
+reader sees which side was the bottleneck. Then an open-loop run of `recsvc loadtest` (the
+realistic client: Zipf users, a steady schedule) at half of recsvc's measured maximum gives the
 latency under a steady rate, and the resident memory of each server process is read from /proc.
 
     .venv/bin/python bench/serving.py --model-dir var/models --label sample
@@ -25,8 +29,9 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from lightclient import closed_loop
 
-from recsvc.loadtest.runner import LoadSpec, Workload, run_load
+from recsvc.loadtest.runner import LoadSpec, Requests, Workload, run_load
 from recsvc.modelstore import ModelStore
 from recsvc.service.workers import free_port
 
@@ -113,6 +118,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
+    # The open-loop latency run's client (recsvc loadtest's engine).
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--client-processes", type=int, default=1)
@@ -141,7 +147,13 @@ def main() -> None:
             k=args.k,
         )
 
-    noop_rates, ours_rates, ours_reports = [], [], []
+    # The same calls for both servers: Zipf-drawn users of the model (5% unknown), k items.
+    payloads = [
+        message.SerializeToString()  # type: ignore[attr-defined]
+        for _, message in Requests(spec("unused"), workload, seed=1).draw(20_000)
+    ]
+    method = "/recsvc.v1.Recommender/Recommend"
+    noop_runs, ours_runs = [], []
     memory: list[dict[str, float]] = []
     for repeat in range(args.repeats):
         port = free_port(host)
@@ -150,8 +162,10 @@ def main() -> None:
             "listening on",
         )
         try:
-            load(dataclass_replace(spec(f"{host}:{port}"), duration_s=2.0), workload)  # warm-up
-            noop_rates.append(load(spec(f"{host}:{port}"), workload)["achieved_rate"])
+            closed_loop(f"{host}:{port}", method, payloads, 2.0, [noop.pid])  # warm-up
+            noop_runs.append(
+                closed_loop(f"{host}:{port}", method, payloads, args.duration, [noop.pid])
+            )
         finally:
             stop(noop)
         port = free_port(host)
@@ -166,21 +180,23 @@ def main() -> None:
         ours = start(command, "listening on")
         try:
             wait_serving(f"{host}:{port}")
-            load(dataclass_replace(spec(f"{host}:{port}"), duration_s=2.0), workload)  # warm-up
-            report = load(spec(f"{host}:{port}"), workload)
-            ours_rates.append(report["achieved_rate"])
-            ours_reports.append(report)
+            pids = server_pids(ours, args.workers)
+            closed_loop(f"{host}:{port}", method, payloads, 2.0, pids)  # warm-up
+            ours_runs.append(closed_loop(f"{host}:{port}", method, payloads, args.duration, pids))
             if repeat == args.repeats - 1:
-                half = statistics.median(ours_rates) / 2
+                half = statistics.median(r.rate for r in ours_runs) / 2
                 open_loop = load(spec(f"{host}:{port}", rate=half), workload)
                 memory = [memory_mib(pid) for pid in server_pids(ours, args.workers)]
         finally:
             stop(ours)
         print(
-            f"repeat {repeat + 1}: no-op {noop_rates[-1]:,.0f}/s, recsvc {ours_rates[-1]:,.0f}/s",
+            f"repeat {repeat + 1}: no-op {json.dumps(noop_runs[-1].as_dict())}\n"
+            f"          recsvc {json.dumps(ours_runs[-1].as_dict())}",
             file=sys.stderr,
         )
 
+    noop_rates = [r.rate for r in noop_runs]
+    ours_rates = [r.rate for r in ours_runs]
     ratios = [o / n for o, n in zip(ours_rates, noop_rates, strict=True)]
     result = {
         "label": args.label,
@@ -188,19 +204,21 @@ def main() -> None:
         "model_version": version,
         "model_on_disk_mib": round(on_disk / 2**20, 1),
         "workers": args.workers,
-        "client": {
-            "concurrency": args.concurrency,
-            "channels": args.channels,
-            "processes": args.client_processes,
-            "duration_s": args.duration,
-            "k": args.k,
-        },
-        "noop_rates": noop_rates,
-        "recsvc_rates": ours_rates,
+        "client": "bench/lightclient.py: 64 in flight, 4 channels, requests serialised ahead",
+        "duration_s": args.duration,
+        "k": args.k,
+        "noop_rates": [round(r, 1) for r in noop_rates],
+        "recsvc_rates": [round(r, 1) for r in ours_rates],
         "ratio_median": round(statistics.median(ratios), 3),
         "ratio_of_medians": round(statistics.median(ours_rates) / statistics.median(noop_rates), 3),
-        "closed_loop_latency_ms": ours_reports[len(ours_reports) // 2]["latency_ms"],
-        "closed_loop_codes": [r["codes"] for r in ours_reports],
+        "cpu_us_per_call": {
+            side: {
+                "client": round(statistics.median(r.client_us_per_call for r in runs), 1),
+                "server": round(statistics.median(r.server_us_per_call for r in runs), 1),
+            }
+            for side, runs in (("noop", noop_runs), ("recsvc", ours_runs))
+        },
+        "failed_calls": sum(r.failed for r in (*noop_runs, *ours_runs)),
         "open_loop": {
             "target_rate": open_loop["spec"]["rate"],  # type: ignore[index]
             "achieved_rate": open_loop["achieved_rate"],
@@ -214,12 +232,6 @@ def main() -> None:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-
-
-def dataclass_replace(spec: LoadSpec, **changes: object) -> LoadSpec:
-    import dataclasses
-
-    return dataclasses.replace(spec, **changes)
 
 
 if __name__ == "__main__":
