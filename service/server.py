@@ -21,7 +21,13 @@ from recsvc.errors import BadInput, StoreUnavailable
 from recsvc.events import EventStore, open_event_store, store_url
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from recsvc.service.interceptors import ApiKeys, AuthInterceptor, ErrorMappingInterceptor
+from recsvc.service.interceptors import (
+    ApiKeys,
+    AuthInterceptor,
+    ErrorMappingInterceptor,
+    WrappedRegistration,
+    WrappingInterceptor,
+)
 from recsvc.service.observability import Metrics
 from recsvc.service.servicer import RecommenderServicer
 from recsvc.serving.core import RecommenderCore
@@ -71,22 +77,26 @@ def create_server(
     Health reports NOT_SERVING until the caller marks it otherwise (once a model has loaded).
     """
     metrics = metrics or Metrics()
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorMappingInterceptor(metrics)]
+    interceptors: list[WrappingInterceptor] = [ErrorMappingInterceptor(metrics)]
     if api_keys is not None:
         interceptors.append(AuthInterceptor(api_keys, SERVICE_NAME, REQUIRED_ROLE))
     size = core.config.limits.max_message_bytes
     server = grpc.aio.server(
-        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
         ],
     )
+    # Every unary method is intercepted (errors mapped, calls timed and logged, keys checked)
+    # through handlers wrapped once here, not through grpc's per-call interceptor chain.
+    wrapped = WrappedRegistration(server, interceptors)
     recommender_pb2_grpc.add_RecommenderServicer_to_server(
-        servicer or RecommenderServicer(core), server
+        servicer or RecommenderServicer(core),
+        wrapped,  # type: ignore[arg-type]
     )
     health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, wrapped)  # type: ignore[arg-type]
+    # Reflection (a stream, which nothing intercepts) checks that it is given an aio server.
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
