@@ -378,10 +378,11 @@ def _gate(model_dir: Path, new: float, tolerance: float, holdout, dataset) -> di
     config = dataclasses.replace(
         Config(), training=dataclasses.replace(Config().training, quality_gate_tolerance=tolerance)
     )
+    variant = holdout.variant if holdout is not None else "all"
     evaluation = {
         "selected": "ease",
-        "variant": holdout.variant,
-        "models": {"ease": {holdout.variant: {"ndcg@10": new}}},
+        "variant": variant,
+        "models": {"ease": {variant: {"ndcg@10": new}}},
     }
     return quality_gate(ModelStore(model_dir), holdout, evaluation, dataset, config, quiet())
 
@@ -405,6 +406,10 @@ def test_gate_boundary_and_an_unreadable_published_model(
         _gate(model_dir, published - 1e-4, 0.0, holdout, dataset)  # no tolerance at all
     assert _gate(model_dir, published, 0.0, holdout, dataset)["passed"]
     assert _gate(model_dir, 0.0, -1.0, holdout, dataset) == {"checked": False, "reason": "disabled"}
+    empty = tmp_path / "empty-store"
+    first = {"checked": False, "reason": "no published model"}
+    assert _gate(empty, 0.0, 0.1, holdout, dataset) == first
+    assert _gate(model_dir, 0.0, 0.1, None, dataset) == {"checked": False, "reason": "no holdout"}
 
     version = ModelStore(model_dir).current_version()
     (ModelStore(model_dir).path(version) / "item_ids.npy").write_bytes(b"not an array")

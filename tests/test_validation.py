@@ -65,6 +65,10 @@ def test_attributes_are_bounded_in_number_and_length() -> None:
     for bad in (("", "v"), ("abcdef", "v"), ("age", "abcdef")):
         with refused(r"^user_attributes: names must be non-empty .* at most 5 characters"):
             CHECKS.check_attributes((("ok", "v"), bad))
+    # The message quotes at most 40 characters of a name, however long it is.
+    with pytest.raises(InvalidArgument) as refusal:
+        CHECKS.check_attributes((("n" * 100, "v"),))
+    assert str(refusal.value).endswith(f"at most 5 characters ({'n' * 40!r})")
 
 
 @pytest.mark.parametrize("field", ["include_categories", "exclude_categories", "exclude_item_ids"])
