@@ -537,3 +537,58 @@ def test_real_time_state_keeps_the_most_recently_active_users_within_its_bound()
     for stamp in range(3):
         history.add("u5", f"i{stamp}", "cart", stamp)
     assert [e[0] for e in history.of("u5")] == ["i1", "i2"], "newest per_user events kept"
+
+
+def test_event_checks_at_their_bounds_and_what_is_stored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rule of a RecordEvents batch at its edge, each refusal's exact words, and the
+    stored event as given (price and all)."""
+    import recsvc.serving.core as core_module
+
+    now_ms = 1_760_000_000_000
+    monkeypatch.setattr(core_module.time, "time", lambda: now_ms / 1000)
+    core = RecommenderCore(ServingConfig(limits=LimitsConfig(max_events_per_call=3)))
+    latest = now_ms + core_module.MAX_FUTURE_MS
+
+    (stored,) = core.check_events([EventInput("u1", "i1", "purchase", latest, 2.0, 0.0, "rec-1")])
+    assert tuple(stored) == ("u1", "i1", "purchase", latest, 2.0, 0.0, "", "rec-1")
+    (cheap,) = core.check_events([EventInput("u1", "i1", "view", 1, 1.0, 0.5)])
+    assert (cheap.timestamp_ms, cheap.price) == (1, 0.5)
+    (now,) = core.check_events([EventInput("u1", "i1", "view")])
+    assert now.timestamp_ms == now_ms, "0 means now"
+    assert len(core.check_events([EventInput("u1", "i1", "view")] * 3)) == 3
+
+    def refused(events: list[EventInput], message: str) -> None:
+        with pytest.raises(InvalidArgument) as refusal:
+            core.check_events(events)
+        assert str(refusal.value) == message
+
+    refused([], "events must not be empty")
+    refused([EventInput("u1", "i1", "view")] * 4, "at most 3 events per call, got 4")
+    refused(
+        [EventInput("u1", "i1", "view"), EventInput("u1", "i\n1", "view")],
+        "events[1].item_id holds a control character",
+    )
+    refused(
+        [EventInput("u1", "i1", "like")],
+        "events[0].event must be one of view, cart, purchase, got 'like'",
+    )
+    refused(
+        [EventInput("u1", "i1", "view", latest + 1)],
+        f"events[0].timestamp_ms {latest + 1} is outside the allowed range",
+    )
+    refused(
+        [EventInput("u1", "i1", "view", -1)],
+        "events[0].timestamp_ms -1 is outside the allowed range",
+    )
+    refused(
+        [EventInput("u1", "i1", "view", 0, 0.0)],
+        "events[0].quantity must be a positive whole number",
+    )
+    refused(
+        [EventInput("u1", "i1", "view", 0, 1.0, float("inf"))],
+        "events[0].price must be a number >= 0",
+    )
+    refused(
+        [EventInput("u1", "i1", "view", 0, 1.0, None, "rec\x00")],
+        "events[0].recommendation_id holds a control character",
+    )
