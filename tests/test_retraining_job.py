@@ -409,6 +409,7 @@ def test_gate_boundary_and_an_unreadable_published_model(
     empty = tmp_path / "empty-store"
     first = {"checked": False, "reason": "no published model"}
     assert _gate(empty, 0.0, 0.1, holdout, dataset) == first
+    assert _gate(empty, 0.0, 0.0, holdout, dataset) == first, "a tolerance of 0 is not disabled"
     assert _gate(model_dir, 0.0, 0.1, None, dataset) == {"checked": False, "reason": "no holdout"}
 
     version = ModelStore(model_dir).current_version()
