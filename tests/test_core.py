@@ -592,3 +592,27 @@ def test_event_checks_at_their_bounds_and_what_is_stored(monkeypatch: pytest.Mon
         [EventInput("u1", "i1", "view", 0, 1.0, None, "rec\x00")],
         "events[0].recommendation_id holds a control character",
     )
+
+
+def test_recommend_names_each_refused_argument_and_uses_the_callers_attributes(
+    published: PublishedModel,
+) -> None:
+    core = fresh_core(published, ServingConfig(limits=LimitsConfig(max_list_size=2)))
+    refusals = [
+        (lambda: core.recommend("", 5), "user_id must not be empty"),
+        (
+            lambda: core.recommend("u0001", 5, context_item_ids=("i1", "i2", "i3")),
+            "context_item_ids has 3 entries; at most 2",
+        ),
+        (
+            lambda: core.recommend("u0001", 5, user_attributes={"a": "1", "b": "2", "c": "3"}),
+            "too many user_attributes",
+        ),
+    ]
+    for call, message in refusals:
+        with pytest.raises(InvalidArgument) as refusal:
+            call()
+        assert str(refusal.value) == message
+    stranger = core.recommend("walk-in", 5)
+    walk_in = core.recommend("walk-in", 5, user_attributes={"age_band": "55+", "region": "east"})
+    assert (stranger.strategy, walk_in.strategy) == ("popular", "hybrid")
