@@ -616,3 +616,6 @@ def test_recommend_names_each_refused_argument_and_uses_the_callers_attributes(
     stranger = core.recommend("walk-in", 5)
     walk_in = core.recommend("walk-in", 5, user_attributes={"age_band": "55+", "region": "east"})
     assert (stranger.strategy, walk_in.strategy) == ("popular", "hybrid")
+    assert stranger.lifecycle_stage == walk_in.lifecycle_stage == "new"
+    known = core.recommend("u0001", 5)
+    assert (known.strategy, known.lifecycle_stage) == ("personal", "active")
