@@ -40,16 +40,11 @@ def _data_generate(args: argparse.Namespace) -> None:
 
 def _data_validate(args: argparse.Namespace) -> int:
     from recsvc.config import load_config
-    from recsvc.training.ingest import load_dataset
+    from recsvc.training.ingest import load_job_inputs
 
     config = load_config(args.config)
-    dataset = load_dataset(
-        Path(args.events),
-        config.data,
-        args.items,
-        args.users,
-        rejects_dir=args.rejects_dir,
-        max_id_length=config.serving.limits.max_id_length,
+    dataset = load_job_inputs(
+        Path(args.events), args.items, args.users, config, rejects_dir=args.rejects_dir
     )
     for report in dataset.reports:
         print(report.summary())

@@ -16,7 +16,7 @@ from typing import Protocol
 from recsvc.config import Config
 from recsvc.models import Recommender
 from recsvc.models.base import model_class
-from recsvc.training.ingest import Dataset, load_dataset
+from recsvc.training.ingest import Dataset, load_job_inputs
 from recsvc.training.inputs import TrainInputs
 
 
@@ -47,14 +47,7 @@ class LocalEngine:
 
     def read(self, inputs: TrainInputs, config: Config, rejects_dir: Path) -> Dataset:
         events = Path(inputs.events) if inputs.events is not None else None
-        return load_dataset(
-            events,
-            config.data,
-            inputs.items,
-            inputs.users,
-            rejects_dir=rejects_dir,
-            max_id_length=config.serving.limits.max_id_length,
-        )
+        return load_job_inputs(events, inputs.items, inputs.users, config, rejects_dir)
 
     def model_class(self, name: str) -> type[Recommender]:
         return model_class(name)

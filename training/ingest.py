@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from recsvc.config import DataConfig, LimitsConfig
+from recsvc.config import Config, DataConfig, LimitsConfig
 from recsvc.errors import BadInput
 from recsvc.events import EVENTS_SCHEMA
 from recsvc.ids import CONTROL_CHARACTER
@@ -461,6 +461,25 @@ def load_dataset(
         users, report = load_users(users_path, config, writer, max_id_length)
         reports.append(report)
     return Dataset(events, items, users, reports)
+
+
+def load_job_inputs(
+    events_path: Path | None,
+    items_path: Path | None,
+    users_path: Path | None,
+    config: Config,
+    rejects_dir: Path | None,
+) -> Dataset:
+    """load_dataset with a whole job's config: its [data] section, and the id limit every
+    request is held to ([serving.limits] max_id_length)."""
+    return load_dataset(
+        events_path,
+        config.data,
+        items_path,
+        users_path,
+        rejects_dir=rejects_dir,
+        max_id_length=config.serving.limits.max_id_length,
+    )
 
 
 def load_events(

@@ -32,7 +32,7 @@ from recsvc.events import EVENTS_SCHEMA
 from recsvc.ids import CONTROL_CHARACTER
 from recsvc.models import ALSRecommender, Recommender
 from recsvc.models.base import check_user_items, model_class
-from recsvc.training.ingest import MAX_ID_LENGTH, Dataset, IngestReport, load_dataset
+from recsvc.training.ingest import MAX_ID_LENGTH, Dataset, IngestReport, load_job_inputs
 from recsvc.training.inputs import TrainInputs
 
 # Numbers below this are epoch seconds, at or above it milliseconds (the year 5138 in seconds).
@@ -248,14 +248,7 @@ class SparkEngine:
         return value  # a cluster URL (hdfs://...) must reach Spark as written: Path folds "//"
 
     def read(self, inputs: TrainInputs, config: Config, rejects_dir: Path) -> Dataset:
-        dataset = load_dataset(
-            None,
-            config.data,
-            inputs.items,
-            inputs.users,
-            rejects_dir=rejects_dir,
-            max_id_length=config.serving.limits.max_id_length,
-        )
+        dataset = load_job_inputs(None, inputs.items, inputs.users, config, rejects_dir)
         if inputs.events is None:
             return dataset
         events, report = read_events(
