@@ -181,6 +181,8 @@ async def flush_impressions(core: RecommenderCore, store: EventStore) -> None:
             except StoreUnavailable as error:
                 core.outages.failed(error, "storing impressions")
                 core.keep_impressions(taken)  # written with the next ones, once it is back
+            except Exception:  # not an outage, a bug: logged, and the flushing goes on
+                log.exception("could not store %d impressions", len(taken))
 
 
 async def keep_full_collections_short() -> None:
@@ -208,6 +210,9 @@ async def keep_in_sync(core: RecommenderCore) -> None:
             core.outages.succeeded()
         except StoreUnavailable as error:
             core.outages.failed(error, "reading other servers' events")
+            await asyncio.sleep(SYNC_SECONDS)
+        except Exception:  # not an outage, a bug: logged, and the syncing goes on
+            log.exception("could not read the event store")
             await asyncio.sleep(SYNC_SECONDS)
 
 

@@ -112,7 +112,6 @@ class _Slot:
     index: int
     process: multiprocessing.process.BaseProcess | None = None
     ready: Any = None
-    counted_ready: bool = False
     start_at: float = 0.0  # monotonic time of the next start, while process is None
     exitcode: int | None = None  # of the last process, once the pool stops
 
@@ -160,7 +159,6 @@ class WorkerPool:
             quiet=True,
         )
         slot.ready = self._context.Event()
-        slot.counted_ready = False
         slot.process = self._context.Process(
             target=_worker,
             args=(self.model_dir, self.config, options, slot.ready, self._counts, self.workers),
@@ -175,13 +173,15 @@ class WorkerPool:
                 self._forward(signal.SIGTERM, None)
                 self._join_all()
                 raise OSError(f"a worker did not start on {self.options.host}:{self._port}")
-            self._note_ready(slot)
+        self._publish_ready()
 
-    def _note_ready(self, slot: _Slot) -> None:
-        if not slot.counted_ready and slot.ready is not None and slot.ready.is_set():
-            slot.counted_ready = True
-            with self._counts.get_lock():
-                self._counts[READY] += 1
+    def _publish_ready(self) -> None:
+        """The ready count every worker's /metrics shows: live workers that have loaded."""
+        self._counts[READY] = sum(
+            1
+            for slot in self._slots
+            if slot.process is not None and slot.process.is_alive() and slot.ready.is_set()
+        )
 
     def _supervise(self) -> int:
         while True:
@@ -191,7 +191,6 @@ class WorkerPool:
             sentinels = [s.process.sentinel for s in running if s.process is not None]
             multiprocessing.connection.wait(sentinels, timeout=POLL_SECONDS)
             for slot in self._slots:
-                self._note_ready(slot)
                 if slot.process is not None and not slot.process.is_alive():
                     if self._stopping:
                         slot.exitcode, slot.process = slot.process.exitcode, None
@@ -216,6 +215,7 @@ class WorkerPool:
                     log.warning(
                         "recsvc serve: worker %d replaced by pid %s", slot.index, slot.process.pid
                     )
+            self._publish_ready()
         return 0 if all(slot.exitcode == 0 for slot in self._slots) else 1
 
     def _replace_later(self, slot: _Slot) -> bool:
@@ -228,9 +228,7 @@ class WorkerPool:
             self._exits.popleft()
         with self._counts.get_lock():
             self._counts[EXITS] += 1
-            if slot.counted_ready:
-                self._counts[READY] -= 1
-        slot.counted_ready, slot.ready, slot.process = False, None, None
+        slot.ready, slot.process = None, None
         code = process.exitcode
         how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else code
         if len(self._exits) >= MAX_EXITS:

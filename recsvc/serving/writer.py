@@ -38,10 +38,6 @@ class OutageLog:
         self._since: float | None = None
         self._lock = threading.Lock()
 
-    @property
-    def down(self) -> bool:
-        return self._since is not None
-
     def failed(self, error: BaseException, doing: str) -> None:
         with self._lock:
             if self._since is None:
