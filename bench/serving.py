@@ -1,11 +1,18 @@
 """Serving speed: recsvc against a no-op gRPC server, same machine, same client, same run.
 
 Alternates, `--repeats` times: the no-op server (fixed response of the same size), then
-`recsvc serve` on the model, each under the same closed-loop Recommend load from the light
-client (bench/lightclient.py: requests serialised in advance, responses left as bytes, 64 calls
-in flight on 4 channels), which spends less CPU per call than either server; reports medians,
-the throughput ratio, and the client's and each server's CPU per call (from /proc), so that a
-reader sees which side was the bottleneck. Then an open-loop run of `recsvc loadtest` (the
+`recsvc serve` on the model, each under the same closed-loop Recommend load, and reports
+medians, the throughput ratio, and the client's and each server's CPU per call (from /proc), so
+that a reader sees which side was the bottleneck. Two clients:
+
+- `--client h2load` (the default): h2load, in C, one process per user (`--users`, 4), each
+  asking again as soon as it is answered (bench/h2client.py): the cache-hit path, with a
+  client that costs a seventh of the server per call. recsvc's count of OK answers (from its
+  /metrics) is checked against the calls made.
+- `--client python`: bench/lightclient.py, grpc.aio with requests serialised in advance and
+  responses left as bytes, cycling over 20,000 Zipf-drawn requests (5% unknown users), 64 in
+  flight on 4 channels: a realistic mix, with a client that costs nearly as much as the server.
+ Then an open-loop run of `recsvc loadtest` (the
 realistic client: Zipf users, a steady schedule) at half of recsvc's measured maximum gives the
 latency under a steady rate, and the resident memory of each server process is read from /proc.
 
@@ -25,11 +32,14 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from lightclient import closed_loop
+from h2client import H2LOAD, h2load_closed_loop
+from lightclient import Run, closed_loop
 
 from recsvc.loadtest.runner import LoadSpec, Requests, Workload, run_load
 from recsvc.modelstore import ModelStore
@@ -40,15 +50,25 @@ ROOT = Path(__file__).resolve().parents[1]
 RECSVC = str(Path(sys.executable).with_name("recsvc"))
 
 
-def start(command: list[str], ready: str) -> subprocess.Popen[str]:
+def start(command: list[str], ready: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """The process, once it has printed `ready`, and the lines it printed until then."""
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
     assert process.stdout is not None
+    lines = []
     for line in process.stdout:
+        lines.append(line)
         if ready in line:
-            return process
+            return process, lines
     raise RuntimeError(f"{command[1]} exited before it was ready")
+
+
+def ok_answers(metrics_url: str, method: str = "Recommend") -> float:
+    """The server's count of calls of `method` answered OK, from its /metrics."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    wanted = f'recsvc_requests_total{{code="OK",method="{method}"}} '
+    return sum(float(line[len(wanted) :]) for line in text.splitlines() if line.startswith(wanted))
 
 
 def wait_serving(target: str, timeout: float = 600.0) -> None:
@@ -124,7 +144,11 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=1)
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--client", choices=("h2load", "python"), default="h2load")
+    parser.add_argument("--users", type=int, default=4, help="h2load: distinct requests")
     args = parser.parse_args()
+    if args.client == "h2load" and H2LOAD is None:
+        parser.error("h2load is not installed: apt-get install nghttp2-client, or --client python")
 
     workload = Workload.from_model_dir(args.model_dir)
     version = ModelStore(args.model_dir).current_version()
@@ -153,36 +177,52 @@ def main() -> None:
         for _, message in Requests(spec("unused"), workload, seed=1).draw(20_000)
     ]
     method = "/recsvc.v1.Recommender/Recommend"
+    drive: Callable[[str, float, list[int]], Run]
+    if args.client == "h2load":
+        distinct = list(dict.fromkeys(payloads))[: args.users]
+
+        def drive(target: str, seconds: float, pids: list[int]) -> Run:
+            return h2load_closed_loop(target, method, distinct, seconds, pids)
+    else:
+
+        def drive(target: str, seconds: float, pids: list[int]) -> Run:
+            return closed_loop(target, method, payloads, seconds, pids)
+
     noop_runs, ours_runs = [], []
     memory: list[dict[str, float]] = []
     for repeat in range(args.repeats):
         port = free_port(host)
-        noop = start(
+        noop, _ = start(
             [RECSVC, "noop-server", "--port", str(port), "-k", str(args.k)],
             "listening on",
         )
         try:
-            closed_loop(f"{host}:{port}", method, payloads, 2.0, [noop.pid])  # warm-up
-            noop_runs.append(
-                closed_loop(f"{host}:{port}", method, payloads, args.duration, [noop.pid])
-            )
+            drive(f"{host}:{port}", 2.0, [noop.pid])  # warm-up
+            noop_runs.append(drive(f"{host}:{port}", args.duration, [noop.pid]))
         finally:
             stop(noop)
         port = free_port(host)
         command = [
             RECSVC, "serve", "--model-dir", str(args.model_dir), "--port", str(port),
-            "--workers", str(args.workers), "--no-access-log",
+            "--workers", str(args.workers), "--no-access-log", "--metrics-port", "0",
             "--event-store", f"sqlite:///{ROOT / 'var' / 'bench' / f'serving-{args.label}.db'}",
         ]  # fmt: skip
         if args.config:
             command += ["--config", str(args.config)]
         read_through(ModelStore(args.model_dir).path(version))
-        ours = start(command, "listening on")
+        ours, printed = start(command, "listening on")
         try:
             wait_serving(f"{host}:{port}")
             pids = server_pids(ours, args.workers)
-            closed_loop(f"{host}:{port}", method, payloads, 2.0, pids)  # warm-up
-            ours_runs.append(closed_loop(f"{host}:{port}", method, payloads, args.duration, pids))
+            drive(f"{host}:{port}", 2.0, pids)  # warm-up
+            # One worker's count: with several, each has its own /metrics.
+            metrics_url = next(line.split()[-1] for line in printed if "metrics on" in line)
+            answered = ok_answers(metrics_url)
+            run = drive(f"{host}:{port}", args.duration, pids)
+            if args.workers == 1:
+                # Calls answered with an error status: h2load counts them as successes.
+                run.failed += max(0, run.calls - round(ok_answers(metrics_url) - answered))
+            ours_runs.append(run)
             if repeat == args.repeats - 1:
                 half = statistics.median(r.rate for r in ours_runs) / 2
                 open_loop = load(spec(f"{host}:{port}", rate=half), workload)
@@ -204,7 +244,11 @@ def main() -> None:
         "model_version": version,
         "model_on_disk_mib": round(on_disk / 2**20, 1),
         "workers": args.workers,
-        "client": "bench/lightclient.py: 64 in flight, 4 channels, requests serialised ahead",
+        "client": (
+            f"h2load: {args.users} users, 16 calls in flight each"
+            if args.client == "h2load"
+            else "bench/lightclient.py: 64 in flight, 4 channels, requests serialised ahead"
+        ),
         "duration_s": args.duration,
         "k": args.k,
         "noop_rates": [round(r, 1) for r in noop_rates],

@@ -75,7 +75,8 @@ class _TallyCollector(Collector):
 class Metrics:
     """Requests and latency per RPC and status, fallbacks, events recorded, model version.
 
-    `observe` runs on the event loop, for every call; the rest of the process only reads."""
+    `observe` runs on the event loop, for every call, and the servicer adds to `fallbacks` and
+    `events` there; the rest of the process only reads."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -95,19 +96,13 @@ class Metrics:
             registry=self.registry,
         )
 
-    def observe(self, method: str, code: str, seconds: float, response: Any) -> None:
+    def observe(self, method: str, code: str, seconds: float) -> None:
         tally = self.calls.get((method, code))
         if tally is None:
             tally = self.calls[(method, code)] = _CallTally()
         tally.count += 1
         tally.seconds += seconds
         tally.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        if response is None:
-            return
-        if method == "Recommend" and getattr(response, "fallback", False):
-            self.fallbacks += 1
-        elif method == "RecordEvents":
-            self.events += getattr(response, "recorded", 0)
 
     def model_swapped(self, version: str, model_type: str) -> None:
         self.model.clear()

@@ -77,6 +77,7 @@ def create_server(
     Health reports NOT_SERVING until the caller marks it otherwise (once a model has loaded).
     """
     metrics = metrics or Metrics()
+    servicer = servicer or RecommenderServicer(core, metrics=metrics)
     interceptors: list[WrappingInterceptor] = [ErrorMappingInterceptor(metrics)]
     if api_keys is not None:
         interceptors.append(AuthInterceptor(api_keys, SERVICE_NAME, REQUIRED_ROLE))
@@ -89,9 +90,13 @@ def create_server(
     )
     # Every unary method is intercepted (errors mapped, calls timed and logged, keys checked)
     # through handlers wrapped once here, not through grpc's per-call interceptor chain.
-    wrapped = WrappedRegistration(server, interceptors)
+    wrapped = WrappedRegistration(
+        server,
+        interceptors,
+        {f"/{SERVICE_NAME}/{name}": h for name, h in servicer.wire_handlers().items()},
+    )
     recommender_pb2_grpc.add_RecommenderServicer_to_server(
-        servicer or RecommenderServicer(core),
+        servicer,
         wrapped,  # type: ignore[arg-type]
     )
     health = health_aio.HealthServicer()
@@ -280,8 +285,9 @@ async def serve(
         timeout=config.event_store_timeout_s,
     )
     core = RecommenderCore(config, store)
-    servicer = RecommenderServicer(core)
-    parts = create_server(core, servicer, api_keys=api_keys)
+    metrics = Metrics()
+    servicer = RecommenderServicer(core, metrics=metrics)
+    parts = create_server(core, servicer, api_keys=api_keys, metrics=metrics)
     for collector in collectors:
         parts.metrics.registry.register(collector)
     watcher = ModelWatcher(ModelStore(model_dir), parts, options.reload_interval)

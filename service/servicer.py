@@ -10,16 +10,31 @@ from concurrent.futures import Future
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from recsvc.errors import InvalidArgument
+from recsvc.service.observability import Metrics
 from recsvc.serving.core import RecommenderCore
 from recsvc.serving.values import NO_FILTERS, EventInput, Filters, Recommendations
 from recsvc.v1 import LOAD_TEST_METADATA_KEY
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
-# Recommend responses built once per cached list, by the identity of the core's (cached,
-# immutable) item tuple: copying a built message costs a tenth of building it.
-BUILT_RESPONSES = 4096
+# Recommend response bodies serialised once per cached list, by the identity of the core's
+# (cached, immutable) item tuple; each call appends only its own recommendation id.
+SERIALISED_LISTS = 4096
+# Recommend requests parsed once per distinct request (a page reload sends the same bytes).
+PARSED_REQUESTS = 16384
+RECOMMENDATION_ID_TAG = b"\x2a"  # RecommendResponse field 5 (recommendation_id), length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _convert(items: Any) -> list[pb.ScoredItem]:
@@ -112,54 +127,86 @@ class Completions:
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     """Scoring runs on the event loop (a thread hop costs more than scoring a small catalogue;
     several worker processes give parallelism); writes go to the core's event writer, whose
-    thread stores many calls' events in one commit."""
+    thread stores many calls' events in one commit.
+
+    Recommend, the hot path, is served on the wire (`wire_handlers`): request bytes in,
+    response bytes out. A repeated request is parsed once, and a cached list's response is
+    serialised once; each call then pays for its own recommendation id only."""
 
     def __init__(
-        self, core: RecommenderCore, reload: Callable[[], Awaitable[None]] | None = None
+        self,
+        core: RecommenderCore,
+        reload: Callable[[], Awaitable[None]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.core = core
         self.reload = reload  # set by the server once its model watcher exists
-        self._built: OrderedDict[int, tuple[Recommendations, pb.RecommendResponse]] = OrderedDict()
+        self.metrics = metrics
+        self._parsed: dict[bytes, tuple[Any, ...]] = {}
+        self._serialised: OrderedDict[int, tuple[Recommendations, bytes]] = OrderedDict()
         self._completions = Completions()
 
-    def _response(self, result: Recommendations) -> pb.RecommendResponse:
-        """The response for a result, from a copy of the one built for the same list."""
+    def wire_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """Methods registered without grpc's (de)serialisers, by name."""
+        return {"Recommend": grpc.unary_unary_rpc_method_handler(self.recommend_wire)}
+
+    async def recommend_wire(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Recommend from a serialised RecommendRequest to a serialised RecommendResponse."""
+        arguments = self._parsed.get(request)
+        if arguments is None:
+            arguments = self._parse_recommend(request)
+        result = self.core.recommend(
+            *arguments,
+            # Metadata is read only where it matters: when an experiment counts impressions.
+            not (self.core.config.experiments and _load_test(context)),
+        )
+        if result.fallback and self.metrics is not None:
+            self.metrics.fallbacks += 1
+        recommendation_id = result.recommendation_id.encode()
+        return (
+            self._serialised_list(result)
+            + RECOMMENDATION_ID_TAG
+            + _varint(len(recommendation_id))
+            + recommendation_id
+        )
+
+    def _parse_recommend(self, raw: bytes) -> tuple[Any, ...]:
+        try:
+            request = pb.RecommendRequest.FromString(raw)
+        except DecodeError:
+            raise InvalidArgument("the request is not a valid RecommendRequest") from None
+        # Unset repeated and map fields are not copied: each read builds a container wrapper.
+        arguments = (
+            request.user_id,
+            request.k,
+            _filters(request.filters, request.exclude_item_ids),
+            request.exclude_purchased,
+            tuple(request.context_item_ids) if request.context_item_ids else (),
+            dict(request.user_attributes) if request.user_attributes else None,
+        )
+        if len(self._parsed) >= PARSED_REQUESTS:
+            del self._parsed[next(iter(self._parsed))]
+        self._parsed[raw] = arguments
+        return arguments
+
+    def _serialised_list(self, result: Recommendations) -> bytes:
+        """The response for a result less its recommendation id, serialised once per list."""
         key = id(result.items)
-        hit = self._built.get(key)
+        hit = self._serialised.get(key)
         if hit is None or not _same_list(hit[0], result):
-            built = pb.RecommendResponse(
+            body = pb.RecommendResponse(
                 items=_convert(result.items),
                 model_version=result.model_version,
                 fallback=result.fallback,
                 variant=result.variant,
                 strategy=result.strategy,
                 lifecycle_stage=result.lifecycle_stage,
-            )
-            hit = (result, built)  # holding the result keeps its items' id unique
-            self._built[key] = hit
-            if len(self._built) > BUILT_RESPONSES:
-                self._built.popitem(last=False)
-        response = pb.RecommendResponse()
-        response.CopyFrom(hit[1])
-        response.recommendation_id = result.recommendation_id
-        return response
-
-    async def Recommend(
-        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RecommendResponse:
-        # Unset repeated and map fields are not copied: each read builds a container wrapper.
-        return self._response(
-            self.core.recommend(
-                request.user_id,
-                request.k,
-                _filters(request.filters, request.exclude_item_ids),
-                request.exclude_purchased,
-                tuple(request.context_item_ids) if request.context_item_ids else (),
-                dict(request.user_attributes) if request.user_attributes else None,
-                # Metadata is read only where it matters: when an experiment counts impressions.
-                not (self.core.config.experiments and _load_test(context)),
-            )
-        )
+            ).SerializeToString()
+            hit = (result, body)  # holding the result keeps its items' id unique
+            self._serialised[key] = hit
+            if len(self._serialised) > SERIALISED_LISTS:
+                self._serialised.popitem(last=False)
+        return hit[1]
 
     async def SimilarItems(
         self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext
@@ -204,6 +251,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if _load_test(context):
             return pb.RecordEventsResponse(recorded=len(self.core.check_events(events)))
         recorded = await self._stored(self.core.submit_events(events))
+        if self.metrics is not None:
+            self.metrics.events += recorded
         return pb.RecordEventsResponse(recorded=recorded)
 
     async def ForgetUser(

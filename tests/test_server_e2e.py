@@ -275,10 +275,10 @@ def test_request_in_flight_survives_shutdown(trained: TrainResult) -> None:
     release = asyncio.Event()
 
     class HeldServicer(RecommenderServicer):
-        async def Recommend(self, request, context):
+        async def recommend_wire(self, request, context):
             handler_started.set()
             await release.wait()
-            return await super().Recommend(request, context)
+            return await super().recommend_wire(request, context)
 
     async def scenario() -> tuple[list[int], pb.RecommendResponse, bool]:
         parts = create_server(core, HeldServicer(core))

@@ -188,7 +188,14 @@ def test_model_info_reload_and_metrics(api: RunningServer) -> None:
     assert info.metrics["ndcg@10"] > 0
     again = api.stub.ReloadModel(pb.ReloadModelRequest(), timeout=5)
     assert again.version == info.version
+    before = scrape(metrics_url(api))
     api.stub.Recommend(pb.RecommendRequest(user_id="nobody-at-all", k=3), timeout=5)
+    api.stub.Recommend(pb.RecommendRequest(user_id="u0001", k=3), timeout=5)
+    events = [pb.Event(user_id="u0001", item_id="i0001", event="view")] * 2
+    api.stub.RecordEvents(pb.RecordEventsRequest(events=events), timeout=5)
+    after = scrape(metrics_url(api))
+    assert after["recsvc_fallbacks_total"] - before["recsvc_fallbacks_total"] == 1
+    assert after["recsvc_events_recorded_total"] - before["recsvc_events_recorded_total"] == 2
     with pytest.raises(grpc.RpcError):
         api.stub.Recommend(pb.RecommendRequest(user_id="", k=3), timeout=5)
     body = urllib.request.urlopen(metrics_url(api), timeout=5).read().decode()
@@ -498,6 +505,32 @@ def test_no_client_request_is_ever_an_internal_error(api: RunningServer, call) -
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.NOT_FOUND,
         }, (method, exc.code(), exc.details())
+
+
+def test_recommend_on_the_wire_answers_each_call_whole_and_refuses_garbage(
+    api: RunningServer,
+) -> None:
+    """Recommend is served from request bytes to response bytes: a repeated request (parsed
+    once, its list serialised once) still gets every field and its own recommendation id, a
+    request with new fields gets its own answer, and bytes that are no RecommendRequest are
+    INVALID_ARGUMENT."""
+    raw = api.channel.unary_unary("/recsvc.v1.Recommender/Recommend")
+    request = pb.RecommendRequest(user_id="u0001", k=4)
+    typed = api.stub.Recommend(request, timeout=5)
+    answers = [pb.RecommendResponse.FromString(raw(request.SerializeToString())) for _ in range(3)]
+    for answer in answers:
+        assert answer.recommendation_id and answer.model_version == typed.model_version
+        assert answer.strategy == typed.strategy and answer.lifecycle_stage
+        assert list(answer.items) == list(typed.items) and len(answer.items) == 4
+    ids = {a.recommendation_id for a in (typed, *answers)}
+    assert len(ids) == 4
+    narrower = pb.RecommendRequest(user_id="u0001", k=2, exclude_item_ids=[typed.items[0].item_id])
+    answer = pb.RecommendResponse.FromString(raw(narrower.SerializeToString(), timeout=5))
+    assert [i.item_id for i in answer.items] == [i.item_id for i in typed.items[1:3]]
+    with pytest.raises(grpc.RpcError) as refused:
+        raw(b"\xff\xff\xff", timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "RecommendRequest" in (refused.value.details() or "")
 
 
 def test_marketing_calls_over_the_wire(api: RunningServer, model_dir: Path) -> None:

@@ -52,7 +52,13 @@ class ItemBasedRecommender(Recommender):
         )[0]
 
     def score_history(self, history: sp.csr_matrix) -> np.ndarray:
-        history = sp.csr_matrix(history, dtype=np.float32)
+        if not (sp.isspmatrix_csr(history) and history.dtype == np.float32):
+            history = sp.csr_matrix(history, dtype=np.float32)
+        if history.shape[0] == 1:
+            # One user (the serving path): their items' rows, weighted. Slicing the history's
+            # columns would cost more than the product.
+            rows = self.item_rows(np.asarray(history.indices, dtype=np.int64))
+            return np.asarray(rows.T @ history.data, dtype=np.float32)[None, :]
         # Only items in these users' histories contribute: multiply just those rows.
         seen = np.unique(history.indices)
         product = history[:, seen] @ self.item_rows(seen)

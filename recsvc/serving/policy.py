@@ -371,20 +371,24 @@ class RankingPolicy:
         """The user's training row with fresh events and context items added, as the
         training matrix would have held them."""
         model = serving.published
-        raw: dict[int, float] = {}
+        items: list[np.ndarray] = [context]
+        raw: list[np.ndarray] = [
+            np.full(context.size, serving.signal_weights["view"], dtype=np.float64)
+        ]
         if user is not None:
-            items, confidences = model.history_of(user)
-            for item, confidence in zip(items.tolist(), confidences.tolist(), strict=True):
-                raw[item] = _unscale(confidence, serving.scaling)
-        # One vectorised lookup; items the model does not know (position -1) are skipped.
-        positions = sorted_positions(model.item_ids, np.array([e[0] for e in fresh], dtype=str))
-        for item, (_, event, _) in zip(positions.tolist(), fresh, strict=True):
-            if item >= 0:
-                raw[item] = raw.get(item, 0.0) + serving.signal_weights[event]
-        for item in context.tolist():
-            raw[item] = raw.get(item, 0.0) + serving.signal_weights["view"]
-        columns = np.fromiter(raw, dtype=np.int64, count=len(raw))
-        values = np.array([_scale(v, serving.scaling) for v in raw.values()], dtype=np.float32)
+            known, confidences = model.history_of(user)
+            items.append(np.asarray(known, dtype=np.int64))
+            raw.append(_unscale(np.asarray(confidences, dtype=np.float64), serving.scaling))
+        if fresh:
+            # One vectorised lookup; items the model does not know (position -1) are skipped.
+            positions = sorted_positions(model.item_ids, np.array([e[0] for e in fresh], dtype=str))
+            weights = np.array([serving.signal_weights[e[1]] for e in fresh], dtype=np.float64)
+            items.append(positions[positions >= 0])
+            raw.append(weights[positions >= 0])
+        # An item met more than once (history, fresh events, context) adds up, then is scaled.
+        columns, where = np.unique(np.concatenate(items), return_inverse=True)
+        summed = np.bincount(where, weights=np.concatenate(raw), minlength=columns.size)
+        values = np.asarray(_scale(summed, serving.scaling), dtype=np.float32)
         return sp.csr_matrix(
             (values, columns, [0, columns.size]), shape=(1, serving.n_items), dtype=np.float32
         )
@@ -595,13 +599,13 @@ def top_spread(scores: np.ndarray) -> float:
     return float(np.sqrt(deviation @ deviation / finite.size)) or 1.0
 
 
-def _unscale(confidence: float, scaling: str) -> float:
-    return float(np.expm1(confidence)) if scaling in ("log", "bm25") else confidence
+def _unscale(confidence: np.ndarray, scaling: str) -> np.ndarray:
+    return np.expm1(confidence) if scaling in ("log", "bm25") else confidence
 
 
-def _scale(raw: float, scaling: str) -> float:
+def _scale(raw: np.ndarray | float, scaling: str) -> np.ndarray | float:
     # bm25 needs corpus statistics; log1p is the closest per-pair stand-in.
-    return float(np.log1p(raw)) if scaling in ("log", "bm25") else raw
+    return np.log1p(raw) if scaling in ("log", "bm25") else raw
 
 
 def _fallback_reason(model: object) -> str:
