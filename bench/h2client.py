@@ -12,10 +12,17 @@ asking again as soon as it is answered: the cache-hit path of page reloads and p
 
     from h2client import h2load_closed_loop
     run = h2load_closed_loop(target, "/recsvc.v1.Recommender/Recommend", payloads, 10.0, [pid])
+
+`h2load_open_loop` sends at a fixed rate instead (h2load's --rps, split over the payloads) and
+reads each call's latency from h2load's per-request log. The latency is from when a request
+was sent; with 64 streams per process a request waits for a free stream only past 64 calls in
+flight, which the runs below never reach at half the maximum rate (it would show as a rate
+below the target).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import resource
 import shutil
@@ -25,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from lightclient import Run, process_cpu_seconds
 
 H2LOAD = shutil.which("h2load")
@@ -36,6 +44,16 @@ _DONE = re.compile(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeed
 def grpc_frame(message: bytes) -> bytes:
     """A gRPC length-prefixed message: no compression flag, 4-byte big-endian length."""
     return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def _command(target: str, method: str, request: Path, options: list[str]) -> list[str]:
+    if H2LOAD is None:
+        raise RuntimeError(INSTALL_HINT)
+    return [
+        H2LOAD, "--clients=1", f"--data={request}", *options,
+        "--header=content-type: application/grpc", "--header=te: trailers",
+        f"http://{target}{method}",
+    ]  # fmt: skip
 
 
 def children_cpu_seconds() -> float:
@@ -53,21 +71,13 @@ def h2load_closed_loop(
 ) -> Run:
     """`streams` calls in flight per payload for `seconds`. `failed` counts calls h2load saw
     fail at the HTTP/2 level; gRPC errors are for the caller to count on the server."""
-    if H2LOAD is None:
-        raise RuntimeError(INSTALL_HINT)
     with tempfile.TemporaryDirectory() as folder:
         commands = []
         for index, payload in enumerate(payloads):
             path = Path(folder) / f"request-{index}.bin"
             path.write_bytes(grpc_frame(payload))
-            commands.append(
-                [
-                    H2LOAD, "--clients=1", f"--max-concurrent-streams={streams}",
-                    f"--duration={seconds:g}", f"--data={path}",
-                    "--header=content-type: application/grpc", "--header=te: trailers",
-                    f"http://{target}{method}",
-                ]
-            )  # fmt: skip
+            options = [f"--max-concurrent-streams={streams}", f"--duration={seconds:g}"]
+            commands.append(_command(target, method, path, options))
         client_before = children_cpu_seconds()
         server_before = sum(process_cpu_seconds(pid) for pid in server_pids)
         started = time.perf_counter()
@@ -94,3 +104,41 @@ def h2load_closed_loop(
         client_cpu_s=client_after - client_before,
         server_cpu_s=server_after - server_before,
     )
+
+
+def h2load_open_loop(
+    target: str, method: str, payloads: list[bytes], rate: float, seconds: float
+) -> dict[str, object]:
+    """`rate` calls/s for `seconds`, split evenly over one h2load process per payload:
+    achieved rate, latency percentiles in ms, and calls that failed at the HTTP/2 level."""
+    each = max(1, math.ceil(rate / len(payloads)))
+    with tempfile.TemporaryDirectory() as folder:
+        commands, logs = [], []
+        for index, payload in enumerate(payloads):
+            path = Path(folder) / f"request-{index}.bin"
+            path.write_bytes(grpc_frame(payload))
+            logs.append(Path(folder) / f"log-{index}.tsv")
+            options = [
+                f"--rps={each}", "--max-concurrent-streams=64", f"--duration={seconds:g}",
+                f"--log-file={logs[-1]}",
+            ]  # fmt: skip
+            commands.append(_command(target, method, path, options))
+        processes = [
+            subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for c in commands
+        ]
+        for process in processes:
+            process.wait()
+        rows = [line.split("\t") for log in logs for line in log.read_text().splitlines()]
+    latency_ms = np.array([int(r[2]) / 1000 for r in rows if r[1] == "200"], dtype=np.float64)
+    quantiles = np.percentile(latency_ms, [50, 90, 99, 99.9]) if latency_ms.size else [0.0] * 4
+    return {
+        "target_rate": each * len(payloads),
+        "achieved_rate": round(latency_ms.size / seconds, 1),
+        "latency_ms": {
+            name: round(float(value), 3)
+            for name, value in zip(("p50", "p90", "p99", "p99.9"), quantiles, strict=True)
+        }
+        | {"max": round(float(latency_ms.max()), 3) if latency_ms.size else 0.0},
+        "failed": sum(1 for r in rows if r[1] != "200"),
+    }

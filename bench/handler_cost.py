@@ -30,9 +30,16 @@ from recsvc.serving.values import EventInput
 from recsvc.v1 import recommender_pb2 as pb
 
 
+class NoMetadata:
+    """The part of a gRPC context the handler reads (with an experiment on): no metadata."""
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+
 def answer(servicer: RecommenderServicer, request: bytes) -> bytes:
     """The wire handler run to completion outside an event loop (it never waits on a hit)."""
-    coroutine = servicer.recommend_wire(request, None)  # type: ignore[arg-type]
+    coroutine = servicer.recommend_wire(request, NoMetadata())  # type: ignore[arg-type]
     try:
         coroutine.send(None)
     except StopIteration as done:

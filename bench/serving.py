@@ -12,9 +12,12 @@ that a reader sees which side was the bottleneck. Two clients:
 - `--client python`: bench/lightclient.py, grpc.aio with requests serialised in advance and
   responses left as bytes, cycling over 20,000 Zipf-drawn requests (5% unknown users), 64 in
   flight on 4 channels: a realistic mix, with a client that costs nearly as much as the server.
- Then an open-loop run of `recsvc loadtest` (the
-realistic client: Zipf users, a steady schedule) at half of recsvc's measured maximum gives the
-latency under a steady rate, and the resident memory of each server process is read from /proc.
+
+Then an open-loop run at half of recsvc's measured maximum gives the latency under a steady
+rate: h2load at a fixed rate over `--open-loop-users` (8) distinct requests (64 h2load
+processes on two cores add a 60 ms p99 of their own, to the no-op too), or, with
+`--client python`, `recsvc loadtest` (Zipf users, latency from each call's scheduled start).
+The resident memory of each server process is read from /proc.
 
     .venv/bin/python bench/serving.py --model-dir var/models --label sample
     .venv/bin/python bench/serving.py --model-dir var/bench/million --config bench/all-rules.toml \
@@ -38,7 +41,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from h2client import H2LOAD, h2load_closed_loop
+from h2client import H2LOAD, h2load_closed_loop, h2load_open_loop
 from lightclient import Run, closed_loop
 
 from recsvc.loadtest.runner import LoadSpec, Requests, Workload, run_load
@@ -146,6 +149,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--client", choices=("h2load", "python"), default="h2load")
     parser.add_argument("--users", type=int, default=4, help="h2load: distinct requests")
+    parser.add_argument(
+        "--open-loop-users", type=int, default=8, help="h2load's open loop: distinct requests"
+    )
     args = parser.parse_args()
     if args.client == "h2load" and H2LOAD is None:
         parser.error("h2load is not installed: apt-get install nghttp2-client, or --client python")
@@ -225,7 +231,13 @@ def main() -> None:
             ours_runs.append(run)
             if repeat == args.repeats - 1:
                 half = statistics.median(r.rate for r in ours_runs) / 2
-                open_loop = load(spec(f"{host}:{port}", rate=half), workload)
+                if args.client == "h2load":
+                    steady = list(dict.fromkeys(payloads))[: args.open_loop_users]
+                    open_loop = h2load_open_loop(
+                        f"{host}:{port}", method, steady, half, args.duration
+                    )
+                else:
+                    open_loop = load(spec(f"{host}:{port}", rate=half), workload)
                 memory = [memory_mib(pid) for pid in server_pids(ours, args.workers)]
         finally:
             stop(ours)
@@ -263,7 +275,9 @@ def main() -> None:
             for side, runs in (("noop", noop_runs), ("recsvc", ours_runs))
         },
         "failed_calls": sum(r.failed for r in (*noop_runs, *ours_runs)),
-        "open_loop": {
+        "open_loop": open_loop
+        if args.client == "h2load"
+        else {
             "target_rate": open_loop["spec"]["rate"],  # type: ignore[index]
             "achieved_rate": open_loop["achieved_rate"],
             "latency_ms": open_loop["latency_ms"],
