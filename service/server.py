@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,14 @@ IMPRESSION_FLUSH_SECONDS = 1.0
 SYNC_SECONDS = 0.25
 # How often long-lived objects are moved out of the cyclic collector's full scans.
 FREEZE_SECONDS = 30.0
+
+
+def announce(line: str) -> None:
+    """A line for the operator (and scripts) on stdout, in one write: workers share the stream
+    with each other's logs, and print's separate write of the newline (stdout unbuffered) let
+    another process's line land in the middle of it."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 @dataclass
@@ -302,7 +311,7 @@ async def serve(
         raise OSError(f"cannot bind {address}")
     if options.metrics_port is not None:
         metrics_port = parts.metrics.serve_http(options.host, options.metrics_port)
-        print(f"recsvc serve: metrics on http://{options.host}:{metrics_port}/metrics", flush=True)
+        announce(f"recsvc serve: metrics on http://{options.host}:{metrics_port}/metrics")
     await set_health(parts.health, NOT_SERVING)
     # Alive (answering on its event loop) before any model is loaded: what a liveness probe
     # asks, so that an empty model store makes pods unready, not restarted over and over.
@@ -314,11 +323,10 @@ async def serve(
     await parts.server.start()
     log.info("listening on %s:%d (model dir %s)", options.host, bound, model_dir)
     if not options.quiet:
-        print(
+        announce(
             f"recsvc serve: listening on {options.host}:{bound}"
             + (" (TLS)" if credentials else "")
-            + (", API keys required" if api_keys else ""),
-            flush=True,
+            + (", API keys required" if api_keys else "")
         )
     if on_ready is not None:
         on_ready()
@@ -345,7 +353,7 @@ async def serve(
         log.error("impressions not stored at shutdown: %s", error)
     store.close()
     if not options.quiet:
-        print("recsvc serve: stopped", flush=True)
+        announce("recsvc serve: stopped")
 
 
 async def shutdown(parts: ServerParts, grace: float) -> None:

@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from recsvc.config import ServingConfig
-from recsvc.service.server import ServeOptions
+from recsvc.service.server import ServeOptions, announce
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +141,11 @@ class WorkerPool:
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)
         self._wait_all_ready()
-        print(
-            f"recsvc serve: listening on {self.options.host}:{self._port} ({self.workers} workers)",
-            flush=True,
+        announce(
+            f"recsvc serve: listening on {self.options.host}:{self._port} ({self.workers} workers)"
         )
         code = self._supervise()
-        print("recsvc serve: stopped", flush=True)
+        announce("recsvc serve: stopped")
         return code
 
     def _start(self, slot: _Slot) -> None:
