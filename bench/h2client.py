@@ -46,6 +46,15 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
+def _request_files(folder: Path, payloads: list[bytes]) -> list[Path]:
+    """Each payload as a gRPC frame in its own file, for h2load's --data."""
+    paths = []
+    for index, payload in enumerate(payloads):
+        paths.append(folder / f"request-{index}.bin")
+        paths[-1].write_bytes(grpc_frame(payload))
+    return paths
+
+
 def _command(target: str, method: str, request: Path, options: list[str]) -> list[str]:
     if H2LOAD is None:
         raise RuntimeError(INSTALL_HINT)
@@ -72,12 +81,11 @@ def h2load_closed_loop(
     """`streams` calls in flight per payload for `seconds`. `failed` counts calls h2load saw
     fail at the HTTP/2 level; gRPC errors are for the caller to count on the server."""
     with tempfile.TemporaryDirectory() as folder:
-        commands = []
-        for index, payload in enumerate(payloads):
-            path = Path(folder) / f"request-{index}.bin"
-            path.write_bytes(grpc_frame(payload))
-            options = [f"--max-concurrent-streams={streams}", f"--duration={seconds:g}"]
-            commands.append(_command(target, method, path, options))
+        options = [f"--max-concurrent-streams={streams}", f"--duration={seconds:g}"]
+        commands = [
+            _command(target, method, request, options)
+            for request in _request_files(Path(folder), payloads)
+        ]
         client_before = children_cpu_seconds()
         server_before = sum(process_cpu_seconds(pid) for pid in server_pids)
         started = time.perf_counter()
@@ -114,15 +122,13 @@ def h2load_open_loop(
     each = max(1, math.ceil(rate / len(payloads)))
     with tempfile.TemporaryDirectory() as folder:
         commands, logs = [], []
-        for index, payload in enumerate(payloads):
-            path = Path(folder) / f"request-{index}.bin"
-            path.write_bytes(grpc_frame(payload))
+        for index, request in enumerate(_request_files(Path(folder), payloads)):
             logs.append(Path(folder) / f"log-{index}.tsv")
             options = [
                 f"--rps={each}", "--max-concurrent-streams=64", f"--duration={seconds:g}",
                 f"--log-file={logs[-1]}",
             ]  # fmt: skip
-            commands.append(_command(target, method, path, options))
+            commands.append(_command(target, method, request, options))
         processes = [
             subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for c in commands

@@ -76,8 +76,9 @@ def main() -> None:
     def request(user: str) -> bytes:
         return pb.RecommendRequest(user_id=user, k=args.k).SerializeToString()
 
-    results: dict[str, list[float]] = {"hit": [], "first call": [], "fresh events": []}
-    results["stranger"] = []
+    results: dict[str, list[float]] = {
+        case: [] for case in ("hit", "first call", "fresh events", "stranger")
+    }
     for repeat in range(args.repeats):
         core = RecommenderCore(config)
         core.swap(published)

@@ -41,8 +41,9 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from h2client import H2LOAD, h2load_closed_loop, h2load_open_loop
+from h2client import H2LOAD, STREAMS, h2load_closed_loop, h2load_open_loop
 from lightclient import Run, closed_loop
+from prometheus_client.parser import text_string_to_metric_families
 
 from recsvc.loadtest.runner import LoadSpec, Requests, Workload, run_load
 from recsvc.modelstore import ModelStore
@@ -70,8 +71,13 @@ def start(command: list[str], ready: str) -> tuple[subprocess.Popen[str], list[s
 def ok_answers(metrics_url: str, method: str = "Recommend") -> float:
     """The server's count of calls of `method` answered OK, from its /metrics."""
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    wanted = f'recsvc_requests_total{{code="OK",method="{method}"}} '
-    return sum(float(line[len(wanted) :]) for line in text.splitlines() if line.startswith(wanted))
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "recsvc_requests_total"
+        and sample.labels == {"code": "OK", "method": method}
+    )
 
 
 def wait_serving(target: str, timeout: float = 600.0) -> None:
@@ -184,11 +190,11 @@ def main() -> None:
     ]
     method = "/recsvc.v1.Recommender/Recommend"
     drive: Callable[[str, float, list[int]], Run]
+    distinct = list(dict.fromkeys(payloads))  # h2load's processes: one request each
     if args.client == "h2load":
-        distinct = list(dict.fromkeys(payloads))[: args.users]
 
         def drive(target: str, seconds: float, pids: list[int]) -> Run:
-            return h2load_closed_loop(target, method, distinct, seconds, pids)
+            return h2load_closed_loop(target, method, distinct[: args.users], seconds, pids)
     else:
 
         def drive(target: str, seconds: float, pids: list[int]) -> Run:
@@ -232,7 +238,7 @@ def main() -> None:
             if repeat == args.repeats - 1:
                 half = statistics.median(r.rate for r in ours_runs) / 2
                 if args.client == "h2load":
-                    steady = list(dict.fromkeys(payloads))[: args.open_loop_users]
+                    steady = distinct[: args.open_loop_users]
                     open_loop = h2load_open_loop(
                         f"{host}:{port}", method, steady, half, args.duration
                     )
@@ -257,7 +263,7 @@ def main() -> None:
         "model_on_disk_mib": round(on_disk / 2**20, 1),
         "workers": args.workers,
         "client": (
-            f"h2load: {args.users} users, 16 calls in flight each"
+            f"h2load: {args.users} users, {STREAMS} calls in flight each"
             if args.client == "h2load"
             else "bench/lightclient.py: 64 in flight, 4 channels, requests serialised ahead"
         ),

@@ -86,7 +86,8 @@ def create_server(
     Health reports NOT_SERVING until the caller marks it otherwise (once a model has loaded).
     """
     metrics = metrics or Metrics()
-    servicer = servicer or RecommenderServicer(core, metrics=metrics)
+    servicer = servicer or RecommenderServicer(core)
+    servicer.metrics = metrics  # fallbacks and stored events are counted where they are known
     interceptors: list[WrappingInterceptor] = [ErrorMappingInterceptor(metrics)]
     if api_keys is not None:
         interceptors.append(AuthInterceptor(api_keys, SERVICE_NAME, REQUIRED_ROLE))
@@ -294,9 +295,8 @@ async def serve(
         timeout=config.event_store_timeout_s,
     )
     core = RecommenderCore(config, store)
-    metrics = Metrics()
-    servicer = RecommenderServicer(core, metrics=metrics)
-    parts = create_server(core, servicer, api_keys=api_keys, metrics=metrics)
+    servicer = RecommenderServicer(core)
+    parts = create_server(core, servicer, api_keys=api_keys)
     for collector in collectors:
         parts.metrics.registry.register(collector)
     watcher = ModelWatcher(ModelStore(model_dir), parts, options.reload_interval)

@@ -134,14 +134,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     serialised once; each call then pays for its own recommendation id only."""
 
     def __init__(
-        self,
-        core: RecommenderCore,
-        reload: Callable[[], Awaitable[None]] | None = None,
-        metrics: Metrics | None = None,
+        self, core: RecommenderCore, reload: Callable[[], Awaitable[None]] | None = None
     ) -> None:
         self.core = core
         self.reload = reload  # set by the server once its model watcher exists
-        self.metrics = metrics
+        self.metrics: Metrics | None = None  # set by the server it is registered with
         self._parsed: dict[bytes, tuple[Any, ...]] = {}
         self._serialised: OrderedDict[int, tuple[Recommendations, bytes]] = OrderedDict()
         self._completions = Completions()
