@@ -334,6 +334,50 @@ def _similar(args: argparse.Namespace) -> None:
     similar(_connection(args), args.item, args.k, args.json)
 
 
+def _rank(args: argparse.Namespace) -> None:
+    from recsvc.service.client import rank_items
+
+    rank_items(_connection(args), args.user, args.items, args.context, args.json)
+
+
+def _together(args: argparse.Namespace) -> None:
+    from recsvc.service.client import bought_together
+
+    bought_together(_connection(args), args.items, args.k, args.json)
+
+
+def _page(args: argparse.Namespace) -> None:
+    from recsvc.service.client import page
+
+    page(_connection(args), args.user, args.context, args.json)
+
+
+def _categories(args: argparse.Namespace) -> None:
+    from recsvc.service.client import call, print_json
+    from recsvc.v1 import recommender_pb2 as pb
+
+    request = pb.RecommendCategoriesRequest(user_id=args.user, k=args.k, kind=args.kind)
+    print_json(call(_connection(args), "RecommendCategories", request))
+
+
+def _recently_viewed(args: argparse.Namespace) -> None:
+    from recsvc.service.client import call, print_json
+    from recsvc.v1 import recommender_pb2 as pb
+
+    request = pb.RecentlyViewedRequest(user_id=args.user, k=args.k)
+    print_json(call(_connection(args), "RecentlyViewed", request))
+
+
+def _merge_users(args: argparse.Namespace) -> None:
+    from recsvc.service.client import call
+    from recsvc.v1 import recommender_pb2 as pb
+
+    request = pb.MergeUsersRequest(anonymous_id=args.anonymous, user_id=args.user,
+                                   reason=args.reason)  # fmt: skip
+    moved = call(_connection(args), "MergeUsers", request).events_moved  # type: ignore[attr-defined]
+    print(f"moved {moved} events from {args.anonymous} to {args.user}")
+
+
 def _record_event(args: argparse.Namespace) -> None:
     from recsvc.service.client import record_event
     from recsvc.v1 import recommender_pb2 as pb
@@ -515,6 +559,50 @@ def build_parser() -> argparse.ArgumentParser:
                 help="an item the visitor is looking at (repeatable)",
             )
         client.set_defaults(run=_recommend if key == "user" else _similar)
+    rank = roles.add_parser("rank", help="ask a server to re-rank your candidate items for a user")
+    _add_client_flags(rank)
+    rank.add_argument("--user", required=True)
+    rank.add_argument("items", nargs="+", metavar="ITEM_ID", help="the candidates, 1..500")
+    rank.add_argument("--context", action="append", default=[], metavar="ITEM_ID")
+    rank.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rank.set_defaults(run=_rank)
+    together = roles.add_parser(
+        "together", help="ask a server what is bought together with items (a cart)"
+    )
+    _add_client_flags(together)
+    together.add_argument("items", nargs="*", metavar="ITEM_ID", help="the cart (may be empty)")
+    together.add_argument("-k", type=int, default=10)
+    together.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    together.set_defaults(run=_together)
+    page = roles.add_parser("page", help="ask a server for a visitor's whole page of rows")
+    _add_client_flags(page)
+    page.add_argument("--user", required=True)
+    page.add_argument("--context", action="append", default=[], metavar="ITEM_ID")
+    page.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    page.set_defaults(run=_page)
+    categories = roles.add_parser(
+        "categories", help="ask a server for a visitor's top categories or brands (JSON)"
+    )
+    _add_client_flags(categories)
+    categories.add_argument("--user", required=True)
+    categories.add_argument("-k", type=int, default=5)
+    categories.add_argument("--kind", choices=["category", "brand"], default="category")
+    categories.set_defaults(run=_categories)
+    viewed = roles.add_parser(
+        "recently-viewed", help="ask a server what a visitor viewed lately (JSON)"
+    )
+    _add_client_flags(viewed)
+    viewed.add_argument("--user", required=True)
+    viewed.add_argument("-k", type=int, default=10)
+    viewed.set_defaults(run=_recently_viewed)
+    merge = roles.add_parser(
+        "merge-users", help="attach an anonymous visitor's events to the customer who logged in"
+    )
+    _add_client_flags(merge)
+    merge.add_argument("--anonymous", required=True, help="the id before logging in")
+    merge.add_argument("--user", required=True, help="the customer's id")
+    merge.add_argument("--reason", default="", help="for the audit log")
+    merge.set_defaults(run=_merge_users)
     record = roles.add_parser(
         "record-event", help="send a server one event (e.g. a click on a recommendation)"
     )

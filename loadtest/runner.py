@@ -38,7 +38,20 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 MAX_IN_FLIGHT = 20_000  # open loop: beyond this the client itself is the bottleneck
 
 
-MIXABLE = ("Recommend", "SimilarItems", "RecordEvents")  # the RPCs a --mix may name
+# The RPCs a --mix may name. MergeUsers is not: it moves stored events, which a load test
+# must never do (its RecordEvents are checked, not stored).
+MIXABLE = (
+    "Recommend",
+    "SimilarItems",
+    "RecordEvents",
+    "RankItems",
+    "FrequentlyBoughtTogether",
+    "RecommendPage",
+    "RecommendCategories",
+    "RecentlyViewed",
+)
+# RankItems re-ranks this many items drawn at random (a category page's worth).
+RANK_CANDIDATES = 50
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,7 @@ class Requests:
         unknown = rng.random(batch) < spec.unknown_share
         items = rng.integers(0, len(workload.items), size=batch)
         out: list[tuple[str, object]] = []
-        for m, u, is_new, i in zip(methods, users, unknown, items, strict=True):
+        for n, (m, u, is_new, i) in enumerate(zip(methods, users, unknown, items, strict=True)):
             method = self.methods[m]
             if is_new:
                 self.unknown += 1
@@ -123,6 +136,19 @@ class Requests:
             elif method == "RecordEvents":
                 event = pb.Event(user_id=user, item_id=item, event="view")
                 out.append((method, pb.RecordEventsRequest(events=[event])))
+            elif method == "RankItems":
+                drawn = np.roll(items, -n)[:RANK_CANDIDATES]
+                candidates = [str(workload.items[c]) for c in drawn.tolist()]
+                out.append((method, pb.RankItemsRequest(user_id=user, item_ids=candidates)))
+            elif method == "FrequentlyBoughtTogether":
+                request = pb.FrequentlyBoughtTogetherRequest(item_ids=[item], k=spec.k)
+                out.append((method, request))
+            elif method == "RecommendPage":
+                out.append((method, pb.RecommendPageRequest(user_id=user)))
+            elif method == "RecommendCategories":
+                out.append((method, pb.RecommendCategoriesRequest(user_id=user, k=5)))
+            elif method == "RecentlyViewed":
+                out.append((method, pb.RecentlyViewedRequest(user_id=user, k=spec.k)))
             else:
                 raise SystemExit(f"recsvc loadtest: unknown RPC {method!r} in the mix")
         return out

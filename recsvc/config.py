@@ -165,6 +165,28 @@ class LightFMConfig:
     epochs: int = 30
 
 
+@dataclass(frozen=True)
+class TogetherConfig:
+    """Bought-together complements, mined from baskets: a user's purchases at one moment (an
+    order), or within `window_minutes` of the previous one."""
+
+    window_minutes: float = 0.0
+    min_support: int = 2
+    min_lift: float = 1.0
+    max_basket_items: int = 100
+    neighbours: int = 50
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    """The session model: which item follows which within a visit (sequential rules)."""
+
+    gap_minutes: float = 30.0
+    steps: int = 3
+    backward_weight: float = 0.5
+    neighbours: int = 100
+
+
 ModelType = Literal[
     "auto", "als", "bpr", "itemknn", "rp3beta", "ease", "lightfm", "popularity", "trending"
 ]
@@ -183,6 +205,8 @@ class ModelConfig:
     rp3beta: RP3BetaConfig = field(default_factory=RP3BetaConfig)
     ease: EASEConfig = field(default_factory=EASEConfig)
     lightfm: LightFMConfig = field(default_factory=LightFMConfig)
+    together: TogetherConfig = field(default_factory=TogetherConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
 
 
 @dataclass(frozen=True)
@@ -265,6 +289,59 @@ class LifecycleConfig:
         return getattr(self, stage)
 
 
+RowKind = Literal[
+    "for_you",
+    "buy_again",
+    "because_you_viewed",
+    "bought_together",
+    "trending_in_category",
+    "new_arrivals",
+    "trending",
+    "popular",
+]
+
+
+@dataclass(frozen=True)
+class PageRowConfig:
+    name: str = ""
+    kind: RowKind = "for_you"
+    k: int = 10
+    title: str = ""
+
+
+def _default_rows() -> list[PageRowConfig]:
+    return [
+        PageRowConfig("for_you", "for_you", 10, "Recommended for you"),
+        PageRowConfig("bought_together", "bought_together", 10, "Goes with your cart"),
+        PageRowConfig("buy_again", "buy_again", 10, "Buy again"),
+        PageRowConfig("because_you_viewed", "because_you_viewed", 10, "Because you viewed"),
+        PageRowConfig("trending_in_category", "trending_in_category", 10, "Trending in"),
+        PageRowConfig("new_arrivals", "new_arrivals", 10, "New arrivals"),
+    ]
+
+
+@dataclass(frozen=True)
+class PageStagesConfig:
+    """Row names per lifecycle stage, in page order; empty: every row, in [[rows]] order."""
+
+    new: list[str] = field(default_factory=list)
+    active: list[str] = field(default_factory=list)
+    reactivated: list[str] = field(default_factory=list)
+    at_risk: list[str] = field(default_factory=list)
+    churned: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PageConfig:
+    rows: list[PageRowConfig] = field(default_factory=_default_rows)
+    stages: PageStagesConfig = field(default_factory=PageStagesConfig)
+
+    def rows_for(self, stage: str) -> list[PageRowConfig]:
+        names = getattr(self.stages, stage, None) or [r.name for r in self.rows]
+        by_name = {r.name: r for r in self.rows}
+        return [by_name[n] for n in names]
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     event_store: str = ""
@@ -275,10 +352,12 @@ class ServingConfig:
     api_keys_file: str = ""
     profile_clock: Literal["events", "wall"] = "events"
     audience_propensity_weight: float = 1.0
+    session_scoring: Literal["auto", "session", "model"] = "auto"
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     experiments: list[ExperimentConfig] = field(default_factory=list)
+    page: PageConfig = field(default_factory=PageConfig)
 
 
 @dataclass(frozen=True)
@@ -313,7 +392,21 @@ def load_config(path: Path | None = None) -> Config:
     if serving.api_keys_file:
         serving = dataclasses.replace(serving, api_keys_file=str(base / serving.api_keys_file))
     _check_experiments(serving.experiments)
+    _check_page(serving.page)
     return dataclasses.replace(config, inputs=InputsConfig(**resolved), serving=serving)
+
+
+def _check_page(page: PageConfig) -> None:
+    names = [r.name for r in page.rows]
+    if "" in names or len(set(names)) != len(names):
+        raise BadInput("config: every serving.page.rows entry needs a unique name")
+    for row in page.rows:
+        if not 1 <= row.k <= 100:
+            raise BadInput(f"config: serving.page.rows {row.name}: k must be 1..100")
+    for stage in dataclasses.fields(page.stages):
+        for name in getattr(page.stages, stage.name):
+            if name not in names:
+                raise BadInput(f"config: serving.page.stages.{stage.name} names no row {name!r}")
 
 
 def _check_experiments(experiments: list[ExperimentConfig]) -> None:

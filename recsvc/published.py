@@ -22,6 +22,9 @@
                             index of the item factors (faiss format, memory-mapped)
     profiles/               customer profiles, one row per user (recsvc.profiles)
     segments.json           RFM segments and behavioural clusters, described
+    item_brands.npy         per item, its brand ("" if unknown)
+    together/               bought-together complements (recsvc.itemgraph), mined from baskets
+    sessions/               the session model: which item follows which within a visit
     coldstart/              the hybrid model for attribute-only users and new items, when a
                             users or items file was given (recsvc.coldstart)
 
@@ -42,6 +45,7 @@ import scipy.sparse as sp
 from recsvc.ann import ItemIndex
 from recsvc.coldstart import ColdStart
 from recsvc.ids import lookup_sorted, sorted_positions
+from recsvc.itemgraph import ItemGraph
 from recsvc.models import Recommender, load_model
 from recsvc.profiles import UserProfiles
 
@@ -66,8 +70,13 @@ def write_published(
     segments: list[dict[str, Any]],
     ann: ItemIndex | None = None,
     coldstart: ColdStart | None = None,
+    together: ItemGraph | None = None,
+    sessions: ItemGraph | None = None,
 ) -> None:
     model.save(directory / "model")
+    for name, graph in (("together", together), ("sessions", sessions)):
+        if graph is not None:
+            graph.save(directory / name)
     profiles.save(directory / "profiles")
     (directory / SEGMENTS_FILE).write_text(json.dumps(segments, indent=2) + "\n")
     if coldstart is not None:
@@ -84,6 +93,9 @@ def write_published(
         "item_price": np.asarray(items.price, dtype=np.float32),
         "item_tags": np.asarray(items.tags, dtype=str),
         "item_first_seen_ms": np.asarray(items.first_seen_ms, dtype=np.int64),
+        "item_brands": np.asarray(
+            items.brands if items.brands is not None else np.full(items.size, ""), dtype=str
+        ),
         "purchased_indptr": purchased.indptr.astype(np.int64),
         "purchased_indices": purchased.indices.astype(np.int32),
         "history_indptr": history.indptr.astype(np.int64),
@@ -105,6 +117,7 @@ class ItemAttributes:
     price: np.ndarray
     tags: np.ndarray
     first_seen_ms: np.ndarray
+    brands: np.ndarray | None = None  # "" if unknown; None in models that predate brands
 
     @property
     def size(self) -> int:
@@ -130,6 +143,9 @@ class PublishedModel:
     segments: list[dict[str, Any]]
     ann: ItemIndex | None = None
     coldstart: ColdStart | None = None
+    # Empty where a model predates them (the server then falls back to similar items).
+    together: ItemGraph | None = None
+    sessions: ItemGraph | None = None
 
     @classmethod
     def load(cls, directory: Path, mmap: bool = True) -> PublishedModel:
@@ -148,6 +164,7 @@ class PublishedModel:
                 np.load(directory / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
             )
 
+        n_items = array("item_ids").size
         loaded = cls(
             version=directory.name,
             manifest=manifest,
@@ -162,6 +179,7 @@ class PublishedModel:
                 price=array("item_price"),
                 tags=array("item_tags"),
                 first_seen_ms=array("item_first_seen_ms"),
+                brands=array("item_brands") if (directory / "item_brands.npy").is_file() else None,
             ),
             purchased_indptr=array("purchased_indptr"),
             purchased_indices=array("purchased_indices"),
@@ -176,6 +194,8 @@ class PublishedModel:
             ann=ItemIndex.load(directory, int(manifest["ann"]["ef_search"]), mmap=mmap)
             if manifest.get("ann")
             else None,
+            together=ItemGraph.load(directory / "together", n_items, mmap),
+            sessions=ItemGraph.load(directory / "sessions", n_items, mmap),
         )
         loaded.check()
         return loaded

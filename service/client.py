@@ -15,7 +15,9 @@ from recsvc.v1 import recommender_pb2_grpc as pb_grpc
 
 
 def _print(
-    response: pb.RecommendResponse | pb.SimilarItemsResponse, as_json: bool, header: str
+    response: pb.RecommendResponse | pb.SimilarItemsResponse | pb.RankItemsResponse,
+    as_json: bool,
+    header: str,
 ) -> None:
     rows = [
         {"item_id": i.item_id, "score": round(i.score, 6), "reason": i.reason}
@@ -45,7 +47,14 @@ def _print(
         f", {strategy} for a{'n' if stage[:1] in 'aeiou' else ''} {stage} user" if stage else ""
     )
     print(f"{header} (model {response.model_version}{served})")
-    if isinstance(response, pb.RecommendResponse):
+    if isinstance(response, pb.RankItemsResponse):
+        for name, listed in (
+            ("unknown, kept last", response.unknown_item_ids),
+            ("left out by filters or exclusions", response.left_out_item_ids),
+        ):
+            if listed:
+                print(f"{name}: {', '.join(listed)}")
+    if isinstance(response, pb.RecommendResponse | pb.RankItemsResponse):
         print(
             f"recommendation {recommendation_id}"
             + (f", experiment variant {variant}" if variant else "")
@@ -139,6 +148,69 @@ def user_profile(connection: Connection, user_id: str) -> None:
             metadata=connection.metadata,
         )
     print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
+
+
+def call(connection: Connection, method: str, request: object) -> object:
+    """One call of `method` on the Recommender service."""
+    with connection.channel() as channel:
+        return getattr(pb_grpc.RecommenderStub(channel), method)(
+            request, timeout=connection.timeout, metadata=connection.metadata
+        )
+
+
+def print_json(response: object) -> None:
+    """A response as JSON (protobuf field names, defaults included)."""
+    from google.protobuf.json_format import MessageToDict
+
+    print(
+        json.dumps(
+            MessageToDict(
+                response,  # type: ignore[arg-type]
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            ),
+            indent=2,
+        )
+    )
+
+
+def rank_items(
+    connection: Connection, user_id: str, item_ids: list[str], context: list[str], as_json: bool
+) -> None:
+    response = call(
+        connection,
+        "RankItems",
+        pb.RankItemsRequest(user_id=user_id, item_ids=item_ids, context_item_ids=context),
+    )
+    _print(response, as_json, f"{len(item_ids)} items ranked for user {user_id}")  # type: ignore[arg-type]
+
+
+def bought_together(connection: Connection, item_ids: list[str], k: int, as_json: bool) -> None:
+    response = call(
+        connection,
+        "FrequentlyBoughtTogether",
+        pb.FrequentlyBoughtTogetherRequest(item_ids=item_ids, k=k),
+    )
+    _print(response, as_json, f"{k} items bought with {', '.join(item_ids) or 'an empty cart'}")  # type: ignore[arg-type]
+
+
+def page(connection: Connection, user_id: str, context: list[str], as_json: bool) -> None:
+    response: pb.RecommendPageResponse = call(  # type: ignore[assignment]
+        connection,
+        "RecommendPage",
+        pb.RecommendPageRequest(user_id=user_id, context_item_ids=context),
+    )
+    if as_json:
+        print_json(response)
+        return
+    print(
+        f"page for user {user_id} (model {response.model_version}, "
+        f"{response.lifecycle_stage} user), recommendation {response.recommendation_id}"
+    )
+    for row in response.rows:
+        print(f"\n{row.title}  [{row.name}]")
+        for rank, item in enumerate(row.items, 1):
+            print(f"{rank:4d}  {item.item_id:<24} {item.score:10.4f}  {item.reason}")
 
 
 def health(connection: Connection, service: str) -> bool:

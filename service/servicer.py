@@ -323,6 +323,105 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.Segment:
         return _segment(self.core.get_segment(request.segment_id))
 
+    async def RankItems(
+        self, request: pb.RankItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RankItemsResponse:
+        result = self.core.rank_items(
+            request.user_id,
+            tuple(request.item_ids),
+            _filters(request.filters),
+            request.exclude_purchased,
+            tuple(request.context_item_ids),
+            dict(request.user_attributes) or None,
+            not (self.core.config.experiments and _load_test(context)),
+        )
+        return pb.RankItemsResponse(
+            items=_convert(result.items),
+            unknown_item_ids=result.unknown_item_ids,
+            left_out_item_ids=result.left_out_item_ids,
+            model_version=result.model_version,
+            variant=result.variant,
+            recommendation_id=result.recommendation_id,
+            strategy=result.strategy,
+            lifecycle_stage=result.lifecycle_stage,
+        )
+
+    async def FrequentlyBoughtTogether(
+        self, request: pb.FrequentlyBoughtTogetherRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendResponse:
+        result = self.core.bought_together(
+            tuple(request.item_ids),
+            request.k,
+            _filters(request.filters, request.exclude_item_ids),
+            request.user_id,
+            request.exclude_purchased,
+        )
+        return pb.RecommendResponse(
+            items=_convert(result.items),
+            model_version=result.model_version,
+            fallback=result.fallback,
+            strategy=result.strategy,
+        )
+
+    async def RecommendPage(
+        self, request: pb.RecommendPageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendPageResponse:
+        page = self.core.recommend_page(
+            request.user_id,
+            _filters(request.filters, request.exclude_item_ids),
+            request.exclude_purchased,
+            tuple(request.context_item_ids),
+            dict(request.user_attributes) or None,
+            not (self.core.config.experiments and _load_test(context)),
+        )
+        return pb.RecommendPageResponse(
+            rows=[
+                pb.PageRow(
+                    name=r.name,
+                    kind=r.kind,
+                    title=r.title,
+                    items=_convert(r.items),
+                    anchor=r.anchor,
+                )
+                for r in page.rows
+            ],
+            model_version=page.model_version,
+            variant=page.variant,
+            recommendation_id=page.recommendation_id,
+            lifecycle_stage=page.lifecycle_stage,
+        )
+
+    async def RecommendCategories(
+        self, request: pb.RecommendCategoriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendCategoriesResponse:
+        categories = self.core.recommend_categories(
+            request.user_id,
+            request.k,
+            request.kind or "category",
+            tuple(request.context_item_ids),
+            dict(request.user_attributes) or None,
+        )
+        return pb.RecommendCategoriesResponse(
+            categories=[pb.WeightedTag(name=n, weight=w) for n, w in categories],
+            model_version=self.core.version or "",
+        )
+
+    async def RecentlyViewed(
+        self, request: pb.RecentlyViewedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecentlyViewedResponse:
+        viewed = self.core.recently_viewed(request.user_id, request.k)
+        return pb.RecentlyViewedResponse(
+            items=[pb.ViewedItem(item_id=i, timestamp_ms=t) for i, t in viewed]
+        )
+
+    async def MergeUsers(
+        self, request: pb.MergeUsersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MergeUsersResponse:
+        moved = await self._stored(
+            self.core.submit_merge(request.anonymous_id, request.user_id, request.reason)
+        )
+        return pb.MergeUsersResponse(events_moved=moved)
+
     async def FindAudience(
         self, request: pb.FindAudienceRequest, context: grpc.aio.ServicerContext
     ) -> pb.FindAudienceResponse:

@@ -116,6 +116,36 @@ def test_forget_deletes_exactly_the_users_events_and_impressions(store: EventSto
     assert store.forget("nobody") == 0
 
 
+def test_merge_moves_every_event_to_the_customer_and_forgets_the_anonymous_id(
+    store: EventStore,
+) -> None:
+    store.append(
+        [
+            event("anon", "i1", "view", 10),
+            event("cust", "i0", "purchase", 11, quantity=2.0, price=3.5),
+            event("anon", "i2", "cart", 12, recommendation_id="r9", variant="exp/b"),
+            event("other", "i3", "view", 13),
+        ]
+    )
+    _, cursor_forgotten = store.changes_after(0, 0)
+    last = max(e[0] for e in store.changes_after(0, 0)[0])
+    assert store.merge("anon", "cust", "logged in") == 2
+    table = store.read_events().to_pylist()
+    assert {r["user_id"] for r in table} == {"cust", "other"}, "nothing left under anon"
+    moved = [(r["item_id"], r["event"], r["timestamp_ms"]) for r in table if r["user_id"] == "cust"]
+    assert sorted(moved) == [("i0", "purchase", 11), ("i1", "view", 10), ("i2", "cart", 12)]
+    assert store.read_outcomes().to_pylist() == [
+        {"variant": "exp/b", "recommendation_id": "r9", "event": "cart"}
+    ], "the outcome follows the event"
+    # Other servers take the moved events in as new ones, and the anonymous id as forgotten.
+    events, forgotten = store.changes_after(last, 0)
+    assert [(e[1], e[2]) for e in events] == [("cust", "i1"), ("cust", "i2")]
+    assert "anon" in forgotten and "anon" not in cursor_forgotten
+    # The customer's deletion now deletes what was merged.
+    assert store.forget("cust") == 3
+    assert store.merge("nobody", "cust") == 0
+
+
 def test_impressions_are_counted_once_per_recommendation(store: EventStore) -> None:
     store.record_impressions([("r1", "u1", "exp/a", 1, 10), ("r2", "u2", "exp/b", 2, 10)])
     store.record_impressions([("r1", "u1", "exp/a", 1, 10)])  # a retried flush

@@ -159,7 +159,9 @@ def test_similar_items_are_not_cut_short_by_exclusions(published: PublishedModel
 def test_an_anonymous_session_s_items_name_the_context_item_they_are_most_like(
     published: PublishedModel,
 ) -> None:
-    core = _core(published)
+    """The fold-in's explanation (session_scoring "model"; the session model names the
+    item each was viewed after: tests/test_frontend.py)."""
+    core = _core(published, session_scoring="model")
     categories = published.items.categories.astype(str)
     popular = _ids(core.popular_items(200))
     by_category: dict[str, str] = {}
@@ -185,7 +187,7 @@ def test_context_items_explain_the_list_up_to_twenty(
     published: PublishedModel, n: int, explained: bool
 ) -> None:
     """Explaining each item costs one scoring per context item: up to 20, then plain."""
-    core = _core(published)
+    core = _core(published, session_scoring="model")
     context = tuple(_ids(core.popular_items(n)))
     listed = core.recommend("session-2", 10, context_item_ids=context)
     named = {i.reason.startswith("similar_to:") for i in listed.items}

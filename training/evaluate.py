@@ -42,6 +42,7 @@ class Holdout:
     test: sp.csr_matrix  # 1 where a train user interacted with a train item in the holdout
     method: str  # "temporal" or "per_user"
     cut_ms: int | None
+    test_events: pa.Table | None = None  # the held-out events themselves (session choice)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -149,7 +150,7 @@ def holdout_from_mask(
     test.eliminate_zeros()
     if test.nnz == 0:
         return None
-    return Holdout(train_events, train, test, method, cut_ms)
+    return Holdout(train_events, train, test, method, cut_ms, test_events)
 
 
 def _last_events(events: pa.Table, n: int = 0, share: float = 0.0) -> np.ndarray:

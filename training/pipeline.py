@@ -51,9 +51,11 @@ from recsvc.training.features import item_features, user_features
 from recsvc.training.ingest import Dataset
 from recsvc.training.inputs import TrainInputs
 from recsvc.training.interactions import Interactions, build_interactions
+from recsvc.training.itemgraphs import mine_bought_together, mine_sessions
 from recsvc.training.profiles import assign_clusters, build_profiles, describe_segments
 from recsvc.training.progress import Progress
-from recsvc.training.stage_policy import choose_stage_strategies
+from recsvc.training.session_choice import choose_session_scoring
+from recsvc.training.stage_policy import choose_stage_strategies, validation_serving
 
 log = logging.getLogger(__name__)
 SELECTION_METRIC = f"ndcg@{K}"
@@ -134,6 +136,7 @@ def item_attributes(interactions: Interactions, dataset: Dataset) -> ItemAttribu
         price=np.full(n, np.nan, dtype=np.float32),
         tags=np.full(n, "", dtype=object),
         first_seen_ms=first_seen,
+        brands=np.full(n, "", dtype=object),
     )
     if dataset.items is not None:
         catalogue = dataset.items
@@ -146,11 +149,13 @@ def item_attributes(interactions: Interactions, dataset: Dataset) -> ItemAttribu
             ("available", "available"),
             ("price", "price"),
             ("tags", "tags"),
+            ("brands", "brand"),
         ):
             values = catalogue.column(column).to_numpy(zero_copy_only=False)
             getattr(attributes, name)[rows[inside]] = values[inside]
     attributes.categories = attributes.categories.astype(str)
     attributes.tags = attributes.tags.astype(str)
+    attributes.brands = attributes.brands.astype(str)
     return attributes
 
 
@@ -185,18 +190,25 @@ def train(
         holdout = validation_holdout(events, config)
     evaluation, fitted = select_model(names, skipped, holdout, dataset, config, progress)
     chosen = evaluation["selected"]
-    stage_choice = None
+    stage_choice = session_choice = None
     if holdout is not None and fitted:
-        stage_choice = choose_stage_strategies(
+        with progress.stage("session model on the validation split"):
+            validation_sessions, _ = mine_sessions(
+                holdout.train_events, holdout.train.item_ids, config.model.sessions
+            )
+        serving = validation_serving(
             holdout,
             fitted[chosen],
             fitted[evaluation["fallback"]],
             item_attributes(holdout.train, dataset),
             dataset,
             config,
-            progress,
+            validation_sessions,
         )
+        stage_choice = choose_stage_strategies(holdout, serving, config, progress)
         evaluation["lifecycle"] = stage_choice
+        session_choice = choose_session_scoring(holdout, serving, config, progress)
+        evaluation["sessions"] = session_choice
     gate = quality_gate(store, holdout, evaluation, dataset, config, progress)
 
     with progress.stage(f"fit {chosen} on all data") as tally:
@@ -210,6 +222,19 @@ def train(
     fallback = fit_model(make_model(evaluation["fallback"], config), interactions, dataset)
     trending = TrendingRecommender().fit(interactions.recent)
     profiles, segments, coldstart = build_marketing(model, interactions, dataset, config, progress)
+    with progress.stage("bought together and the session model") as tally:
+        together, together_summary = mine_bought_together(
+            events, interactions.item_ids, config.model.together
+        )
+        sessions, sessions_summary = mine_sessions(
+            events, interactions.item_ids, config.model.sessions
+        )
+        tally.count, tally.unit = together.n_edges + sessions.n_edges, "item pairs"
+    progress.say(
+        f"bought together: {together_summary['items_with_complements']:,} items with "
+        f"complements from {together_summary['baskets']:,} baskets; sessions: "
+        f"{sessions_summary['sessions']:,} visits"
+    )
 
     manifest = {
         "model_type": model.model_type,
@@ -227,7 +252,10 @@ def train(
             "fallback": evaluation["fallback"],
             # What each lifecycle stage is served where the config says "auto".
             "lifecycle": stage_choice["lifecycle"] if stage_choice else {},
+            # Whether anonymous visits are followed by the session model (else the fold-in).
+            "session_model": bool(session_choice and session_choice["session_model"]),
         },
+        "item_graphs": {"together": together_summary, "sessions": sessions_summary},
         "evaluation": evaluation,
         "quality_gate": gate,
         "ingest": [r.as_dict() for r in dataset.reports],
@@ -252,6 +280,8 @@ def train(
                 segments=segments,
                 ann=ann,
                 coldstart=coldstart,
+                together=together,
+                sessions=sessions,
             ),
             suffix=manifest["data_fingerprint"][:8],
         )

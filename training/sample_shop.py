@@ -6,7 +6,10 @@ What is planted, so that tests can check a model recovers it:
 - item popularity follows a power law inside each category;
 - a funnel turns views into carts and carts into purchases; consumable categories are bought
   again (repeat purchases);
-- users sign up over the period, and some stop coming back (churn), so recency varies.
+- users sign up over the period, and some stop coming back (churn), so recency varies;
+- complements: each item has one complement in a paired category (COMPLEMENT_PAIRS, the item of
+  the same popularity rank there), added to the same order in half the purchases of the item
+  (`complements()` names them, for bought-together tests).
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ CATEGORIES = (
     "pets",
     "baby",
     "office",
+)
+# Categories whose items complement each other's (a purchase in one often brings one from the
+# other into the same order).
+COMPLEMENT_PAIRS = (
+    ("electronics", "office"),
+    ("books", "home"),
+    ("beauty", "fashion"),
+    ("toys", "baby"),
+    ("grocery", "pets"),
+    ("sports", "garden"),
 )
 CONSUMABLE = frozenset({"beauty", "grocery", "pets", "baby"})
 AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
@@ -67,6 +80,7 @@ class ShopSpec:
     # A ratings-like log instead of a shop's (as MovieLens): every item a user touches is one
     # purchase, none twice, and each user is active for a few days, then gone.
     ratings: bool = False
+    complement_share: float = 0.5  # purchases that bring the item's complement into the order
 
 
 @dataclass
@@ -75,6 +89,7 @@ class SampleShop:
     items: pa.Table
     users: pa.Table
     preferred_categories: dict[str, tuple[str, ...]]
+    complements: dict[str, str] = field(default_factory=dict)  # item -> its planted complement
 
     def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -101,7 +116,26 @@ def generate_shop(seed: int, spec: ShopSpec | None = None) -> SampleShop:
         uid: tuple(CATEGORIES[c] for c in prefs)
         for uid, prefs in zip(user_ids, preferred, strict=True)
     }
-    return SampleShop(events, items, users, planted)
+    item_names = items.column("item_id").to_pylist()
+    pairs = _complements(item_category, item_weight)
+    complements = {item_names[i]: item_names[j] for i, j in enumerate(pairs.tolist())}
+    return SampleShop(events, items, users, planted, complements)
+
+
+def _complements(item_category: np.ndarray, item_weight: np.ndarray) -> np.ndarray:
+    """Per item, its complement: the item of the same popularity rank in the paired category
+    (the last one where the paired category has fewer items)."""
+    complement = np.arange(item_category.size)
+    ranked = []
+    for c in range(len(CATEGORIES)):
+        members = np.flatnonzero(item_category == c)
+        ranked.append(members[np.argsort(-item_weight[members], kind="stable")])
+    for a, b in COMPLEMENT_PAIRS:
+        first, second = ranked[CATEGORIES.index(a)], ranked[CATEGORIES.index(b)]
+        for one, other in ((first, second), (second, first)):
+            if other.size:
+                complement[one] = other[np.minimum(np.arange(one.size), other.size - 1)]
+    return complement
 
 
 def _ids(prefix: str, n: int) -> list[str]:
@@ -242,6 +276,13 @@ def _events(rng, spec, users, preferred, item_category, item_weight, item_price)
                         )
                         log.add(uid, int(item), "purchase", t, qty)
                         bought.append(int(item))
+    if not spec.ratings:
+        # Drawn after every other event, so that planting them leaves the rest of the log as
+        # it was.
+        complement = _complements(item_category, item_weight)
+        for n in range(len(log.events)):
+            if log.events[n] == "purchase" and rng.random() < spec.complement_share:
+                log.add(log.users[n], int(complement[log.items[n]]), "purchase", log.times[n], 1)
     item_names = np.asarray(_ids("i", item_category.size), dtype=object)
     items_idx = np.asarray(log.items)
     ts = (START_EPOCH + np.asarray(log.times)).astype("datetime64[s]")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from recsvc.config import Config, LifecycleConfig
+from recsvc.itemgraph import ItemGraph
 from recsvc.models import Recommender, TrendingRecommender
 from recsvc.profiles import STAGES
 from recsvc.published import ItemAttributes, PublishedModel
@@ -42,16 +43,10 @@ MAX_USERS = 3000
 
 
 def choose_stage_strategies(
-    holdout: Holdout,
-    model: Recommender,
-    fallback: Recommender,
-    items: ItemAttributes,
-    dataset: Dataset,
-    config: Config,
-    progress: Progress,
+    holdout: Holdout, serving: ServingModel, config: Config, progress: Progress
 ) -> dict[str, Any]:
-    """{"lifecycle": stage -> strategy, "evidence": per stage NDCG of each, "reason": why}."""
-    serving = _validation_serving(holdout, model, fallback, items, dataset, config)
+    """{"lifecycle": stage -> strategy, "evidence": per stage NDCG of each, "reason": why};
+    `serving` is the validation split's model as the server would hold it."""
     ordered_repeats = holdout.variant == "all" and holdout.method != "per_user"
     strategies = WITH_REPEATS if ordered_repeats else WITHOUT_REPEATS
     truth = holdout.judged  # as models are judged
@@ -116,15 +111,17 @@ def _choose(
     return {"lifecycle": lifecycle, "evidence": evidence, "reason": reason}
 
 
-def _validation_serving(
+def validation_serving(
     holdout: Holdout,
     model: Recommender,
     fallback: Recommender,
     items: ItemAttributes,
     dataset: Dataset,
     config: Config,
+    sessions: ItemGraph | None = None,
 ) -> ServingModel:
-    """The validation split's model as the server would hold it, in memory."""
+    """The validation split's model as the server would hold it, in memory (with the session
+    model mined from the split's training part, where given)."""
     train, events = holdout.train, holdout.train_events
     profiles = build_profiles(events, dataset.items, dataset.users, config)
     purchased, history = train.purchased.tocsr(), train.confidence.tocsr()
@@ -148,5 +145,6 @@ def _validation_serving(
         history_data=history.data,
         profiles=profiles,
         segments=[],
+        sessions=sessions,
     )
     return ServingModel.prepare(published, config.serving)

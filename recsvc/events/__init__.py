@@ -49,6 +49,11 @@ class EventStore(Protocol):
 
     def forget(self, user_id: str, reason: str = "") -> int: ...
 
+    def merge(self, user_id: str, into: str, reason: str = "") -> int:
+        """Moves `user_id`'s events to `into` (stored anew, with new ids, so that every server
+        takes them in) and forgets `user_id`, atomically; returns the events moved."""
+        ...
+
     def forgotten_users(self) -> dict[str, int]: ...
 
     def changes_after(

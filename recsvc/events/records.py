@@ -40,14 +40,18 @@ class StoredEvent(NamedTuple):
     recommendation_id: str = ""  # the Recommend response the event followed, if any
 
 
-def forget_audit_line(user_id: str, removed: int, reason: str, now_ms: int) -> str:
-    """The JSON audit record of one privacy deletion, the same for every backend."""
-    return json.dumps(
-        {
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000)),
-            "action": "forget_user",
-            "user_id": user_id,
-            "events_deleted": removed,
-            "reason": reason,
-        }
-    )
+def forget_audit_line(
+    user_id: str, removed: int, reason: str, now_ms: int, merged_into: str = ""
+) -> str:
+    """The JSON audit record of one privacy deletion, or of a merge (the id's events moved to
+    `merged_into`, the id itself forgotten), the same for every backend."""
+    record = {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000)),
+        "action": "merge_users" if merged_into else "forget_user",
+        "user_id": user_id,
+        "events_deleted": removed,
+        "reason": reason,
+    }
+    if merged_into:
+        record["merged_into"] = merged_into
+    return json.dumps(record)

@@ -93,6 +93,40 @@ redis.call('ZADD', KEYS[7], ARGV[2], ARGV[1])
 redis.call('PUBLISH', KEYS[6], ARGV[3])
 return removed
 """
+# A merge: the user's events re-stored under another id with new sequence numbers (appended
+# to the stream, so replicas take them in), then the user forgotten as by _FORGET. KEYS: events
+# stream, the user's event index, the other user's event index, sequence counter, forgotten
+# hash, change channel, forgotten by time, the user's impression index, impressions stream.
+# ARGV: user id, now (ms), the writer's token, the other user's id. Returns the events moved.
+_MERGE = """
+local ids = redis.call('LRANGE', KEYS[2], 0, -1)
+local moved = 0
+for _, seq in ipairs(ids) do
+    local entry = redis.call('XRANGE', KEYS[1], seq .. '-0', seq .. '-0')
+    if #entry == 1 then
+        local fields = entry[1][2]
+        for n = 1, #fields, 2 do
+            if fields[n] == 'e' then
+                local packed = fields[n + 1]
+                local rest = string.sub(packed, string.find(packed, '\\31', 1, true), -1)
+                local new = redis.call('INCR', KEYS[4])
+                redis.call('XADD', KEYS[1], new .. '-0', 'e', ARGV[4] .. rest)
+                redis.call('RPUSH', KEYS[3], new)
+                moved = moved + 1
+            end
+        end
+        redis.call('XDEL', KEYS[1], seq .. '-0')
+    end
+end
+redis.call('DEL', KEYS[2])
+local impressions = redis.call('LRANGE', KEYS[8], 0, -1)
+for _, seq in ipairs(impressions) do redis.call('XDEL', KEYS[9], seq .. '-0') end
+redis.call('DEL', KEYS[8])
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[7], ARGV[2], ARGV[1])
+redis.call('PUBLISH', KEYS[6], ARGV[3])
+return moved
+"""
 EVENT_FIELDS = (
     "user_id",
     "item_id",
@@ -156,6 +190,7 @@ class RedisEventStore:
         self._append = self._redis.register_script(_APPEND)
         self._append_events = self._redis.register_script(_APPEND_EVENTS)
         self._forget = self._redis.register_script(_FORGET)
+        self._merge = self._redis.register_script(_MERGE)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -203,6 +238,30 @@ class RedisEventStore:
         )
         self._redis.rpush(self._key("audit"), forget_audit_line(user_id, removed, reason, now))
         return removed
+
+    @_outage_is_unavailable
+    def merge(self, user_id: str, into: str, reason: str = "") -> int:
+        now = int(time.time() * 1000)
+        moved = int(
+            self._merge(
+                keys=[
+                    self._key("events"),
+                    self._key("user-events", user_id),
+                    self._key("user-events", into),
+                    self._key("events", "seq"),
+                    self._key("forgotten"),
+                    self._key("changes"),
+                    self._key("forgotten", "by-time"),
+                    self._key("user-impressions", user_id),
+                    self._key("impressions"),
+                ],
+                args=[user_id, now, self._token, into],
+            )
+        )
+        self._redis.rpush(
+            self._key("audit"), forget_audit_line(user_id, moved, reason, now, merged_into=into)
+        )
+        return moved
 
     @_outage_is_unavailable
     def forgotten_users(self) -> dict[str, int]:

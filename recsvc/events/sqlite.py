@@ -161,6 +161,34 @@ class SQLiteEventStore:
         return removed
 
     @_outage_is_unavailable
+    def merge(self, user_id: str, into: str, reason: str = "") -> int:
+        now = int(time.time() * 1000)
+        with self._lock:
+            db = self._connection()
+            db.execute("BEGIN")
+            try:
+                moved = db.execute(
+                    "INSERT INTO events (user_id, item_id, event, timestamp_ms, quantity, price,"
+                    " variant, recommendation_id) SELECT ?, item_id, event, timestamp_ms,"
+                    " quantity, price, variant, recommendation_id FROM events WHERE user_id = ?"
+                    " ORDER BY id",
+                    (into, user_id),
+                ).rowcount
+                db.execute("DELETE FROM events WHERE user_id = ?", (user_id,))
+                db.execute("DELETE FROM impressions WHERE user_id = ?", (user_id,))
+                db.execute(
+                    "INSERT OR REPLACE INTO forgotten (user_id, forgotten_ms) VALUES (?, ?)",
+                    (user_id, now),
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            with open(self.audit_path, "a", encoding="utf-8") as log:
+                log.write(forget_audit_line(user_id, moved, reason, now, merged_into=into) + "\n")
+        return moved
+
+    @_outage_is_unavailable
     def changes_after(
         self, event_id: int, forgotten_ms: int
     ) -> tuple[list[tuple[int, str, str, str, int]], dict[str, int]]:

@@ -29,6 +29,7 @@ from recsvc.ids import id_problem
 from recsvc.published import PublishedModel
 from recsvc.serving import marketing
 from recsvc.serving.model import ServingModel, trained_at_ms
+from recsvc.serving.page import Visitor, build_rows, top_categories
 from recsvc.serving.policy import RankingPolicy
 from recsvc.serving.state import LruCache, RealtimeHistory
 from recsvc.serving.validation import RequestChecks
@@ -37,6 +38,8 @@ from recsvc.serving.values import (
     EventInput,
     Filters,
     ListEntry,
+    Page,
+    RankedItems,
     Recommendations,
 )
 from recsvc.serving.writer import EventWriter, OutageLog
@@ -155,20 +158,7 @@ class RecommenderCore:
         attributes = tuple(sorted(user_attributes.items())) if user_attributes else ()
         if attributes:
             self.checks.check_attributes(attributes)
-        serving = self.serving
-        variant_name, variant = "", None
-        if self.config.experiments:
-            experiment = self.config.experiments[0]
-            variant = assign_variant(experiment, user_id)
-            variant_name = f"{experiment.name}/{variant.name}"
-            if variant.model_version:
-                pinned = self._pinned.get(variant.model_version)
-                if pinned is None:
-                    # Its version is not loaded (yet, or it failed): serving the current model
-                    # under this variant's name would count the wrong arm's impressions.
-                    variant_name, variant = "", None
-                else:
-                    serving = pinned
+        variant_name, variant, serving = self._variant(user_id)
         forgotten_ms = self._forgotten.get(user_id)
         # A user forgotten since this model was trained is a stranger to it: their history,
         # profile and users-file attributes inside it are never used again.
@@ -184,9 +174,9 @@ class RecommenderCore:
         entry = self._lists.get(key)
         if entry is None or not entry.since_ms <= now_ms < entry.until_ms:
             entry = self._list_entry(serving, variant, known_as, request, fresh, now_ms, key)
-        recommendation_id = f"{self._id_prefix}{next(self._ids):016x}"
-        if variant_name and count_impression and self.event_store is not None:
-            self._note_impression(recommendation_id, user_id, variant_name, len(entry.items))
+        recommendation_id = self._new_recommendation_id(
+            user_id, variant_name, len(entry.items), count_impression
+        )
         return Recommendations(
             entry.items,
             serving.version,
@@ -196,6 +186,191 @@ class RecommenderCore:
             entry.strategy,
             entry.stage,
         )
+
+    def _variant(self, user_id: str) -> tuple[str, VariantConfig | None, ServingModel]:
+        """The user's experiment variant ("experiment/variant", its config) and the model it
+        serves: a pinned version, else the current one."""
+        serving = self.serving
+        if not self.config.experiments:
+            return "", None, serving
+        experiment = self.config.experiments[0]
+        variant = assign_variant(experiment, user_id)
+        if variant.model_version:
+            pinned = self._pinned.get(variant.model_version)
+            if pinned is None:
+                # Its version is not loaded (yet, or it failed): serving the current model
+                # under this variant's name would count the wrong arm's impressions.
+                return "", None, serving
+            serving = pinned
+        return f"{experiment.name}/{variant.name}", variant, serving
+
+    def _visitor(
+        self,
+        user_id: str,
+        context_item_ids: tuple[str, ...] | list[str],
+        user_attributes: dict[str, str] | None,
+    ) -> tuple[str, VariantConfig | None, ServingModel, Visitor]:
+        """Checks a visitor's request fields and resolves them as Recommend does: variant,
+        model, the id the model knows them by, fresh events, lifecycle stage."""
+        self.checks.check_id(user_id, "user_id")
+        if context_item_ids:
+            self.checks.check_list(context_item_ids, "context_item_ids")
+        attributes = tuple(sorted(user_attributes.items())) if user_attributes else ()
+        if attributes:
+            self.checks.check_attributes(attributes)
+        variant_name, variant, serving = self._variant(user_id)
+        known_as = STRANGER if self.forgotten_since_training(user_id, serving) else user_id
+        fresh = self.realtime.of(user_id)
+        stage = marketing.user_stage(serving, known_as, fresh, self.now_ms(serving)).stage
+        visitor = Visitor(known_as, stage, fresh, tuple(context_item_ids), dict(attributes),
+                          variant)  # fmt: skip
+        return variant_name, variant, serving, visitor
+
+    def _new_recommendation_id(self, user_id: str, variant_name: str, n: int, count: bool) -> str:
+        recommendation_id = f"{self._id_prefix}{next(self._ids):016x}"
+        if variant_name and count and self.event_store is not None:
+            self._note_impression(recommendation_id, user_id, variant_name, n)
+        return recommendation_id
+
+    def rank_items(
+        self,
+        user_id: str,
+        item_ids: list[str] | tuple[str, ...],
+        filters: Filters = NO_FILTERS,
+        exclude_purchased: bool = False,
+        context_item_ids: tuple[str, ...] | list[str] = (),
+        user_attributes: dict[str, str] | None = None,
+        count_impression: bool = True,
+    ) -> RankedItems:
+        """Re-orders the frontend's candidates for the user by what Recommend would rank them
+        by; unknown ids go last in their given order, never an error."""
+        if not item_ids:
+            raise InvalidArgument("item_ids must not be empty")
+        if len(item_ids) > self.config.limits.max_k:
+            raise InvalidArgument(
+                f"at most {self.config.limits.max_k} item_ids, got {len(item_ids)}"
+            )
+        self.checks.check_list(item_ids, "item_ids")
+        if filters is not NO_FILTERS:
+            self.checks.check_filters(filters)
+        variant_name, _, serving, visitor = self._visitor(
+            user_id, context_item_ids, user_attributes
+        )
+        items, unknown, left_out, strategy = self.policy.rank(
+            serving, visitor.variant, visitor.user_id, list(item_ids), filters,
+            exclude_purchased, visitor.context, visitor.fresh, visitor.stage,
+            visitor.attributes,
+        )  # fmt: skip
+        recommendation_id = self._new_recommendation_id(
+            user_id, variant_name, len(items), count_impression
+        )
+        return RankedItems(items, unknown, left_out, serving.version, variant_name,
+                           recommendation_id, strategy, visitor.stage)  # fmt: skip
+
+    def bought_together(
+        self,
+        item_ids: list[str] | tuple[str, ...],
+        k: int,
+        filters: Filters = NO_FILTERS,
+        user_id: str = "",
+        exclude_purchased: bool = False,
+    ) -> Recommendations:
+        """What is bought with an item or a whole cart (`item_ids`); an empty cart, or one the
+        model does not know, gets popular items."""
+        self.checks.check_k(k)
+        self.checks.check_list(item_ids, "item_ids")
+        if filters is not NO_FILTERS:
+            self.checks.check_filters(filters)
+        if user_id:
+            self.checks.check_id(user_id, "user_id")
+        serving = self.serving
+        known_as = STRANGER if user_id and self.forgotten_since_training(user_id) else user_id
+        return self.policy.bought_together(
+            serving, list(item_ids), k, filters, known_as, exclude_purchased
+        )
+
+    def recommend_page(
+        self,
+        user_id: str,
+        filters: Filters = NO_FILTERS,
+        exclude_purchased: bool = False,
+        context_item_ids: tuple[str, ...] | list[str] = (),
+        user_attributes: dict[str, str] | None = None,
+        count_impression: bool = True,
+    ) -> Page:
+        """The rows `[serving.page]` names for the visitor's lifecycle stage, no item twice."""
+        if filters is not NO_FILTERS:
+            self.checks.check_filters(filters)
+        variant_name, _, serving, visitor = self._visitor(
+            user_id, context_item_ids, user_attributes
+        )
+        fresh = visitor.fresh
+        # As Recommend's list key, with the stage: the rows are chosen per stage.
+        request = (variant_name, filters, exclude_purchased, visitor.context,
+                   tuple(sorted(visitor.attributes.items())), visitor.stage)  # fmt: skip
+        last = fresh[-1] if fresh else None
+        key = ("page", serving.version, user_id, request, len(fresh), last,
+               self._forgotten.get(user_id))  # fmt: skip
+        rows = self._lists.get(key)
+        if rows is None:
+            rows = build_rows(
+                self.policy, serving, visitor, self.config.page.rows_for(visitor.stage),
+                filters, exclude_purchased,
+            )  # fmt: skip
+            self._lists.put(key, rows)
+        n_items = sum(len(r.items) for r in rows)
+        recommendation_id = self._new_recommendation_id(
+            user_id, variant_name, n_items, count_impression
+        )
+        return Page(rows, serving.version, variant_name, recommendation_id, visitor.stage)
+
+    def recommend_categories(
+        self,
+        user_id: str,
+        k: int,
+        kind: str = "category",
+        context_item_ids: tuple[str, ...] | list[str] = (),
+        user_attributes: dict[str, str] | None = None,
+    ) -> list[tuple[str, float]]:
+        """The visitor's top categories (or brands, `kind` "brand") with shares summing to 1."""
+        self.checks.check_k(k)
+        if kind not in ("category", "brand"):
+            raise InvalidArgument(f"kind must be category or brand, got {kind!r}")
+        _, _, serving, visitor = self._visitor(user_id, context_item_ids, user_attributes)
+        return top_categories(self.policy, serving, visitor, kind, k, NO_FILTERS)
+
+    def recently_viewed(self, user_id: str, k: int) -> list[tuple[str, int]]:
+        """The items the user viewed (or carted) since the model was trained, newest first,
+        each once, with when (epoch ms)."""
+        self.checks.check_id(user_id, "user_id")
+        self.checks.check_k(k)
+        seen: dict[str, int] = {}
+        for item_id, _, stamp in reversed(self.realtime.of(user_id)):
+            if item_id not in seen:
+                seen[item_id] = stamp
+                if len(seen) == k:
+                    break
+        return list(seen.items())
+
+    def merge_users(self, user_id: str, into: str, reason: str = "") -> int:
+        return self.wait_for_store(self.submit_merge(user_id, into, reason))
+
+    def submit_merge(self, user_id: str, into: str, reason: str = "") -> Future[int]:
+        """Attaches an anonymous id's events to the customer `into` who logged in: they are
+        stored under `into` (a future of how many), and `user_id` is forgotten, so that a
+        deletion of the customer deletes them too."""
+        self.checks.check_id(user_id, "anonymous_id")
+        self.checks.check_id(into, "user_id")
+        if user_id == into:
+            raise InvalidArgument("anonymous_id and user_id are the same")
+        if self._writer is None:
+            moved = self.realtime.of(user_id)
+            for item_id, event, stamp in moved:
+                self.realtime.add(into, item_id, event, stamp)
+            self._forgotten[user_id] = int(time.time() * 1000)
+            self.realtime.forget(user_id)
+            return _done(len(moved))
+        return self._writer.merge(user_id, into, reason)
 
     def _list_entry(
         self,

@@ -32,6 +32,9 @@ class ServingModel:
     profile_rows: np.ndarray  # per model user, their row in the profiles (-1 none)
     # What training chose to serve each lifecycle stage (config strategy "auto").
     stage_strategies: dict[str, str]
+    # Whether training found the session model beat folding a visit into the model.
+    session_model: bool
+    newest_order: np.ndarray  # item indices, most recently first seen first
 
     @classmethod
     def prepare(cls, published: PublishedModel, config: ServingConfig) -> ServingModel:
@@ -59,6 +62,8 @@ class ServingModel:
             trending_order=np.argsort(-np.asarray(published.trending.item_scores), kind="stable"),
             profile_rows=sorted_positions(published.profiles.user_ids, published.user_ids),
             stage_strategies=dict(published.manifest.get("serving", {}).get("lifecycle", {})),
+            session_model=bool(published.manifest.get("serving", {}).get("session_model", False)),
+            newest_order=np.argsort(-np.asarray(items.first_seen_ms), kind="stable"),
         )
 
     @property

@@ -26,10 +26,13 @@ from recsvc.published import PublishedModel
 from recsvc.serving.model import ServingModel
 from recsvc.serving.values import (
     REASON_HYBRID,
+    REASON_NEW,
     REASON_PERSONAL,
     REASON_POPULAR,
     REASON_REPURCHASE,
+    REASON_SESSION,
     REASON_TRENDING,
+    REASON_UNKNOWN,
     Filters,
     Recommendations,
     ScoredItem,
@@ -45,6 +48,10 @@ ANN_PER_RESULT = 4
 ANN_MAX_CANDIDATES = 20_000
 # Boosts are in units of the spread of this many best scores (see top_spread).
 BOOST_SPREAD_DEPTH = 40
+# The session model follows an anonymous visitor's newest SESSION_DEPTH distinct items, each
+# weighted SESSION_DECAY times the one after it (the newest weighs 1).
+SESSION_DEPTH = 10
+SESSION_DECAY = 0.5
 # The "blend" strategy lifts what the user bought before by up to this many spreads of the
 # model's best scores, in proportion to how strongly they bought it.
 REPURCHASE_LIFT = 2.0
@@ -115,7 +122,7 @@ class RankingPolicy:
         if pick is None:
             pick = self._from_model(ask)
         if strategy == "personal":
-            strategy = pick.reason if pick.fallback else REASON_PERSONAL
+            strategy = pick.reason if pick.fallback or pick.reason == REASON_SESSION else strategy
         return _scored_items(model, pick), pick.fallback, strategy
 
     def strategy(self, variant: VariantConfig | None, stage: str, serving: ServingModel) -> str:
@@ -215,6 +222,10 @@ class RankingPolicy:
 
     def _from_history(self, ask: Ask) -> Pick:
         serving, model = ask.serving, ask.serving.published
+        if ask.user is None and self.follows_session(serving):
+            pick = self._from_session(ask)
+            if pick is not None:
+                return pick
         history = self.history_row(serving, ask.user, ask.fresh, ask.context)
         banned = [*ask.banned, history.indices] if model.exclude_seen else ask.banned
         query = serving.fold_in(history)
@@ -225,6 +236,241 @@ class RankingPolicy:
         scores, reasons = self._score_history(serving, history, ask.user, ask.context)
         picked = self._select(serving, scores, None, ask.k, ask.filters, banned)
         return Pick(picked, REASON_PERSONAL, False, reasons)
+
+    def follows_session(self, serving: ServingModel) -> bool:
+        """Whether an anonymous visitor's clicks are followed by the session model (where the
+        config says "auto": where training found it beat folding the clicks into the model)."""
+        graph = serving.published.sessions
+        if graph is None or not graph.n_edges:
+            return False
+        mode = self.config.session_scoring
+        return mode == "session" or (mode == "auto" and serving.session_model)
+
+    def _session_seeds(
+        self, serving: ServingModel, fresh: list[tuple[str, str, int]], context: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The visitor's newest distinct items (fresh events, then the context items: what
+        they look at now) and their recency weights."""
+        model = serving.published
+        clicked = model.item_indices([e[0] for e in fresh]) if fresh else context[:0]
+        newest_first = np.concatenate([context[::-1], clicked[::-1]])
+        _, first = np.unique(newest_first, return_index=True)
+        seeds = newest_first[np.sort(first)][:SESSION_DEPTH]
+        return seeds, SESSION_DECAY ** np.arange(seeds.size, dtype=np.float32)
+
+    def _from_session(self, ask: Ask) -> Pick | None:
+        """What visitors clicked after the items of this visit (the session model), filled
+        with popular items where it knows too little; None without a known item."""
+        serving, model = ask.serving, ask.serving.published
+        seeds, weights = self._session_seeds(serving, ask.fresh, ask.context)
+        if not seeds.size:
+            return None
+        spread = model.sessions.spread(seeds, weights)  # type: ignore[union-attr]
+        banned = [*ask.banned, seeds] if model.exclude_seen else ask.banned
+        picked = self._select(serving, spread.scores, spread.items, ask.k, ask.filters, banned)
+        source = dict(zip(spread.items.tolist(), spread.sources.tolist(), strict=True))
+        reasons = {
+            int(i): f"viewed_after:{model.item_ids[source[int(i)]]}" for i in picked[0].tolist()
+        }
+        if picked[0].size < ask.k:
+            more = self._pick_popular(
+                serving, False, ask.k - picked[0].size, ask.filters, [*banned, picked[0]]
+            )
+            reasons.update({int(i): REASON_POPULAR for i in more[0].tolist()})
+            picked = (
+                np.concatenate([picked[0], more[0]]),
+                np.concatenate([picked[1], np.zeros(more[0].size, dtype=np.float32)]),
+            )
+        return Pick(picked, REASON_SESSION, False, reasons)
+
+    def rank(
+        self,
+        serving: ServingModel,
+        variant: VariantConfig | None,
+        user_id: str,
+        candidates: list[str],
+        filters: Filters,
+        exclude_purchased: bool,
+        context_item_ids: tuple[str, ...] | list[str],
+        fresh: list[tuple[str, str, int]],
+        stage: str,
+        user_attributes: dict[str, str],
+    ) -> tuple[tuple[ScoredItem, ...], tuple[str, ...], tuple[str, ...], str]:
+        """RankItems: (the known candidates best first, then the unknown ones in their given
+        order; the unknown ids; the ids filters and exclusions leave out; the strategy). The
+        scores are those Recommend would rank by for this user, with the same rules."""
+        model = serving.published
+        unique = list(dict.fromkeys(candidates))
+        positions = sorted_positions(model.item_ids, np.array(unique, dtype=str))
+        known = positions >= 0
+        unknown = tuple(i for i, ok in zip(unique, known.tolist(), strict=True) if not ok)
+        ids = positions[known]
+        user = model.user_index(user_id)
+        ask = Ask(
+            serving, user_id, user, max(ids.size, 1), filters,
+            self._banned(model, user, filters, exclude_purchased),
+            fresh, model.item_indices(list(context_item_ids)), user_attributes,
+        )  # fmt: skip
+        strategy = self.strategy(variant, stage, serving)
+        scores, reasons, strategy = self._candidate_scores(ask, strategy, ids)
+        picked = self._select(serving, scores, ids, ids.size, filters, ask.banned)
+        allowed = self._allowed(serving, filters, ids) & ~np.isin(ids, np.concatenate(ask.banned))
+        # Over the per-category cap: after the list, best first, rather than dropped.
+        capped = np.flatnonzero(allowed & ~np.isin(ids, picked[0]))
+        capped = capped[np.argsort(-scores[capped], kind="stable")]
+        order = np.concatenate([picked[0], ids[capped]])
+        values = np.concatenate([picked[1], scores[capped]])
+        per_item = (
+            None
+            if isinstance(reasons, str)
+            else dict(zip(ids.tolist(), reasons.tolist(), strict=True))
+        )
+        pick = Pick((order, values), reasons if isinstance(reasons, str) else "", False, per_item)
+        items = _scored_items(model, pick) + tuple(
+            ScoredItem(i, 0.0, REASON_UNKNOWN) for i in unknown
+        )
+        left_out = tuple(model.item_ids[ids[~allowed]].tolist())
+        return items, unknown, left_out, strategy
+
+    def _candidate_scores(
+        self, ask: Ask, strategy: str, ids: np.ndarray
+    ) -> tuple[np.ndarray, str | np.ndarray, str]:
+        """Scores of the items `ids` under `strategy`, as Recommend would rank them, with the
+        reason (one, or one per item) and the strategy that served."""
+        serving, model = ask.serving, ask.serving.published
+        if strategy in ("repurchase", "blend"):
+            bought = self._bought_before(serving, ask.user, ask.fresh)
+            if not bought[0].size:
+                strategy = "personal"
+        if strategy in ("popular", "trending"):
+            source = model.trending if strategy == "trending" else model.fallback
+            return np.asarray(source.item_scores)[ids].astype(np.float32), strategy, strategy
+        if strategy == "repurchase":
+            items, strength = bought
+            trending = np.asarray(model.trending.item_scores, dtype=np.float32)[ids]
+            # Below every repurchase, in trending order.
+            scores = trending / (float(trending.max(initial=0.0)) + 1.0) - 1.0
+            where = np.isin(ids, items)
+            scores[where] = strength[_position_in(items, ids[where])]
+            reasons = np.where(where, REASON_REPURCHASE, REASON_TRENDING)
+            return scores.astype(np.float32), reasons, "repurchase"
+        reason, fallback = REASON_PERSONAL, False
+        if ask.fresh or ask.context.size:
+            if ask.user is None and self.follows_session(serving):
+                seeds, weights = self._session_seeds(serving, ask.fresh, ask.context)
+                spread = model.sessions.spread(seeds, weights)  # type: ignore[union-attr]
+                full = np.zeros(serving.n_items, dtype=np.float32)
+                full[spread.items] = spread.scores
+                # Items the visit does not lead to: after those it does, most popular first.
+                popular = np.asarray(model.fallback.item_scores, dtype=np.float32)
+                full += popular / (float(popular.max(initial=0.0)) + 1.0) * 1e-3
+                scores, reason = full, REASON_SESSION
+            else:
+                history = self.history_row(serving, ask.user, ask.fresh, ask.context)
+                scores = model.model.score_history(history)[0]
+        elif ask.user is not None:
+            scores = model.model.score(np.array([ask.user]))[0]
+        elif (vector := self._attribute_vector(serving, ask.user_id, ask.attributes)) is not None:
+            scores = model.coldstart.item_scores(vector)  # type: ignore[union-attr]
+            reason, fallback = REASON_HYBRID, True
+        else:
+            scores = np.asarray(model.fallback.item_scores)
+            reason, fallback = _fallback_reason(model.fallback), True
+        scores = np.array(scores, dtype=np.float32)
+        if strategy == "blend":
+            _lift(scores, *bought)
+            where = np.isin(ids, bought[0])
+            return scores[ids], np.where(where, REASON_REPURCHASE, REASON_PERSONAL), "blend"
+        served = reason if fallback or reason == REASON_SESSION else strategy
+        return scores[ids], reason, served
+
+    def bought_together(
+        self,
+        serving: ServingModel,
+        item_ids: list[str],
+        k: int,
+        filters: Filters,
+        user_id: str,
+        exclude_purchased: bool,
+    ) -> Recommendations:
+        """Complements of the items (one, or a cart) from what is bought together, filled with
+        items similar to them where basket history knows too few; `strategy` says which
+        ("baskets", "similar_items", both joined by "+", or "popular" for a cart of items the
+        model does not know)."""
+        model = serving.published
+        seeds = np.unique(model.item_indices(list(item_ids)))
+        user = model.user_index(user_id) if user_id else None
+        banned = [*self._banned(model, user, filters, exclude_purchased), seeds]
+        if not seeds.size:
+            picked = self._pick_popular(serving, False, k, filters, banned)
+            pick = Pick(picked, _fallback_reason(model.fallback), True)
+            items = _scored_items(model, pick)
+            return Recommendations(items, model.version, True, strategy="popular")
+        sources, reasons = [], {}
+        chosen: Picked = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+        graph = model.together
+        if graph is not None and graph.n_edges:
+            spread = graph.spread(seeds, np.ones(seeds.size, dtype=np.float32))
+            chosen = self._select(serving, spread.scores, spread.items, k, filters, banned)
+            source = dict(zip(spread.items.tolist(), spread.sources.tolist(), strict=True))
+            reasons = {i: f"bought_with:{model.item_ids[source[i]]}" for i in chosen[0].tolist()}
+            if chosen[0].size:
+                sources.append("baskets")
+        if chosen[0].size < k:
+            wanted = min(serving.n_items, (k + sum(b.size for b in banned)) * CAP_CANDIDATES)
+            ids, scores = model.model.similar_items(seeds, wanted)
+            from_seed = np.repeat(seeds, ids.shape[1])
+            ids, scores, from_seed = ids.ravel(), scores.ravel(), from_seed
+            valid = ids >= 0
+            ids, scores, from_seed = ids[valid], scores[valid], from_seed[valid]
+            candidates, where = np.unique(ids, return_inverse=True)
+            summed = np.bincount(where, weights=scores, minlength=candidates.size)
+            strongest = np.lexsort((-scores, where))
+            first = np.r_[True, where[strongest][1:] != where[strongest][:-1]]
+            like = from_seed[strongest][first]
+            more = self._select(
+                serving, summed.astype(np.float32), candidates, k - chosen[0].size, filters,
+                [*banned, chosen[0]], boost=False,
+            )  # fmt: skip
+            source = dict(zip(candidates.tolist(), like.tolist(), strict=True))
+            reasons.update({i: f"similar_to:{model.item_ids[source[i]]}" for i in more[0].tolist()})
+            if more[0].size:
+                sources.append("similar_items")
+            chosen = (np.concatenate([chosen[0], more[0]]), np.concatenate([chosen[1], more[1]]))
+        pick = Pick(chosen, REASON_PERSONAL, False, reasons)
+        return Recommendations(
+            _scored_items(model, pick), model.version, strategy="+".join(sources) or "baskets"
+        )
+
+    def buy_again(
+        self,
+        serving: ServingModel,
+        user_id: str,
+        fresh: list[tuple[str, str, int]],
+        k: int,
+        filters: Filters,
+    ) -> tuple[ScoredItem, ...]:
+        """What the user bought before (training and fresh purchases), most bought first."""
+        model = serving.published
+        items, strength = self._bought_before(serving, model.user_index(user_id), fresh)
+        banned = [model.item_indices(list(filters.exclude_item_ids))]
+        picked = self._select(serving, strength, items, k, filters, banned, boost=False)
+        return _scored_items(model, Pick(picked, REASON_REPURCHASE, False))
+
+    def newest(self, serving: ServingModel, k: int, filters: Filters) -> tuple[ScoredItem, ...]:
+        """The items first seen most recently (new arrivals); the score is the first-seen day
+        count back from the newest (0 = the newest item's day)."""
+        model = serving.published
+        first_seen = np.asarray(model.items.first_seen_ms, dtype=np.float64)
+        newest = float(first_seen[serving.newest_order[0]]) if serving.n_items else 0.0
+        days = ((first_seen - newest) / 86_400_000).astype(np.float32)
+        banned = [model.item_indices(list(filters.exclude_item_ids))]
+        order = serving.newest_order
+        picked = self._select_widening(
+            serving, lambda take: (order[:take], days[order[:take]]),
+            max(k * CAP_CANDIDATES, 256), k, filters, banned,
+        )  # fmt: skip
+        return _scored_items(model, Pick(picked, REASON_NEW, False))
 
     def _personal(self, ask: Ask) -> Pick:
         serving, model = ask.serving, ask.serving.published
@@ -562,6 +808,12 @@ def _scored_items(model: PublishedModel, pick: Pick) -> tuple[ScoredItem, ...]:
         return tuple(ScoredItem(i, s, pick.reason) for i, s in pairs)
     why = [str(pick.reasons[i]) or pick.reason for i in picked_ids.tolist()]
     return tuple(ScoredItem(i, s, w) for (i, s), w in zip(pairs, why, strict=True))
+
+
+def _position_in(items: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions in `items` (unsorted, unique) of each of `wanted` (all present)."""
+    order = np.argsort(items)
+    return order[np.searchsorted(items, wanted, sorter=order)]
 
 
 def _first_search(serving: ServingModel, k: int, banned: list[np.ndarray]) -> int:

@@ -11,6 +11,9 @@ REASON_POPULAR = "popular"
 REASON_TRENDING = "trending"
 REASON_HYBRID = "hybrid"
 REASON_REPURCHASE = "repurchase"
+REASON_UNKNOWN = "unknown"  # RankItems: an id the model does not know, kept in place at the end
+REASON_NEW = "new"
+REASON_SESSION = "session"  # the session model followed the visit (items: "viewed_after:<id>")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,36 @@ class Recommendations(NamedTuple):
     variant: str = ""  # "experiment/variant", empty when no experiment runs
     recommendation_id: str = ""
     strategy: str = ""  # personal, hybrid, repurchase, trending, popular or fallback
+    lifecycle_stage: str = ""
+
+
+class RankedItems(NamedTuple):
+    """RankItems' answer: the candidates the model knows, best first, then the unknown ids in
+    their given order; those that filters or exclusions leave out are named apart."""
+
+    items: tuple[ScoredItem, ...]
+    unknown_item_ids: tuple[str, ...]
+    left_out_item_ids: tuple[str, ...]
+    model_version: str
+    variant: str = ""
+    recommendation_id: str = ""
+    strategy: str = ""
+    lifecycle_stage: str = ""
+
+
+class PageRow(NamedTuple):
+    name: str
+    kind: str
+    title: str
+    items: tuple[ScoredItem, ...]
+    anchor: str = ""  # the item or category the row is about ("because you viewed X")
+
+
+class Page(NamedTuple):
+    rows: tuple[PageRow, ...]
+    model_version: str
+    variant: str = ""
+    recommendation_id: str = ""
     lifecycle_stage: str = ""
 
 

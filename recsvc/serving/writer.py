@@ -66,6 +66,7 @@ class _Write:
     future: Future[int] = field(default_factory=Future)
     user_id: str = ""
     reason: str = ""
+    into: str = ""  # a deletion that moves the user's events to this id first (a merge)
 
 
 class EventWriter:
@@ -95,6 +96,10 @@ class EventWriter:
         """A future of how many events the deletion removed, resolved once it is durable."""
         return self._submit(_Write(None, user_id=user_id, reason=reason))
 
+    def merge(self, user_id: str, into: str, reason: str) -> Future[int]:
+        """A future of how many events moved to `into`, resolved once the merge is durable."""
+        return self._submit(_Write(None, user_id=user_id, reason=reason, into=into))
+
     def _submit(self, write: _Write) -> Future[int]:
         if self._thread is None:
             with self._start_lock:
@@ -123,7 +128,11 @@ class EventWriter:
                 if write.future.set_running_or_notify_cancel():
                     self._finish(
                         [write],
-                        lambda w=write: self.store.forget(w.user_id, w.reason),
+                        lambda w=write: (
+                            self.store.merge(w.user_id, w.into, w.reason)
+                            if w.into
+                            else self.store.forget(w.user_id, w.reason)
+                        ),
                         lambda _: self.forgotten(),
                     )
                 continue
