@@ -17,7 +17,9 @@ Then an open-loop run at half of recsvc's measured maximum gives the latency und
 rate: h2load at a fixed rate over `--open-loop-users` (8) distinct requests (64 h2load
 processes on two cores add a 60 ms p99 of their own, to the no-op too), or, with
 `--client python`, `recsvc loadtest` (Zipf users, latency from each call's scheduled start).
-The resident memory of each server process is read from /proc.
+The resident memory of each server process is read from /proc. `--method` loads another RPC
+(RankItems with 50 candidates, FrequentlyBoughtTogether, RecommendPage, RecommendCategories,
+RecentlyViewed); the no-op answers each with a response of recsvc's size.
 
     .venv/bin/python bench/serving.py --model-dir var/models --label sample
     .venv/bin/python bench/serving.py --model-dir var/bench/million --config bench/all-rules.toml \
@@ -45,7 +47,7 @@ from h2client import H2LOAD, STREAMS, h2load_closed_loop, h2load_open_loop
 from lightclient import Run, closed_loop
 from prometheus_client.parser import text_string_to_metric_families
 
-from recsvc.loadtest.runner import LoadSpec, Requests, Workload, run_load
+from recsvc.loadtest.runner import MIXABLE, LoadSpec, Requests, Workload, run_load
 from recsvc.modelstore import ModelStore
 from recsvc.service.workers import free_port
 
@@ -158,6 +160,12 @@ def main() -> None:
     parser.add_argument(
         "--open-loop-users", type=int, default=8, help="h2load's open loop: distinct requests"
     )
+    parser.add_argument(
+        "--method",
+        default="Recommend",
+        choices=[m for m in MIXABLE if m != "RecordEvents"],
+        help="the RPC to load (the no-op answers each with a response of the same size)",
+    )
     args = parser.parse_args()
     if args.client == "h2load" and H2LOAD is None:
         parser.error("h2load is not installed: apt-get install nghttp2-client, or --client python")
@@ -169,7 +177,7 @@ def main() -> None:
         f.stat().st_size for f in ModelStore(args.model_dir).path(version).rglob("*") if f.is_file()
     )
     host = "127.0.0.1"
-    mix = {"Recommend": 1.0}
+    mix = {args.method: 1.0}
 
     def spec(target: str, rate: float = 0.0) -> LoadSpec:
         return LoadSpec(
@@ -188,7 +196,7 @@ def main() -> None:
         message.SerializeToString()  # type: ignore[attr-defined]
         for _, message in Requests(spec("unused"), workload, seed=1).draw(20_000)
     ]
-    method = "/recsvc.v1.Recommender/Recommend"
+    method = f"/recsvc.v1.Recommender/{args.method}"
     drive: Callable[[str, float, list[int]], Run]
     distinct = list(dict.fromkeys(payloads))  # h2load's processes: one request each
     if args.client == "h2load":
@@ -229,11 +237,13 @@ def main() -> None:
             drive(f"{host}:{port}", 2.0, pids)  # warm-up
             # One worker's count: with several, each has its own /metrics.
             metrics_url = next(line.split()[-1] for line in printed if "metrics on" in line)
-            answered = ok_answers(metrics_url)
+            answered = ok_answers(metrics_url, args.method)
             run = drive(f"{host}:{port}", args.duration, pids)
             if args.workers == 1:
                 # Calls answered with an error status: h2load counts them as successes.
-                run.failed += max(0, run.calls - round(ok_answers(metrics_url) - answered))
+                run.failed += max(
+                    0, run.calls - round(ok_answers(metrics_url, args.method) - answered)
+                )
             ours_runs.append(run)
             if repeat == args.repeats - 1:
                 half = statistics.median(r.rate for r in ours_runs) / 2
@@ -258,6 +268,7 @@ def main() -> None:
     ratios = [o / n for o, n in zip(ours_rates, noop_rates, strict=True)]
     result = {
         "label": args.label,
+        "method": args.method,
         "machine": f"{platform.node()}, {os.cpu_count()} CPUs",
         "model_version": version,
         "model_on_disk_mib": round(on_disk / 2**20, 1),

@@ -28,6 +28,30 @@ class NoopServicer(pb_grpc.RecommenderServicer):
             items=items, model_version="noop", recommendation_id=uuid.uuid4().hex
         )
         self.similar = pb.SimilarItemsResponse(items=items, model_version="noop")
+        # The frontend calls' answers, each the size of recsvc's for the same request.
+        self.rank = pb.RankItemsResponse(
+            items=[*items, *items, *items, *items, *items],  # RankItems returns its 50 candidates
+            model_version="noop",
+            recommendation_id=uuid.uuid4().hex,
+            strategy="personal",
+            lifecycle_stage="active",
+        )
+        self.page = pb.RecommendPageResponse(
+            rows=[
+                pb.PageRow(name=f"row{n}", kind="for_you", title=f"Row {n}", items=items)
+                for n in range(5)
+            ],
+            model_version="noop",
+            recommendation_id=uuid.uuid4().hex,
+            lifecycle_stage="active",
+        )
+        self.categories = pb.RecommendCategoriesResponse(
+            categories=[pb.WeightedTag(name=f"category-{n}", weight=0.2) for n in range(5)],
+            model_version="noop",
+        )
+        self.viewed = pb.RecentlyViewedResponse(
+            items=[pb.ViewedItem(item_id=i.item_id, timestamp_ms=1_700_000_000_000) for i in items]
+        )
 
     async def Recommend(self, request, context):
         return self.recommend
@@ -37,6 +61,21 @@ class NoopServicer(pb_grpc.RecommenderServicer):
 
     async def RecordEvents(self, request, context):
         return pb.RecordEventsResponse(recorded=len(request.events))
+
+    async def RankItems(self, request, context):
+        return self.rank
+
+    async def FrequentlyBoughtTogether(self, request, context):
+        return self.recommend
+
+    async def RecommendPage(self, request, context):
+        return self.page
+
+    async def RecommendCategories(self, request, context):
+        return self.categories
+
+    async def RecentlyViewed(self, request, context):
+        return self.viewed
 
 
 async def serve_noop(host: str, port: int, k: int, item_ids: list[str]) -> None:

@@ -186,7 +186,7 @@ def test_the_first_item_of_the_catalogue_can_be_served_through_the_index(
     only_its_category = Filters(include_categories=(str(indexed.items.categories[0]),))
     fans = [
         user
-        for user in indexed.user_ids[:300].tolist()
+        for user in indexed.user_ids.tolist()
         if first in [i.item_id for i in exact.recommend(user, 2, only_its_category).items]
     ]
     assert fans, "the first item is among some users' two best of its category"

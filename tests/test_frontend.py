@@ -105,7 +105,7 @@ def test_rank_items_bounds_are_invalid_argument(api: RunningServer) -> None:
 
 
 def test_bought_together_recovers_planted_complements(api: RunningServer, shop: SampleShop):
-    """The sample shop puts each item's complement into half the orders of the item."""
+    """The sample shop puts each item's complement into 30% of the orders of the item."""
     stub = api.stub
     popular = _ids(stub.PopularItems(pb.PopularItemsRequest(k=60), timeout=5))
     found = []

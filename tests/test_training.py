@@ -13,7 +13,7 @@ import pytest
 from recsvc.config import Config
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from recsvc.training.pipeline import TrainInputs, TrainResult, train
+from recsvc.training.pipeline import BLEND_MARGIN, TrainInputs, TrainResult, train
 from recsvc.training.progress import Progress
 from recsvc.training.sample_shop import SampleShop
 
@@ -51,7 +51,15 @@ def test_selection_picks_the_best_candidate_and_says_why(trained: TrainResult) -
     assert set(models) - {"blend"} == {"als", "itemknn", "ease", "popularity", "trending"}
     variant = evaluation["variant"]
     best = max(("als", "itemknn", "ease"), key=lambda n: models[n][variant]["ndcg@10"])
-    assert evaluation["selected"] == best == trained.manifest["model_type"]
+    selected = evaluation["selected"]
+    assert selected == trained.manifest["model_type"]
+    if selected == "blend":
+        # A blend is chosen only where it beats the best single model by the margin.
+        blended = models["blend"][variant]["ndcg@10"]
+        assert blended > models[best][variant]["ndcg@10"] * (1 + BLEND_MARGIN)
+        assert best in {m["model_type"] for m in evaluation["blend"]["members"]}
+    else:
+        assert selected == best
     assert best in evaluation["reason"] and "ndcg@10" in evaluation["reason"]
     assert evaluation["holdout"]["method"] == "temporal"
     assert models[best]["all"]["ndcg@10"] > 2 * models["popularity"]["all"]["ndcg@10"]

@@ -8,7 +8,7 @@ What is planted, so that tests can check a model recovers it:
   again (repeat purchases);
 - users sign up over the period, and some stop coming back (churn), so recency varies;
 - complements: each item has one complement in a paired category (COMPLEMENT_PAIRS, the item of
-  the same popularity rank there), added to the same order in half the purchases of the item
+  the same popularity rank there), added to the same order in 30% of the purchases of the item
   (`complements()` names them, for bought-together tests).
 """
 
@@ -80,7 +80,7 @@ class ShopSpec:
     # A ratings-like log instead of a shop's (as MovieLens): every item a user touches is one
     # purchase, none twice, and each user is active for a few days, then gone.
     ratings: bool = False
-    complement_share: float = 0.5  # purchases that bring the item's complement into the order
+    complement_share: float = 0.3  # purchases that bring the item's complement into the order
 
 
 @dataclass
