@@ -14,10 +14,10 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -44,6 +44,7 @@ from recsvc.serving.values import (
 )
 from recsvc.serving.writer import EventWriter, OutageLog
 
+T = TypeVar("T")
 # Events may be stamped a little in the future (client clocks); more is a client mistake.
 MAX_FUTURE_MS = 24 * 3_600_000
 # In the list cache's key in place of the user id: users unknown to the model and the profiles.
@@ -256,10 +257,17 @@ class RecommenderCore:
         variant_name, _, serving, visitor = self._visitor(
             user_id, context_item_ids, user_attributes
         )
-        items, unknown, left_out, strategy = self.policy.rank(
-            serving, visitor.variant, visitor.user_id, list(item_ids), filters,
-            exclude_purchased, visitor.context, visitor.fresh, visitor.stage,
-            visitor.attributes,
+        key = self._visitor_key(
+            "rank", serving, user_id, visitor, variant_name, tuple(item_ids), filters,
+            exclude_purchased,
+        )  # fmt: skip
+        items, unknown, left_out, strategy = self._cached(
+            key,
+            lambda: self.policy.rank(
+                serving, visitor.variant, visitor.user_id, list(item_ids), filters,
+                exclude_purchased, visitor.context, visitor.fresh, visitor.stage,
+                visitor.attributes,
+            ),
         )  # fmt: skip
         recommendation_id = self._new_recommendation_id(
             user_id, variant_name, len(items), count_impression
@@ -285,8 +293,14 @@ class RecommenderCore:
             self.checks.check_id(user_id, "user_id")
         serving = self.serving
         known_as = STRANGER if user_id and self.forgotten_since_training(user_id) else user_id
-        return self.policy.bought_together(
-            serving, list(item_ids), k, filters, known_as, exclude_purchased
+        # The same for every visitor but where their purchases are excluded.
+        key = ("together", serving.version, tuple(item_ids), k, filters,
+               known_as if exclude_purchased else "", exclude_purchased)  # fmt: skip
+        return self._cached(
+            key,
+            lambda: self.policy.bought_together(
+                serving, list(item_ids), k, filters, known_as, exclude_purchased
+            ),
         )
 
     def recommend_page(
@@ -304,20 +318,16 @@ class RecommenderCore:
         variant_name, _, serving, visitor = self._visitor(
             user_id, context_item_ids, user_attributes
         )
-        fresh = visitor.fresh
-        # As Recommend's list key, with the stage: the rows are chosen per stage.
-        request = (variant_name, filters, exclude_purchased, visitor.context,
-                   tuple(sorted(visitor.attributes.items())), visitor.stage)  # fmt: skip
-        last = fresh[-1] if fresh else None
-        key = ("page", serving.version, user_id, request, len(fresh), last,
-               self._forgotten.get(user_id))  # fmt: skip
-        rows = self._lists.get(key)
-        if rows is None:
-            rows = build_rows(
+        key = self._visitor_key(
+            "page", serving, user_id, visitor, variant_name, filters, exclude_purchased
+        )
+        rows = self._cached(
+            key,
+            lambda: build_rows(
                 self.policy, serving, visitor, self.config.page.rows_for(visitor.stage),
                 filters, exclude_purchased,
-            )  # fmt: skip
-            self._lists.put(key, rows)
+            ),
+        )  # fmt: skip
         n_items = sum(len(r.items) for r in rows)
         recommendation_id = self._new_recommendation_id(
             user_id, variant_name, n_items, count_impression
@@ -336,8 +346,33 @@ class RecommenderCore:
         self.checks.check_k(k)
         if kind not in ("category", "brand"):
             raise InvalidArgument(f"kind must be category or brand, got {kind!r}")
-        _, _, serving, visitor = self._visitor(user_id, context_item_ids, user_attributes)
-        return top_categories(self.policy, serving, visitor, kind, k, NO_FILTERS)
+        variant_name, _, serving, visitor = self._visitor(
+            user_id, context_item_ids, user_attributes
+        )
+        key = self._visitor_key("categories", serving, user_id, visitor, variant_name, k, kind)
+        return self._cached(
+            key, lambda: top_categories(self.policy, serving, visitor, kind, k, NO_FILTERS)
+        )
+
+    def _visitor_key(
+        self, call: str, serving: ServingModel, user_id: str, visitor: Visitor, *request: object
+    ) -> tuple[object, ...]:
+        """A cache key for one of the visitor's answers, by Recommend's rule: everything it
+        depends on, the user's fresh events, deletion and stage included."""
+        fresh = visitor.fresh
+        return (
+            call, serving.version, user_id, request, visitor.context,
+            tuple(sorted(visitor.attributes.items())), visitor.stage, len(fresh),
+            fresh[-1] if fresh else None, self._forgotten.get(user_id),
+        )  # fmt: skip
+
+    def _cached(self, key: tuple[object, ...], compute: Callable[[], T]) -> T:
+        """The answer kept under `key` in the list cache, else `compute`'s, kept."""
+        found = self._lists.get(key)
+        if found is None:
+            found = compute()
+            self._lists.put(key, found)
+        return found
 
     def recently_viewed(self, user_id: str, k: int) -> list[tuple[str, int]]:
         """The items the user viewed (or carted) since the model was trained, newest first,
