@@ -45,6 +45,8 @@ demo: install $(SAMPLE)/events.csv
 	@echo "  $(BIN)/recsvc similar --target 127.0.0.1:$(PORT) --item i0001 -k 5"
 	@echo "  $(BIN)/recsvc recommend --target 127.0.0.1:$(PORT) --user someone-new"
 	@echo "  $(BIN)/recsvc profile --target 127.0.0.1:$(PORT) u0001"
+	@echo "  $(BIN)/recsvc page --target 127.0.0.1:$(PORT) --user u0001"
+	@echo "  $(BIN)/recsvc together --target 127.0.0.1:$(PORT) i0450 -k 5"
 	@echo "Stop with Ctrl-C (requests in flight are drained)."
 	@echo
 	exec $(BIN)/recsvc serve --model-dir $(MODELS) --host 127.0.0.1 --port $(PORT)
