@@ -54,7 +54,7 @@ def _print(
         ):
             if listed:
                 print(f"{name}: {', '.join(listed)}")
-    if isinstance(response, pb.RecommendResponse | pb.RankItemsResponse):
+    if recommendation_id:
         print(
             f"recommendation {recommendation_id}"
             + (f", experiment variant {variant}" if variant else "")
