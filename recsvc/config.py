@@ -224,6 +224,13 @@ class ProfilesConfig:
 
 
 @dataclass(frozen=True)
+class MarketingConfig:
+    """Precision marketing models fitted by every training run."""
+
+    churn_horizon_days: float = 30.0
+
+
+@dataclass(frozen=True)
 class InputsConfig:
     """Paths for a scheduled job; relative ones are relative to the config file. "" = unset."""
 
@@ -369,6 +376,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
+    marketing: MarketingConfig = field(default_factory=MarketingConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
 
 

@@ -64,7 +64,10 @@ _ARRAYS = {
     "brand_codes": np.int32,
     "brand_weights": np.float32,
     "brand_vocabulary": None,
+    "churn_risk": np.float32,  # 0..1 of no purchase within the churn horizon; NaN: not scored
 }
+# Arrays a model published before them lacks: filled with these values on load.
+_ADDED_LATER = {"churn_risk": np.nan}
 META_FILE = "profiles.json"
 
 
@@ -200,7 +203,11 @@ class UserProfiles:
                 )
             )
             for name in _ARRAYS
+            if name not in _ADDED_LATER or (directory / f"{name}.npy").is_file()
         }
+        for name, value in _ADDED_LATER.items():
+            if name not in arrays:
+                arrays[name] = np.full(arrays["user_ids"].size, value, dtype=_ARRAYS[name])
         return cls(arrays, list(meta.pop("attribute_names")), meta)
 
     def stages(self, now_ms: int) -> np.ndarray:

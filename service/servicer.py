@@ -308,6 +308,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             last_seen_ms=profile["last_seen_ms"],
             fresh_events=profile["fresh_events"],
             model_version=profile["model_version"],
+            churn_risk=profile["churn_risk"],
         )
 
     async def ListSegments(
@@ -433,6 +434,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             segment_id=request.segment_id,
             k=request.k,
             exclude_buyers=request.exclude_buyers,
+            min_churn_risk=request.min_churn_risk if request.HasField("min_churn_risk") else None,
         )
         return pb.FindAudienceResponse(
             users=[

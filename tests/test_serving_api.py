@@ -449,6 +449,7 @@ calls = st.one_of(
             segment_id=st.sampled_from(["rfm:lost", "cluster:x", ""]) | ids,
             k=k,
             exclude_buyers=st.booleans(),
+            min_churn_risk=st.none() | st.floats(allow_nan=True),
         ),
     ),
     st.tuples(
@@ -607,6 +608,10 @@ def test_marketing_calls_over_the_wire(api: RunningServer, model_dir: Path) -> N
         assert wire.rfm_segment_id == local["rfm_segment_id"] == f"rfm:{wire.rfm.segment}"
         assert (wire.rfm.r, wire.rfm.f, wire.rfm.m) == tuple(local["rfm"][x] for x in "rfm")
         assert wire.rfm.frequency == local["rfm"]["frequency"]
+        if local["churn_risk"] is None:
+            assert not wire.HasField("churn_risk")
+        else:
+            assert wire.churn_risk == pytest.approx(local["churn_risk"])
         assert wire.rfm.monetary == pytest.approx(local["rfm"]["monetary"])
         assert dict(wire.attributes) == local["attributes"] and wire.attributes["age_band"]
         assert [t.name for t in wire.top_categories] == [n for n, _ in local["top_categories"]]

@@ -34,6 +34,7 @@ from recsvc.models import (
 from recsvc.modelstore import ModelStore
 from recsvc.profiles import UserProfiles
 from recsvc.published import ItemAttributes, PublishedModel, write_published
+from recsvc.training.churn import fit_churn
 from recsvc.training.cleaning import CleaningReport, clean_events
 from recsvc.training.coldstart import fit_coldstart
 from recsvc.training.engines import engine_for, make_model
@@ -222,6 +223,13 @@ def train(
     fallback = fit_model(make_model(evaluation["fallback"], config), interactions, dataset)
     trending = TrendingRecommender().fit(interactions.recent)
     profiles, segments, coldstart = build_marketing(model, interactions, dataset, config, progress)
+    with progress.stage("churn risk") as tally:
+        churn_users, churn_risk, churn_evidence = fit_churn(events, config)
+        rows = sorted_positions(profiles.user_ids, churn_users)
+        profiles.arrays["churn_risk"][rows[rows >= 0]] = churn_risk[rows >= 0]
+        evaluation["churn"] = churn_evidence
+        tally.count, tally.unit = churn_users.size, "customers"
+    progress.say(f"churn risk: {_churn_summary(churn_evidence)}")
     with progress.stage("bought together and the session model") as tally:
         together, together_summary = mine_bought_together(
             events, interactions.item_ids, config.model.together
@@ -295,6 +303,16 @@ def train(
         + (f", holdout {SELECTION_METRIC} {score:.4f}" if score is not None else "")
     )
     return TrainResult(version, model_dir, manifest)
+
+
+def _churn_summary(evidence: dict[str, Any]) -> str:
+    if "model" not in evidence:
+        return f"the recency rule is served ({evidence['reason']})"
+    model, rule = evidence["model"], evidence["recency_rule"]
+    return (
+        f"ROC AUC {model['roc_auc']:.3f} (model) against {rule['roc_auc']:.3f} (recency rule) "
+        f"on the time cut: the {evidence['served']} is served"
+    )
 
 
 def build_marketing(

@@ -108,6 +108,7 @@ def build_profiles(
         # 1970-01-01 was a Thursday: day 0 is weekday 3 counting from Monday.
         "active_weekdays": _busiest(user, (stamps // 86_400_000 + 3) % 7, 7, 2, n),
         "cluster": np.full(n, -1, dtype=np.int16),
+        "churn_risk": np.full(n, np.nan, dtype=np.float32),  # set by the churn model
     }
     for kind in ("category", "brand"):
         vocabulary, codes = _catalogue_codes(items, kind)

@@ -668,10 +668,13 @@ class RecommenderCore:
         segment_id: str = "",
         k: int = 100,
         exclude_buyers: bool = False,
+        min_churn_risk: float | None = None,
     ) -> marketing.Audience:
         limit = self.config.limits.max_audience
         if not 1 <= k <= limit:
             raise InvalidArgument(f"k must be between 1 and {limit}, got {k}")
+        if min_churn_risk is not None and not 0.0 <= min_churn_risk <= 1.0:
+            raise InvalidArgument(f"min_churn_risk must be within 0..1, got {min_churn_risk}")
         for value, name in (
             (item_id, "item_id"),
             (category, "category"),
@@ -691,6 +694,7 @@ class RecommenderCore:
             fresh_buyers=lambda items: self.realtime.users_who(items, "purchase"),
             now_ms=self.now_ms(serving),
             propensity_weight=self.config.audience_propensity_weight,
+            min_churn_risk=min_churn_risk,
         )
 
     def take_impressions(self) -> list[tuple[str, str, str, int, int]]:

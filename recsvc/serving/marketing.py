@@ -74,6 +74,7 @@ def user_profile(serving: ServingModel, user_id: str, fresh: Fresh, now_ms: int)
     top_categories: list[tuple[str, float]] = []
     top_brands: list[tuple[str, float]] = []
     price_band, hours, weekdays, cluster = "", [], [], -1
+    churn_risk = float("nan")
     if row is not None:
         values = profiles.attributes[row].tolist()
         attributes = {n: v for n, v in zip(profiles.attribute_names, values, strict=True) if v}
@@ -84,6 +85,7 @@ def user_profile(serving: ServingModel, user_id: str, fresh: Fresh, now_ms: int)
         hours = [int(h) for h in profiles.active_hours[row] if h >= 0]
         weekdays = [WEEKDAYS[int(d)] for d in profiles.active_weekdays[row] if d >= 0]
         cluster = int(profiles.cluster[row])
+        churn_risk = float(profiles.churn_risk[row])
     rfm = profiles.rfm(facts["last_purchase_ms"], facts["orders"], facts["monetary"], now_ms)
     return {
         "user_id": user_id,
@@ -101,6 +103,8 @@ def user_profile(serving: ServingModel, user_id: str, fresh: Fresh, now_ms: int)
         "last_seen_ms": facts["last_ms"],
         "fresh_events": len(fresh),
         "model_version": serving.version,
+        # As of training; None for a customer it did not score (no purchase yet).
+        "churn_risk": churn_risk if np.isfinite(churn_risk) else None,
     }
 
 
@@ -139,15 +143,17 @@ def find_audience(
     fresh_buyers: Callable[[set[str]], set[str]],
     now_ms: int,
     propensity_weight: float = 1.0,
+    min_churn_risk: float | None = None,
 ) -> Audience:
     """The k users most likely to buy the item (or from the category), optionally within a
-    segment; or, for a segment alone, its most valuable members by RFM. `left_out` (forgotten
-    users) never appear; `fresh_buyers(item_ids)` gives those who bought any of them since
-    training, asked only when buyers are to be left out."""
+    segment; or, for a segment (or a churn-risk threshold) alone, its most valuable members by
+    RFM. With `min_churn_risk`, only customers whose churn risk (as of training) reaches it.
+    `left_out` (forgotten users) never appear; `fresh_buyers(item_ids)` gives those who bought
+    any of them since training, asked only when buyers are to be left out."""
     if item_id and category:
         raise InvalidArgument("give item_id or category, not both")
-    if not (item_id or category or segment_id):
-        raise InvalidArgument("give an item_id, a category or a segment_id")
+    if not (item_id or category or segment_id or min_churn_risk is not None):
+        raise InvalidArgument("give an item_id, a category, a segment_id or a min_churn_risk")
     model = serving.published
     profiles = model.profiles
     if item_id or category:
@@ -168,12 +174,21 @@ def find_audience(
             # A new item is its own only target: nobody bought it before training.
             target_ids = set(model.item_ids[targets].tolist()) if targets.size else {item_id}
             left_out = left_out | fresh_buyers(target_ids)
+        risk_rows = serving.profile_rows
     else:
-        members = segment_members(serving, segment_id, now_ms)
         user_ids = profiles.user_ids
         scores = _rfm_value(profiles, now_ms)
-        eligible = members
-        basis = f"members of {segment_id}, by RFM value (100 R + 10 F + M, then spend)"
+        if segment_id:
+            eligible = segment_members(serving, segment_id, now_ms)
+            basis = f"members of {segment_id}, by RFM value (100 R + 10 F + M, then spend)"
+        else:
+            eligible = np.ones(user_ids.size, dtype=bool)
+            basis = "customers by RFM value (100 R + 10 F + M, then spend)"
+        risk_rows = np.arange(user_ids.size)
+    if min_churn_risk is not None:
+        risk = np.asarray(profiles.churn_risk)[np.maximum(risk_rows, 0)]
+        eligible &= (risk_rows >= 0) & (risk >= min_churn_risk)  # NaN (not scored): never
+        basis += f", churn risk >= {min_churn_risk:g}"
     if left_out:
         names = np.array(sorted(left_out))
         eligible &= sorted_positions(names, user_ids.astype(names.dtype)) < 0
