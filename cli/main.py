@@ -219,9 +219,23 @@ def _experiments_report(args: argparse.Namespace) -> None:
     from recsvc.events import open_event_store
     from recsvc.experiments import experiment_report, format_report
 
+    prices: dict[str, float] = {}
+    if args.model_dir is not None:
+        import numpy as np
+
+        from recsvc.modelstore import ModelStore
+        from recsvc.published import PublishedModel
+
+        models = ModelStore(args.model_dir)
+        models.check_exists()
+        model = PublishedModel.load(models.current_path())
+        known = np.isfinite(model.items.price)
+        prices = dict(
+            zip(model.item_ids[known].tolist(), model.items.price[known].tolist(), strict=True)
+        )
     store = open_event_store(args.event_store, existing=True)
     try:
-        results = experiment_report(store.read_impressions(), store.read_outcomes())
+        results = experiment_report(store.read_impressions(), store.read_outcomes(), prices)
     finally:
         store.close()
     if args.experiment:
@@ -717,9 +731,16 @@ def build_parser() -> argparse.ArgumentParser:
     experiments = roles.add_parser("experiments", help="A/B experiment results")
     experiments_cmds = experiments.add_subparsers(dest="experiments_command", required=True)
     report = experiments_cmds.add_parser(
-        "report", help="impressions, click-through and conversion per variant, with 95% CIs"
+        "report",
+        help="impressions, click-through, conversion and revenue per variant, with 95% CIs",
     )
     report.add_argument("--event-store", required=True, help="e.g. sqlite:///var/models/events.db")
+    report.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="value purchases stored without a price at the current model's catalogue price",
+    )
     report.add_argument("--experiment", default=None, help="only this experiment")
     report.add_argument("--json", action="store_true")
     report.set_defaults(run=_experiments_report)

@@ -6,9 +6,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
-from scipy.stats import binomtest, chi2_contingency
+from scipy.stats import binomtest, chi2_contingency, ttest_ind
 
 from recsvc.cli.main import main
 from recsvc.config import ExperimentConfig, VariantConfig
@@ -77,10 +78,16 @@ def test_report_command_reads_the_event_store(tmp_path: Path, capsys) -> None:
         [(f"r{n}", "u", "home/a" if n % 2 else "home/b", 0, 10) for n in range(10)]
     )
     store.append([StoredEvent("u", "i", "purchase", 1, variant="home/a", recommendation_id="r1")])
+    store.append(
+        [StoredEvent("u", "i", "purchase", 2, 2.0, 3.0, variant="home/a", recommendation_id="r3")]
+    )
     store.close()
     assert main(["experiments", "report", "--event-store", url, "--json"]) == 0
     rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["home/a"]["impressions"] == 5 and rows["home/a"]["conversions"]["successes"] == 1
+    assert rows["home/a"]["impressions"] == 5 and rows["home/a"]["conversions"]["successes"] == 2
+    # 2 x 3.0 over five lists; the unpriced purchase is worth nothing without a catalogue.
+    assert rows["home/a"]["revenue_per_impression"]["value"] == pytest.approx(1.2)
+    assert rows["home/b"]["revenue_per_user"]["value"] == 0.0
     assert main(["experiments", "report", "--event-store", url]) == 0
     assert "home/b" in capsys.readouterr().out
 
@@ -169,3 +176,43 @@ def test_report_on_a_store_without_impressions(tmp_path: Path, capsys) -> None:
     assert json.loads(capsys.readouterr().out) == []
     assert main(["experiments", "report", "--event-store", url]) == 0
     assert "no impressions recorded yet" in capsys.readouterr().out
+
+
+def test_revenue_per_impression_and_per_user_with_intervals_and_welch() -> None:
+    """Known spend in, the means, their intervals and Welch's test out; a purchase stored
+    without a price is valued at the catalogue's."""
+    impressions, outcomes = [], []
+    spend = {"e/a": [10.0, 0.0, 0.0, 5.0] * 50, "e/b": [20.0, 0.0, 8.0, 0.0] * 50}
+    for variant, amounts in spend.items():
+        for n, amount in enumerate(amounts):
+            rid = f"{variant}-{n}"
+            impressions.append((rid, variant, f"{variant}-user-{n % 100}"))
+            if amount and n % 4 == 2:  # bought 2 of the item at half: price x quantity
+                outcomes.append((variant, rid, "purchase", "i1", 2.0, amount / 2))
+            elif amount:
+                outcomes.append((variant, rid, "purchase", "i-no-price", 1.0, None))
+            outcomes.append((variant, rid, "view", "i1", 1.0, None))  # a click is no revenue
+    catalogue = {"i-no-price": 10.0}
+    spend["e/a"] = [10.0, 0.0, 0.0, 10.0] * 50  # the catalogue prices the unpriced: 10
+    spend["e/b"] = [10.0, 0.0, 8.0, 0.0] * 50
+    imp = pa.table(
+        {name: [row[n] for row in impressions]
+         for n, name in enumerate(["recommendation_id", "variant", "user_id"])}
+    )  # fmt: skip
+    columns = ["variant", "recommendation_id", "event", "item_id", "quantity", "price"]
+    out = pa.table({name: [row[n] for row in outcomes] for n, name in enumerate(columns)})
+    rows = {r.variant: r for r in experiment_report(imp, out, catalogue)}
+    for variant in ("e/a", "e/b"):
+        values = np.array(spend[variant])
+        mean = rows[variant].revenue_per_impression
+        assert mean.value == pytest.approx(values.mean()) and mean.n == 200
+        half = 1.959964 * values.std(ddof=1) / np.sqrt(200)
+        assert (mean.low, mean.high) == pytest.approx((values.mean() - half, values.mean() + half))
+        users = values.reshape(2, 100).sum(axis=0)  # each of 100 users saw two lists
+        assert rows[variant].revenue_per_user.value == pytest.approx(users.mean())
+        assert rows[variant].revenue_per_user.n == 100
+    expected = ttest_ind(spend["e/a"], spend["e/b"], equal_var=False).pvalue
+    assert rows["e/b"].revenue_p_value == pytest.approx(expected)
+    assert rows["e/a"].revenue_p_value is None, "the control"
+    text = format_report(list(rows.values()))
+    assert "revenue per impression (95% CI)" in text and "control" in text.splitlines()[-2]

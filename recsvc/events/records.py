@@ -21,9 +21,18 @@ EVENTS_SCHEMA = pa.schema(
     ]
 )
 OUTCOMES_SCHEMA = pa.schema(
-    [("variant", pa.string()), ("recommendation_id", pa.string()), ("event", pa.string())]
+    [
+        ("variant", pa.string()),
+        ("recommendation_id", pa.string()),
+        ("event", pa.string()),
+        ("item_id", pa.string()),
+        ("quantity", pa.float64()),
+        ("price", pa.float64()),
+    ]
 )
-IMPRESSIONS_SCHEMA = pa.schema([("recommendation_id", pa.string()), ("variant", pa.string())])
+IMPRESSIONS_SCHEMA = pa.schema(
+    [("recommendation_id", pa.string()), ("variant", pa.string()), ("user_id", pa.string())]
+)
 
 
 class StoredEvent(NamedTuple):

@@ -329,6 +329,9 @@ class RedisEventStore:
                 pa.array([r["variant"] for r in rows], pa.string()),
                 pa.array([r["recommendation_id"] for r in rows], pa.string()),
                 pa.array([r["event"] for r in rows], pa.string()),
+                pa.array([r["item_id"] for r in rows], pa.string()),
+                pa.array([float(r["quantity"]) for r in rows], pa.float64()),
+                pa.array([float(r["price"]) if r["price"] else None for r in rows], pa.float64()),
             ],
             schema=OUTCOMES_SCHEMA,
         )
@@ -356,11 +359,16 @@ class RedisEventStore:
 
     @_outage_is_unavailable
     def read_impressions(self) -> pa.Table:
-        seen: dict[str, str] = {}
+        seen: dict[str, tuple[str, str]] = {}
         for _, f in self._entries("impressions"):
-            seen.setdefault(f["recommendation_id"], f["variant"])  # first wins, as in SQLite
+            # First wins, as in SQLite.
+            seen.setdefault(f["recommendation_id"], (f["variant"], f["user_id"]))
         return pa.table(
-            [pa.array(list(seen), pa.string()), pa.array(list(seen.values()), pa.string())],
+            [
+                pa.array(list(seen), pa.string()),
+                pa.array([v for v, _ in seen.values()], pa.string()),
+                pa.array([u for _, u in seen.values()], pa.string()),
+            ],
             schema=IMPRESSIONS_SCHEMA,
         )
 

@@ -225,7 +225,8 @@ class SQLiteEventStore:
     def read_outcomes(self) -> pa.Table:
         """Events that followed a recommendation: variant, recommendation id, event."""
         return self._query(
-            "SELECT variant, recommendation_id, event FROM events WHERE recommendation_id != ''",
+            "SELECT variant, recommendation_id, event, item_id, quantity, price FROM events"
+            " WHERE recommendation_id != ''",
             OUTCOMES_SCHEMA,
         )
 
@@ -260,7 +261,9 @@ class SQLiteEventStore:
             db.execute("COMMIT")
 
     def read_impressions(self) -> pa.Table:
-        return self._query("SELECT recommendation_id, variant FROM impressions", IMPRESSIONS_SCHEMA)
+        return self._query(
+            "SELECT recommendation_id, variant, user_id FROM impressions", IMPRESSIONS_SCHEMA
+        )
 
     def wait_for_change(self, timeout: float) -> None:
         time.sleep(timeout)  # SQLite tells no one of a commit: readers poll
