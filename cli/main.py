@@ -193,6 +193,52 @@ def _audience_export(args: argparse.Namespace) -> None:
     )
 
 
+def _campaign_create(args: argparse.Namespace) -> None:
+    from recsvc.training.campaigns import create_campaign
+
+    attributes = {}
+    for pair in args.attribute:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise BadInput(f"--attribute: expected NAME=VALUE, got {pair!r}")
+        attributes[name] = value
+    campaign = create_campaign(
+        args.model_dir, args.name, item_id=args.item, category=args.category,
+        segment_id=args.segment, min_churn_risk=args.min_churn_risk, stages=tuple(args.stage),
+        attributes=attributes, size=args.size, control_share=args.control_share,
+        offer_items=tuple(args.offer_item), offer_category=args.offer_category,
+        conversion=args.conversion, window_days=args.window_days, event_store=args.event_store,
+    )  # fmt: skip
+    print(
+        f"campaign {campaign.name}: {len(campaign.members):,} members, "
+        f"{len(campaign.treatment):,} to reach, "
+        f"{len(campaign.members) - len(campaign.treatment):,} held out as control"
+    )
+
+
+def _campaign_command(args: argparse.Namespace) -> None:
+    import dataclasses
+    import json
+
+    from recsvc.training import campaigns
+
+    if args.campaign_command == "list":
+        for row in campaigns.list_campaigns(args.model_dir, args.event_store):
+            print(json.dumps(row))
+    elif args.campaign_command == "show":
+        found = campaigns.load_campaign(args.model_dir, args.name, args.event_store)
+        shown = dataclasses.asdict(found) | {"members": len(found.members),
+                                             "treatment": len(found.treatment)}  # fmt: skip
+        del shown["control"]
+        print(json.dumps(shown, indent=2))
+    elif args.campaign_command == "export":
+        n = campaigns.export_treatment(args.model_dir, args.name, args.out, args.event_store)
+        print(f"wrote {n:,} treatment members to {args.out}")
+    else:
+        result = campaigns.campaign_report(args.model_dir, args.name, args.out, args.event_store)
+        print(json.dumps(result, indent=2))
+
+
 def _segments_report(args: argparse.Namespace) -> None:
     from recsvc.training.marketing import segments_report
 
@@ -710,6 +756,47 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--exclude-buyers", action="store_true")
     _add_server_state_flags(export)
     export.set_defaults(run=_audience_export)
+
+    campaign = roles.add_parser("campaign", help="campaigns with a control group, and uplift")
+    campaign_cmds = campaign.add_subparsers(dest="campaign_command", required=True)
+    create = campaign_cmds.add_parser(
+        "create", help="choose an audience, hold out a control group, store the campaign"
+    )
+    create.add_argument("--model-dir", type=Path, required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--item", default="", help="audience: likely buyers of this item")
+    create.add_argument("--category", default="", help="audience: likely buyers in this category")
+    create.add_argument("--segment", default="", help="audience: within this segment")
+    create.add_argument("--min-churn-risk", type=float, default=None)
+    create.add_argument("--stage", action="append", default=[], help="only this lifecycle stage")
+    create.add_argument(
+        "--attribute", action="append", default=[], metavar="NAME=VALUE",
+        help="only users whose users-file attribute has this value",
+    )  # fmt: skip
+    create.add_argument("--size", type=int, default=0, help="at most this many members")
+    create.add_argument("--control-share", type=float, default=0.2)
+    create.add_argument("--offer-item", action="append", default=[], metavar="ITEM_ID")
+    create.add_argument("--offer-category", default="")
+    create.add_argument("--conversion", choices=["offered", "any"], default="offered")
+    create.add_argument("--window-days", type=float, default=14.0)
+    create.add_argument("--event-store", default="")
+    create.set_defaults(run=_campaign_create)
+    for command, helptext in (
+        ("list", "campaigns stored beside the model"),
+        ("show", "one campaign's definition and group sizes (JSON)"),
+        ("export", "write the treatment group (CSV or Parquet)"),
+        ("report", "conversion and revenue per arm, the uplift with 95% CIs"),
+    ):
+        sub = campaign_cmds.add_parser(command, help=helptext)
+        sub.add_argument("--model-dir", type=Path, required=True)
+        sub.add_argument("--event-store", default="")
+        if command != "list":
+            sub.add_argument("--name", required=True)
+        if command == "export":
+            sub.add_argument("--out", type=Path, required=True)
+        if command == "report":
+            sub.add_argument("--out", type=Path, default=None, help="report.md/.png/.json here")
+        sub.set_defaults(run=_campaign_command)
 
     segments = roles.add_parser("segments", help="customer segments")
     segments_cmds = segments.add_subparsers(dest="segments_command", required=True)

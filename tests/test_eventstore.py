@@ -160,6 +160,14 @@ def test_impressions_are_counted_once_per_recommendation(store: EventStore) -> N
     assert sorted(table.column("recommendation_id").to_pylist()) == ["r1", "r2"]
 
 
+def test_campaigns_are_stored_once_by_name(store: EventStore) -> None:
+    store.add_campaign("spring", '{"name": "spring"}')
+    store.add_campaign("winback", '{"name": "winback"}')
+    with pytest.raises(BadInput, match="exists already"):
+        store.add_campaign("spring", '{"name": "other"}')
+    assert store.campaigns() == {"spring": '{"name": "spring"}', "winback": '{"name": "winback"}'}
+
+
 def test_unknown_store_urls_are_refused() -> None:
     with pytest.raises(BadInput):
         open_event_store("mysql://somewhere/db")

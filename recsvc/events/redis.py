@@ -305,6 +305,15 @@ class RedisEventStore:
             start = f"({chunk[-1][0]}"
 
     @_outage_is_unavailable
+    def add_campaign(self, name: str, spec: str) -> None:
+        if not self._redis.hsetnx(self._key("campaigns"), name, spec):
+            raise BadInput(f"a campaign named {name!r} exists already")
+
+    @_outage_is_unavailable
+    def campaigns(self) -> dict[str, str]:
+        return dict(self._redis.hgetall(self._key("campaigns")))
+
+    @_outage_is_unavailable
     def read_events(self) -> pa.Table:
         rows = [f for _, f in self._entries("events")]
         return pa.table(

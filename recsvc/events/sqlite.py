@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from recsvc.errors import StoreUnavailable
+from recsvc.errors import BadInput, StoreUnavailable
 from recsvc.events.records import (
     EVENTS_SCHEMA,
     IMPRESSIONS_SCHEMA,
@@ -47,6 +47,10 @@ SCHEMA = (
 CREATE TABLE IF NOT EXISTS forgotten (
     user_id TEXT PRIMARY KEY,
     forgotten_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS campaigns (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS impressions (
     recommendation_id TEXT PRIMARY KEY,
@@ -215,6 +219,22 @@ class SQLiteEventStore:
                 self._connection().execute("SELECT user_id, forgotten_ms FROM forgotten").fetchall()
             )
         return {user: int(ms) for user, ms in rows}
+
+    @_outage_is_unavailable
+    def add_campaign(self, name: str, spec: str) -> None:
+        with self._lock:
+            try:
+                self._connection().execute(
+                    "INSERT INTO campaigns (name, spec) VALUES (?, ?)", (name, spec)
+                )
+            except sqlite3.IntegrityError:
+                raise BadInput(f"a campaign named {name!r} exists already") from None
+
+    @_outage_is_unavailable
+    def campaigns(self) -> dict[str, str]:
+        with self._lock:
+            rows = self._connection().execute("SELECT name, spec FROM campaigns").fetchall()
+        return dict(rows)
 
     def read_events(self) -> pa.Table:
         """All stored events in the data contract's clean columns, oldest first."""
