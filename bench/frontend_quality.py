@@ -26,26 +26,21 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from quality import RECSVC, SHARED, SPLITS, _listening_on, prepare
+from quality import RECSVC, SHARED, SPLITS, _listening_on, prepare, train_period
 from serving import wait_serving
 
 from recsvc.config import Config
 from recsvc.training.evaluate import Holdout, list_ndcg
-from recsvc.training.inputs import TrainInputs
 from recsvc.training.itemgraphs import visits
-from recsvc.training.pipeline import train
 from recsvc.training.progress import Progress
 from recsvc.v1 import recommender_pb2 as pb
 from recsvc.v1 import recommender_pb2_grpc as pb_grpc
@@ -83,28 +78,11 @@ def serving(models: Path, session_scoring: str, work: Path):
         server.wait(timeout=60)
 
 
-def train_period(
-    name: str, outer: Holdout, data_dir: Path, progress: Progress
-) -> tuple[Path, dict]:
-    job = data_dir / "frontend"
-    shutil.rmtree(job, ignore_errors=True)
-    job.mkdir(parents=True)
-    pq.write_table(
-        outer.train_events.select(
-            ["user_id", "item_id", "event", "timestamp_ms", "quantity", "price"]
-        ).rename_columns(["user_id", "item_id", "event", "timestamp", "quantity", "price"]),
-        job / "events.parquet",
-    )
-    inputs = TrainInputs(
-        job / "events.parquet",
-        data_dir / "items.csv" if (data_dir / "items.csv").exists() else None,
-        data_dir / "users.csv" if (data_dir / "users.csv").exists() else None,
-    )
-    started = time.perf_counter()
-    result = train(inputs, job / "models", Config(), progress=progress)
+def train_job(outer: Holdout, data_dir: Path, progress: Progress) -> tuple[Path, dict]:
+    result, seconds = train_period(outer, data_dir, data_dir / "frontend", progress)
     manifest = result.manifest
-    return job / "models", {
-        "job_s": round(time.perf_counter() - started, 1),
+    return result.model_dir, {
+        "job_s": round(seconds, 1),
         "model": manifest["model_type"],
         "session_model_chosen": manifest["serving"]["session_model"],
         "session_choice": manifest["evaluation"].get("sessions", {}).get("evidence"),
@@ -256,7 +234,7 @@ def sessions(stubs: dict, outer: Holdout, rng: np.random.Generator, progress: Pr
 def run_dataset(name: str, work: Path, progress: Progress) -> dict:
     outer, _ = prepare(name, work, Config(), progress)
     data_dir = work / name
-    models, job = train_period(name, outer, data_dir, progress)
+    models, job = train_job(outer, data_dir, progress)
     rng = np.random.default_rng(7)
     result: dict = {"dataset": name, "split": SPLITS[name][2], "training": job}
     tasks = TASKS[name]

@@ -53,6 +53,7 @@ from recsvc.training.importers import import_dataset
 from recsvc.training.ingest import Dataset
 from recsvc.training.pipeline import (
     TrainInputs,
+    TrainResult,
     candidates,
     fit_model,
     ingest_and_clean,
@@ -145,15 +146,15 @@ def prepare(name: str, work: Path, config: Config, progress: Progress) -> tuple[
     return outer, dataclasses.replace(dataset, events=outer.train_events)
 
 
-def served(name: str, outer: Holdout, data_dir: Path, progress: Progress) -> dict:
-    """The shipped defaults end to end: train on the training period, serve, ask Recommend for
-    every test user over gRPC; NDCG@10 of what came back, judged as the models are."""
-    job = data_dir / "served"
+def train_period(
+    outer: Holdout, data_dir: Path, job: Path, progress: Progress
+) -> tuple[TrainResult, float]:
+    """`recsvc train`'s job with the shipped defaults on the training period, into job/models;
+    the result and the job's seconds."""
     shutil.rmtree(job, ignore_errors=True)
     job.mkdir(parents=True)
-    events = outer.train_events
     pq.write_table(
-        events.select(
+        outer.train_events.select(
             ["user_id", "item_id", "event", "timestamp_ms", "quantity", "price"]
         ).rename_columns(["user_id", "item_id", "event", "timestamp", "quantity", "price"]),
         job / "events.parquet",
@@ -165,7 +166,14 @@ def served(name: str, outer: Holdout, data_dir: Path, progress: Progress) -> dic
     )
     started = time.perf_counter()
     result = train(inputs, job / "models", Config(), progress=progress)
-    job_seconds = time.perf_counter() - started
+    return result, time.perf_counter() - started
+
+
+def served(name: str, outer: Holdout, data_dir: Path, progress: Progress) -> dict:
+    """The shipped defaults end to end: train on the training period, serve, ask Recommend for
+    every test user over gRPC; NDCG@10 of what came back, judged as the models are."""
+    job = data_dir / "served"
+    result, job_seconds = train_period(outer, data_dir, job, progress)
 
     truth = outer.judged
     users = np.flatnonzero(np.diff(truth.indptr))
