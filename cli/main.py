@@ -194,30 +194,38 @@ def _audience_export(args: argparse.Namespace) -> None:
 
 
 def _campaign_create(args: argparse.Namespace) -> None:
+    from recsvc.campaigns import CampaignSpec
+    from recsvc.config import load_config
     from recsvc.training.campaigns import create_campaign
 
-    attributes = {}
+    attributes = []
     for pair in args.attribute:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise BadInput(f"--attribute: expected NAME=VALUE, got {pair!r}")
-        attributes[name] = value
-    campaign = create_campaign(
-        args.model_dir, args.name, item_id=args.item, category=args.category,
-        segment_id=args.segment, min_churn_risk=args.min_churn_risk, stages=tuple(args.stage),
-        attributes=attributes, size=args.size, control_share=args.control_share,
+        attributes.append((name, value))
+    spec = CampaignSpec(
+        args.name, item_id=args.item, category=args.category, segment_id=args.segment,
+        min_churn_risk=args.min_churn_risk, stages=tuple(args.stage),
+        attributes=tuple(attributes), size=args.size, control_share=args.control_share,
         offer_items=tuple(args.offer_item), offer_category=args.offer_category,
-        conversion=args.conversion, window_days=args.window_days, event_store=args.event_store,
+        offer_recommendations=args.offer_recommendations, conversion=args.conversion,
+        window_days=args.window_days, channel=args.channel, salt=args.salt,
     )  # fmt: skip
+    campaign = create_campaign(
+        args.model_dir, spec, args.event_store, load_config(args.config).serving
+    )
+    left_out = ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in campaign.reach.items()
+                         if why != "matched" and n)  # fmt: skip
     print(
-        f"campaign {campaign.name}: {len(campaign.members):,} members, "
+        f"campaign {campaign.name}: {campaign.reach.get('matched', 0):,} matched"
+        f"{f' ({left_out} left out)' if left_out else ''}; {len(campaign.members):,} members, "
         f"{len(campaign.treatment):,} to reach, "
         f"{len(campaign.members) - len(campaign.treatment):,} held out as control"
     )
 
 
 def _campaign_command(args: argparse.Namespace) -> None:
-    import dataclasses
     import json
 
     from recsvc.training import campaigns
@@ -227,10 +235,13 @@ def _campaign_command(args: argparse.Namespace) -> None:
             print(json.dumps(row))
     elif args.campaign_command == "show":
         found = campaigns.load_campaign(args.model_dir, args.name, args.event_store)
-        shown = dataclasses.asdict(found) | {"members": len(found.members),
-                                             "treatment": len(found.treatment)}  # fmt: skip
-        del shown["control"]
-        print(json.dumps(shown, indent=2))
+        print(json.dumps(campaigns.describe(found), indent=2))
+    elif args.campaign_command == "simulate":
+        n = campaigns.simulate_response(
+            args.model_dir, args.name, base_rate=args.base_rate, uplift=args.uplift,
+            seed=args.seed, event_store=args.event_store,
+        )  # fmt: skip
+        print(f"recorded {n:,} simulated purchases answering campaign {args.name}")
     elif args.campaign_command == "export":
         n = campaigns.export_treatment(args.model_dir, args.name, args.out, args.event_store)
         print(f"wrote {n:,} treatment members to {args.out}")
@@ -777,15 +788,28 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--control-share", type=float, default=0.2)
     create.add_argument("--offer-item", action="append", default=[], metavar="ITEM_ID")
     create.add_argument("--offer-category", default="")
+    create.add_argument(
+        "--offer-recommendations", type=int, default=0, metavar="K",
+        help="offer each member their own top K recommendations",
+    )  # fmt: skip
     create.add_argument("--conversion", choices=["offered", "any"], default="offered")
     create.add_argument("--window-days", type=float, default=14.0)
-    create.add_argument("--event-store", default="")
+    create.add_argument(
+        "--channel", default="",
+        help="reach only members opted in to this channel ([serving.campaigns] channels), "
+        "or 'best': each member's first channel they opted in to",
+    )  # fmt: skip
+    create.add_argument(
+        "--salt", default="", help="the control split's salt (default: a fresh random one)"
+    )
+    _add_server_state_flags(create)
     create.set_defaults(run=_campaign_create)
     for command, helptext in (
         ("list", "campaigns stored beside the model"),
         ("show", "one campaign's definition and group sizes (JSON)"),
         ("export", "write the treatment group (CSV or Parquet)"),
         ("report", "conversion and revenue per arm, the uplift with 95% CIs"),
+        ("simulate", "sample shop: record purchases answering a campaign, with a known uplift"),
     ):
         sub = campaign_cmds.add_parser(command, help=helptext)
         sub.add_argument("--model-dir", type=Path, required=True)
@@ -796,6 +820,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--out", type=Path, required=True)
         if command == "report":
             sub.add_argument("--out", type=Path, default=None, help="report.md/.png/.json here")
+        if command == "simulate":
+            sub.add_argument("--base-rate", type=float, default=0.05, help="everyone's conversion")
+            sub.add_argument("--uplift", type=float, default=0.05, help="the treated's extra")
+            sub.add_argument("--seed", type=int, default=0)
         sub.set_defaults(run=_campaign_command)
 
     segments = roles.add_parser("segments", help="customer segments")

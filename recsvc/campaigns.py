@@ -1,6 +1,11 @@
 """Campaigns: an audience split into a treatment group and a control group held out at random,
 and the measured result: conversion and revenue per arm, and the uplift with its interval.
 
+`CampaignSpec` is what a marketer asks for; `Campaign` is what was planned from it (members,
+their arm, channel, send hour and, for a recommendations offer, each member's own list) and is
+stored as JSON in the event store. Planning lives in recsvc/serving/campaigns.py, beside the
+audience ranking it uses.
+
 The split is a hash of the campaign's salt and the user id, so a rerun gives the same groups.
 The report compares the arms over the attribution window after the send: conversion (a
 purchase of what was offered, or any purchase, as the campaign says) with a normal-approximation
@@ -25,12 +30,74 @@ from recsvc.experiments import Z_95, Mean, Rate, two_proportion_p_value, welch_p
 
 MAX_CONTROL_SHARE = 0.9
 DAY_MS = 86_400_000
+CONVERSIONS = ("offered", "any")
+BEST_CHANNEL = "best"  # each member's first configured channel they opted in to
+OPTED_IN = frozenset({"1", "true", "yes", "y"})
 
 
 def in_control(salt: str, user_id: str, share: float) -> bool:
     """Whether the user is held out: deterministic from the salt and the id."""
     digest = hashlib.sha256(f"{salt}\0control\0{user_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def opted_in(value: str) -> bool:
+    return value.strip().lower() in OPTED_IN
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """A campaign as asked for: who (FindAudience's criteria, narrowed by lifecycle stages and
+    users-file attributes, capped in size), how many held out, what is offered, how it is
+    judged, and by which channel."""
+
+    name: str
+    item_id: str = ""
+    category: str = ""
+    segment_id: str = ""
+    min_churn_risk: float | None = None
+    stages: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
+    size: int = 0  # 0 = everyone who matches
+    control_share: float = 0.2
+    offer_items: tuple[str, ...] = ()
+    offer_category: str = ""
+    offer_recommendations: int = 0  # k: each member's own recommendations at planning time
+    conversion: str = "offered"  # "offered": a purchase of what was offered; "any"
+    window_days: float = 14.0
+    channel: str = ""  # "" = none chosen; a configured channel; or "best"
+    salt: str = ""  # the control split's; "" = a fresh random one (give one to redo a split)
+
+    def check(self, stages: tuple[str, ...], channels: list[str], max_k: int) -> None:
+        """Everything that can be said wrong before the audience is ranked."""
+        if not self.name or len(self.name) > 128:
+            raise InvalidArgument("a campaign needs a name of 1..128 characters")
+        if not 0.0 <= self.control_share <= MAX_CONTROL_SHARE:
+            raise InvalidArgument(
+                f"control share must be within 0..{MAX_CONTROL_SHARE}, got {self.control_share}"
+            )
+        if self.conversion not in CONVERSIONS:
+            raise InvalidArgument(f"conversion must be one of {', '.join(CONVERSIONS)}")
+        offers = sum(map(bool, (self.offer_items, self.offer_category, self.offer_recommendations)))
+        if offers > 1:
+            raise InvalidArgument("offer items, a category or recommendations: one of them")
+        if self.conversion == "offered" and not offers:
+            raise InvalidArgument(
+                "an offer (items, a category or recommendations) is needed to count conversions"
+            )
+        if not 0 <= self.offer_recommendations <= max_k:
+            raise InvalidArgument(f"offer_recommendations must be within 0..{max_k}")
+        if not self.window_days > 0:
+            raise InvalidArgument("the attribution window must be positive")
+        if self.size < 0:
+            raise InvalidArgument("size must not be negative")
+        bad = [s for s in self.stages if s not in stages]
+        if bad:
+            raise InvalidArgument(f"unknown lifecycle stage {bad[0]!r}; one of {', '.join(stages)}")
+        if self.channel and self.channel != BEST_CHANNEL and self.channel not in channels:
+            raise InvalidArgument(
+                f"unknown channel {self.channel!r}; one of {', '.join([*channels, BEST_CHANNEL])}"
+            )
 
 
 @dataclass
@@ -42,26 +109,17 @@ class Campaign:
     control_share: float
     offer_items: list[str] = field(default_factory=list)
     offer_category: str = ""
-    conversion: str = "offered"  # "offered": a purchase of what was offered; "any"
+    conversion: str = "offered"
     window_days: float = 14.0
     members: list[str] = field(default_factory=list)
     control: list[bool] = field(default_factory=list)
-
-    def check(self) -> None:
-        if not self.name or len(self.name) > 128:
-            raise InvalidArgument("a campaign needs a name of 1..128 characters")
-        if not 0.0 <= self.control_share <= MAX_CONTROL_SHARE:
-            raise InvalidArgument(
-                f"control share must be within 0..{MAX_CONTROL_SHARE}, got {self.control_share}"
-            )
-        if self.conversion not in ("offered", "any"):
-            raise InvalidArgument("conversion must be offered or any")
-        if self.conversion == "offered" and not (self.offer_items or self.offer_category):
-            raise InvalidArgument("an offer (items or a category) is needed to count conversions")
-        if not self.window_days > 0:
-            raise InvalidArgument("the attribution window must be positive")
-        if not self.members:
-            raise InvalidArgument("the audience is empty: nobody matches the criteria")
+    channel: str = ""
+    channels: list[str] = field(default_factory=list)  # per member; empty with no channel
+    send_hours: list[int] = field(default_factory=list)  # per member, UTC
+    offer_recommendations: int = 0
+    offers: dict[str, list[str]] = field(default_factory=dict)  # member -> own recommendations
+    # How many matched the criteria, and how many of them each reach rule left out.
+    reach: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -73,6 +131,25 @@ class Campaign:
     @property
     def treatment(self) -> list[str]:
         return [m for m, held in zip(self.members, self.control, strict=True) if not held]
+
+    def offered(self, user_id: str) -> set[str]:
+        """Items whose purchase counts as a conversion for this member (besides the category)."""
+        return (
+            set(self.offers.get(user_id, ()))
+            if self.offer_recommendations
+            else set(self.offer_items)
+        )
+
+
+def contacts(campaigns: list[Campaign], since_ms: int) -> dict[str, int]:
+    """Per customer, the campaigns created after `since_ms` that put them in the treatment group
+    (the control group is never contacted)."""
+    counted: dict[str, int] = {}
+    for campaign in campaigns:
+        if campaign.created_ms > since_ms:
+            for user in campaign.treatment:
+                counted[user] = counted.get(user, 0) + 1
+    return counted
 
 
 def split(members: list[str], salt: str, share: float) -> list[bool]:
@@ -89,13 +166,13 @@ def report(
     stamps = events.column("timestamp_ms").to_numpy()
     bought = pc.equal(events.column("event"), "purchase").to_numpy(zero_copy_only=False)
     window = events.filter(pa.array(bought & (stamps > start) & (stamps <= end))).to_pylist()
-    offered = set(campaign.offer_items)
+    offered = {m: campaign.offered(m) for m in campaign.members}
 
     def counts(row: dict[str, Any]) -> bool:
         if campaign.conversion == "any":
             return True
         item = row["item_id"]
-        return item in offered or (
+        return item in offered.get(row["user_id"], ()) or (
             bool(campaign.offer_category) and categories.get(item) == campaign.offer_category
         )
 

@@ -350,6 +350,32 @@ class PageConfig:
 
 
 @dataclass(frozen=True)
+class ChannelConfig:
+    """A channel a campaign can reach customers by, and the users-file column of their opt-in."""
+
+    name: str
+    opt_in_column: str
+
+
+def _default_channels() -> list[ChannelConfig]:
+    return [
+        ChannelConfig("push", "push_opt_in"),
+        ChannelConfig("email", "email_opt_in"),
+        ChannelConfig("sms", "sms_opt_in"),
+    ]
+
+
+@dataclass(frozen=True)
+class CampaignsConfig:
+    """Reach planning for campaigns (`recsvc campaign`, CreateCampaign)."""
+
+    channels: list[ChannelConfig] = field(default_factory=_default_channels)
+    max_per_customer: int = 2
+    frequency_days: float = 7.0
+    default_send_hour: int = 10
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     event_store: str = ""
     event_store_timeout_s: float = 1.0
@@ -365,6 +391,7 @@ class ServingConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     experiments: list[ExperimentConfig] = field(default_factory=list)
     page: PageConfig = field(default_factory=PageConfig)
+    campaigns: CampaignsConfig = field(default_factory=CampaignsConfig)
 
 
 @dataclass(frozen=True)
@@ -401,6 +428,7 @@ def load_config(path: Path | None = None) -> Config:
         serving = dataclasses.replace(serving, api_keys_file=str(base / serving.api_keys_file))
     _check_experiments(serving.experiments)
     _check_page(serving.page)
+    _check_campaigns(serving.campaigns)
     return dataclasses.replace(config, inputs=InputsConfig(**resolved), serving=serving)
 
 
@@ -415,6 +443,16 @@ def _check_page(page: PageConfig) -> None:
         for name in getattr(page.stages, stage.name):
             if name not in names:
                 raise BadInput(f"config: serving.page.stages.{stage.name} names no row {name!r}")
+
+
+def _check_campaigns(campaigns: CampaignsConfig) -> None:
+    names = [c.name for c in campaigns.channels]
+    if len(set(names)) != len(names) or not all(names):
+        raise BadInput("config: every serving.campaigns.channels entry needs a unique name")
+    if campaigns.max_per_customer < 0 or campaigns.frequency_days < 0:
+        raise BadInput("config: serving.campaigns frequency cap values must not be negative")
+    if not 0 <= campaigns.default_send_hour <= 23:
+        raise BadInput("config: serving.campaigns.default_send_hour must be 0..23")
 
 
 def _check_experiments(experiments: list[ExperimentConfig]) -> None:

@@ -9,6 +9,10 @@ class InvalidArgument(RecsvcError):
     """The caller sent a request that can never succeed as written."""
 
 
+class AlreadyExists(InvalidArgument):
+    """The request would create something that exists already (a campaign's name)."""
+
+
 class NotFound(RecsvcError):
     """The request names something the current model does not know."""
 

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from recsvc.errors import (
+    AlreadyExists,
     BadInput,
     InvalidArgument,
     NotFound,
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("recsvc.access")
 
 STATUS_OF: dict[type[RecsvcError], grpc.StatusCode] = {
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,  # before its base class, InvalidArgument
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,

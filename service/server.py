@@ -50,6 +50,9 @@ REQUIRED_ROLE = {
     "FindAudience": "analyst",
     "ReloadModel": "admin",
     "ForgetUser": "admin",
+    "CreateCampaign": "admin",
+    "GetCampaign": "admin",
+    "ListCampaigns": "admin",
 }
 # How often buffered impressions (for experiment reports) are written to the event store.
 IMPRESSION_FLUSH_SECONDS = 1.0

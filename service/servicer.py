@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from recsvc.campaigns import Campaign, CampaignSpec
 from recsvc.errors import InvalidArgument
 from recsvc.service.observability import Metrics
 from recsvc.serving.core import RecommenderCore
@@ -445,6 +446,96 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             model_version=audience.model_version,
         )
 
+    async def CreateCampaign(
+        self, request: pb.CreateCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CampaignSummary:
+        spec = CampaignSpec(
+            request.name,
+            item_id=request.item_id,
+            category=request.category,
+            segment_id=request.segment_id,
+            min_churn_risk=request.min_churn_risk if request.HasField("min_churn_risk") else None,
+            stages=tuple(request.stages),
+            attributes=tuple(sorted(request.attributes.items())),
+            size=request.size,
+            control_share=request.control_share,
+            offer_items=tuple(request.offer_item_ids),
+            offer_category=request.offer_category,
+            offer_recommendations=request.offer_recommendations,
+            conversion=request.conversion or "offered",
+            window_days=request.window_days or 14.0,
+            channel=request.channel,
+            salt=request.salt,
+        )
+        # Ranks every user and reads the store: off the event loop, like FindAudience.
+        campaign = await asyncio.to_thread(self.core.create_campaign, spec)
+        return _campaign_summary(campaign)
+
+    async def GetCampaign(
+        self, request: pb.GetCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CampaignResult:
+        campaign, result = await asyncio.to_thread(self.core.campaign_with_report, request.name)
+        arms = result["arms"]
+        window_start, window_end = result["window"]
+        return pb.CampaignResult(
+            campaign=_campaign_summary(campaign),
+            window_start_ms=window_start,
+            window_end_ms=window_end,
+            treatment=_campaign_arm(arms["treatment"]),
+            control=_campaign_arm(arms["control"]),
+            conversion_uplift=_uplift(result["conversion_uplift"]),
+            revenue_per_member_uplift=_uplift(result["revenue_per_member_uplift"]),
+            incremental_revenue=_uplift(result["incremental_revenue"]),
+        )
+
+    async def ListCampaigns(
+        self, request: pb.ListCampaignsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCampaignsResponse:
+        campaigns = await asyncio.to_thread(self.core.campaigns)
+        return pb.ListCampaignsResponse(campaigns=[_campaign_summary(c) for c in campaigns])
+
+
+def _campaign_summary(campaign: Campaign) -> pb.CampaignSummary:
+    treated = len(campaign.treatment)
+    return pb.CampaignSummary(
+        name=campaign.name,
+        created_ms=campaign.created_ms,
+        members=len(campaign.members),
+        treatment=treated,
+        control=len(campaign.members) - treated,
+        control_share=campaign.control_share,
+        channel=campaign.channel,
+        conversion=campaign.conversion,
+        window_days=campaign.window_days,
+        offer_item_ids=campaign.offer_items,
+        offer_category=campaign.offer_category,
+        offer_recommendations=campaign.offer_recommendations,
+        reach=campaign.reach,
+        basis=campaign.criteria.get("basis", ""),
+        model_version=campaign.criteria.get("model_version", ""),
+    )
+
+
+def _campaign_arm(arm: dict[str, Any]) -> pb.CampaignArm:
+    revenue = arm["revenue_per_member"]
+    low, high = arm["conversion_ci"]
+    return pb.CampaignArm(
+        members=arm["members"],
+        converters=arm["converters"],
+        conversion=arm["conversion"],
+        conversion_low=low,
+        conversion_high=high,
+        revenue_per_member=revenue["value"],
+        revenue_per_member_low=revenue["low"],
+        revenue_per_member_high=revenue["high"],
+        average_order_value=arm["average_order_value"],
+    )
+
+
+def _uplift(uplift: dict[str, Any]) -> pb.Uplift:
+    low, high = uplift["ci"]
+    return pb.Uplift(value=uplift["value"], low=low, high=high, p_value=uplift.get("p_value", 0.0))
+
 
 def _segment(segment: dict[str, Any]) -> pb.Segment:
     return pb.Segment(
@@ -458,4 +549,6 @@ def _segment(segment: dict[str, Any]) -> pb.Segment:
         average_order_value=segment["average_order_value"],
         stage_mix=segment["stage_mix"],
         method=segment["clustering"],
+        churn_risk=segment.get("churn_risk"),
+        high_churn_risk=segment.get("high_churn_risk", 0),
     )

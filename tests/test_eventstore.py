@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from recsvc.errors import BadInput
+from recsvc.errors import AlreadyExists, BadInput
 from recsvc.events import EventStore, SQLiteEventStore, StoredEvent, open_event_store
 
 PROCESSES = 12
@@ -163,7 +163,7 @@ def test_impressions_are_counted_once_per_recommendation(store: EventStore) -> N
 def test_campaigns_are_stored_once_by_name(store: EventStore) -> None:
     store.add_campaign("spring", '{"name": "spring"}')
     store.add_campaign("winback", '{"name": "winback"}')
-    with pytest.raises(BadInput, match="exists already"):
+    with pytest.raises(AlreadyExists, match="exists already"):
         store.add_campaign("spring", '{"name": "other"}')
     assert store.campaigns() == {"spring": '{"name": "spring"}', "winback": '{"name": "winback"}'}
 

@@ -354,7 +354,7 @@ def cold_shop(
     with open(directory / "events.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(r for r in rows if r[column] != new_item)
     with open(directory / "users.csv", "a", newline="") as handle:
-        csv.writer(handle).writerow(["prospect-55", "55+", "f", "north"])
+        csv.writer(handle).writerow(["prospect-55", "55+", "f", "north", "yes", "no", "no"])
     inputs = TrainInputs(directory / "events.csv", directory / "items.csv", directory / "users.csv")
     result = train_once("cold-shop", inputs, directory / "models", Config())
     return result, new_item, "prospect-55"

@@ -1,201 +1,111 @@
 """`recsvc campaign create|list|show|export|report`: campaigns built on the published model and
 kept in the event store beside the events that measure them (recsvc/campaigns.py).
 
-An audience is FindAudience's: an item's or a category's likely buyers, a segment, a churn-risk
-threshold, or a combination; optionally only some lifecycle stages and users-file attribute
-values; capped in size. Forgotten users never appear. The control group is held out at random
-(deterministic from the campaign's salt), the treatment group is what `export` writes.
+The work is the serving core's (recsvc/serving/campaigns.py), so that the command line and the
+gRPC CreateCampaign/GetCampaign/ListCampaigns plan and judge campaigns alike; this module opens
+the core on the published model and the event store and writes the files.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
-import uuid
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from recsvc.campaigns import Campaign, report, split
+from recsvc.campaigns import Campaign, CampaignSpec
 from recsvc.config import ServingConfig
-from recsvc.errors import BadInput
 from recsvc.events import open_models_store
 from recsvc.modelstore import ModelStore
-from recsvc.profiles import STAGES
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
+from recsvc.training.sample_shop import campaign_response
 from recsvc.training.tables import TableWriter
 
 
-def _core(model_dir: Path, event_store: str, config: ServingConfig):
+@contextmanager
+def campaign_core(
+    model_dir: Path, event_store: str = "", config: ServingConfig | None = None
+) -> Iterator[RecommenderCore]:
+    """The serving core on the published model and the event store, as the server has them."""
+    config = config or ServingConfig()
     model = PublishedModel.load(ModelStore(model_dir).current_path())
     store = open_models_store(model_dir, event_store or config.event_store)
-    assert store is not None
-    limits = dataclasses.replace(config.limits, max_audience=max(1, model.profiles.size))
-    core = RecommenderCore(dataclasses.replace(config, limits=limits), store)
-    core.swap(model)
-    return core, store, model
+    core = RecommenderCore(config, store)
+    try:
+        core.swap(model)
+        yield core
+    finally:
+        core.close()
 
 
 def create_campaign(
-    model_dir: Path,
-    name: str,
-    *,
-    item_id: str = "",
-    category: str = "",
-    segment_id: str = "",
-    min_churn_risk: float | None = None,
-    stages: tuple[str, ...] = (),
-    attributes: dict[str, str] | None = None,
-    size: int = 0,
-    control_share: float = 0.2,
-    offer_items: tuple[str, ...] = (),
-    offer_category: str = "",
-    conversion: str = "offered",
-    window_days: float = 14.0,
-    event_store: str = "",
-    config: ServingConfig | None = None,
+    model_dir: Path, spec: CampaignSpec, event_store: str = "", config: ServingConfig | None = None
 ) -> Campaign:
-    """Chooses the audience, splits it and stores the campaign; nothing is stored on bad input."""
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        raise BadInput(f"unknown lifecycle stage {bad[0]!r}; one of {', '.join(STAGES)}")
-    core, store, model = _core(model_dir, event_store, config or ServingConfig())
-    try:
-        audience = core.find_audience(
-            item_id=item_id,
-            category=category,
-            segment_id=segment_id,
-            k=max(1, model.profiles.size),
-            min_churn_risk=min_churn_risk,
-        )
-        members = list(audience.user_ids)
-        if stages:
-            members = [m for m in members if core.user_profile(m)["lifecycle_stage"] in stages]
-        if attributes:
-            members = [m for m in members if _has(model, m, attributes)]
-        if size:
-            members = members[:size]
-        salt = uuid.uuid4().hex[:12]
-        criteria = {
-            "item_id": item_id,
-            "category": category,
-            "segment_id": segment_id,
-            "min_churn_risk": min_churn_risk,
-            "stages": list(stages),
-            "attributes": attributes or {},
-            "size": size,
-            "basis": audience.basis,
-        }
-        campaign = Campaign(
-            name,
-            salt,
-            int(time.time() * 1000),
-            criteria,
-            control_share,
-            list(offer_items),
-            offer_category,
-            conversion,
-            window_days,
-            members,
-            split(members, salt, control_share),
-        )
-        campaign.check()
-        store.add_campaign(name, campaign.to_json())
-        return campaign
-    finally:
-        store.close()
-
-
-def _has(model: PublishedModel, user_id: str, wanted: dict[str, str]) -> bool:
-    row = model.profiles.index(user_id)
-    if row is None:
-        return False
-    values = dict(
-        zip(model.profiles.attribute_names, model.profiles.attributes[row].tolist(), strict=True)
-    )
-    return all(values.get(k) == v for k, v in wanted.items())
+    """Chooses the audience, applies the reach rules, splits it and stores the campaign; nothing
+    is stored on bad input."""
+    with campaign_core(model_dir, event_store, config) as core:
+        return core.create_campaign(spec)
 
 
 def load_campaign(model_dir: Path, name: str, event_store: str = "") -> Campaign:
-    store = open_models_store(model_dir, event_store, existing=True)
-    if store is None:
-        raise BadInput(f"no event store beside {model_dir}: no campaign there")
-    try:
-        stored = store.campaigns()
-    finally:
-        store.close()
-    if name not in stored:
-        raise BadInput(f"no campaign named {name!r}")
-    return Campaign.from_json(stored[name])
+    with campaign_core(model_dir, event_store) as core:
+        return core.campaign(name)
 
 
 def list_campaigns(model_dir: Path, event_store: str = "") -> list[dict[str, Any]]:
-    store = open_models_store(model_dir, event_store, existing=True)
-    if store is None:
-        return []
-    try:
-        stored = store.campaigns()
-    finally:
-        store.close()
-    rows = []
-    for spec in stored.values():
-        c = Campaign.from_json(spec)
-        rows.append(
-            {
-                "name": c.name,
-                "created_ms": c.created_ms,
-                "members": len(c.members),
-                "treatment": len(c.treatment),
-                "control_share": c.control_share,
-            }
-        )
-    return sorted(rows, key=lambda r: r["created_ms"])
+    with campaign_core(model_dir, event_store) as core:
+        return [summary(c) for c in core.campaigns()]
+
+
+def summary(campaign: Campaign) -> dict[str, Any]:
+    return {
+        "name": campaign.name,
+        "created_ms": campaign.created_ms,
+        "members": len(campaign.members),
+        "treatment": len(campaign.treatment),
+        "control_share": campaign.control_share,
+        "channel": campaign.channel,
+        "reach": campaign.reach,
+    }
+
+
+def describe(campaign: Campaign) -> dict[str, Any]:
+    """`campaign show`: the definition and group sizes, without the member lists."""
+    shown = dataclasses.asdict(campaign)
+    for bulky in ("members", "control", "channels", "send_hours", "offers"):
+        shown.pop(bulky)
+    shown["treatment"] = len(campaign.treatment)
+    shown["control"] = len(campaign.members) - len(campaign.treatment)
+    shown["channel_mix"] = {c: campaign.channels.count(c) for c in sorted(set(campaign.channels))}
+    return shown
 
 
 def export_treatment(model_dir: Path, name: str, out: Path, event_store: str = "") -> int:
-    """Writes the treatment group (user_id, rank) as CSV or Parquet; forgotten users never."""
-    campaign = load_campaign(model_dir, name, event_store)
-    store = open_models_store(model_dir, event_store, existing=True)
-    forgotten = set(store.forgotten_users()) if store is not None else set()
-    if store is not None:
-        store.close()
-    treated = [u for u in campaign.treatment if u not in forgotten]
+    """Writes the treatment group (rank, user_id, send hour, channel, offered items) as CSV or
+    Parquet, in batches with progress on stderr; forgotten users never."""
+    with campaign_core(model_dir, event_store) as core:
+        table = core.campaign_treatment(name)
+    batch = 50_000
     with TableWriter(out) as writer:
-        writer.write(
-            pa.table(
-                {
-                    "rank": pa.array(np.arange(1, len(treated) + 1), pa.int64()),
-                    "user_id": pa.array(treated, pa.string()),
-                }
-            )
-        )
-    return len(treated)
+        for start in range(0, max(table.num_rows, 1), batch):
+            writer.write(table.slice(start, batch))
+            done = min(start + batch, table.num_rows)
+            print(f"\rexported {done:,} of {table.num_rows:,}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return table.num_rows
 
 
 def campaign_report(
     model_dir: Path, name: str, out: Path | None = None, event_store: str = ""
 ) -> dict[str, Any]:
-    """The uplift report from the events stored since the send; with `out`, report.md and
-    report.png there too."""
-    campaign = load_campaign(model_dir, name, event_store)
-    model = PublishedModel.load(ModelStore(model_dir).current_path())
-    store = open_models_store(model_dir, event_store, existing=True)
-    assert store is not None
-    try:
-        events = store.read_events()
-    finally:
-        store.close()
-    ids = model.item_ids.tolist()
-    categories = dict(zip(ids, model.items.categories.tolist(), strict=True))
-    known = np.isfinite(model.items.price)
-    prices = dict(
-        zip(model.item_ids[known].tolist(), model.items.price[known].tolist(), strict=True)
-    )
-    result = report(campaign, events, categories, prices)
+    """The uplift report from the events stored since the send; with `out`, report.json,
+    report.md and report.png there too."""
+    with campaign_core(model_dir, event_store) as core:
+        _, result = core.campaign_with_report(name)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -274,3 +184,27 @@ def _chart(result: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def simulate_response(
+    model_dir: Path,
+    name: str,
+    *,
+    base_rate: float,
+    uplift: float,
+    seed: int = 0,
+    event_store: str = "",
+) -> int:
+    """Records the sample shop's simulated answer to a campaign (a known uplift) in the event
+    store, as RecordEvents would; returns the purchases recorded."""
+    with campaign_core(model_dir, event_store) as core:
+        campaign = core.campaign(name)
+        model = core.serving.published
+        catalogue = (model.item_ids, model.items.categories, model.items.price)
+        store = core.event_store
+        assert store is not None  # campaign() found one
+        forgotten = frozenset(store.forgotten_users())
+        bought = campaign_response(campaign, catalogue, seed, base_rate, uplift, forgotten)
+        if bought:
+            store.append(bought)
+    return len(bought)

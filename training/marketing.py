@@ -152,14 +152,17 @@ def segments_report(model_dir: Path, out_dir: Path) -> Path:
     if clusters and categories:
         lines += ["![top categories per cluster](cluster_categories.png)", ""]
     lines += [
-        "| segment | users | average order value | top categories | " + " | ".join(STAGES) + " |",
-        "|---|---:|---:|---|" + "---:|" * len(STAGES),
+        "| segment | users | average order value | mean churn risk | at high churn risk "
+        "| top categories | " + " | ".join(STAGES) + " |",
+        "|---|---:|---:|---:|---:|---|" + "---:|" * len(STAGES),
     ]
     for s in segments:
         top = ", ".join(f"{c} {share:.0%}" for c, share in s["top_categories"][:3])
         mix = " | ".join(str(s["stage_mix"].get(stage, 0)) for stage in STAGES)
+        risk = "-" if s.get("churn_risk") is None else f"{s['churn_risk']:.2f}"
         lines.append(
-            f"| {s['id']} | {s['size']:,} | {s['average_order_value']:,.2f} | {top} | {mix} |"
+            f"| {s['id']} | {s['size']:,} | {s['average_order_value']:,.2f} | {risk} "
+            f"| {s.get('high_churn_risk', 0):,} | {top} | {mix} |"
         )
     report = out_dir / "segments.md"
     report.write_text("\n".join(lines) + "\n")

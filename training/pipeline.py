@@ -222,14 +222,9 @@ def train(
         tally.count, tally.unit = interactions.shape[0], "users"
     fallback = fit_model(make_model(evaluation["fallback"], config), interactions, dataset)
     trending = TrendingRecommender().fit(interactions.recent)
-    profiles, segments, coldstart = build_marketing(model, interactions, dataset, config, progress)
-    with progress.stage("churn risk") as tally:
-        churn_users, churn_risk, churn_evidence = fit_churn(events, config)
-        rows = sorted_positions(profiles.user_ids, churn_users)
-        profiles.arrays["churn_risk"][rows[rows >= 0]] = churn_risk[rows >= 0]
-        evaluation["churn"] = churn_evidence
-        tally.count, tally.unit = churn_users.size, "customers"
-    progress.say(f"churn risk: {_churn_summary(churn_evidence)}")
+    profiles, segments, coldstart, evaluation["churn"] = build_marketing(
+        model, interactions, dataset, config, progress
+    )
     with progress.stage("bought together and the session model") as tally:
         together, together_summary = mine_bought_together(
             events, interactions.item_ids, config.model.together
@@ -321,11 +316,18 @@ def build_marketing(
     dataset: Dataset,
     config: Config,
     progress: Progress,
-) -> tuple[UserProfiles, list[dict[str, Any]], ColdStart | None]:
-    """Customer profiles, segments and, where attributes exist, the hybrid cold-start model."""
+) -> tuple[UserProfiles, list[dict[str, Any]], ColdStart | None, dict[str, Any]]:
+    """Customer profiles with churn risk, segments and, where attributes exist, the hybrid
+    cold-start model; and the churn model's evidence."""
     with progress.stage("user profiles") as tally:
         profiles = build_profiles(dataset.events, dataset.items, dataset.users, config)
         tally.count, tally.unit = profiles.size, "users"
+    with progress.stage("churn risk") as tally:  # before segments, which describe it
+        churn_users, churn_risk, churn_evidence = fit_churn(dataset.events, config)
+        rows = sorted_positions(profiles.user_ids, churn_users)
+        profiles.arrays["churn_risk"][rows[rows >= 0]] = churn_risk[rows >= 0]
+        tally.count, tally.unit = churn_users.size, "customers"
+    progress.say(f"churn risk: {_churn_summary(churn_evidence)}")
     with progress.stage("segments"):
         clustering = assign_clusters(
             profiles,
@@ -349,7 +351,7 @@ def build_marketing(
                 config,
             )
             tally.count, tally.unit = interactions.confidence.nnz, "user-item pairs"
-    return profiles, segments, coldstart
+    return profiles, segments, coldstart, churn_evidence
 
 
 def build_ann(

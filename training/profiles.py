@@ -29,6 +29,7 @@ from recsvc.training.interactions import encode_sorted
 QUINTILES = (0.2, 0.4, 0.6, 0.8)
 SVD_FACTORS = 32
 KMEANS_ITERATIONS = 25
+HIGH_CHURN_RISK = 0.5  # segments count the members at or above it
 
 
 def build_profiles(
@@ -353,4 +354,15 @@ def _describe(
         else 0.0,
         "stage_mix": {stage: int((stages[members] == i).sum()) for i, stage in enumerate(STAGES)},
         "clustering": method,
+        **_churn_of(profiles, members),
+    }
+
+
+def _churn_of(profiles: UserProfiles, members: np.ndarray) -> dict[str, Any]:
+    """The mean churn risk of the members it scored, and how many are at high risk."""
+    risk = np.asarray(profiles.churn_risk)[members]
+    scored = risk[np.isfinite(risk)]
+    return {
+        "churn_risk": round(float(scored.mean()), 4) if scored.size else None,
+        "high_churn_risk": int((scored >= HIGH_CHURN_RISK).sum()),
     }

@@ -7,6 +7,9 @@ What is planted, so that tests can check a model recovers it:
 - a funnel turns views into carts and carts into purchases; consumable categories are bought
   again (repeat purchases);
 - users sign up over the period, and some stop coming back (churn), so recency varies;
+- marketing consent: push, email and SMS opt-in columns in the users file;
+- campaign responses on demand (`campaign_response`): a known conversion rate, and a known
+  extra rate for the treated, to check that a campaign report recovers it;
 - complements: each item has one complement in a paired category (COMPLEMENT_PAIRS, the item of
   the same popularity rank there), added to the same order in 30% of the purchases of the item
   (`complements()` names them, for bought-together tests).
@@ -22,7 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from recsvc.campaigns import Campaign
 from recsvc.errors import BadInput
+from recsvc.events import StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,8 @@ AGE_AFFINITY = {
 }
 GENDER_AFFINITY = {"f": ("beauty", "fashion"), "m": ("electronics", "sports"), "x": ("books",)}
 SECONDS_PER_DAY = 86_400
+# Shares of customers who opted in to each channel's marketing messages.
+OPT_IN_SHARES = {"push_opt_in": 0.55, "email_opt_in": 0.7, "sms_opt_in": 0.3}
 START_EPOCH = 1_788_220_800  # 2026-09-01T00:00:00Z
 
 
@@ -111,6 +118,8 @@ def generate_shop(seed: int, spec: ShopSpec | None = None) -> SampleShop:
     items, item_category, item_weight, item_price = _items(rng, spec)
     users, preferred = _users(rng, spec)
     events = _events(rng, spec, users, preferred, item_category, item_weight, item_price)
+    # From a stream of their own, so that adding them left every event as it was.
+    users = _with_opt_ins(users, np.random.default_rng([seed, 1]))
     user_ids = users.column("user_id").to_pylist()
     planted = {
         uid: tuple(CATEGORIES[c] for c in prefs)
@@ -201,6 +210,14 @@ def _users(rng: np.random.Generator, spec: ShopSpec):
         }
     )
     return table, preferred
+
+
+def _with_opt_ins(users: pa.Table, rng: np.random.Generator) -> pa.Table:
+    """Marketing consent per channel, the columns [serving.campaigns] maps by default."""
+    for column, share in OPT_IN_SHARES.items():
+        chosen = rng.random(users.num_rows) < share
+        users = users.append_column(column, pa.array(np.where(chosen, "yes", "no")))
+    return users
 
 
 def _events(rng, spec, users, preferred, item_category, item_weight, item_price) -> pa.Table:
@@ -346,3 +363,43 @@ _HOUR_WEIGHTS = np.array(
     ]
 )
 _HOUR_P = _HOUR_WEIGHTS / _HOUR_WEIGHTS.sum()
+
+
+def campaign_response(
+    campaign: Campaign,
+    catalogue: tuple[np.ndarray, np.ndarray, np.ndarray],
+    seed: int,
+    base_rate: float,
+    uplift: float,
+    left_out: frozenset[str] = frozenset(),
+) -> list[StoredEvent]:
+    """Purchases answering a campaign, with a known effect: every member converts with
+    `base_rate` within the attribution window, the treated with `base_rate + uplift` more, each
+    buying one thing offered (their own recommendation, an offered item or one from the offered
+    category; anything, for a campaign counting any purchase) at its catalogue price.
+
+    `catalogue` is (item ids, categories, prices); `left_out` members (forgotten) never buy."""
+    if not (0.0 <= base_rate <= 1.0 and 0.0 <= base_rate + uplift <= 1.0):
+        raise BadInput("base rate and base rate + uplift must both be within 0..1")
+    item_ids, categories, prices = catalogue
+    rng = np.random.default_rng(seed)
+    window_ms = int(campaign.window_days * SECONDS_PER_DAY * 1000)
+    in_category = (
+        item_ids[categories == campaign.offer_category] if campaign.offer_category else item_ids
+    )
+    price_of = dict(zip(item_ids.tolist(), prices.tolist(), strict=True))
+    bought = []
+    for user, held in zip(campaign.members, campaign.control, strict=True):
+        if user in left_out or rng.random() >= base_rate + (0.0 if held else uplift):
+            continue
+        offered = sorted(campaign.offered(user)) if campaign.conversion == "offered" else []
+        choices = offered or in_category.tolist()
+        if not choices:
+            continue
+        item = str(choices[rng.integers(len(choices))])
+        price = float(price_of.get(item, float("nan")))
+        stamp = campaign.created_ms + 1 + int(rng.integers(window_ms - 1))
+        bought.append(
+            StoredEvent(user, item, "purchase", stamp, 1.0, price if np.isfinite(price) else None)
+        )
+    return bought

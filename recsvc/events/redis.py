@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlparse
 import pyarrow as pa
 import redis
 
-from recsvc.errors import BadInput, StoreUnavailable
+from recsvc.errors import AlreadyExists, BadInput, StoreUnavailable
 from recsvc.events.records import (
     EVENTS_SCHEMA,
     IMPRESSIONS_SCHEMA,
@@ -307,7 +307,7 @@ class RedisEventStore:
     @_outage_is_unavailable
     def add_campaign(self, name: str, spec: str) -> None:
         if not self._redis.hsetnx(self._key("campaigns"), name, spec):
-            raise BadInput(f"a campaign named {name!r} exists already")
+            raise AlreadyExists(f"a campaign named {name!r} exists already")
 
     @_outage_is_unavailable
     def campaigns(self) -> dict[str, str]:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from recsvc.errors import BadInput, StoreUnavailable
+from recsvc.errors import AlreadyExists, StoreUnavailable
 from recsvc.events.records import (
     EVENTS_SCHEMA,
     IMPRESSIONS_SCHEMA,
@@ -228,7 +228,7 @@ class SQLiteEventStore:
                     "INSERT INTO campaigns (name, spec) VALUES (?, ?)", (name, spec)
                 )
             except sqlite3.IntegrityError:
-                raise BadInput(f"a campaign named {name!r} exists already") from None
+                raise AlreadyExists(f"a campaign named {name!r} exists already") from None
 
     @_outage_is_unavailable
     def campaigns(self) -> dict[str, str]:

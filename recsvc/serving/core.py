@@ -20,14 +20,18 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
 import numpy as np
+import pyarrow as pa
 
+from recsvc.campaigns import Campaign, CampaignSpec
 from recsvc.config import EVENT_NAMES, ServingConfig, VariantConfig
 from recsvc.errors import InvalidArgument, NotFound, StoreUnavailable, Unavailable
 from recsvc.events import EventStore, StoredEvent
 from recsvc.experiments import assign_variant
 from recsvc.ids import id_problem
+from recsvc.profiles import STAGES
 from recsvc.published import PublishedModel
 from recsvc.serving import marketing
+from recsvc.serving.campaigns import campaign_report, plan_campaign, treatment_table
 from recsvc.serving.model import ServingModel, trained_at_ms
 from recsvc.serving.page import Visitor, build_rows, top_categories
 from recsvc.serving.policy import RankingPolicy
@@ -673,6 +677,26 @@ class RecommenderCore:
         limit = self.config.limits.max_audience
         if not 1 <= k <= limit:
             raise InvalidArgument(f"k must be between 1 and {limit}, got {k}")
+        return self.rank_audience(
+            item_id=item_id,
+            category=category,
+            segment_id=segment_id,
+            k=k,
+            exclude_buyers=exclude_buyers,
+            min_churn_risk=min_churn_risk,
+        )
+
+    def rank_audience(
+        self,
+        *,
+        item_id: str = "",
+        category: str = "",
+        segment_id: str = "",
+        k: int,
+        exclude_buyers: bool = False,
+        min_churn_risk: float | None = None,
+    ) -> marketing.Audience:
+        """FindAudience without its size limit, for campaigns (which may reach everyone)."""
         if min_churn_risk is not None and not 0.0 <= min_churn_risk <= 1.0:
             raise InvalidArgument(f"min_churn_risk must be within 0..1, got {min_churn_risk}")
         for value, name in (
@@ -696,6 +720,72 @@ class RecommenderCore:
             propensity_weight=self.config.audience_propensity_weight,
             min_churn_risk=min_churn_risk,
         )
+
+    def create_campaign(self, spec: CampaignSpec) -> Campaign:
+        """Plans the campaign and stores it; nothing is stored when planning refuses."""
+        store = self._campaign_store()
+        settings = self.config.campaigns
+        spec.check(STAGES, [c.name for c in settings.channels], self.config.limits.max_k)
+        serving = self.serving
+        audience = self.rank_audience(
+            item_id=spec.item_id,
+            category=spec.category,
+            segment_id=spec.segment_id,
+            k=max(1, serving.published.profiles.size),
+            min_churn_risk=spec.min_churn_risk,
+        )
+        clock = self.now_ms(serving)
+
+        def stage_of(user_id: str) -> str:
+            return marketing.user_stage(serving, user_id, self.realtime.of(user_id), clock).stage
+
+        def own_recommendations(user_id: str, k: int) -> list[str]:
+            listed = self.recommend(user_id, k, exclude_purchased=True, count_impression=False)
+            return [item.item_id for item in listed.items]
+
+        campaign = plan_campaign(
+            spec,
+            audience,
+            serving.published.profiles,
+            settings,
+            self.campaigns(),
+            int(time.time() * 1000),
+            stage_of,
+            own_recommendations,
+        )
+        store.add_campaign(campaign.name, campaign.to_json())
+        return campaign
+
+    def campaigns(self) -> list[Campaign]:
+        """Every stored campaign, oldest first."""
+        stored = self._campaign_store().campaigns()
+        found = [Campaign.from_json(spec) for spec in stored.values()]
+        return sorted(found, key=lambda c: (c.created_ms, c.name))
+
+    def campaign(self, name: str) -> Campaign:
+        self.checks.check_id(name, "name")
+        spec = self._campaign_store().campaigns().get(name)
+        if spec is None:
+            raise NotFound(f"no campaign named {name!r}")
+        return Campaign.from_json(spec)
+
+    def campaign_with_report(self, name: str) -> tuple[Campaign, dict[str, Any]]:
+        """The campaign, and conversion and revenue per arm and their uplift from the events
+        stored so far."""
+        campaign = self.campaign(name)
+        events = self._campaign_store().read_events()
+        return campaign, campaign_report(self.serving.published, campaign, events)
+
+    def campaign_treatment(self, name: str) -> pa.Table:
+        """The treatment list to send, without anyone forgotten since the campaign was made."""
+        campaign = self.campaign(name)
+        forgotten = set(self._campaign_store().forgotten_users())
+        return treatment_table(campaign, forgotten)
+
+    def _campaign_store(self) -> EventStore:
+        if self.event_store is None:
+            raise Unavailable("campaigns live in the event store, and none is configured")
+        return self.event_store
 
     def take_impressions(self) -> list[tuple[str, str, str, int, int]]:
         with self._impressions_lock:
