@@ -1,5 +1,6 @@
 # Two entry points do all the set-up on a fresh clone:
 #   make demo   - venv, install, generate the sample shop, train, publish, serve on 127.0.0.1:50051
+#                 with the operator console on http://127.0.0.1:8080/
 #   make test   - venv, install, lint, run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,6 +12,7 @@ GENERATED := $(PROTOS:protos/%.proto=%_pb2.py)
 SAMPLE := var/sample-shop
 MODELS := var/models
 PORT ?= 50051
+CONSOLE_PORT ?= 8080
 
 # implicit warns and slows down badly when BLAS runs its own thread pool.
 export OPENBLAS_NUM_THREADS := 1
@@ -47,9 +49,12 @@ demo: install $(SAMPLE)/events.csv
 	@echo "  $(BIN)/recsvc profile --target 127.0.0.1:$(PORT) u0001"
 	@echo "  $(BIN)/recsvc page --target 127.0.0.1:$(PORT) --user u0001"
 	@echo "  $(BIN)/recsvc together --target 127.0.0.1:$(PORT) i0450 -k 5"
+	@echo "The operator console (customers, segments, campaigns, models) is in a browser at"
+	@echo "  http://127.0.0.1:$(CONSOLE_PORT)/"
 	@echo "Stop with Ctrl-C (requests in flight are drained)."
 	@echo
-	exec $(BIN)/recsvc serve --model-dir $(MODELS) --host 127.0.0.1 --port $(PORT)
+	exec $(BIN)/recsvc serve --model-dir $(MODELS) --host 127.0.0.1 --port $(PORT) \
+		--console-port $(CONSOLE_PORT)
 
 lint: install
 	$(BIN)/ruff check .
@@ -69,6 +74,10 @@ services:
 	@command -v java >/dev/null || { [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		openjdk-17-jre-headless >/dev/null; } || echo "java not installed: Spark tests will skip"
+	@command -v chromedriver >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		chromium chromium-driver >/dev/null; } || \
+		echo "chromium not installed: the console's browser tests will skip"
 
 test: install lint services
 	$(BIN)/python -m pytest

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from recsvc.errors import (
     BadInput,
@@ -22,6 +22,10 @@ from recsvc.errors import (
     QualityGateRefused,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from recsvc.config import ServingConfig
+    from recsvc.console.server import ConsoleServer
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_GATE_REFUSED = 0, 1, 2, 3
 
@@ -368,11 +372,56 @@ def _serve(args: argparse.Namespace) -> int:
     )
     config = load_config(args.config).serving
     print(f"recsvc serve: {check_model_dir(args.model_dir, config)}", flush=True)
-    if args.workers > 1:
-        from recsvc.service.workers import serve_workers
+    console = None
+    if args.console_port is not None:  # beside the gRPC server, on threads of this process
+        console = _console_server(args, config, args.console_port)
+        console.start()
+        print(f"recsvc serve: console on {console.address}", flush=True)
+    try:
+        if args.workers > 1:
+            from recsvc.service.workers import serve_workers
 
-        return serve_workers(args.model_dir, config, options, args.workers)
-    asyncio.run(serve(args.model_dir, config, options))
+            return serve_workers(args.model_dir, config, options, args.workers)
+        asyncio.run(serve(args.model_dir, config, options))
+        return EXIT_OK
+    finally:
+        if console is not None:  # its worker threads would keep the process alive
+            console.stop()
+
+
+def _console_server(args: argparse.Namespace, config: ServingConfig, port: int) -> ConsoleServer:
+    from recsvc.console.server import ConsoleOptions, ConsoleServer
+
+    metrics = f"http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port else ""
+    options = ConsoleOptions(
+        host=args.host,
+        port=port,
+        event_store=args.event_store or "",
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        metrics_url=getattr(args, "metrics_url", "") or metrics,
+    )
+    return ConsoleServer.build(args.model_dir, config, options)
+
+
+def _console(args: argparse.Namespace) -> int:
+    import contextlib
+    import signal
+    import threading
+
+    from recsvc.config import load_config
+
+    logging.getLogger("recsvc.console").setLevel(logging.INFO)
+    server = _console_server(args, load_config(args.config).serving, args.port)
+    print(f"recsvc console: {server.address}", flush=True)
+    if server.address.startswith("http://127.") or "localhost" in server.address:
+        print("recsvc console: open it in a browser (ctrl-C stops it)", flush=True)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    server.start()
+    with contextlib.suppress(KeyboardInterrupt):  # ctrl-C: stop as for SIGTERM
+        stopping.wait()
+    server.stop()  # lets requests in flight finish
     return EXIT_OK
 
 
@@ -608,7 +657,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="one log line per call: request id, method, status, milliseconds",
     )
+    serve.add_argument(
+        "--console-port",
+        type=_port,
+        default=None,
+        help="also serve the operator console on this port (0 picks a free one)",
+    )
     serve.set_defaults(run=_serve)
+
+    console = roles.add_parser(
+        "console", help="the operator console: customers, segments, campaigns, models (web)"
+    )
+    console.add_argument("--model-dir", type=Path, required=True)
+    console.add_argument("--host", default="127.0.0.1")
+    console.add_argument("--port", type=_port, default=8080, help="0 picks a free port")
+    console.add_argument(
+        "--config", type=Path, default=None, help="the servers' TOML config (keys, campaigns)"
+    )
+    console.add_argument("--event-store", default=None, help="the servers' event store URL")
+    console.add_argument(
+        "--metrics-url", default="", help="a server's Prometheus /metrics URL, for the overview"
+    )
+    console.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain")
+    console.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
+    console.add_argument("--metrics-port", type=_port, default=None, help=argparse.SUPPRESS)
+    console.set_defaults(run=_console)
 
     for name, helptext, key in (
         ("recommend", "ask a server for a user's recommendations", "user"),

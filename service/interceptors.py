@@ -3,19 +3,17 @@ metrics and the access log, which need that status), and API-key authentication.
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 
+from recsvc.access import ROLES, ApiKeys
 from recsvc.errors import (
     AlreadyExists,
     BadInput,
@@ -40,7 +38,6 @@ STATUS_OF: dict[type[RecsvcError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 REQUEST_ID_KEY = "x-request-id"
-ROLES = ("client", "analyst", "admin")  # each can do what the ones before it can
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
@@ -178,39 +175,6 @@ class ErrorMappingInterceptor(WrappingInterceptor):
                     )
 
         return _wrap(handler, guarded)
-
-
-@dataclass(frozen=True)
-class ApiKeys:
-    """Keys and their roles, read from a file of "KEY ROLE" lines. Each role can do what the
-    one before it can: client (a shop frontend), analyst (customer data), admin (operations)."""
-
-    roles: dict[str, str]
-
-    @classmethod
-    def load(cls, path: Path) -> ApiKeys:
-        roles = {}
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.split()
-            if len(parts) != 2 or parts[1] not in ROLES:
-                raise BadInput(
-                    f"{path}:{number}: expected 'KEY ROLE', ROLE one of {', '.join(ROLES)}"
-                )
-            roles[parts[0]] = parts[1]
-        if not roles:
-            raise BadInput(f"{path} holds no API keys")
-        return cls(roles)
-
-    def role_of(self, key: str) -> str | None:
-        # Compare in constant time so that response timing does not leak key prefixes.
-        found = None
-        for candidate, role in self.roles.items():
-            if hmac.compare_digest(candidate.encode(), key.encode()):
-                found = role
-        return found
 
 
 class AuthInterceptor(WrappingInterceptor):

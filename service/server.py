@@ -17,13 +17,13 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client.registry import Collector
 
+from recsvc.access import ApiKeys
 from recsvc.config import ServingConfig
 from recsvc.errors import BadInput, StoreUnavailable
 from recsvc.events import EventStore, open_event_store, store_url
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.service.interceptors import (
-    ApiKeys,
     AuthInterceptor,
     ErrorMappingInterceptor,
     WrappedRegistration,

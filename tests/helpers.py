@@ -14,8 +14,9 @@ from typing import NoReturn
 
 import pytest
 
-# Resources whose tests must run here (comma-separated: redis, java, real_data). .ci/run sets
-# it where it can install or find them, so a missing one fails the run instead of skipping.
+# Resources whose tests must run here (comma-separated: redis, java, chromium, real_data).
+# .ci/run sets it where it can install or find them, so a missing one fails the run instead of
+# skipping.
 REQUIRED = {r for r in os.environ.get("RECSVC_TESTS_REQUIRE", "").split(",") if r}
 
 
@@ -41,8 +42,8 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) 
 
 
 def skip_for_missing(resource: str, reason: str, module_level: bool = False) -> NoReturn:
-    """Skips a test that needs `resource` (redis, java or real_data), saying why; fails instead
-    where RECSVC_TESTS_REQUIRE lists it, so coverage is never lost without a word."""
+    """Skips a test that needs `resource` (redis, java, chromium or real_data), saying why; fails
+    instead where RECSVC_TESTS_REQUIRE lists it, so coverage is never lost without a word."""
     if resource in REQUIRED:
         pytest.fail(f"{reason} (RECSVC_TESTS_REQUIRE lists {resource})", pytrace=False)
     pytest.skip(reason, allow_module_level=module_level)

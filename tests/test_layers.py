@@ -15,18 +15,20 @@ FOLDERS = {
     "service": "recsvc.service",
     "loadtest": "recsvc.loadtest",
     "cli": "recsvc.cli",
+    "console": "recsvc.console",
 }
-UPPER = ("recsvc.training", "recsvc.service", "recsvc.loadtest", "recsvc.cli")
+UPPER = ("recsvc.training", "recsvc.service", "recsvc.loadtest", "recsvc.cli", "recsvc.console")
 # Layer -> the layers above the library it must never import.
 FORBIDDEN = {
     "recsvc": UPPER,
-    "recsvc.training": ("recsvc.service", "recsvc.loadtest", "recsvc.cli"),
-    "recsvc.service": ("recsvc.training", "recsvc.loadtest", "recsvc.cli"),
-    "recsvc.loadtest": ("recsvc.training", "recsvc.service", "recsvc.cli"),
+    "recsvc.training": ("recsvc.service", "recsvc.loadtest", "recsvc.cli", "recsvc.console"),
+    "recsvc.service": ("recsvc.training", "recsvc.loadtest", "recsvc.cli", "recsvc.console"),
+    "recsvc.loadtest": ("recsvc.training", "recsvc.service", "recsvc.cli", "recsvc.console"),
+    "recsvc.console": ("recsvc.training", "recsvc.service", "recsvc.loadtest", "recsvc.cli"),
     "recsvc.cli": (),
 }
 # Import names the wheel must not claim, nor the code use (they collide with other projects').
-GENERIC = ("service", "training", "loadtest", "cli")
+GENERIC = ("service", "training", "loadtest", "cli", "console")
 
 
 def modules() -> dict[str, Path]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import urllib.request
 import venv
 import zipfile
 from pathlib import Path
@@ -44,7 +45,16 @@ def test_the_wheel_carries_the_contract_and_one_import_name(wheel: Path) -> None
     assert "recsvc/v1/recommender_pb2.py" in names and "recsvc/v1/recommender_pb2_grpc.py" in names
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"recsvc"}, tops
-    for layer in ("training/pipeline.py", "service/server.py", "loadtest/runner.py", "cli/main.py"):
+    layers = (
+        "training/pipeline.py",
+        "service/server.py",
+        "loadtest/runner.py",
+        "cli/main.py",
+        "console/app.py",
+        "console/templates/base.html",
+        "console/static/console.css",
+    )
+    for layer in layers:
         assert f"recsvc/{layer}" in names, layer
 
 
@@ -63,11 +73,18 @@ def test_a_fresh_venv_with_the_wheel_generates_trains_and_serves(
          "--users", shop / "users.csv", "--model-dir", models],
         check=True, capture_output=True,
     )  # fmt: skip
-    running = start_server(models, command=str(recsvc))
+    running = start_server(models, "--console-port", "0", command=str(recsvc))
     try:
         running.wait_for_health(health_pb2.HealthCheckResponse.SERVING)
         listed = running.stub.Recommend(pb.RecommendRequest(user_id="u0001", k=5), timeout=5)
         assert len(listed.items) == 5 and not listed.fallback
+        # The console inside the server, its templates and styles from the wheel.
+        console = next(line for line in running.output if "console on " in line)
+        address = console.split("console on ", 1)[1].strip()
+        with urllib.request.urlopen(f"{address}customers?user_id=u0001", timeout=10) as page:
+            assert "Recommend now" in page.read().decode()
+        with urllib.request.urlopen(f"{address}static/console.css", timeout=10) as style:
+            assert b"--accent" in style.read()
     finally:
         code, output = running.stop()
     assert code == 0, output

@@ -63,7 +63,7 @@ class EventStore(Protocol):
     def read_events(self) -> pa.Table: ...
 
     def add_campaign(self, name: str, spec: str) -> None:
-        """Stores a campaign's JSON under its name; BadInput if the name is taken."""
+        """Stores a campaign's JSON under its name; AlreadyExists if the name is taken."""
         ...
 
     def campaigns(self) -> dict[str, str]:

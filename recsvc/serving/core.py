@@ -724,6 +724,13 @@ class RecommenderCore:
     def create_campaign(self, spec: CampaignSpec) -> Campaign:
         """Plans the campaign and stores it; nothing is stored when planning refuses."""
         store = self._campaign_store()
+        campaign = self.plan_campaign(spec)
+        store.add_campaign(campaign.name, campaign.to_json())
+        return campaign
+
+    def plan_campaign(self, spec: CampaignSpec) -> Campaign:
+        """The campaign `spec` asks for, as it would be created now, without storing it (a
+        preview: its split's salt is a fresh one unless the spec gives one)."""
         settings = self.config.campaigns
         spec.check(STAGES, [c.name for c in settings.channels], self.config.limits.max_k)
         serving = self.serving
@@ -743,7 +750,7 @@ class RecommenderCore:
             listed = self.recommend(user_id, k, exclude_purchased=True, count_impression=False)
             return [item.item_id for item in listed.items]
 
-        campaign = plan_campaign(
+        return plan_campaign(
             spec,
             audience,
             serving.published.profiles,
@@ -753,8 +760,6 @@ class RecommenderCore:
             stage_of,
             own_recommendations,
         )
-        store.add_campaign(campaign.name, campaign.to_json())
-        return campaign
 
     def campaigns(self) -> list[Campaign]:
         """Every stored campaign, oldest first."""
