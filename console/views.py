@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+# Loaded with the console, not by the first report page that needs it (about 0.4 s).
+import scipy.stats  # noqa: F401
+
 from recsvc.campaigns import Campaign, CampaignSpec
 from recsvc.console import charts
 from recsvc.console.state import ConsoleState
@@ -21,6 +24,7 @@ from recsvc.errors import NotFound
 from recsvc.experiments import experiment_report
 from recsvc.profiles import STAGES
 from recsvc.serving import marketing
+from recsvc.serving.campaigns import catalogue_facts
 from recsvc.serving.values import Filters, ScoredItem
 
 DAY_MS = 86_400_000
@@ -412,9 +416,9 @@ def campaign_result(state: ConsoleState, name: str) -> dict[str, Any]:
 def experiments(state: ConsoleState) -> list[Any]:
     if state.store is None:
         return []
-    model = state.core.serving.published
-    known = np.isfinite(model.items.price)
-    prices = dict(
-        zip(model.item_ids[known].tolist(), model.items.price[known].tolist(), strict=True)
-    )
-    return experiment_report(state.store.read_impressions(), state.store.read_outcomes(), prices)
+    impressions = state.store.read_impressions()
+    if impressions.num_rows == 0:
+        return []
+    outcomes = state.store.read_outcomes()
+    _, prices = catalogue_facts(state.core.serving.published, outcomes)
+    return experiment_report(impressions, outcomes, prices)

@@ -152,11 +152,14 @@ def test_analysts_read_admins_change_and_every_form_needs_its_token(
         state.core.user_profile("u0002")
     created = admin.post("/campaigns", data={**spec, "name": "garden-any", "csrf_token": token})
     assert created.headers["Location"].endswith("/campaigns/garden-any")
+    treated = state.core.campaign("garden-any").treatment
+    assert "u0002" not in treated, "a forgotten customer is in no new campaign"
+    # A member forgotten after the campaign was made leaves its export too.
+    gone = treated[0]
+    admin.post("/customers/forget", data={"user_id": gone, "confirm": gone, "csrf_token": token})
     exported = admin.get("/campaigns/garden-any/treatment.csv")
     rows = list(csv.DictReader(io.StringIO(exported.get_data(as_text=True))))
-    assert [r["user_id"] for r in rows] == [
-        u for u in state.core.campaign("garden-any").treatment if u != "u0002"
-    ]
+    assert [r["user_id"] for r in rows] == treated[1:]
 
 
 def test_no_customer_data_in_the_logs(state: ConsoleState, caplog) -> None:
