@@ -392,6 +392,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _console_server(args: argparse.Namespace, config: ServingConfig, port: int) -> ConsoleServer:
     from recsvc.console.server import ConsoleOptions, ConsoleServer
 
+    # The server's own metrics, when on a fixed port (0 is picked later, inside the server).
     metrics = f"http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port else ""
     options = ConsoleOptions(
         host=args.host,

@@ -315,3 +315,26 @@ def test_an_operator_in_a_browser(browser, console: str, tmp_path: Path) -> None
     forged = [["user_id", "u0001"], ["confirm", "u0001"], ["csrf_token", token]]
     browser.execute_script(post, forged)
     assert "needs an admin key" in wait_for("403")
+
+
+def test_the_overview_reads_a_running_servers_metrics(state: ConsoleState, model_dir: Path) -> None:
+    from grpc_health.v1 import health_pb2
+    from test_server_e2e import start_server
+
+    from recsvc.v1 import recommender_pb2 as pb
+
+    server = start_server(model_dir, "--metrics-port", "0")
+    try:
+        server.wait_for_health(health_pb2.HealthCheckResponse.SERVING)
+        for _ in range(3):
+            server.stub.Recommend(pb.RecommendRequest(user_id="u0001", k=5), timeout=5)
+        line = next(line for line in server.output if "metrics on " in line)
+        url = line.split("metrics on ", 1)[1].strip()
+        client = create_app(state, None, metrics_url=url).test_client()
+        page = client.get("/").get_data(as_text=True)
+        calls = re.search(r"<td>Recommend</td><td class=\"num\">(\d+)</td>", page)
+        assert calls and int(calls.group(1)) >= 3, page
+    finally:
+        server.stop()
+    gone = create_app(state, None, metrics_url=url).test_client().get("/")
+    assert "not reachable" in gone.get_data(as_text=True), "a stopped server is said, not an error"
