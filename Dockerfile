@@ -15,6 +15,7 @@ COPY service service
 COPY training training
 COPY loadtest loadtest
 COPY cli cli
+COPY console console
 # A plain install, as from a wheel: setup.py's build hook generates the gRPC code.
 RUN pip install .
 
@@ -31,8 +32,9 @@ ENV PATH=/opt/recsvc/bin:$PATH \
 USER recsvc
 WORKDIR /home/recsvc
 VOLUME ["/models"]
-# gRPC, and Prometheus /metrics.
-EXPOSE 50051 9100
+# gRPC, Prometheus /metrics, and the operator console when serve is given --console-port 8080
+# (it binds beyond loopback only with API keys configured).
+EXPOSE 50051 9100 8080
 # Under TLS (serve --tls-cert/--tls-key), set RECSVC_TLS_CA to the CA file and, if the
 # certificate does not name 127.0.0.1, RECSVC_TLS_SERVER_NAME to a name it carries.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
