@@ -32,9 +32,9 @@ ENV PATH=/opt/recsvc/bin:$PATH \
 USER recsvc
 WORKDIR /home/recsvc
 VOLUME ["/models"]
-# gRPC, Prometheus /metrics, and the operator console when serve is given --console-port 8080
-# (it binds beyond loopback only with API keys configured).
-EXPOSE 50051 9100 8080
+# gRPC, and Prometheus /metrics. (The operator console, `serve --console-port 8080`, is off by
+# default: it binds beyond loopback only with API keys configured.)
+EXPOSE 50051 9100
 # Under TLS (serve --tls-cert/--tls-key), set RECSVC_TLS_CA to the CA file and, if the
 # certificate does not name 127.0.0.1, RECSVC_TLS_SERVER_NAME to a name it carries.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
