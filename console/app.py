@@ -124,6 +124,11 @@ def create_app(
     def missing(error: Any) -> tuple[str, int]:
         return page("error.html", "", "Not found", code=404, message=error.description), 404
 
+    @app.errorhandler(Unavailable)
+    def unavailable(error: Unavailable) -> tuple[str, int]:
+        message = f"{error} Nothing was changed; try again in a moment."
+        return page("error.html", "", "Unavailable", code=503, message=message), 503
+
     @app.errorhandler(CSRFError)
     def csrf_failed(error: CSRFError) -> tuple[str, int]:
         message = f"The form expired or did not come from this console ({error.description})."

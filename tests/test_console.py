@@ -338,3 +338,22 @@ def test_the_overview_reads_a_running_servers_metrics(state: ConsoleState, model
         server.stop()
     gone = create_app(state, None, metrics_url=url).test_client().get("/")
     assert "not reachable" in gone.get_data(as_text=True), "a stopped server is said, not an error"
+
+
+def test_an_event_store_outage_is_a_clear_503_page(state: ConsoleState, monkeypatch) -> None:
+    from recsvc.errors import StoreUnavailable
+
+    client = _client(state)
+    token = _sign_in(client, "admin-key")
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("event store redis at 127.0.0.1:6379: connection refused.")
+
+    assert state.store is not None
+    monkeypatch.setattr(state.store, "campaigns", down)
+    page = client.get("/campaigns")
+    assert page.status_code == 503 and "connection refused" in page.get_data(as_text=True)
+    spec = {"name": "x", "category": "garden", "conversion": "any", "csrf_token": token}
+    created = client.post("/campaigns", data=spec)
+    assert created.status_code == 503
+    assert client.get("/customers?user_id=u0001").status_code == 200, "pages without the store"
