@@ -305,7 +305,7 @@ def create_app(
             flash("Tick the box to confirm the rollback.", "error")
             return redirect(url_for("models"))
         state.models.set_current(version)
-        state.forget_cached()
+        state.follow_current(now_please=True)  # this console's pages show it at once
         flash(f"Current version is now {version}; servers pick it up at their next reload.", "info")
         return redirect(url_for("models"))
 

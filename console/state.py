@@ -44,13 +44,14 @@ class ConsoleState:
         core.swap(PublishedModel.load(models.current_path()))
         return cls(model_dir, config, models, store, core, time.monotonic())
 
-    def follow_current(self) -> None:
+    def follow_current(self, now_please: bool = False) -> None:
         """Takes in what the servers stored (events, deletions) and swaps in the current version
-        when another was published or rolled back to."""
+        when another was published or rolled back to (looked for every RELOAD_CHECK_S, or at
+        once with `now_please`)."""
         if self.store is not None:
             self.core.sync()
         now = time.monotonic()
-        if now - self._checked_at < RELOAD_CHECK_S:
+        if now - self._checked_at < RELOAD_CHECK_S and not now_please:
             return
         with self._lock:
             self._checked_at = now

@@ -357,3 +357,29 @@ def test_an_event_store_outage_is_a_clear_503_page(state: ConsoleState, monkeypa
     created = client.post("/campaigns", data=spec)
     assert created.status_code == 503
     assert client.get("/customers?user_id=u0001").status_code == 200, "pages without the store"
+
+
+def test_an_admin_rolls_back_and_the_console_follows(state: ConsoleState, model_dir: Path) -> None:
+    first = state.models.current_version()
+    assert first is not None
+    source = state.models.path(first)
+    second = state.models.publish(lambda d: shutil.copytree(source, d, dirs_exist_ok=True), "copy")
+    state.follow_current(now_please=True)  # what each page does every RELOAD_CHECK_S
+    assert state.core.version == second
+    client = _client(state)
+    token = _sign_in(client, "admin-key")
+    listed = client.get("/models").get_data(as_text=True)
+    assert listed.count("Roll back to this") == 1, "only the version not in service"
+    unconfirmed = client.post("/models/rollback", data={"version": first, "csrf_token": token})
+    assert unconfirmed.status_code == 302 and state.models.current_version() == second
+    done = client.post(
+        "/models/rollback", data={"version": first, "confirm": "yes", "csrf_token": token}
+    )
+    assert done.status_code == 302
+    assert state.models.current_version() == first and state.core.version == first
+    assert (
+        client.post(
+            "/models/rollback", data={"version": "no-such", "confirm": "yes", "csrf_token": token}
+        ).status_code
+        == 404
+    )
