@@ -240,3 +240,14 @@ def test_simulated_a_a_campaigns_are_significant_at_about_the_nominal_rate() -> 
             < 0.05
         )
     assert significant <= 6, f"{significant} of 40 A/A campaigns significant at 5%"
+
+
+def test_consent_columns_reach_profiles_and_never_the_models(trained: TrainResult) -> None:
+    from recsvc.modelstore import ModelStore
+    from recsvc.published import PublishedModel
+
+    model = PublishedModel.load(ModelStore(trained.model_dir).current_path())
+    assert {"push_opt_in", "email_opt_in", "sms_opt_in"} <= set(model.profiles.attribute_names)
+    assert model.coldstart is not None
+    learned = {name.split("=", 1)[0] for name in model.coldstart.user_attribute_names.tolist()}
+    assert learned == {"age_band", "gender", "region"}, learned

@@ -432,6 +432,17 @@ class Dataset:
     items: pa.Table | None  # item_id, category, brand, price, available, tags
     users: pa.Table | None  # user_id plus attribute columns
     reports: list[IngestReport]
+    # Users-file columns of marketing consent ([serving.campaigns] channels): profiles keep
+    # them, for reaching customers; models never learn from them.
+    consent_columns: tuple[str, ...] = ()
+
+    @property
+    def modelled_users(self) -> pa.Table | None:
+        """The users file without its consent columns: what the models may learn from."""
+        if self.users is None:
+            return None
+        present = [c for c in self.consent_columns if c in self.users.column_names]
+        return self.users.drop_columns(present) if present else self.users
 
 
 def load_dataset(
@@ -470,9 +481,9 @@ def load_job_inputs(
     config: Config,
     rejects_dir: Path | None,
 ) -> Dataset:
-    """load_dataset with a whole job's config: its [data] section, and the id limit every
-    request is held to ([serving.limits] max_id_length)."""
-    return load_dataset(
+    """load_dataset with a whole job's config: its [data] section, the id limit every request
+    is held to ([serving.limits] max_id_length) and the consent columns models leave alone."""
+    dataset = load_dataset(
         events_path,
         config.data,
         items_path,
@@ -480,6 +491,8 @@ def load_job_inputs(
         rejects_dir=rejects_dir,
         max_id_length=config.serving.limits.max_id_length,
     )
+    dataset.consent_columns = tuple(c.opt_in_column for c in config.serving.campaigns.channels)
+    return dataset
 
 
 def load_events(

@@ -101,7 +101,7 @@ def fit_model(model: Recommender, interactions: Interactions, dataset: Dataset) 
     if isinstance(model, LightFMRecommender):
         return model.fit(
             interactions.confidence,
-            user_features(interactions.user_ids, dataset.users),
+            user_features(interactions.user_ids, dataset.modelled_users),
             item_features(interactions.item_ids, dataset.items),
         )
     return model.fit(interactions.confidence)
@@ -346,7 +346,7 @@ def build_marketing(
                 interactions.confidence,
                 interactions.user_ids,
                 interactions.item_ids,
-                dataset.users,
+                dataset.modelled_users,
                 dataset.items,
                 config,
             )
