@@ -15,11 +15,14 @@ from recsvc.cli.main import main
 from recsvc.config import ExperimentConfig, VariantConfig
 from recsvc.events import StoredEvent, open_event_store
 from recsvc.experiments import (
+    Mean,
     Rate,
+    VariantResult,
     assign_variant,
     experiment_report,
     format_report,
     two_proportion_p_value,
+    welch_p_value,
 )
 
 
@@ -216,3 +219,91 @@ def test_revenue_per_impression_and_per_user_with_intervals_and_welch() -> None:
     assert rows["e/a"].revenue_p_value is None, "the control"
     text = format_report(list(rows.values()))
     assert "revenue per impression (95% CI)" in text and "control" in text.splitlines()[-2]
+
+
+def test_a_mean_and_its_interval_exactly() -> None:
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    half = 1.959963984540054 * np.std(values, ddof=1) / 2.0
+    assert Mean.of(values) == Mean(2.5, pytest.approx(2.5 - half), pytest.approx(2.5 + half), 4)
+    assert Mean.of(np.array([])) == Mean(0.0, 0.0, 0.0, 0)
+    assert Mean.of(np.array([7.0])) == Mean(7.0, 7.0, 7.0, 1), "one value: no spread to tell"
+    two = Mean.of(np.array([1.0, 3.0]))  # sd sqrt(2) over sqrt(2) values: half-width Z_95
+    assert (two.low, two.high) == (pytest.approx(2 - 1.959964), pytest.approx(2 + 1.959964))
+
+
+def test_welch_p_value_against_the_textbook_formula() -> None:
+    from scipy.stats import t as student_t
+
+    a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([3.0, 4.0, 5.0, 6.0, 9.0])
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    statistic = (a.mean() - b.mean()) / np.sqrt(va + vb)
+    freedom = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    expected = 2 * student_t.sf(abs(statistic), freedom)
+    assert welch_p_value(a, b) == pytest.approx(expected)
+    assert welch_p_value(b, a) == pytest.approx(expected)
+    pair, other = np.array([1.0, 2.0]), np.array([4.0, 6.0])  # two values each: a test
+    vp, vo = pair.var(ddof=1) / 2, other.var(ddof=1) / 2
+    small = (pair.mean() - other.mean()) / np.sqrt(vp + vo)
+    small_freedom = (vp + vo) ** 2 / (vp**2 + vo**2)
+    assert welch_p_value(pair, other) == pytest.approx(2 * student_t.sf(abs(small), small_freedom))
+    assert welch_p_value(other, pair) == welch_p_value(pair, other) < 1.0
+    assert welch_p_value(np.array([1.0]), b) == 1.0, "one value: no test"
+    assert welch_p_value(a, np.array([2.0])) == 1.0
+    assert welch_p_value(np.full(5, 2.0), np.full(4, 2.0)) == 1.0, "no spread at all"
+    assert welch_p_value(np.full(5, 2.0), b) < 0.05, "one constant arm still compares"
+
+
+def test_revenue_sums_each_list_and_counts_a_missing_quantity_once() -> None:
+    impressions = pa.table(
+        {
+            "recommendation_id": ["r1", "r2", "r3", "r4"],
+            "variant": ["e/a", "e/a", "e/b", "e/b"],
+            "user_id": ["u1", "u2", "u3", "u3"],
+        }
+    )
+    outcomes = pa.table(
+        {
+            "variant": ["e/a", "e/a", "e/b"],
+            "recommendation_id": ["r1", "r1", "r3"],
+            "event": ["purchase", "purchase", "purchase"],
+            "item_id": ["i1", "i2", "i1"],
+            "quantity": pa.array([None, 2.0, 1.0], pa.float64()),
+            "price": pa.array([3.0, None, 5.0], pa.float64()),
+        }
+    )
+    rows = {r.variant: r for r in experiment_report(impressions, outcomes, {"i2": 4.0})}
+    # r1: 3.0 x 1 (no quantity) + 4.0 (the catalogue's) x 2 = 11.0 after one list.
+    assert rows["e/a"].revenue_per_impression.value == pytest.approx(11.0 / 2)
+    assert rows["e/a"].revenue_per_user.value == pytest.approx(11.0 / 2)
+    assert rows["e/b"].revenue_per_user.value == pytest.approx(5.0), "u3's two lists, one user"
+    assert rows["e/b"].revenue_per_user_p_value == pytest.approx(
+        welch_p_value(np.array([11.0, 0.0]), np.array([5.0]))
+    )
+    # An older store: outcomes without prices, or impressions without users: no revenue.
+    for older in (
+        experiment_report(impressions, outcomes.drop_columns(["price"])),
+        experiment_report(impressions.drop_columns(["user_id"]), outcomes),
+    ):
+        assert all(r.revenue_per_impression is None for r in older)
+        assert "revenue per impression" not in format_report(older)
+
+
+def test_the_formatted_revenue_line() -> None:
+    money = Mean(1.5, 1.0, 2.0, 10)
+    row = VariantResult("e/b", 10, Rate(2, 10), Rate(1, 10), 0.5, 0.25, money, money, 0.125, 0.0625)
+    lines = format_report([row]).splitlines()
+    assert lines[1].split() == ["e/b", "10", "20.00%", "[", "5.67%,", "50.98%]", "0.5000",
+                                "10.00%", "[", "1.79%,", "40.42%]", "0.2500"]  # fmt: skip
+    assert lines[-3] == "" and lines[-2].split() == [
+        "variant", "revenue", "per", "impression", "(95%", "CI)", "p",
+        "revenue", "per", "user", "(95%", "CI)", "p",
+    ]  # fmt: skip
+    assert lines[-1].split() == ["e/b", "1.50", "[", "1.00,", "2.00]", "0.1250", "1.50", "[",
+                                 "1.00,", "2.00]", "0.0625"]  # fmt: skip
+
+
+def test_a_variant_named_with_a_slash_stays_in_its_experiment() -> None:
+    impressions, outcomes = tables({"e/a": (50, 10, 5), "e/b/2": (50, 20, 9)})
+    rows = {r.variant: r for r in experiment_report(impressions, outcomes)}
+    assert rows["e/a"].click_p_value is None, "the experiment's first variant is its control"
+    assert rows["e/b/2"].click_p_value is not None, "judged against e/a, not a control of its own"
