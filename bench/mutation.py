@@ -40,10 +40,12 @@ LAYOUT = {
     "service": "recsvc/service",
     "loadtest": "recsvc/loadtest",
     "cli": "recsvc/cli",
+    "console": "recsvc/console",
     "tests": "tests",
 }
 MUTATED = [
     "recsvc/experiments.py",
+    "recsvc/campaigns.py",
     "recsvc/modelstore.py",
     "recsvc/events/sqlite.py",
     "recsvc/serving/core.py",
@@ -113,6 +115,8 @@ AREAS: dict[str, list[str]] = {
     ],
     "experiments' statistics": ["recsvc.experiments.*"],
     "model store": ["recsvc.modelstore.*"],
+    # Issue 20: the control split, the frequency count, the spec's checks and the uplift report.
+    "campaign statistics": ["recsvc.campaigns.*"],
 }
 # Area -> the fast tests that judge it (an --area run collects only these): the training tests
 # reach ingest and the policy too, but repeat what these check at many times the cost.
@@ -133,6 +137,7 @@ AREA_TESTS: dict[str, list[str]] = {
     ],
     "experiments' statistics": ["tests/test_experiments.py"],
     "model store": ["tests/test_modelstore.py", "tests/test_retraining_job.py"],
+    "campaign statistics": ["tests/test_campaigns.py"],
 }  # fmt: skip
 KILLED = {
     1,

@@ -251,3 +251,203 @@ def test_consent_columns_reach_profiles_and_never_the_models(trained: TrainResul
     assert model.coldstart is not None
     learned = {name.split("=", 1)[0] for name in model.coldstart.user_attribute_names.tolist()}
     assert learned == {"age_band", "gender", "region"}, learned
+
+
+def test_the_report_arithmetic_on_a_hand_made_campaign() -> None:
+    """Each number of the report worked out by hand, to the digit it is rounded to: the
+    window's edges, what counts as the offer, prices from the event or the catalogue (or none),
+    orders, intervals and p-values."""
+    from recsvc.campaigns import DAY_MS
+    from recsvc.experiments import Rate, two_proportion_p_value, welch_p_value
+
+    members = ["t1", "t2", "c1", "c2", "c3"]
+    campaign = Campaign("hand", "s", 1000, {}, 0.5, ["i1", "i9"], "garden", "offered", 14.0,
+                        members, [False, False, True, True, True])  # fmt: skip
+    end = 1000 + 14 * DAY_MS
+    rows = [
+        ("t1", "i1", 1000 + DAY_MS, 2.0, 10.0),  # 20
+        ("t1", "i3", end, 1.0, None),  # the window's last moment; garden, catalogue price 5
+        ("t2", "i2", 1000 + DAY_MS, 1.0, 50.0),  # not the offer
+        ("t2", "i1", 1000, 1.0, 10.0),  # at the send itself: before the window
+        ("t2", "i9", 1000 + DAY_MS, 1.0, None),  # offered, no price anywhere: converts, 0
+        ("c1", "i1", 1000 + DAY_MS, None, None),  # no quantity: 1; catalogue price 4
+        ("c2", "i1", end + 1, 1.0, 10.0),  # after the window
+        ("c3", "i1", 1000 + DAY_MS, 1.0, 10.0),
+        ("c3", "i1", 1000 + DAY_MS, 1.0, 10.0),  # one order of two lines
+        ("stranger", "i1", 1000 + DAY_MS, 1.0, 10.0),  # not a member: counts nowhere
+    ]
+    events = pa.table(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "event": ["purchase"] * len(rows),
+            "timestamp_ms": pa.array([r[2] for r in rows], pa.int64()),
+            "quantity": pa.array([r[3] for r in rows], pa.float64()),
+            "price": pa.array([r[4] for r in rows], pa.float64()),
+        }
+    )
+    result = report(campaign, events, {"i3": "garden", "i1": "toys"}, {"i1": 4.0, "i3": 5.0})
+    t, c = result["arms"]["treatment"], result["arms"]["control"]
+    assert (t["members"], t["converters"], c["members"], c["converters"]) == (2, 2, 3, 2)
+    assert (t["conversion"], c["conversion"]) == (1.0, round(2 / 3, 6))
+    assert c["conversion_ci"] == [round(x, 6) for x in Rate(2, 3).wilson()]
+    assert t["revenue_per_member"]["value"] == pytest.approx(25 / 2)
+    assert c["revenue_per_member"]["value"] == pytest.approx(24 / 3)
+    assert t["average_order_value"] == round(25 / 3, 4), "t1 two orders, t2 one"
+    assert c["average_order_value"] == 12.0, "c1 one order, c3 one of two lines"
+    assert result["conversion"] == "offered" and result["window"] == [1000, end]
+    diff = 1.0 - 2 / 3
+    spread = np.sqrt((2 / 3) * (1 / 3) / 3)
+    lift = result["conversion_uplift"]
+    assert lift["value"] == round(diff, 6)
+    assert lift["ci"] == [round(diff - 1.959963984540054 * spread, 6),
+                          round(diff + 1.959963984540054 * spread, 6)]  # fmt: skip
+    assert lift["p_value"] == round(two_proportion_p_value(Rate(2, 3), Rate(2, 2)), 6)
+    treated, held = np.array([25.0, 0.0]), np.array([4.0, 0.0, 20.0])
+    money = result["revenue_per_member_uplift"]
+    half = 1.959963984540054 * np.sqrt(treated.var(ddof=1) / 2 + held.var(ddof=1) / 3)
+    assert money["value"] == 4.5
+    assert money["ci"] == [round(4.5 - half, 4), round(4.5 + half, 4)]
+    assert money["p_value"] == round(welch_p_value(held, treated), 6)
+    assert result["incremental_revenue"] == {
+        "value": 9.0, "ci": [round((4.5 - half) * 2, 2), round((4.5 + half) * 2, 2)]
+    }  # fmt: skip
+    # Any purchase counts with conversion "any".
+    anything = Campaign("any", "s", 1000, {}, 0.5, [], "", "any", 14.0, members,
+                        [False, False, True, True, True])  # fmt: skip
+    assert report(anything, events, {}, {"i1": 4.0})["arms"]["treatment"]["converters"] == 2
+
+
+def test_the_report_with_a_small_or_empty_arm() -> None:
+    """No control group: no interval to give; one member an arm: a difference, no spread; no
+    purchases: zeros, never a division by zero."""
+    from recsvc.campaigns import DAY_MS
+
+    bought = pa.table(
+        {
+            "user_id": ["a", "b", "c", "d"],
+            "item_id": ["i1"] * 4,
+            "event": ["purchase"] * 4,
+            "timestamp_ms": pa.array([DAY_MS] * 4, pa.int64()),
+            "quantity": [1.0] * 4,
+            "price": [10.0, 4.0, 6.0, 2.0],
+        }
+    )
+
+    def judged(control: list[bool]) -> dict:
+        members = ["a", "b", "c", "d"][: len(control)]
+        campaign = Campaign("x", "s", 0, {}, 0.5, [], "", "any", 14.0, members, control)
+        return report(campaign, bought, {}, {})
+
+    alone = judged([False, False])
+    assert alone["conversion_uplift"]["ci"] == [1.0, 1.0] and alone["arms"]["control"] == {
+        "members": 0, "converters": 0, "conversion": 0.0, "conversion_ci": [0.0, 0.0],
+        "revenue_per_member": {"value": 0.0, "low": 0.0, "high": 0.0, "n": 0},
+        "average_order_value": 0.0,
+    }  # fmt: skip
+    assert alone["revenue_per_member_uplift"]["value"] == 7.0
+    assert alone["revenue_per_member_uplift"]["ci"] == [7.0, 7.0]
+    one_each = judged([False, True])
+    assert one_each["revenue_per_member_uplift"]["value"] == 6.0
+    assert one_each["revenue_per_member_uplift"]["ci"] == [6.0, 6.0]
+    one_against_three = judged([False, True, True, True])
+    assert one_against_three["revenue_per_member_uplift"]["ci"] == [6.0, 6.0]
+    two_against_two = judged([False, False, True, True])
+    spread = np.var([10.0, 4.0], ddof=1) / 2 + np.var([6.0, 2.0], ddof=1) / 2
+    half = 1.959963984540054 * np.sqrt(spread)
+    assert two_against_two["revenue_per_member_uplift"]["ci"] == [
+        round(3.0 - half, 4), round(3.0 + half, 4)
+    ]  # fmt: skip
+    none_treated = judged([True, True])
+    assert none_treated["revenue_per_member_uplift"]["value"] == -7.0
+    assert none_treated["revenue_per_member_uplift"]["ci"] == [-7.0, -7.0]
+    # Uneven numbers, to the digit each is rounded to.
+    uneven = pa.table(
+        {
+            "user_id": ["a", "b", "c", "d"],
+            "item_id": ["i1"] * 4,
+            "event": ["purchase"] * 4,
+            "timestamp_ms": pa.array([DAY_MS] * 4, pa.int64()),
+            "quantity": [1.0] * 4,
+            "price": [10.0, 4.0, 6.0, 2.0],
+        }
+    )
+    campaign = Campaign("u", "s", 0, {}, 0.5, [], "", "any", 14.0, list("abcdefg"),
+                        [False, False, True, True, True, True, True])  # fmt: skip
+    result = report(campaign, uneven, {}, {})
+    treated, held = np.array([10.0, 4.0]), np.array([6.0, 2.0, 0.0, 0.0, 0.0])
+    uplift = treated.mean() - held.mean()
+    half = 1.959963984540054 * np.sqrt(treated.var(ddof=1) / 2 + held.var(ddof=1) / 5)
+    assert result["revenue_per_member_uplift"]["value"] == round(uplift, 4)
+    assert result["incremental_revenue"] == {
+        "value": round(uplift * 2, 2), "ci": [round((uplift - half) * 2, 2),
+                                             round((uplift + half) * 2, 2)],
+    }  # fmt: skip
+    diff, spread = 1 - 2 / 5, 1.959963984540054 * np.sqrt(0.4 * 0.6 / 5)
+    assert result["conversion_uplift"]["ci"] == [round(diff - spread, 6), round(diff + spread, 6)]
+    nothing = report(Campaign("y", "s", 0, {}, 0.5, [], "", "any", 14.0, ["a", "b"],
+                              [False, True]), bought.slice(0, 0), {}, {})  # fmt: skip
+    assert nothing["arms"]["treatment"]["average_order_value"] == 0.0
+    assert nothing["conversion_uplift"]["value"] == 0.0
+
+
+def test_contacts_count_treatments_after_the_cut_only() -> None:
+    from recsvc.campaigns import contacts
+
+    def made(at: int, members: list[str], control: list[bool]) -> Campaign:
+        return Campaign(f"c{at}", "s", at, {}, 0.5, [], "", "any", 14.0, members, control)
+
+    earlier = [
+        made(100, ["a", "b"], [False, False]),  # at the cut itself: not counted
+        made(200, ["a", "b", "c"], [False, False, True]),
+        made(300, ["a", "d"], [False, True]),
+    ]
+    assert contacts(earlier, 100) == {"a": 2, "b": 1}
+    assert contacts(earlier, 99) == {"a": 3, "b": 2}
+    assert contacts(earlier, 300) == {}
+
+
+def test_what_counts_as_offered() -> None:
+    own = Campaign("own", "s", 0, {}, 0.5, ["ignored"], "", "offered", 14.0, ["a", "b"],
+                   [False, True], offer_recommendations=5, offers={"a": ["i1", "i2"]})  # fmt: skip
+    assert own.offered("a") == {"i1", "i2"} and own.offered("b") == set()
+    listed = Campaign("items", "s", 0, {}, 0.5, ["i7"], "", "offered", 14.0, ["a"], [False])
+    assert listed.offered("a") == {"i7"} == listed.offered("anyone")
+
+
+def test_the_spec_checks_at_their_bounds() -> None:
+    stages, channels = ("new", "active"), ["push", "email"]
+
+    def check(**changes: object) -> None:
+        fields = {"name": "n", "category": "garden", "conversion": "any", **changes}
+        CampaignSpec(**fields).check(stages, channels, 100)  # type: ignore[arg-type]
+
+    for fine in ({"name": "x" * 128}, {"control_share": 0.0}, {"control_share": 0.9},
+                 {"offer_recommendations": 100}, {"size": 0}, {"window_days": 0.01},
+                 {"channel": "best"}, {"channel": "email"}, {"stages": ("new",)},
+                 {"conversion": "offered", "offer_items": ("i1",)},
+                 {"conversion": "offered", "offer_category": "toys"},
+                 {"conversion": "offered", "offer_recommendations": 3}):  # fmt: skip
+        check(**fine)
+    for bad, words in (
+        ({"name": ""}, "a campaign needs a name of 1..128 characters"),
+        ({"name": "x" * 129}, "a campaign needs a name of 1..128 characters"),
+        ({"control_share": -0.01}, "control share must be within 0..0.9, got -0.01"),
+        ({"control_share": 0.91}, "control share must be within 0..0.9, got 0.91"),
+        ({"conversion": "sometimes"}, "conversion must be one of offered, any"),
+        ({"offer_items": ("i1",), "offer_category": "toys"},
+         "offer items, a category or recommendations: one of them"),
+        ({"offer_category": "toys", "offer_recommendations": 2},
+         "offer items, a category or recommendations: one of them"),
+        ({"conversion": "offered"},
+         "an offer (items, a category or recommendations) is needed to count conversions"),
+        ({"offer_recommendations": 101}, "offer_recommendations must be within 0..100"),
+        ({"offer_recommendations": -1}, "offer_recommendations must be within 0..100"),
+        ({"window_days": 0.0}, "the attribution window must be positive"),
+        ({"size": -1}, "size must not be negative"),
+        ({"stages": ("new", "gone")}, "unknown lifecycle stage 'gone'; one of new, active"),
+        ({"channel": "fax"}, "unknown channel 'fax'; one of push, email, best"),
+    ):  # fmt: skip
+        with pytest.raises(InvalidArgument) as caught:
+            check(**bad)
+        assert str(caught.value) == words, bad
