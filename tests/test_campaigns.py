@@ -362,19 +362,9 @@ def test_the_report_with_a_small_or_empty_arm() -> None:
     assert none_treated["revenue_per_member_uplift"]["value"] == -7.0
     assert none_treated["revenue_per_member_uplift"]["ci"] == [-7.0, -7.0]
     # Uneven numbers, to the digit each is rounded to.
-    uneven = pa.table(
-        {
-            "user_id": ["a", "b", "c", "d"],
-            "item_id": ["i1"] * 4,
-            "event": ["purchase"] * 4,
-            "timestamp_ms": pa.array([DAY_MS] * 4, pa.int64()),
-            "quantity": [1.0] * 4,
-            "price": [10.0, 4.0, 6.0, 2.0],
-        }
-    )
     campaign = Campaign("u", "s", 0, {}, 0.5, [], "", "any", 14.0, list("abcdefg"),
                         [False, False, True, True, True, True, True])  # fmt: skip
-    result = report(campaign, uneven, {}, {})
+    result = report(campaign, bought, {}, {})
     treated, held = np.array([10.0, 4.0]), np.array([6.0, 2.0, 0.0, 0.0, 0.0])
     uplift = treated.mean() - held.mean()
     half = 1.959963984540054 * np.sqrt(treated.var(ddof=1) / 2 + held.var(ddof=1) / 5)
@@ -451,3 +441,36 @@ def test_the_spec_checks_at_their_bounds() -> None:
         with pytest.raises(InvalidArgument) as caught:
             check(**bad)
         assert str(caught.value) == words, bad
+
+
+def test_an_audience_narrowed_by_attributes_and_stages(model_dir: Path) -> None:
+    from recsvc.serving.core import RecommenderCore
+
+    attributes = _opt_ins(model_dir)
+    north_women = create_campaign(
+        model_dir,
+        CampaignSpec("north-f", category="garden", conversion="any",
+                     attributes=(("region", "north"), ("gender", "f"))),
+    )  # fmt: skip
+    expected = {u for u, a in attributes.items() if a["region"] == "north" and a["gender"] == "f"}
+    assert set(north_women.members) == expected
+    assert north_women.reach["other_attributes"] == 2000 - len(expected)
+    with pytest.raises(InvalidArgument, match="the audience is empty"):
+        create_campaign(model_dir, CampaignSpec("gold", category="garden", conversion="any",
+                                                attributes=(("tier", "gold"),)))  # fmt: skip
+    active = create_campaign(
+        model_dir, CampaignSpec("active", category="garden", conversion="any", stages=("active",))
+    )
+    core = RecommenderCore()
+    core.swap(_model(model_dir))
+    assert active.members and all(
+        core.user_profile(m)["lifecycle_stage"] == "active" for m in active.members
+    )
+    assert active.reach["other_stage"] == 2000 - len(active.members)
+
+
+def _model(model_dir: Path):
+    from recsvc.modelstore import ModelStore
+    from recsvc.published import PublishedModel
+
+    return PublishedModel.load(ModelStore(model_dir).current_path())
