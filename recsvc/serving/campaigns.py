@@ -49,18 +49,27 @@ def plan_campaign(
     `stage_of` gives a member's lifecycle stage now, `own_recommendations` their top k."""
     members = list(audience.user_ids)
     reach = {"matched": len(members)}
+    rows: dict[str, int | None] = {}
+
+    def row_of(member: str) -> int | None:
+        """The member's profile row, looked up once for every rule that reads it."""
+        if member not in rows:
+            rows[member] = profiles.index(member)
+        return rows[member]
+
     if spec.stages:
         wanted = set(spec.stages)
         members = [m for m in members if stage_of(m) in wanted]
         reach["other_stage"] = reach["matched"] - len(members)
     if spec.attributes:
         before = len(members)
-        members = [m for m in members if _has_attributes(profiles, m, dict(spec.attributes))]
+        having = _attribute_test(profiles, dict(spec.attributes))
+        members = [m for m in members if having(row_of(m))]
         reach["other_attributes"] = before - len(members)
     channels: list[str] = []
     if spec.channel:
         before = len(members)
-        reachable = _channels(profiles, members, spec.channel, settings)
+        reachable = _channels(profiles, members, row_of, spec.channel, settings)
         members = [m for m, c in zip(members, reachable, strict=True) if c]
         channels = [c for c in reachable if c]
         reach["without_opt_in"] = before - len(members)
@@ -105,7 +114,7 @@ def plan_campaign(
         control=split(members, salt, spec.control_share),
         channel=spec.channel,
         channels=channels,
-        send_hours=_send_hours(profiles, members, settings.default_send_hour),
+        send_hours=_send_hours(profiles, members, row_of, settings.default_send_hour),
         offer_recommendations=spec.offer_recommendations,
         offers=offers,
         reach=reach,
@@ -156,16 +165,26 @@ def catalogue_facts(
     return categories, prices
 
 
-def _has_attributes(profiles: UserProfiles, user_id: str, wanted: dict[str, str]) -> bool:
-    row = profiles.index(user_id)
-    if row is None:
-        return False
-    values = dict(zip(profiles.attribute_names, profiles.attributes[row].tolist(), strict=True))
-    return all(values.get(k) == v for k, v in wanted.items())
+def _attribute_test(profiles: UserProfiles, wanted: dict[str, str]) -> Callable[[int | None], bool]:
+    """Whether a profile row holds every wanted users-file value (none can, for a column the
+    users file lacks, or a user known from fresh events only)."""
+    names = profiles.attribute_names
+    if any(name not in names for name in wanted):
+        return lambda row: False
+    positions = [(names.index(name), value) for name, value in wanted.items()]
+
+    def test(row: int | None) -> bool:
+        return row is not None and all(profiles.attributes[row, p] == v for p, v in positions)
+
+    return test
 
 
 def _channels(
-    profiles: UserProfiles, members: list[str], channel: str, settings: CampaignsConfig
+    profiles: UserProfiles,
+    members: list[str],
+    row_of: Callable[[str], int | None],
+    channel: str,
+    settings: CampaignsConfig,
 ) -> list[str]:
     """Per member, the channel to reach them by, "" where they opted in to none asked for."""
     names = profiles.attribute_names
@@ -184,7 +203,7 @@ def _channels(
     positions = [names.index(c.opt_in_column) for c in usable]
     chosen = []
     for member in members:
-        row = profiles.index(member)
+        row = row_of(member)
         if row is None:  # known from fresh events only: no users-file row, no opt-in
             chosen.append("")
             continue
@@ -194,11 +213,16 @@ def _channels(
     return chosen
 
 
-def _send_hours(profiles: UserProfiles, members: list[str], default: int) -> list[int]:
+def _send_hours(
+    profiles: UserProfiles,
+    members: list[str],
+    row_of: Callable[[str], int | None],
+    default: int,
+) -> list[int]:
     """The member's busiest hour of day (UTC) from their profile, else the configured default."""
     hours = []
     for member in members:
-        row = profiles.index(member)
+        row = row_of(member)
         busiest = int(profiles.active_hours[row, 0]) if row is not None else -1
         hours.append(busiest if busiest >= 0 else default)
     return hours
