@@ -16,11 +16,6 @@ from recsvc.errors import BadInput
 ROLES = ("client", "analyst", "admin")  # each can do what the ones before it can
 
 
-def allows(role: str, needed: str) -> bool:
-    """Whether a key of `role` may do what needs `needed`."""
-    return ROLES.index(role) >= ROLES.index(needed)
-
-
 @dataclass(frozen=True)
 class ApiKeys:
     """Keys and their roles, read from a file of "KEY ROLE" lines. Each role can do what the
