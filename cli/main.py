@@ -280,25 +280,21 @@ def _experiments_report(args: argparse.Namespace) -> None:
     from recsvc.events import open_event_store
     from recsvc.experiments import experiment_report, format_report
 
+    store = open_event_store(args.event_store, existing=True)
+    try:
+        impressions, outcomes = store.read_impressions(), store.read_outcomes()
+    finally:
+        store.close()
     prices: dict[str, float] = {}
     if args.model_dir is not None:
-        import numpy as np
-
         from recsvc.modelstore import ModelStore
         from recsvc.published import PublishedModel
+        from recsvc.serving.campaigns import catalogue_facts
 
         models = ModelStore(args.model_dir)
         models.check_exists()
-        model = PublishedModel.load(models.current_path())
-        known = np.isfinite(model.items.price)
-        prices = dict(
-            zip(model.item_ids[known].tolist(), model.items.price[known].tolist(), strict=True)
-        )
-    store = open_event_store(args.event_store, existing=True)
-    try:
-        results = experiment_report(store.read_impressions(), store.read_outcomes(), prices)
-    finally:
-        store.close()
+        _, prices = catalogue_facts(PublishedModel.load(models.current_path()), outcomes)
+    results = experiment_report(impressions, outcomes, prices)
     if args.experiment:
         results = [r for r in results if r.variant.split("/", 1)[0] == args.experiment]
     if args.json:
@@ -374,7 +370,9 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"recsvc serve: {check_model_dir(args.model_dir, config)}", flush=True)
     console = None
     if args.console_port is not None:  # beside the gRPC server, on threads of this process
-        console = _console_server(args, config, args.console_port)
+        # The server's own metrics, when on a fixed port (0 is picked later, inside the server).
+        metrics = f"http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port else ""
+        console = _console_server(args, config, args.console_port, metrics)
         console.start()
         print(f"recsvc serve: console on {console.address}", flush=True)
     try:
@@ -389,18 +387,18 @@ def _serve(args: argparse.Namespace) -> int:
             console.stop()
 
 
-def _console_server(args: argparse.Namespace, config: ServingConfig, port: int) -> ConsoleServer:
+def _console_server(
+    args: argparse.Namespace, config: ServingConfig, port: int, metrics_url: str
+) -> ConsoleServer:
     from recsvc.console.server import ConsoleOptions, ConsoleServer
 
-    # The server's own metrics, when on a fixed port (0 is picked later, inside the server).
-    metrics = f"http://{args.host}:{args.metrics_port}/metrics" if args.metrics_port else ""
     options = ConsoleOptions(
         host=args.host,
         port=port,
         event_store=args.event_store or "",
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
-        metrics_url=getattr(args, "metrics_url", "") or metrics,
+        metrics_url=metrics_url,
     )
     return ConsoleServer.build(args.model_dir, config, options)
 
@@ -413,7 +411,7 @@ def _console(args: argparse.Namespace) -> int:
     from recsvc.config import load_config
 
     logging.getLogger("recsvc.console").setLevel(logging.INFO)
-    server = _console_server(args, load_config(args.config).serving, args.port)
+    server = _console_server(args, load_config(args.config).serving, args.port, args.metrics_url)
     print(f"recsvc console: {server.address}", flush=True)
     if server.address.startswith("http://127.") or "localhost" in server.address:
         print("recsvc console: open it in a browser (ctrl-C stops it)", flush=True)
@@ -681,7 +679,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     console.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain")
     console.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
-    console.add_argument("--metrics-port", type=_port, default=None, help=argparse.SUPPRESS)
     console.set_defaults(run=_console)
 
     for name, helptext, key in (

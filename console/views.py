@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 # Loaded with the console, not by the first report page that needs it (about 0.4 s).
@@ -30,6 +31,7 @@ from recsvc.serving.values import Filters, ScoredItem
 DAY_MS = 86_400_000
 HISTORY_VERSIONS = 20  # versions on the overview's metrics chart
 PAGE_SIZE = 50  # segment members per page
+EVENTS_TTL_S = 10.0  # how long one read of the stored events serves the pages summarising them
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def _activity(state: ConsoleState) -> dict[str, Any]:
     """What the servers stored: events by type over the last day and week, and per day."""
     if state.store is None:
         return {"total": 0}
-    events = state.store.read_events()
+    events = _stored_events(state)
     if events.num_rows == 0:
         return {"total": 0}
     stamps = events.column("timestamp_ms").to_numpy()
@@ -188,6 +190,12 @@ def _activity(state: ConsoleState) -> dict[str, Any]:
         "week": dict(week),
         "chart": charts.bars(labels, recent.tolist(), "Events stored per day (last 14 days)"),
     }
+
+
+def _stored_events(state: ConsoleState) -> pa.Table:
+    """The event store's events, read once for every page that summarises them (a scan)."""
+    assert state.store is not None
+    return state.cached("events", state.store.read_events, ttl=EVENTS_TTL_S)
 
 
 # Customers
@@ -263,7 +271,7 @@ def _sales_trend(state: ConsoleState, item_id: str) -> str:
     """Purchases of the item per day, as the servers recorded them (since training)."""
     if state.store is None:
         return ""
-    events = state.cached("events", state.store.read_events, ttl=10.0)
+    events = _stored_events(state)
     mask = pc.and_(
         pc.equal(events.column("item_id"), item_id), pc.equal(events.column("event"), "purchase")
     )
