@@ -166,20 +166,20 @@ def report(
     stamps = events.column("timestamp_ms").to_numpy()
     bought = pc.equal(events.column("event"), "purchase").to_numpy(zero_copy_only=False)
     window = events.filter(pa.array(bought & (stamps > start) & (stamps <= end))).to_pylist()
-    offered = {m: campaign.offered(m) for m in campaign.members}
 
     def counts(row: dict[str, Any]) -> bool:
         if campaign.conversion == "any":
             return True
         item = row["item_id"]
-        return item in offered.get(row["user_id"], ()) or (
+        return item in campaign.offered(row["user_id"]) or (
             bool(campaign.offer_category) and categories.get(item) == campaign.offer_category
         )
 
+    members = set(campaign.members)
     spend: dict[str, float] = {}
     orders: dict[str, set[int]] = {}
     for row in window:
-        if counts(row):
+        if row["user_id"] in members and counts(row):
             price = row["price"] if row["price"] is not None else prices.get(row["item_id"], 0.0)
             user = row["user_id"]
             spend[user] = spend.get(user, 0.0) + float(price) * float(row["quantity"] or 1.0)
