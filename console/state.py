@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from recsvc.config import ServingConfig
-from recsvc.events import EventStore, open_models_store
+from recsvc.events import EventStore
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from recsvc.serving.core import RecommenderCore
+from recsvc.serving.core import RecommenderCore, close_published_core, open_published_core
 
 T = TypeVar("T")
 # How often a page may look for a newly published version (a directory read).
@@ -39,10 +39,8 @@ class ConsoleState:
     def open(cls, model_dir: Path, config: ServingConfig, event_store: str = "") -> ConsoleState:
         models = ModelStore(model_dir)
         models.check_exists()
-        store = open_models_store(model_dir, event_store or config.event_store)
-        core = RecommenderCore(config, store)
-        core.swap(PublishedModel.load(models.current_path()))
-        return cls(model_dir, config, models, store, core, time.monotonic())
+        core = open_published_core(model_dir, config, event_store)
+        return cls(model_dir, config, models, core.event_store, core, time.monotonic())
 
     def follow_current(self, now_please: bool = False) -> None:
         """Takes in what the servers stored (events, deletions) and swaps in the current version
@@ -74,6 +72,4 @@ class ConsoleState:
         self._cached.clear()
 
     def close(self) -> None:
-        self.core.close()
-        if self.store is not None:
-            self.store.close()
+        close_published_core(self.core)

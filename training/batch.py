@@ -16,10 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from recsvc.config import ServingConfig
-from recsvc.events import open_models_store
-from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
-from recsvc.serving.core import RecommenderCore
+from recsvc.serving.core import RecommenderCore, published_core
 from recsvc.training.progress import Progress
 from recsvc.training.tables import TableWriter
 
@@ -40,18 +38,11 @@ def batch_recommend(
     """Writes user_id, item_ids, scores for the first `limit` users (all when 0), leaving out
     users forgotten since the model was trained."""
     progress = progress or Progress("batch")
-    config = config or ServingConfig()
-    model = PublishedModel.load(ModelStore(model_dir).current_path())
-    store = open_models_store(model_dir, event_store or config.event_store, existing=True)
     # Every list is computed once: the cache would only hold what is written already.
-    core = RecommenderCore(dataclasses.replace(config, experiments=[], cache_size=0), store)
-    try:
-        core.swap(model)
-        written = _write_lists(core, model, out, k, limit, batch, exclude_purchased, progress)
-    finally:
-        if store is not None:
-            store.close()
-    return written
+    config = dataclasses.replace(config or ServingConfig(), experiments=[], cache_size=0)
+    with published_core(model_dir, config, event_store, existing=True) as core:
+        model = core.serving.published
+        return _write_lists(core, model, out, k, limit, batch, exclude_purchased, progress)
 
 
 def _write_lists(

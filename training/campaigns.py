@@ -11,35 +11,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from recsvc.campaigns import Campaign, CampaignSpec
 from recsvc.config import ServingConfig
-from recsvc.events import open_models_store
-from recsvc.modelstore import ModelStore
-from recsvc.published import PublishedModel
-from recsvc.serving.core import RecommenderCore
+from recsvc.serving.core import RecommenderCore, published_core
 from recsvc.training.sample_shop import campaign_response
 from recsvc.training.tables import TableWriter
 
 
-@contextmanager
 def campaign_core(
     model_dir: Path, event_store: str = "", config: ServingConfig | None = None
-) -> Iterator[RecommenderCore]:
+) -> AbstractContextManager[RecommenderCore]:
     """The serving core on the published model and the event store, as the server has them."""
-    config = config or ServingConfig()
-    model = PublishedModel.load(ModelStore(model_dir).current_path())
-    store = open_models_store(model_dir, event_store or config.event_store)
-    core = RecommenderCore(config, store)
-    try:
-        core.swap(model)
-        yield core
-    finally:
-        core.close()
+    return published_core(model_dir, config or ServingConfig(), event_store)
 
 
 def create_campaign(

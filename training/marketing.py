@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,11 @@ import numpy as np
 import pyarrow as pa
 
 from recsvc.config import ServingConfig
-from recsvc.errors import BadInput
-from recsvc.events import open_models_store
+from recsvc.errors import BadInput, InvalidArgument
 from recsvc.modelstore import ModelStore
 from recsvc.profiles import STAGES
 from recsvc.published import PublishedModel
-from recsvc.serving.core import RecommenderCore
+from recsvc.serving.core import published_core
 from recsvc.training.progress import Progress
 from recsvc.training.tables import TableWriter
 
@@ -41,21 +39,19 @@ def export_audience(
     supplies deletions and fresh purchases, so forgotten users never appear."""
 
     progress = progress or Progress("audience")
-    config = config or ServingConfig()
-    model = PublishedModel.load(ModelStore(model_dir).current_path())
-    store = open_models_store(model_dir, event_store or config.event_store, existing=True)
-    # An export may list every user: lift the per-request limit that protects the server.
-    limits = dataclasses.replace(config.limits, max_audience=max(1, model.profiles.size))
-    core = RecommenderCore(dataclasses.replace(config, limits=limits), store)
-    try:
-        core.swap(model)
+    with published_core(model_dir, config or ServingConfig(), event_store, existing=True) as core:
+        users = max(1, core.serving.published.profiles.size)
+        wanted = k or users
+        if not 1 <= wanted <= users:
+            raise InvalidArgument(f"k must be between 1 and {users}, got {wanted}")
         started = time.perf_counter()
         with progress.stage("rank users") as tally:
-            audience = core.find_audience(
+            # An export may list every user: no per-request limit, unlike FindAudience.
+            audience = core.rank_audience(
                 item_id=item_id,
                 category=category,
                 segment_id=segment_id,
-                k=k or max(1, model.profiles.size),
+                k=wanted,
                 exclude_buyers=exclude_buyers,
             )
             tally.count, tally.unit = len(audience.user_ids), "users"
@@ -73,9 +69,6 @@ def export_audience(
                 )
                 progress.say(f"{end:,}/{len(audience.user_ids):,} rows written")
             tally.count, tally.unit = len(audience.user_ids), "rows"
-    finally:
-        if store is not None:
-            store.close()
     progress.say(f"audience: {audience.basis}; {len(audience.user_ids):,} users -> {out}")
     return {
         "users": len(audience.user_ids),

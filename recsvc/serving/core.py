@@ -14,9 +14,11 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,9 +27,10 @@ import pyarrow as pa
 from recsvc.campaigns import Campaign, CampaignSpec
 from recsvc.config import EVENT_NAMES, ServingConfig, VariantConfig
 from recsvc.errors import InvalidArgument, NotFound, StoreUnavailable, Unavailable
-from recsvc.events import EventStore, StoredEvent
+from recsvc.events import EventStore, StoredEvent, open_models_store
 from recsvc.experiments import assign_variant
 from recsvc.ids import id_problem
+from recsvc.modelstore import ModelStore
 from recsvc.profiles import STAGES
 from recsvc.published import PublishedModel
 from recsvc.serving import marketing
@@ -808,6 +811,37 @@ class RecommenderCore:
             self._impressions.append(
                 (recommendation_id, user_id, variant, int(time.time() * 1000), n)
             )
+
+
+def open_published_core(
+    model_dir: Path, config: ServingConfig, event_store: str = "", existing: bool = False
+) -> RecommenderCore:
+    """A core on the current published version and the event store of the servers that serve
+    `model_dir` (found as `recsvc serve` finds it; with `existing`, only one already there), for
+    work outside the server that must answer as it does. Close it with `close_published_core`."""
+    model = PublishedModel.load(ModelStore(model_dir).current_path())
+    store = open_models_store(model_dir, event_store or config.event_store, existing=existing)
+    core = RecommenderCore(config, store)
+    core.swap(model)
+    return core
+
+
+def close_published_core(core: RecommenderCore) -> None:
+    core.close()
+    if core.event_store is not None:
+        core.event_store.close()
+
+
+@contextmanager
+def published_core(
+    model_dir: Path, config: ServingConfig, event_store: str = "", existing: bool = False
+) -> Iterator[RecommenderCore]:
+    """`open_published_core` for the length of a block."""
+    core = open_published_core(model_dir, config, event_store, existing)
+    try:
+        yield core
+    finally:
+        close_published_core(core)
 
 
 def _done(result: int) -> Future[int]:
