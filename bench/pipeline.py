@@ -5,7 +5,11 @@ fresh process per run, and reports medians over the runs: wall time, ingest rate
 memory (ru_maxrss of the child). Then times our ALS fit against a bare `implicit` fit on the same
 matrix, interleaved, and reports the median ratio (our overhead).
 
-    .venv/bin/python bench/pipeline.py [--runs 3] [--als-runs 5]
+    .venv/bin/python bench/pipeline.py [--runs 3] [--als-runs 5] [--against-no-search]
+
+--against-no-search interleaves each run with one of the same job with the parameter search off
+(training.tune_budget_s = 0) and reports the median ratio of their wall times: what the shipped
+search budget costs, measured in one session.
 """
 
 from __future__ import annotations
@@ -49,10 +53,11 @@ def generate(directory: Path) -> None:
     )
 
 
-def run_pipeline(shop: Path, model_dir: Path) -> dict[str, float]:
+def run_pipeline(shop: Path, model_dir: Path, config: Path | None = None) -> dict[str, float]:
     shutil.rmtree(model_dir, ignore_errors=True)
     args = [
         "train",
+        *(["--config", str(config)] if config else []),
         "--events",
         str(shop / "events.csv"),
         "--items",
@@ -132,10 +137,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--als-runs", type=int, default=5)
     parser.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "pipeline")
+    parser.add_argument("--against-no-search", action="store_true")
     args = parser.parse_args()
     shop = args.work / "shop"
     generate(shop)
-    runs = []
+    no_search = args.work / "no-search.toml"
+    no_search.write_text("[training]\ntune_budget_s = 0\n")
+    runs, without = [], []
     for n in range(args.runs):
         runs.append(run_pipeline(shop, args.work / "models"))
         print(
@@ -143,6 +151,17 @@ def main() -> None:
             f"ingest {runs[-1]['ingest_rows_per_s']:,.0f} rows/s, "
             f"peak {runs[-1]['peak_rss_mib']:,.0f} MiB",
             flush=True,
+        )
+        if args.against_no_search:
+            without.append(run_pipeline(shop, args.work / "models", no_search))
+            print(f"  the same job without the search: {without[-1]['wall_s']:.1f} s", flush=True)
+    if without:
+        ratios = [r["wall_s"] / w["wall_s"] for r, w in zip(runs, without, strict=True)]
+        print(
+            f"\nWith the shipped search against without it: medians "
+            f"{statistics.median(r['wall_s'] for r in runs):.1f} s against "
+            f"{statistics.median(w['wall_s'] for w in without):.1f} s; "
+            f"median ratio {statistics.median(ratios):.2f}x"
         )
     if runs:  # --runs 0 measures only the ALS overhead
         print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -152,6 +153,7 @@ def test_tune_searches_without_seeing_the_test_period(shop_inputs, tmp_path, mon
 
     from recsvc.cli.main import main
     from recsvc.config import load_config
+    from recsvc.training import search as searching
     from recsvc.training import tune as tuning
 
     # Every fit and every scoring the search does is recorded with the newest event it could
@@ -169,8 +171,9 @@ def test_tune_searches_without_seeing_the_test_period(shop_inputs, tmp_path, mon
         scorings.append((holdout.cut_ms, newest))
         return score(scorer, holdout, *args, **kwargs)
 
-    monkeypatch.setattr(tuning, "fit_model", spy_fit)
-    monkeypatch.setattr(tuning, "ranking_metrics", spy_score)
+    for module in (searching, tuning):  # the trials, then the final check
+        monkeypatch.setattr(module, "fit_model", spy_fit)
+        monkeypatch.setattr(module, "ranking_metrics", spy_score)
     out = tmp_path / "tuned.toml"
     code = main(
         [
@@ -247,3 +250,59 @@ def test_equal_blend_is_served_unless_the_pair_is_clearly_better(
     best_single = 0.280
     chosen = prefer_equal_weights(pair, equal, "all", must_beat=best_single * 1.01)
     assert chosen["weights"] == (equal if served == "equal" else pair)["weights"]
+
+
+def test_the_job_tunes_on_its_validation_split_and_trains_with_what_won(
+    shop_inputs: TrainInputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsvc.training import search as searching
+
+    # Shipped parameters planted to be poor (two factors, two sweeps): the search must find
+    # better ones on the validation split, and the job must train with them.
+    poor = Config()
+    poor = dataclasses.replace(
+        poor,
+        model=dataclasses.replace(
+            poor.model,
+            candidates=["als"],
+            blend=False,
+            als=dataclasses.replace(poor.model.als, factors=2, iterations=2),
+        ),
+        training=dataclasses.replace(poor.training, tune_trials=10),
+    )
+    newest_fitted: list[int] = []
+    fit = searching.fit_model
+
+    def spy_fit(model, interactions, dataset):
+        newest_fitted.append(int(dataset.events.column("timestamp_ms").to_numpy().max()))
+        return fit(model, interactions, dataset)
+
+    monkeypatch.setattr(searching, "fit_model", spy_fit)
+    with open(os.devnull, "w") as quiet:
+        tuned = train(shop_inputs, tmp_path / "tuned", poor, progress=Progress("t", quiet))
+    evaluation = tuned.manifest["evaluation"]
+    tuning = evaluation["tuning"]
+    assert tuning["searched"] and tuning["adopted"], tuning
+    assert tuning["trials"] == 10
+    # Every trial fitted on the validation split's training part only.
+    cut = evaluation["holdout"]["cut_ms"]
+    assert len(newest_fitted) == 9 and max(newest_fitted) < cut  # the shipped one was known
+    best = tuning["best"]["params"]
+    params = tuned.manifest["params"]
+    assert params["factors"] == best["als.factors"] != 2
+    assert params["regularization"] == best["als.regularization"]
+    shipped = tuning["shipped"]["als"]
+    served = evaluation["models"]["als"][evaluation["variant"]]["ndcg@10"]
+    assert served == pytest.approx(tuning["best"]["ndcg@10"]) and served > shipped * 1.01
+    assert tuned.manifest["config"]["model"]["als"]["factors"] == best["als.factors"]
+    assert tuned.manifest["config"]["model"]["type"] == "auto"  # the job still chooses
+
+    # Off: the shipped parameters are trained, and the manifest says why nothing was searched.
+    off = dataclasses.replace(poor, training=dataclasses.replace(poor.training, tune_budget_s=0))
+    with open(os.devnull, "w") as quiet:
+        kept = train(shop_inputs, tmp_path / "off", off, progress=Progress("t", quiet))
+    assert kept.manifest["params"]["factors"] == 2
+    assert kept.manifest["evaluation"]["tuning"] == {
+        "searched": False,
+        "reason": "training.tune_budget_s is 0",
+    }

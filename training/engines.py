@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Protocol
 
 from recsvc.config import Config
-from recsvc.models import Recommender
+from recsvc.models import LightFMRecommender, Recommender, TrendingRecommender
 from recsvc.models.base import model_class
+from recsvc.training.features import item_features, user_features
 from recsvc.training.ingest import Dataset, load_job_inputs
 from recsvc.training.inputs import TrainInputs
+from recsvc.training.interactions import Interactions
 
 
 class Engine(Protocol):
@@ -70,3 +72,17 @@ def make_model(name: str, config: Config) -> Recommender:
     if "random_state" in inspect.signature(model_class).parameters:
         params["random_state"] = config.training.seed
     return model_class(**params)
+
+
+def fit_model(model: Recommender, interactions: Interactions, dataset: Dataset) -> Recommender:
+    """Fits from scratch; the hybrid model also gets user and item features, and trending
+    learns from time-decayed weights."""
+    if isinstance(model, TrendingRecommender):
+        return model.fit(interactions.recent)
+    if isinstance(model, LightFMRecommender):
+        return model.fit(
+            interactions.confidence,
+            user_features(interactions.user_ids, dataset.modelled_users),
+            item_features(interactions.item_ids, dataset.items),
+        )
+    return model.fit(interactions.confidence)

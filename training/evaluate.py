@@ -31,6 +31,9 @@ from recsvc.training.interactions import Interactions, build_interactions
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 K = 10
+# What selects models, blends, tuned parameters and the gate's verdict.
+SELECTION_METRIC = f"ndcg@{K}"
+SELECTION_SE = f"ndcg_se@{K}"
 # Below this share of holdout pairs that repeat a training pair, repeats are not worth a slot.
 MIN_REPEAT_SHARE = 0.05
 

@@ -26,7 +26,6 @@ from recsvc.models import (
     MODEL_TYPES,
     BlendRecommender,
     FactorRecommender,
-    LightFMRecommender,
     PopularityRecommender,
     Recommender,
     TrendingRecommender,
@@ -37,10 +36,11 @@ from recsvc.published import ItemAttributes, PublishedModel, write_published
 from recsvc.training.churn import fit_churn
 from recsvc.training.cleaning import CleaningReport, clean_events
 from recsvc.training.coldstart import fit_coldstart
-from recsvc.training.engines import engine_for, make_model
+from recsvc.training.engines import engine_for, fit_model, make_model
 from recsvc.training.evaluate import (
+    SELECTION_METRIC,
+    SELECTION_SE,
     Holdout,
-    K,
     Scorer,
     mapped_scorer,
     model_scorer,
@@ -48,18 +48,17 @@ from recsvc.training.evaluate import (
     ranking_metrics,
     validation_holdout,
 )
-from recsvc.training.features import item_features, user_features
 from recsvc.training.ingest import Dataset
 from recsvc.training.inputs import TrainInputs
 from recsvc.training.interactions import Interactions, build_interactions
 from recsvc.training.itemgraphs import mine_bought_together, mine_sessions
 from recsvc.training.profiles import assign_clusters, build_profiles, describe_segments
 from recsvc.training.progress import Progress
+from recsvc.training.search import TUNABLE, search, with_signals
 from recsvc.training.session_choice import choose_session_scoring
 from recsvc.training.stage_policy import choose_stage_strategies, validation_serving
 
 log = logging.getLogger(__name__)
-SELECTION_METRIC = f"ndcg@{K}"
 # Non-personalised models, always evaluated; the better one serves users the model lacks.
 FALLBACKS = ("popularity", "trending")
 BLEND = "blend"
@@ -67,7 +66,9 @@ BLENDABLE = ("als", "bpr", "itemknn", "rp3beta", "ease")
 BLEND_WEIGHTS = (0.25, 0.5, 0.75)
 # A blend costs its members' scoring time per request: it must earn it on the holdout.
 BLEND_MARGIN = 0.01
-SELECTION_SE = f"ndcg_se@{K}"
+# The best of many trials on one split is an optimistic estimate of it: tuned parameters
+# replace the shipped ones only where they win by more than this.
+TUNE_MARGIN = 0.01
 
 
 @dataclass
@@ -91,20 +92,6 @@ def fingerprint(dataset: Dataset, config: Config) -> str:
             digest.update(sink.getvalue())
     digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
     return digest.hexdigest()
-
-
-def fit_model(model: Recommender, interactions: Interactions, dataset: Dataset) -> Recommender:
-    """Fits from scratch; the hybrid model also gets user and item features, and trending
-    learns from time-decayed weights."""
-    if isinstance(model, TrendingRecommender):
-        return model.fit(interactions.recent)
-    if isinstance(model, LightFMRecommender):
-        return model.fit(
-            interactions.confidence,
-            user_features(interactions.user_ids, dataset.modelled_users),
-            item_features(interactions.item_ids, dataset.items),
-        )
-    return model.fit(interactions.confidence)
 
 
 def candidates(config: Config, shape: tuple[int, int]) -> tuple[list[str], dict[str, str]]:
@@ -190,6 +177,16 @@ def train(
     with progress.stage("holdout split"):
         holdout = validation_holdout(events, config)
     evaluation, fitted = select_model(names, skipped, holdout, dataset, config, progress)
+    given = config  # what the operator asked for: the fingerprint's, whatever the search finds
+    tuned, tuning = tune_parameters(names, holdout, evaluation, dataset, config, progress)
+    if tuned is not None and holdout is not None:
+        if tuned.signals != config.signals:
+            holdout = with_signals(holdout, tuned.signals)
+            with progress.stage("interaction matrix with the tuned signals"):
+                interactions = build_interactions(events, tuned.signals)
+        config = tuned
+        evaluation, fitted = select_model(names, skipped, holdout, dataset, config, progress)
+    evaluation["tuning"] = tuning
     chosen = evaluation["selected"]
     stage_choice = session_choice = None
     if holdout is not None and fitted:
@@ -242,7 +239,7 @@ def train(
     manifest = {
         "model_type": model.model_type,
         "params": model.get_params(),
-        "data_fingerprint": fingerprint(dataset, config),
+        "data_fingerprint": fingerprint(dataset, given),
         "data_end_ms": int(events.column("timestamp_ms").to_numpy().max()),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "started_at_ms": started_at_ms,
@@ -428,6 +425,78 @@ def leave_out_forgotten(
         dataclasses.replace(dataset, events=events.filter(pa.array(~drop)), users=users),
         (touched, int(drop.sum())),
     )
+
+
+def tune_parameters(
+    names: list[str],
+    holdout: Holdout | None,
+    evaluation: dict[str, Any],
+    dataset: Dataset,
+    config: Config,
+    progress: Progress,
+) -> tuple[Config | None, dict[str, Any]]:
+    """Searches the candidates' parameters and the signal weights on the validation split
+    within `training.tune_budget_s`, starting from the scores `select_model` gave the shipped
+    parameters. Returns the configuration to train with where the best trial beats the best
+    shipped model by more than TUNE_MARGIN (else None), and the evidence for the manifest."""
+    budget, trials = config.training.tune_budget_s, config.training.tune_trials
+    tunable = [n for n in names if n in TUNABLE]
+    why_not = (
+        "training.tune_budget_s is 0"
+        if budget <= 0 or trials <= 0
+        else "no holdout"
+        if holdout is None
+        else "the spark engine fits on the cluster; the search runs on the local engine only"
+        if config.training.engine != "local"
+        else f"no tunable candidate (tunable: {', '.join(TUNABLE)})"
+        if not tunable
+        else None
+    )
+    if why_not is not None:
+        return None, {"searched": False, "reason": why_not}
+    assert holdout is not None
+    variant = holdout.variant
+    known = {n: evaluation["models"][n][variant].get(SELECTION_METRIC, 0.0) for n in tunable}
+    with progress.stage(f"parameter search ({budget:.0f} s, {trials} trials at most)"):
+        found = search(
+            holdout,
+            dataclasses.replace(dataset, events=holdout.train_events),
+            config,
+            tunable,
+            budget,
+            trials,
+            known,
+            progress,
+        )
+    best, shipped = found.best, max(known.values())
+    adopted = best.value is not None and best.value > shipped * (1 + TUNE_MARGIN)
+    evidence = {
+        "searched": True,
+        "budget_s": budget,
+        "seconds": found.seconds,
+        "trials": len(found.study.trials),
+        "shipped": known,
+        "best": {
+            "model": best.params["model"],
+            "params": best.params,
+            SELECTION_METRIC: best.value,
+        },
+        "adopted": adopted,
+        "reason": (
+            f"best trial {best.params['model']} {best.value:.4f} against the best shipped "
+            f"parameters' {shipped:.4f} on the validation split: "
+            + ("trained with the tuned parameters" if adopted else "kept the shipped ones")
+            + f" (a tuned configuration must beat them by more than {TUNE_MARGIN:.0%})"
+        ),
+    }
+    progress.say(f"parameter search: {evidence['reason']}")
+    if not adopted:
+        return None, evidence
+    tuned = found.config_of(best, config)
+    # The search names one model per trial; the job still chooses (and blends) among all.
+    return dataclasses.replace(
+        tuned, model=dataclasses.replace(tuned.model, type=config.model.type)
+    ), evidence
 
 
 def select_model(
