@@ -157,6 +157,7 @@ class RP3BetaConfig:
 class EASEConfig:
     l2: float = 200.0
     max_items: int = 20_000
+    form: Literal["auto", "primal", "dual"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -303,9 +303,11 @@ class TestEASEDual:
 
     def test_the_dual_form_is_exactly_the_primal(self) -> None:
         matrix = self.wide()
-        primal = EASERecommender(l2=10.0).fit(matrix)
+        primal = EASERecommender(l2=10.0, form="primal").fit(matrix)
         dual = EASERecommender(l2=10.0, max_items=matrix.shape[0]).fit(matrix)
         assert dual.dual and not primal.dual and dual.weights.size == 0
+        # So few users (12^2 <= 100 x 40 items) that "auto" serves through them too.
+        assert EASERecommender(l2=10.0).fit(matrix).dual
         users, items = np.arange(matrix.shape[0]), np.arange(matrix.shape[1])
         np.testing.assert_allclose(dual.score(users), primal.score(users), atol=1e-4)
         np.testing.assert_allclose(dual.score(users[:1]), primal.score(users[:1]), atol=1e-4)

@@ -100,8 +100,10 @@ def candidates(config: Config, shape: tuple[int, int]) -> tuple[list[str], dict[
     names = list(config.model.candidates) if config.model.type == "auto" else [config.model.type]
     skipped = {}
     n_users, n_items = shape
-    limit = config.model.ease.max_items
-    if "ease" in names and min(n_users, n_items) > limit:
+    ease = config.model.ease
+    limit = ease.max_items
+    sides = {"auto": min(n_users, n_items), "primal": n_items, "dual": n_users}
+    if "ease" in names and sides[ease.form] > limit:
         skipped["ease"] = f"{n_items} items and {n_users} users > model.ease.max_items {limit}"
         names.remove("ease")
     if not names:

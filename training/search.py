@@ -93,7 +93,7 @@ def default_params(name: str, config: Config) -> dict[str, Any]:
     for key in ("view", "cart", "scaling"):
         values[f"signals.{key}"] = getattr(config.signals, key)
     for key, value in dataclasses.asdict(getattr(config.model, name)).items():
-        if key not in ("max_items", "loss"):
+        if key not in ("max_items", "loss", "form"):
             values[f"{name}.{key}"] = value
     return values
 

@@ -235,6 +235,11 @@ def _row_stochastic(matrix: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix(sp.diags(scale) @ matrix, dtype=np.float32)
 
 
+# EASE's dual form serves a request through every user (users^2 per call); the primal form
+# through the history's rows of the items x items weights. Parity at a history this long.
+DUAL_HISTORY = 100
+
+
 class EASERecommender(ItemBasedRecommender):
     """EASE (Steck 2019): a closed-form item-item linear model; strong on small catalogues.
 
@@ -243,7 +248,10 @@ class EASERecommender(ItemBasedRecommender):
     With more items but at most `max_items` users, the same P comes from the users' side by
     the Woodbury identity, P = (I - X' K X) / l2 with K = (l2 I + X X')^-1 (users x users):
     exact EASE, and no items x items matrix is ever formed (the dual form). Catalogues and user
-    bases both above `max_items` are refused.
+    bases both above `max_items` are refused. `form` "auto" also takes the dual form where
+    the users are so few that a request costs no more through them (users^2 at most
+    DUAL_HISTORY x items: the primal form's cost for a history of DUAL_HISTORY items), which
+    also makes the fit a users x users inversion instead of an items x items one.
     """
 
     model_type: ClassVar[str] = "ease"
@@ -256,9 +264,15 @@ class EASERecommender(ItemBasedRecommender):
         "user_items_indptr",
     )
 
-    def __init__(self, l2: float = 200.0, max_items: int = 20_000) -> None:
+    def __init__(
+        self,
+        l2: float = 200.0,
+        max_items: int = 20_000,
+        form: Literal["auto", "primal", "dual"] = "auto",
+    ) -> None:
         self.l2 = l2
         self.max_items = max_items
+        self.form = form
 
     @property
     def n_items(self) -> int:
@@ -271,12 +285,19 @@ class EASERecommender(ItemBasedRecommender):
     def fit(self, user_items: sp.csr_matrix) -> Self:
         matrix = check_user_items(user_items)
         n_users, n_items = matrix.shape
-        if min(n_users, n_items) > self.max_items:
+        if self.form not in ("auto", "primal", "dual"):
+            raise ValueError(f"EASE form must be auto, primal or dual, got {self.form!r}")
+        dual = self.form == "dual" or (
+            self.form == "auto"
+            and (n_items > self.max_items or n_users**2 <= DUAL_HISTORY * n_items)
+        )
+        limit = n_users if dual else n_items
+        if limit > self.max_items:
             raise ValueError(
                 f"EASE needs a catalogue or a user base of at most {self.max_items}, got "
                 f"{n_items} items and {n_users} users"
             )
-        if n_items <= self.max_items:
+        if not dual:
             gram = (matrix.T @ matrix).toarray().astype(np.float64)
             gram[np.diag_indices_from(gram)] += self.l2
             inverse = np.linalg.inv(gram)
