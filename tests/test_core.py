@@ -622,3 +622,25 @@ def test_recommend_names_each_refused_argument_and_uses_the_callers_attributes(
     assert stranger.lifecycle_stage == walk_in.lifecycle_stage == "new"
     known = core.recommend("u0001", 5)
     assert (known.strategy, known.lifecycle_stage) == ("personal", "active")
+
+
+def test_a_new_event_reaches_the_list_when_the_bounded_history_keeps_its_length(
+    published: PublishedModel,
+) -> None:
+    """Lists are cached under the user's fresh history; with the history at its bound, a new
+    event drops the oldest and the length stays: the list must still follow the new event."""
+    config = dataclasses.replace(WIDE, realtime_events_per_user=2)
+    categories = published.items.categories
+    first, second = (str(published.item_ids[np.flatnonzero(categories == c)[0]])
+                     for c in ("garden", "books"))  # fmt: skip
+    cached = fresh_core(published, config)
+    visitor = "visitor-at-the-bound"
+    cached.record_events([EventInput(visitor, first, "view"), EventInput(visitor, first, "cart")])
+    assert cached.recommend(visitor, 10).items
+    cached.record_events([EventInput(visitor, second, "view")])
+    assert [item for item, _, _ in cached.realtime.of(visitor)] == [first, second]
+    uncached = fresh_core(published, config)
+    uncached.record_events(
+        [EventInput(visitor, first, "cart"), EventInput(visitor, second, "view")]
+    )
+    assert cached.recommend(visitor, 10).items == uncached.recommend(visitor, 10).items

@@ -163,3 +163,39 @@ def test_real_time_deletion_drops_events_up_to_its_time_and_keeps_the_bound() ->
     history.forget("v")
     assert history.of("v") == []
     history.forget_before("nobody", 1)
+
+
+def test_a_replica_takes_in_the_others_events_once_and_follows_its_deletions(
+    published: PublishedModel, tmp_path: Path
+) -> None:
+    """Two server processes on one store: what one records reaches the other at its next sync,
+    each event once however often it syncs; a deletion made by one drops the user there too."""
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    writer = _core(published, open_event_store(url))
+    reader = _core(published, open_event_store(url))
+    user, after = "visitor-3", int(published.manifest["data_end_ms"]) + 1
+    writer.record_events([EventInput(user, "i0001", "view", timestamp_ms=after)])
+    writer.record_events([EventInput(user, "i0002", "cart", timestamp_ms=after + 1)])
+    assert _items(reader, user) == []
+    reader.sync()
+    assert _items(reader, user) == ["i0001", "i0002"]
+    reader.sync()
+    writer.record_events([EventInput(user, "i0003", "view", timestamp_ms=after + 2)])
+    reader.sync()
+    reader.sync()
+    assert _items(reader, user) == ["i0001", "i0002", "i0003"], "each event taken in once"
+    writer.forget_user(user)
+    reader.sync()
+    assert _items(reader, user) == []
+    assert reader.forgotten_since_training(user)
+    audit = (tmp_path / "e.db.audit.log").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["reason"] for line in audit] == [""]
+    # The user comes back with a clock behind the deletion: that visit is kept by every
+    # replica, at every later sync (the deletion is not applied again).
+    behind = writer.event_store.forgotten_users()[user] - 1
+    writer.record_events([EventInput(user, "i0004", "view", timestamp_ms=behind)])
+    reader.sync()
+    reader.sync()
+    assert _items(reader, user) == _items(writer, user) == ["i0004"]
+    writer.event_store.close()
+    reader.event_store.close()
