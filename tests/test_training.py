@@ -297,6 +297,16 @@ def test_the_job_tunes_on_its_validation_split_and_trains_with_what_won(
     assert tuned.manifest["config"]["model"]["als"]["factors"] == best["als.factors"]
     assert tuned.manifest["config"]["model"]["type"] == "auto"  # the job still chooses
 
+    # A budget smaller than a fifth of one fit: nothing is searched, and the manifest says why.
+    tight = dataclasses.replace(
+        poor, training=dataclasses.replace(poor.training, tune_budget_s=1e-3)
+    )
+    with open(os.devnull, "w") as quiet:
+        rushed = train(shop_inputs, tmp_path / "tight", tight, progress=Progress("t", quiet))
+    assert rushed.manifest["params"]["factors"] == 2
+    tuning = rushed.manifest["evaluation"]["tuning"]
+    assert not tuning["searched"] and set(tuning["not_searched"]) == {"als"}
+
     # Off: the shipped parameters are trained, and the manifest says why nothing was searched.
     off = dataclasses.replace(poor, training=dataclasses.replace(poor.training, tune_budget_s=0))
     with open(os.devnull, "w") as quiet:

@@ -69,6 +69,7 @@ BLEND_MARGIN = 0.01
 # The best of many trials on one split is an optimistic estimate of it: tuned parameters
 # replace the shipped ones only where they win by more than this.
 TUNE_MARGIN = 0.01
+SEARCHABLE_SHARE = 0.2
 
 
 @dataclass
@@ -457,6 +458,21 @@ def tune_parameters(
     if why_not is not None:
         return None, {"searched": False, "reason": why_not}
     assert holdout is not None
+    # A model whose one fit and scoring takes a good share of the budget would spend it on a
+    # trial or two (and overrun it by one): its shipped parameters stand.
+    too_slow = {
+        n: f"one fit and scoring took {evaluation['seconds'][n]:.0f} s, over "
+        f"{SEARCHABLE_SHARE:.0%} of the budget"
+        for n in tunable
+        if evaluation["seconds"][n] > budget * SEARCHABLE_SHARE
+    }
+    tunable = [n for n in tunable if n not in too_slow]
+    if not tunable:
+        return None, {
+            "searched": False,
+            "reason": "every candidate too slow",
+            "not_searched": too_slow,
+        }
     variant = holdout.variant
     known = {n: evaluation["models"][n][variant].get(SELECTION_METRIC, 0.0) for n in tunable}
     with progress.stage(f"parameter search ({budget:.0f} s, {trials} trials at most)"):
@@ -470,7 +486,11 @@ def tune_parameters(
             known,
             progress,
         )
-    best, shipped = found.best, max(known.values())
+    # Tuned parameters must beat every shipped model, searched or not.
+    best = found.best
+    shipped = max(
+        evaluation["models"][n][variant].get(SELECTION_METRIC, 0.0) for n in [*known, *too_slow]
+    )
     adopted = best.value is not None and best.value > shipped * (1 + TUNE_MARGIN)
     evidence = {
         "searched": True,
@@ -478,6 +498,7 @@ def tune_parameters(
         "seconds": found.seconds,
         "trials": len(found.study.trials),
         "shipped": known,
+        "not_searched": too_slow,
         "best": {
             "model": best.params["model"],
             "params": best.params,
@@ -530,14 +551,17 @@ def select_model(
         + ("on all items" if variant == "all" else "on items the user has not touched")
     )
     fitted: dict[str, Recommender] = {}
+    seconds: dict[str, float] = {}
     for name in [*names, *FALLBACKS]:
         if name in results:
             continue
+        started = time.perf_counter()
         with progress.stage(f"evaluate {name}") as tally:
             model = fit_model(make_model(name, config), holdout.train, dataset)
             results[name] = ranking_metrics(model_scorer(model), holdout)
             fitted[name] = model
             tally.count, tally.unit = results[name][variant].get("users", 0), "holdout users"
+        seconds[name] = round(time.perf_counter() - started, 2)
         progress.say(
             f"{name}: "
             + ", ".join(f"{k} {v:.4f}" for k, v in results[name][variant].items() if k != "users")
@@ -581,6 +605,7 @@ def select_model(
         "blend": blend,
         "holdout": holdout.describe(),
         "models": results,
+        "seconds": seconds,  # each model's fit and scoring on the holdout
         "selected": chosen,
         "skipped": skipped,
         "reason": reason,
