@@ -117,7 +117,7 @@ class TrainingConfig:
     min_holdout_users: int = 200
     keep_versions: int = 5
     quality_gate_tolerance: float = 0.05
-    tune_budget_s: float = 60.0
+    tune_budget_s: float = 30.0
     tune_trials: int = 30
     engine: Literal["local", "spark"] = "local"
     spark_master: str = "local[2]"
