@@ -819,7 +819,10 @@ def test_a_killed_worker_is_replaced_while_calls_keep_succeeding(
             n += 1
             request = pb.RecommendRequest(user_id=f"u{n % 500:04d}", k=5)
             try:
-                stubs[n % 4].Recommend(request, timeout=5)
+                # As a frontend should: a channel that has to reconnect (its worker killed)
+                # waits to be ready instead of failing fast through gRPC's reconnect backoff,
+                # where a tight loop would count hundreds of calls never sent to any worker.
+                stubs[n % 4].Recommend(request, timeout=5, wait_for_ready=True)
                 outcomes.append((time.monotonic(), grpc.StatusCode.OK))
             except grpc.RpcError as error:
                 outcomes.append((time.monotonic(), error.code()))
