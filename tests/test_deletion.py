@@ -9,6 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from recsvc.errors import InvalidArgument
@@ -199,3 +200,26 @@ def test_a_replica_takes_in_the_others_events_once_and_follows_its_deletions(
     assert _items(reader, user) == _items(writer, user) == ["i0004"]
     writer.event_store.close()
     reader.event_store.close()
+
+
+def test_the_training_job_leaves_out_a_forgotten_users_events_to_the_deletion_and_profile() -> None:
+    from recsvc.training.ingest import Dataset
+    from recsvc.training.pipeline import leave_out_forgotten
+
+    events = pa.table(
+        {
+            "user_id": ["gone", "gone", "kept"],
+            "item_id": ["i1", "i2", "i1"],
+            "event": ["view", "view", "view"],
+            "timestamp_ms": pa.array([100, 300, 100], pa.int64()),
+        }
+    )
+    users = pa.table({"user_id": ["gone", "kept"], "region": ["north", "south"]})
+    dataset = Dataset(events, None, users, [])
+    left, (touched, dropped) = leave_out_forgotten(dataset, {"gone": 200})
+    # What the user did after the deletion (they came back) stays; their profile row does not.
+    assert left.events.column("item_id").to_pylist() == ["i2", "i1"]
+    assert (touched, dropped) == (1, 1)
+    assert left.users is not None and left.users.to_pylist() == [
+        {"user_id": "kept", "region": "south"}
+    ]
