@@ -86,8 +86,12 @@ AREAS: dict[str, list[str]] = {
         "recsvc.training.evaluate.x__last_events*",
         "recsvc.training.evaluate.x_validation_holdout*",
         "recsvc.training.tune.x_tune__*",
-        "recsvc.training.tune.x_with_signals*",
-        "recsvc.training.tune.x_default_params*",
+        # The search both `recsvc tune` and the job run, and the job's use of it (issue 16).
+        "recsvc.training.search.x_with_signals*",
+        "recsvc.training.search.x_default_params*",
+        "recsvc.training.search.x_search__*",
+        "recsvc.training.search.xǁSearchǁ*",
+        "recsvc.training.pipeline.x_tune_parameters*",
     ],
     "ingest validation": [
         "recsvc.training.ingest.x_load_events*",
