@@ -142,7 +142,8 @@ def main() -> None:
     shop = args.work / "shop"
     generate(shop)
     no_search = args.work / "no-search.toml"
-    no_search.write_text("[training]\ntune_budget_s = 0\n")
+    if args.against_no_search:
+        no_search.write_text("[training]\ntune_budget_s = 0\n")
     runs, without = [], []
     for n in range(args.runs):
         runs.append(run_pipeline(shop, args.work / "models"))

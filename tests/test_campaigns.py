@@ -18,6 +18,7 @@ from recsvc.cli.main import main
 from recsvc.config import CampaignsConfig, ChannelConfig, ServingConfig
 from recsvc.errors import InvalidArgument
 from recsvc.events import StoredEvent, open_event_store
+from recsvc.experiments import Z_95
 from recsvc.training.campaigns import create_campaign, list_campaigns, load_campaign
 from recsvc.training.pipeline import TrainResult
 from recsvc.training.sample_shop import campaign_response
@@ -482,4 +483,4 @@ def _model(model_dir: Path):
 def _standard_error(interval: list[float]) -> float:
     """The standard error behind a report's 95% interval (estimate +- 1.96 SE)."""
     low, high = interval
-    return (high - low) / (2 * 1.959964)
+    return (high - low) / (2 * Z_95)

@@ -30,6 +30,7 @@ from recsvc.models import (
     Recommender,
     TrendingRecommender,
 )
+from recsvc.models.neighbours import ease_form
 from recsvc.modelstore import ModelStore
 from recsvc.profiles import UserProfiles
 from recsvc.published import ItemAttributes, PublishedModel, write_published
@@ -103,8 +104,7 @@ def candidates(config: Config, shape: tuple[int, int]) -> tuple[list[str], dict[
     n_users, n_items = shape
     ease = config.model.ease
     limit = ease.max_items
-    sides = {"auto": min(n_users, n_items), "primal": n_items, "dual": n_users}
-    if "ease" in names and sides[ease.form] > limit:
+    if "ease" in names and ease_form(n_users, n_items, limit, ease.form) is None:
         skipped["ease"] = f"{n_items} items and {n_users} users > model.ease.max_items {limit}"
         names.remove("ease")
     if not names:
@@ -474,7 +474,8 @@ def tune_parameters(
             "not_searched": too_slow,
         }
     variant = holdout.variant
-    known = {n: evaluation["models"][n][variant].get(SELECTION_METRIC, 0.0) for n in tunable}
+    scores = {n: evaluation["models"][n][variant].get(SELECTION_METRIC, 0.0) for n in names}
+    known = {n: scores[n] for n in tunable}
     with progress.stage(f"parameter search ({budget:.0f} s, {trials} trials at most)"):
         found = search(
             holdout,
@@ -488,7 +489,6 @@ def tune_parameters(
         )
     # Tuned parameters must beat every candidate at its configured parameters, searched or not.
     best = found.best
-    scores = {n: evaluation["models"][n][variant].get(SELECTION_METRIC, 0.0) for n in names}
     best_shipped = max(scores, key=lambda n: scores[n])
     shipped = scores[best_shipped]
     adopted = best.value is not None and best.value > shipped * (1 + TUNE_MARGIN)

@@ -253,6 +253,22 @@ def _row_stochastic(matrix: sp.csr_matrix) -> sp.csr_matrix:
 # EASE's dual form serves a request through every user (users^2 per call); the primal form
 # through the history's rows of the items x items weights. Parity at a history this long.
 DUAL_HISTORY = 100
+EASEForm = Literal["auto", "primal", "dual"]
+
+
+def ease_form(
+    n_users: int, n_items: int, max_items: int, form: EASEForm = "auto"
+) -> Literal["primal", "dual"] | None:
+    """The form EASE solves a users x items matrix in (see EASERecommender), or None where
+    the side it would invert is larger than `max_items`."""
+    if form not in ("auto", "primal", "dual"):
+        raise ValueError(f"EASE form must be auto, primal or dual, got {form!r}")
+    dual = form == "dual" or (
+        form == "auto" and (n_items > max_items or n_users**2 <= DUAL_HISTORY * n_items)
+    )
+    if (n_users if dual else n_items) > max_items:
+        return None
+    return "dual" if dual else "primal"
 
 
 class EASERecommender(ItemBasedRecommender):
@@ -283,7 +299,7 @@ class EASERecommender(ItemBasedRecommender):
         self,
         l2: float = 200.0,
         max_items: int = 20_000,
-        form: Literal["auto", "primal", "dual"] = "auto",
+        form: EASEForm = "auto",
     ) -> None:
         self.l2 = l2
         self.max_items = max_items
@@ -302,19 +318,13 @@ class EASERecommender(ItemBasedRecommender):
         n_users, n_items = matrix.shape
         if not self.l2 > 0:
             raise ValueError(f"EASE needs l2 > 0, got {self.l2}")
-        if self.form not in ("auto", "primal", "dual"):
-            raise ValueError(f"EASE form must be auto, primal or dual, got {self.form!r}")
-        dual = self.form == "dual" or (
-            self.form == "auto"
-            and (n_items > self.max_items or n_users**2 <= DUAL_HISTORY * n_items)
-        )
-        limit = n_users if dual else n_items
-        if limit > self.max_items:
+        solved_as = ease_form(n_users, n_items, self.max_items, self.form)
+        if solved_as is None:
             raise ValueError(
                 f"EASE needs a catalogue or a user base of at most {self.max_items}, got "
                 f"{n_items} items and {n_users} users"
             )
-        if not dual:
+        if solved_as == "primal":
             gram = (matrix.T @ matrix).toarray().astype(np.float64)
             gram[np.diag_indices_from(gram)] += self.l2
             inverse = _inverse_of_positive_definite(gram)
