@@ -87,6 +87,9 @@ AREAS: dict[str, list[str]] = {
         "recsvc.training.evaluate.x_validation_holdout*",
         "recsvc.training.tune.x_tune__*",
         # The search both `recsvc tune` and the job run, and the job's use of it (issue 16).
+        "recsvc.training.search.x__float*",
+        "recsvc.training.search.x__int*",
+        "recsvc.training.search.x_suggest*",
         "recsvc.training.search.x_with_signals*",
         "recsvc.training.search.x_default_params*",
         "recsvc.training.search.x_search__*",
@@ -132,8 +135,9 @@ AREA_TESTS: dict[str, list[str]] = {
         "tests/test_core.py", "tests/test_policy.py", "tests/test_ann.py",
         "tests/test_marketing.py",
     ],
-    "quality gate": ["tests/test_retraining_job.py"],
-    "holdout and tuning": ["tests/test_training.py"],
+    # The direct tests first (seconds a mutant); the job's runs judge what they leave.
+    "quality gate": ["tests/test_quality_gate.py", "tests/test_retraining_job.py"],
+    "holdout and tuning": ["tests/test_holdout.py", "tests/test_training.py"],
     "ingest validation": ["tests/test_ingest.py"],
     "deletion": [
         "tests/test_deletion.py", "tests/test_core.py", "tests/test_eventstore.py",

@@ -1,4 +1,4 @@
-"""Small helpers for writing input files in tests."""
+"""Small helpers for tests: input files, event tables, waiting on a condition."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+import pyarrow as pa
 import pytest
 
 # Resources whose tests must run here (comma-separated: redis, java, chromium, real_data).
@@ -23,6 +24,21 @@ REQUIRED = {r for r in os.environ.get("RECSVC_TESTS_REQUIRE", "").split(",") if 
 def write_lines(path: Path, *lines: str) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def events_table(rows: list[tuple[str, str, str, int]]) -> pa.Table:
+    """Clean events in the data contract's columns from (user, item, event, timestamp_ms) rows."""
+    users, items, kinds, stamps = zip(*rows, strict=True)
+    return pa.table(
+        {
+            "user_id": list(users),
+            "item_id": list(items),
+            "event": list(kinds),
+            "timestamp_ms": pa.array(stamps, pa.int64()),
+            "quantity": [1.0] * len(rows),
+            "price": pa.array([None] * len(rows), pa.float64()),
+        }
+    )
 
 
 def read_rejects(path: Path) -> list[dict[str, str]]:

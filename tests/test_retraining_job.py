@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pytest
+from helpers import events_table
 
 from recsvc.cli.main import main
 from recsvc.config import CleaningConfig, Config, ModelConfig, SignalsConfig, TrainingConfig
@@ -25,13 +26,12 @@ from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.training.cleaning import clean_events
 from recsvc.training.evaluate import (
-    holdout_split,
     published_scorer,
     ranking_metrics,
     validation_holdout,
 )
 from recsvc.training.interactions import build_interactions, event_weights
-from recsvc.training.pipeline import TrainInputs, TrainResult, ingest_and_clean, quality_gate, train
+from recsvc.training.pipeline import TrainInputs, TrainResult, ingest_and_clean, train
 from recsvc.training.progress import Progress
 
 RECSVC = str(Path(sys.executable).with_name("recsvc"))
@@ -152,20 +152,6 @@ def test_sigkill_during_publish_leaves_the_previous_model_current(
     assert not list(model_dir.glob(".staging-*"))
 
 
-def events_table(rows: list[tuple[str, str, str, int]]) -> pa.Table:
-    users, items, kinds, ts = zip(*rows, strict=True)
-    return pa.table(
-        {
-            "user_id": list(users),
-            "item_id": list(items),
-            "event": list(kinds),
-            "timestamp_ms": pa.array(ts, pa.int64()),
-            "quantity": [1.0] * len(rows),
-            "price": [None] * len(rows),
-        }
-    )
-
-
 def test_bot_like_and_sparse_users_are_left_out_and_reported() -> None:
     day = 1_740_787_200_000
     rows = [("bot", f"i{n % 7}", "view", day + n * 1000) for n in range(50)]
@@ -185,13 +171,6 @@ def test_time_decay_halves_weight_per_half_life() -> None:
     table = events_table([("u", "i", "purchase", 10 * day), ("u", "i", "purchase", 17 * day)])
     weights = event_weights(table, SignalsConfig(purchase=8.0, half_life_days=7.0))
     np.testing.assert_allclose(weights, [4.0, 8.0])
-
-
-def test_log_without_timestamps_holds_out_per_user() -> None:
-    rows = [(f"u{u}", f"i{i}", "view", 0) for u in range(30) for i in range(10)]
-    holdout = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1)
-    assert holdout is not None and holdout.method == "per_user"
-    assert holdout.describe()["test_users"] > 20
 
 
 def test_ease_is_skipped_for_large_catalogues(shop_inputs: TrainInputs, tmp_path: Path) -> None:
@@ -265,46 +244,6 @@ def test_trending_follows_recent_sales_where_popularity_follows_all_time() -> No
     assert items[hot[0][-1]] == "old-hit"  # ten half-lives ago: faded below a weekly viewer
 
 
-def test_user_last_n_holds_out_each_users_newest_events() -> None:
-    rows = [("z", f"i{t}", "view", t * 1000) for t in range(10)]
-    rows += [("a", f"i{t}", "view", (10 + t) * 1000) for t in range(5)]
-    rows += [("b", "i9", "view", 17_000), ("b", "i8", "view", 12_000)]
-    rows += [("c", "i1", "view", 19_000)]  # a single event stays in training
-    holdout = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1, user_last_n=2)
-    assert holdout is not None and holdout.method == "user_last"
-    events = holdout.train_events
-    pairs = zip(
-        events.column("user_id").to_pylist(), events.column("item_id").to_pylist(), strict=True
-    )
-    train = set(pairs)
-    assert train == {("z", f"i{t}") for t in range(8)} | {
-        ("a", "i0"),
-        ("a", "i1"),
-        ("a", "i2"),
-        ("b", "i8"),  # b has two events: only the newest is held out
-        ("c", "i1"),
-    }
-    users, items = holdout.train.user_ids, holdout.train.item_ids
-    test = {(users[r], items[c]) for r, c in zip(*holdout.test.nonzero(), strict=True)}
-    # i9 is held out for z and b, but no training event has it, so it cannot be scored.
-    assert test == {("z", "i8"), ("a", "i3"), ("a", "i4")}
-
-
-def test_too_few_users_after_the_cut_date_fall_back_to_each_users_newest_events() -> None:
-    # Each user comes once, in a burst, like film raters: a cut date leaves few users to judge.
-    rows = [
-        (f"u{u}", f"i{(u + t) % 12}", "view", (u * 100 + t) * 1000)
-        for u in range(30)
-        for t in range(10)
-    ]
-    by_date = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1)
-    assert by_date is None or by_date.describe()["test_users"] <= 1
-    per_user = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1, min_users=20)
-    assert per_user is not None and per_user.method == "user_last_share"
-    assert per_user.describe()["test_users"] == 30
-    assert per_user.train_events.num_rows == 30 * 8  # each user's newest 2 of 10 held out
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_training_reads_the_event_store_and_leaves_forgotten_users_out(
     shop_inputs: TrainInputs, tmp_path: Path, backend: str, request: pytest.FixtureRequest
@@ -372,51 +311,6 @@ def test_nightly_gate_scores_the_published_arrays_on_the_new_holdout(
         train(shop_inputs, model_dir, with_model(config, type="popularity"), progress=quiet())
     assert ModelStore(model_dir).current_version() == first.version
     assert current == nightly.version
-
-
-def _gate(model_dir: Path, new: float, tolerance: float, holdout, dataset) -> dict:
-    config = dataclasses.replace(
-        Config(), training=dataclasses.replace(Config().training, quality_gate_tolerance=tolerance)
-    )
-    variant = holdout.variant if holdout is not None else "all"
-    evaluation = {
-        "selected": "ease",
-        "variant": variant,
-        "models": {"ease": {variant: {"ndcg@10": new}}},
-    }
-    return quality_gate(ModelStore(model_dir), holdout, evaluation, dataset, config, quiet())
-
-
-def test_gate_boundary_and_an_unreadable_published_model(
-    trained: TrainResult, shop_inputs: TrainInputs, tmp_path: Path
-) -> None:
-    """A new score exactly at the tolerance's edge passes; a hair below is refused. A published
-    model that cannot be read does not block the job, and the verdict says why."""
-    model_dir = copy_store(trained, tmp_path / "models")
-    dataset, _ = ingest_and_clean(shop_inputs, Config(), tmp_path / "rejects", quiet())
-    holdout = validation_holdout(dataset.events, Config())
-    published = _gate(model_dir, 1.0, 0.1, holdout, dataset)["published"]
-    assert published > 0.05
-    edge = published * (1 - 0.1)
-    inside = _gate(model_dir, edge + 1e-9, 0.1, holdout, dataset)
-    assert inside["passed"] and inside["published"] == published
-    with pytest.raises(QualityGateRefused, match="below the published"):
-        _gate(model_dir, edge - 1e-4, 0.1, holdout, dataset)
-    with pytest.raises(QualityGateRefused):
-        _gate(model_dir, published - 1e-4, 0.0, holdout, dataset)  # no tolerance at all
-    assert _gate(model_dir, published, 0.0, holdout, dataset)["passed"]
-    assert _gate(model_dir, 0.0, -1.0, holdout, dataset) == {"checked": False, "reason": "disabled"}
-    empty = tmp_path / "empty-store"
-    first = {"checked": False, "reason": "no published model"}
-    assert _gate(empty, 0.0, 0.1, holdout, dataset) == first
-    assert _gate(empty, 0.0, 0.0, holdout, dataset) == first, "a tolerance of 0 is not disabled"
-    assert _gate(model_dir, 0.0, 0.1, None, dataset) == {"checked": False, "reason": "no holdout"}
-
-    version = ModelStore(model_dir).current_version()
-    (ModelStore(model_dir).path(version) / "item_ids.npy").write_bytes(b"not an array")
-    verdict = _gate(model_dir, 0.0, 0.1, holdout, dataset)
-    assert not verdict["checked"] and verdict["reason"].startswith(f"published model {version}")
-    assert "unreadable" in verdict["reason"]
 
 
 @pytest.mark.parametrize("keep", [0, 1, 2])

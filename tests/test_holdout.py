@@ -1,0 +1,413 @@
+"""The validation split models are judged on, and the parameter search run on it.
+
+Direct and fast (tables of a few hundred events): the holdout decides what every model, the
+search and the quality gate are scored on, so its cut, its fallbacks and what it leaves in
+training are pinned here exactly; `make mutation` judges the holdout-and-tuning area by this
+file first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import optuna
+import pytest
+from helpers import events_table
+
+from recsvc.config import Config, SignalsConfig, TrainingConfig
+from recsvc.training import search as searching
+from recsvc.training.engines import fit_model, make_model
+from recsvc.training.evaluate import (
+    Holdout,
+    holdout_from_mask,
+    holdout_split,
+    model_scorer,
+    ranking_metrics,
+    validation_holdout,
+)
+from recsvc.training.ingest import Dataset
+from recsvc.training.search import (
+    TUNABLE,
+    Search,
+    default_params,
+    search,
+    suggest,
+    with_signals,
+)
+
+SECOND = 1000
+
+
+def pairs_of(holdout: Holdout) -> set[tuple[str, str]]:
+    """The held-out (user, item) pairs, by id."""
+    users, items = holdout.train.user_ids, holdout.train.item_ids
+    rows, cols = holdout.test.nonzero()
+    return {(str(users[r]), str(items[c])) for r, c in zip(rows, cols, strict=True)}
+
+
+def trained_pairs(holdout: Holdout) -> set[tuple[str, str]]:
+    events = holdout.train_events
+    return set(
+        zip(events.column("user_id").to_pylist(), events.column("item_id").to_pylist(), strict=True)
+    )
+
+
+def cycling_log(n: int = 100) -> list[tuple[str, str, str, int]]:
+    """Ten users and thirteen items in turn, one purchase a second."""
+    return [(f"u{t % 10}", f"i{(t * 7) % 13}", "purchase", t * SECOND) for t in range(n)]
+
+
+def test_the_newest_share_of_events_is_held_out_at_one_cut_date() -> None:
+    rows = cycling_log()
+    holdout = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1)
+    assert holdout is not None and holdout.method == "temporal"
+    stamps = np.array([r[3] for r in rows])
+    assert holdout.cut_ms == int(np.quantile(stamps, 0.8)) == 79_200
+    assert holdout.train_events.num_rows == 80  # stamps 0 .. 79 s, before the cut
+    assert holdout.test_events is not None and holdout.test_events.num_rows == 20
+    assert holdout.test_events.column("timestamp_ms").to_pylist() == [
+        t * SECOND for t in range(80, 100)
+    ]
+    assert pairs_of(holdout) == {(f"u{t % 10}", f"i{(t * 7) % 13}") for t in range(80, 100)}
+    assert holdout.test.shape == (10, 13)
+    # Held-out pairs are marks, not weights: a purchase counts 1 like any other.
+    assert set(holdout.test.data.tolist()) == {1.0}
+    assert holdout.train.confidence.max() > 1.0
+
+
+def test_an_event_at_the_cut_is_held_out_and_a_cut_at_the_oldest_moves_to_the_newest() -> None:
+    # Nine events at the first moment and one later: the quantile falls on the first moment,
+    # which would leave nothing to train on, so the cut moves to the newest event.
+    rows = [(f"u{n % 3}", f"i{n % 4}", "view", 0) for n in range(9)]
+    rows.append(("u0", "i0", "view", 5 * SECOND))
+    holdout = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1)
+    assert holdout is not None and holdout.method == "temporal"
+    assert holdout.cut_ms == 5 * SECOND
+    assert holdout.train_events.num_rows == 9
+    assert pairs_of(holdout) == {("u0", "i0")}
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, -0.1, 1.5])
+def test_a_share_outside_zero_to_one_gives_no_holdout(share: float) -> None:
+    assert holdout_split(events_table(cycling_log()), SignalsConfig(), share, seed=1) is None
+
+
+def test_a_single_event_gives_no_holdout_and_two_can() -> None:
+    one = [("u", "i", "view", SECOND)]
+    assert holdout_split(events_table(one), SignalsConfig(), 0.5, seed=1) is None
+    two = [("u", "i", "view", SECOND), ("u", "i", "view", 2 * SECOND)]
+    holdout = holdout_split(events_table(two), SignalsConfig(), 0.5, seed=1)
+    assert holdout is not None and pairs_of(holdout) == {("u", "i")}
+
+
+def test_log_without_timestamps_holds_out_per_user() -> None:
+    rows = [(f"u{u}", f"i{i}", "view", 0) for u in range(30) for i in range(10)]
+    holdout = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1)
+    assert holdout is not None and holdout.method == "per_user" and holdout.cut_ms is None
+    assert holdout.describe()["test_users"] > 20
+    # A random fifth, drawn from the seed: the same seed draws the same split, another does not.
+    assert 30 < holdout.test_events.num_rows < 90
+    again = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1)
+    other = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=2)
+    assert again is not None and other is not None
+    assert trained_pairs(again) == trained_pairs(holdout) != trained_pairs(other)
+
+
+def test_user_last_n_holds_out_each_users_newest_events() -> None:
+    rows = [("z", f"i{t}", "view", t * SECOND) for t in range(10)]
+    rows += [("a", f"i{t}", "view", (10 + t) * SECOND) for t in range(5)]
+    rows += [("b", "i9", "view", 17 * SECOND), ("b", "i8", "view", 12 * SECOND)]
+    rows += [("c", "i1", "view", 19 * SECOND)]  # a single event stays in training
+    holdout = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1, user_last_n=2)
+    assert holdout is not None and holdout.method == "user_last" and holdout.cut_ms is None
+    assert trained_pairs(holdout) == {("z", f"i{t}") for t in range(8)} | {
+        ("a", "i0"),
+        ("a", "i1"),
+        ("a", "i2"),
+        ("b", "i8"),  # b has two events: only the newest is held out
+        ("c", "i1"),
+    }
+    # i9 is held out for z and b, but no training event has it, so it cannot be scored.
+    assert pairs_of(holdout) == {("z", "i8"), ("a", "i3"), ("a", "i4")}
+
+
+def test_the_newest_share_of_each_user_is_rounded_up_and_ties_go_by_row_order() -> None:
+    # Users who come once, in a burst: by date only the last user would be judged.
+    rows = [("a", f"i{t}", "view", t * SECOND) for t in range(10)]  # 20% of 10: 2
+    rows += [("b", f"i{t}", "view", (20 + t) * SECOND) for t in range(3)]  # of 3: 1 (0.6 up)
+    rows += [("c", "i0", "view", 30 * SECOND), ("c", "i1", "view", 30 * SECOND)]  # a tie
+    rows += [("d", "i5", "view", 40 * SECOND)]  # alone: stays in training
+    rows += [("e", f"i{t}", "view", (50 + t) * SECOND) for t in range(6)]  # of 6: 2 (1.2 up)
+    holdout = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1, min_users=3)
+    assert holdout is not None and holdout.method == "user_last_share"
+    held = holdout.test_events
+    assert held is not None
+    users, items = held.column("user_id").to_pylist(), held.column("item_id").to_pylist()
+    assert sorted(zip(users, items, strict=True)) == [
+        ("a", "i8"),
+        ("a", "i9"),
+        ("b", "i2"),
+        ("c", "i1"),  # of two events at one moment, the later row is the newer
+        ("e", "i4"),
+        ("e", "i5"),
+    ]
+    assert holdout.train_events.num_rows == len(rows) - 6
+
+
+def test_too_few_users_after_the_cut_date_fall_back_to_each_users_newest_events() -> None:
+    # Each user comes once, in a burst, like film raters: a cut date leaves few users to judge.
+    rows = [
+        (f"u{u}", f"i{(u + t) % 12}", "view", (u * 100 + t) * SECOND)
+        for u in range(30)
+        for t in range(10)
+    ]
+    by_date = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1)
+    assert by_date is None or by_date.describe()["test_users"] <= 1
+    per_user = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1, min_users=20)
+    assert per_user is not None and per_user.method == "user_last_share"
+    assert per_user.describe()["test_users"] == 30
+    assert per_user.train_events.num_rows == 30 * 8  # each user's newest 2 of 10 held out
+
+
+def test_the_cut_date_is_kept_when_each_users_newest_would_judge_no_more_users() -> None:
+    # Every user buys all along, so the cut date already judges all ten: asking for more
+    # users than there are must not swap in the per-user split, which judges no more.
+    holdout = holdout_split(events_table(cycling_log()), SignalsConfig(), 0.2, seed=1, min_users=50)
+    assert holdout is not None and holdout.method == "temporal"
+    assert holdout.describe()["test_users"] == 10
+
+
+def test_a_mask_leaving_either_side_empty_or_nothing_scorable_gives_no_holdout() -> None:
+    events = events_table(cycling_log(20))
+    everything = np.ones(20, dtype=bool)
+    assert holdout_from_mask(events, SignalsConfig(), everything, "temporal", 0) is None
+    assert holdout_from_mask(events, SignalsConfig(), ~everything, "temporal", 0) is None
+    # The later events are all by a user the training part never saw: nothing to score.
+    strangers = events_table([*cycling_log(10), ("new", "i0", "view", 99 * SECOND)])
+    mask = np.r_[np.ones(10, dtype=bool), False]
+    assert holdout_from_mask(strangers, SignalsConfig(), mask, "temporal", 0) is None
+    mask = np.arange(20) < 15
+    holdout = holdout_from_mask(events, SignalsConfig(view=2.0), mask, "temporal", 15 * SECOND)
+    assert holdout is not None
+    assert (holdout.method, holdout.cut_ms) == ("temporal", 15 * SECOND)
+    assert holdout.train_events.num_rows == 15 and holdout.test_events.num_rows == 5
+    assert holdout.train.user_ids.size == 10  # the training part's own id space
+
+
+@pytest.mark.parametrize(
+    "training",
+    [
+        TrainingConfig(validation_share=0.3),
+        TrainingConfig(holdout_user_last_n=1),
+        TrainingConfig(validation_share=0.2, min_holdout_users=20),
+    ],
+)
+def test_the_jobs_validation_split_is_carved_with_its_training_settings(
+    training: TrainingConfig,
+) -> None:
+    rows = [
+        (f"u{u}", f"i{(u + t) % 12}", "purchase", (u * 100 + t) * SECOND)
+        for u in range(30)
+        for t in range(10)
+    ]
+    events = events_table(rows)
+    config = dataclasses.replace(Config(), training=training, signals=SignalsConfig(purchase=3.0))
+    got = validation_holdout(events, config)
+    want = holdout_split(
+        events,
+        config.signals,
+        training.validation_share,
+        training.seed,
+        training.holdout_user_last_n,
+        training.min_holdout_users,
+    )
+    assert got is not None and want is not None
+    assert (got.method, got.cut_ms) == (want.method, want.cut_ms)
+    assert trained_pairs(got) == trained_pairs(want) and pairs_of(got) == pairs_of(want)
+    assert got.train.confidence.max() == want.train.confidence.max()
+
+
+def test_the_jobs_split_of_a_log_without_time_follows_its_seed() -> None:
+    rows = [(f"u{u}", f"i{i}", "view", 0) for u in range(20) for i in range(8)]
+    events = events_table(rows)
+    splits = [
+        validation_holdout(
+            events, dataclasses.replace(Config(), training=TrainingConfig(seed=seed))
+        )
+        for seed in (3, 3, 4)
+    ]
+    assert all(s is not None for s in splits)
+    assert trained_pairs(splits[0]) == trained_pairs(splits[1]) != trained_pairs(splits[2])
+    assert trained_pairs(splits[0]) == trained_pairs(
+        holdout_split(events, SignalsConfig(), 0.15, seed=3)
+    )
+
+
+# The parameter search.
+
+
+def test_a_search_range_widens_to_hold_the_configured_value() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    searching._float(trial, "above", 1.0, 2.0, 10.0)
+    searching._float(trial, "below", 1.0, 2.0, 0.5)
+    searching._float(trial, "unset", 1.0, 2.0, 0.0)
+    searching._int(trial, "count", 10, 20, 40, log=True)
+    searching._int(trial, "low", 10, 20, 3, log=False)
+    searching._int(trial, "none", 10, 20, 0, log=False)
+    got = {key: (d.low, d.high, d.log, type(d).__name__) for key, d in trial.distributions.items()}
+    assert got == {
+        "above": (1.0, 10.0, True, "FloatDistribution"),
+        "below": (0.5, 2.0, True, "FloatDistribution"),
+        "unset": (1.0, 2.0, True, "FloatDistribution"),
+        "count": (10, 40, True, "IntDistribution"),
+        "low": (3, 20, False, "IntDistribution"),
+        "none": (10, 20, False, "IntDistribution"),
+    }
+
+
+@pytest.mark.parametrize("name", TUNABLE)
+def test_the_first_trial_of_each_model_is_its_configured_parameters(name: str) -> None:
+    config = Config()
+    params = default_params(name, config)
+    assert params["model"] == name
+    assert {k: params[f"signals.{k}"] for k in ("view", "cart", "scaling")} == {
+        "view": 1.0,
+        "cart": 4.0,
+        "scaling": "log",
+    }
+    section = dataclasses.asdict(getattr(config.model, name))
+    # Sizes and choices the search never moves are not parameters of a trial.
+    assert set(params) - {"model", "signals.view", "signals.cart", "signals.scaling"} == {
+        f"{name}.{key}" for key in section if key not in ("max_items", "loss", "form")
+    }
+    again = suggest(optuna.trial.FixedTrial(params), name, config)
+    assert again == dataclasses.replace(config, model=dataclasses.replace(config.model, type=name))
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "expected"),
+    [
+        (
+            "als",
+            {"als.factors": 32, "als.regularization": 0.2, "als.alpha": 3.0, "als.iterations": 7},
+            {"factors": 32, "regularization": 0.2, "alpha": 3.0, "iterations": 7},
+        ),
+        (
+            "bpr",
+            {
+                "bpr.factors": 20,
+                "bpr.learning_rate": 0.01,
+                "bpr.regularization": 0.001,
+                "bpr.iterations": 50,
+            },
+            {"factors": 20, "learning_rate": 0.01, "regularization": 0.001, "iterations": 50},
+        ),
+        (
+            "itemknn",
+            {"itemknn.neighbours": 30, "itemknn.weighting": "cosine"},
+            {"neighbours": 30, "weighting": "cosine"},
+        ),
+        ("ease", {"ease.l2": 50.0}, {"l2": 50.0}),
+        (
+            "lightfm",
+            {"lightfm.factors": 24, "lightfm.learning_rate": 0.02, "lightfm.epochs": 12},
+            {"factors": 24, "learning_rate": 0.02, "epochs": 12},
+        ),
+    ],
+)
+def test_a_trial_sets_its_models_parameters_and_the_signals_and_nothing_else(
+    name: str, values: dict, expected: dict
+) -> None:
+    config = Config()
+    signals = {"signals.view": 0.5, "signals.cart": 9.0, "signals.scaling": "bm25"}
+    tried = suggest(optuna.trial.FixedTrial({**signals, **values}), name, config)
+    assert (tried.signals.view, tried.signals.cart, tried.signals.scaling) == (0.5, 9.0, "bm25")
+    assert tried.signals.purchase == config.signals.purchase
+    assert tried.model.type == name
+    section = getattr(tried.model, name)
+    assert {key: getattr(section, key) for key in expected} == expected
+    for other in TUNABLE:
+        if other != name:
+            assert getattr(tried.model, other) == getattr(config.model, other)
+    assert tried.training == config.training and tried.cleaning == config.cleaning
+
+
+def two_tastes(users: int = 40, seed: int = 0) -> list[tuple[str, str, str, int]]:
+    """Two groups of users, each buying from its own half of a 16-item catalogue; a user's
+    items are never repeated, so the split is judged on unseen items."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(users):
+        half = (u % 2) * 8
+        for n, item in enumerate(rng.permutation(8)[:6]):
+            rows.append((f"u{u}", f"i{half + item}", "purchase", (n * users + u) * SECOND))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def split() -> tuple[Holdout, Dataset]:
+    events = events_table(two_tastes())
+    holdout = holdout_split(events, SignalsConfig(), 0.3, seed=1)
+    assert holdout is not None and holdout.variant == "unseen"
+    return holdout, Dataset(holdout.train_events, None, None, [])
+
+
+def test_the_signals_rebuild_the_training_matrix_and_nothing_else(split) -> None:
+    holdout, _ = split
+    rebuilt = with_signals(holdout, SignalsConfig(purchase=2.0, scaling="none"))
+    assert rebuilt.test is holdout.test and rebuilt.train_events is holdout.train_events
+    assert (rebuilt.method, rebuilt.cut_ms) == (holdout.method, holdout.cut_ms)
+    assert set(rebuilt.train.confidence.data.tolist()) == {2.0}
+    assert holdout.train.confidence.max() != 2.0
+
+
+def test_the_search_starts_from_the_configured_models_and_scores_every_trial_honestly(
+    split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holdout, past = split
+    config = Config()
+    fitted: list[str] = []
+
+    def counted(model, interactions, dataset):
+        fitted.append(type(model).__name__)
+        assert dataset is past
+        return fit_model(model, interactions, dataset)
+
+    monkeypatch.setattr(searching, "fit_model", counted)
+    done = search(holdout, past, config, ["itemknn", "ease"], 600.0, 5, known={"itemknn": 0.5})
+    trials = done.study.trials
+    assert len(trials) == 5 and done.names == ["itemknn", "ease"]
+    assert trials[0].params == default_params("itemknn", config)
+    assert trials[1].params == default_params("ease", config)
+    assert trials[0].value == 0.5, "a known score is taken, not fitted again"
+    assert len(fitted) == 4
+    # The best of the configured models (EASE), though a later trial of EASE beats it.
+    assert done.best_default().number == 1
+    assert done.best.value == max(t.value for t in trials) > trials[1].value
+    # Each trial's score is its configuration fitted on the split's training part and scored
+    # on the split's own variant (unseen items here).
+    for trial in trials[1:]:
+        tried = done.config_of(trial, config)
+        rebuilt = with_signals(holdout, tried.signals)
+        model = fit_model(make_model(trial.params["model"], tried), rebuilt.train, past)
+        metrics = ranking_metrics(model_scorer(model), rebuilt)
+        assert trial.value == pytest.approx(metrics["unseen"]["ndcg@10"], abs=1e-9)
+        assert metrics["unseen"]["ndcg@10"] != pytest.approx(metrics["all"]["ndcg@10"])
+    assert done.config_of(trials[1], config) == dataclasses.replace(
+        config, model=dataclasses.replace(config.model, type="ease")
+    )
+
+
+def test_the_search_stops_at_its_budget_and_its_best_default_is_the_best_first_trial(
+    split,
+) -> None:
+    holdout, past = split
+    config = Config()
+    rushed = search(holdout, past, config, ["itemknn"], budget_s=1e-9)
+    assert len(rushed.study.trials) == 1, "the budget ends the search after its first trial"
+    assert rushed.seconds >= 0.0
+    done = search(holdout, past, config, ["ease", "itemknn"], 600.0, 3, known={"itemknn": 0.99})
+    assert isinstance(done, Search) and len(done.study.trials) == 3
+    assert done.best_default().number == 1 and done.best_default().value == 0.99

@@ -1,0 +1,199 @@
+"""The quality gate, called directly: which baseline it scores, at which bound it refuses.
+
+The job's own runs through the gate are in test_retraining_job.py (exit code 3, the nightly
+path end to end); these call `quality_gate` on the sample shop's trained model and a holdout,
+so `make mutation` can judge the gate in seconds per mutant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsvc.config import Config, SignalsConfig, build
+from recsvc.errors import QualityGateRefused
+from recsvc.modelstore import ModelStore
+from recsvc.published import PublishedModel
+from recsvc.training.evaluate import Holdout, published_scorer, ranking_metrics, validation_holdout
+from recsvc.training.ingest import Dataset
+from recsvc.training.pipeline import (
+    TrainInputs,
+    TrainResult,
+    ingest_and_clean,
+    quality_gate,
+    refit_published,
+)
+from recsvc.training.progress import Progress
+
+# Settings that ruin a model trained with them: views outweigh purchases a thousandfold and
+# everything older than an hour is forgotten.
+RUINOUS = SignalsConfig(view=1.0, cart=0.01, purchase=0.001, scaling="none", half_life_days=0.05)
+
+
+def quiet() -> Progress:
+    return Progress("t", open(os.devnull, "w"))
+
+
+def with_tolerance(tolerance: float, config: Config | None = None) -> Config:
+    config = config or Config()
+    return dataclasses.replace(
+        config, training=dataclasses.replace(config.training, quality_gate_tolerance=tolerance)
+    )
+
+
+@pytest.fixture(scope="module")
+def shop_split(
+    shop_inputs: TrainInputs, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Dataset, Holdout]:
+    rejects = tmp_path_factory.mktemp("rejects")
+    dataset, _ = ingest_and_clean(shop_inputs, Config(), rejects, quiet())
+    holdout = validation_holdout(dataset.events, Config())
+    assert holdout is not None and holdout.cut_ms is not None
+    return dataset, holdout
+
+
+@pytest.fixture
+def model_dir(trained: TrainResult, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(trained.model_dir, tmp_path / "models"))
+
+
+def _gate(
+    model_dir: Path,
+    new: float,
+    tolerance: float,
+    holdout: Holdout | None,
+    dataset: Dataset,
+    config: Config | None = None,
+) -> dict:
+    variant = holdout.variant if holdout is not None else "all"
+    evaluation = {
+        "selected": "ease",
+        "variant": variant,
+        "models": {"ease": {variant: {"ndcg@10": new}}},
+    }
+    return quality_gate(
+        ModelStore(model_dir), holdout, evaluation, dataset, with_tolerance(tolerance, config),
+        quiet(),
+    )  # fmt: skip
+
+
+def edit_manifest(model_dir: Path, **changes: object) -> None:
+    path = ModelStore(model_dir).current_path() / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            manifest.pop(key, None)
+        else:
+            manifest[key] = value
+    path.write_text(json.dumps(manifest))
+
+
+def test_gate_boundary_and_an_unreadable_published_model(
+    model_dir: Path, shop_split: tuple[Dataset, Holdout]
+) -> None:
+    """A new score exactly at the tolerance's edge passes; a hair below is refused. A published
+    model that cannot be read does not block the job, and the verdict says why."""
+    dataset, holdout = shop_split
+    verdict = _gate(model_dir, 1.0, 0.1, holdout, dataset)
+    published = verdict["published"]
+    assert published > 0.05
+    version = ModelStore(model_dir).current_version()
+    assert verdict == {
+        "checked": True,
+        "published_version": version,
+        "method": f"refit {verdict['method'].split()[1]} with the published version's "
+        "parameters, cleaning and signals",
+        "published": published,
+        "new": 1.0,
+        "tolerance": 0.1,
+        "passed": True,
+    }
+    edge = published * (1 - 0.1)
+    inside = _gate(model_dir, edge + 1e-9, 0.1, holdout, dataset)
+    assert inside["passed"] and inside["published"] == published
+    with pytest.raises(QualityGateRefused, match="below the published") as refused:
+        _gate(model_dir, edge - 1e-4, 0.1, holdout, dataset)
+    assert f"new model ease ndcg@10 {edge - 1e-4:.4f} is below the published {version}" in str(
+        refused.value
+    )
+    assert "by more than 10%; nothing published" in str(refused.value)
+    with pytest.raises(QualityGateRefused):
+        _gate(model_dir, published - 1e-4, 0.0, holdout, dataset)  # no tolerance at all
+    assert _gate(model_dir, published, 0.0, holdout, dataset)["passed"]
+    assert _gate(model_dir, 0.0, -1.0, holdout, dataset) == {"checked": False, "reason": "disabled"}
+    empty = model_dir.parent / "empty-store"
+    first = {"checked": False, "reason": "no published model"}
+    assert _gate(empty, 0.0, 0.1, holdout, dataset) == first
+    assert _gate(empty, 0.0, 0.0, holdout, dataset) == first, "a tolerance of 0 is not disabled"
+    assert _gate(model_dir, 0.0, 0.1, None, dataset) == {"checked": False, "reason": "no holdout"}
+
+    (ModelStore(model_dir).path(version) / "item_ids.npy").write_bytes(b"not an array")
+    verdict = _gate(model_dir, 0.0, 0.1, holdout, dataset)
+    assert not verdict["checked"] and verdict["reason"].startswith(f"published model {version}")
+    assert "unreadable" in verdict["reason"]
+
+
+def test_a_published_model_older_than_the_holdout_is_scored_on_its_own_arrays(
+    model_dir: Path, shop_split: tuple[Dataset, Holdout]
+) -> None:
+    """The usual night: the published model saw nothing of the holdout, so its own arrays are
+    scored; one whose data reaches the cut has seen the holdout and is refitted instead."""
+    dataset, holdout = shop_split
+    assert holdout.cut_ms is not None
+    edit_manifest(model_dir, data_end_ms=holdout.cut_ms - 1)
+    verdict = _gate(model_dir, 1.0, 0.05, holdout, dataset)
+    assert verdict["method"] == "published arrays"
+    published = PublishedModel.load(ModelStore(model_dir).current_path())
+    scorer = published_scorer(published, holdout.train.user_ids, holdout.train.item_ids)
+    expected = ranking_metrics(scorer, holdout)[holdout.variant]["ndcg@10"]
+    assert verdict["published"] == pytest.approx(expected, abs=1e-6) and expected > 0.05
+
+    edit_manifest(model_dir, data_end_ms=holdout.cut_ms)
+    assert _gate(model_dir, 1.0, 0.05, holdout, dataset)["method"].startswith("refit")
+    per_user = dataclasses.replace(holdout, cut_ms=None)  # no cut date: it may have seen it
+    assert _gate(model_dir, 1.0, 0.05, per_user, dataset)["method"].startswith("refit")
+
+
+def test_the_refit_baseline_is_built_with_the_published_versions_own_settings(
+    model_dir: Path, shop_split: tuple[Dataset, Holdout]
+) -> None:
+    """Settings that ruin the new run must not ruin its baseline too: the published model is
+    refitted with the cleaning and signals it recorded, and this run's only where it recorded
+    none."""
+    dataset, holdout = shop_split
+    ruinous_run = dataclasses.replace(Config(), signals=RUINOUS)
+    fair = _gate(model_dir, 1.0, 0.05, holdout, dataset)["published"]
+    assert _gate(model_dir, 1.0, 0.05, holdout, dataset, ruinous_run)["published"] == fair
+
+    recorded = build(
+        Config, PublishedModel.load(ModelStore(model_dir).current_path()).manifest["config"], ""
+    )
+    edit_manifest(model_dir, config=None)  # a version from before configs were recorded
+    ruined = _gate(model_dir, 1.0, 0.05, holdout, dataset, ruinous_run)["published"]
+    assert ruined < 0.8 * fair, (ruined, fair)
+    assert _gate(model_dir, 1.0, 0.05, holdout, dataset, recorded)["published"] == fair
+
+
+def test_the_refit_is_the_published_type_and_parameters_on_the_holdouts_training_part(
+    model_dir: Path, shop_split: tuple[Dataset, Holdout]
+) -> None:
+    dataset, holdout = shop_split
+    edit_manifest(model_dir, model_type="popularity", params={})
+    published = PublishedModel.load(ModelStore(model_dir).current_path())
+    scorer = refit_published(published, holdout, dataset, Config())
+    users = holdout.train.user_ids
+    scores = scorer(np.arange(2))
+    assert scores.shape == (2, holdout.train.item_ids.size)
+    # Popularity refitted on the training part: every user gets the same list, led by the
+    # training part's most bought item.
+    assert (scores[0] == scores[1]).all() and users.size > 2
+    counts = holdout.train.confidence.sum(axis=0).A1
+    assert scores[0].argmax() == counts.argmax()
+    verdict = _gate(model_dir, 1.0, 0.05, holdout, dataset)
+    assert verdict["method"].startswith("refit popularity with")
