@@ -197,3 +197,35 @@ def test_the_refit_is_the_published_type_and_parameters_on_the_holdouts_training
     assert scores[0].argmax() == counts.argmax()
     verdict = _gate(model_dir, 1.0, 0.05, holdout, dataset)
     assert verdict["method"].startswith("refit popularity with")
+
+
+def test_users_the_published_settings_clean_away_get_the_refits_popular_items(
+    model_dir: Path, shop_split: tuple[Dataset, Holdout]
+) -> None:
+    """The refit cleans the holdout's training part with the published version's own settings;
+    users that leaves out are still scored, by popularity, as the served model would."""
+    dataset, holdout = shop_split
+    manifest = PublishedModel.load(ModelStore(model_dir).current_path()).manifest
+    recorded = manifest["config"]
+    recorded["cleaning"]["min_user_interactions"] = 40
+    edit_manifest(model_dir, config=recorded, model_type="itemknn", params={"neighbours": 20})
+    published = PublishedModel.load(ModelStore(model_dir).current_path())
+    scorer = refit_published(published, holdout, dataset, Config())
+    counts = np.diff(holdout.train.confidence.indptr)
+    few = np.flatnonzero(counts < 5)[:3]  # under 40 events each: cleaned away
+    many = np.flatnonzero(counts > 60)[:3]
+    assert few.size == 3 and many.size == 3
+    scores = scorer(np.r_[few, many])
+    assert np.isfinite(scores[:3]).any(axis=1).all(), "cleaned-away users still get a list"
+    assert (scores[0] == scores[1]).all() and (scores[0] == scores[2]).all()
+    assert not (scores[3] == scores[0]).all(), "kept users get their own scores"
+
+
+def test_a_hybrid_published_model_is_refitted_with_the_runs_features(
+    model_dir: Path, shop_split: tuple[Dataset, Holdout]
+) -> None:
+    dataset, holdout = shop_split
+    edit_manifest(model_dir, model_type="lightfm", params={"factors": 4, "epochs": 1})
+    published = PublishedModel.load(ModelStore(model_dir).current_path())
+    scores = refit_published(published, holdout, dataset, Config())(np.arange(3))
+    assert np.isfinite(scores).all() and scores.shape == (3, holdout.train.item_ids.size)
