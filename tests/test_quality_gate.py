@@ -8,6 +8,7 @@ so `make mutation` can judge the gate in seconds per mutant.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -70,6 +71,7 @@ def _gate(
     holdout: Holdout | None,
     dataset: Dataset,
     config: Config | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     variant = holdout.variant if holdout is not None else "all"
     evaluation = {
@@ -79,7 +81,7 @@ def _gate(
     }
     return quality_gate(
         ModelStore(model_dir), holdout, evaluation, dataset, with_tolerance(tolerance, config),
-        quiet(),
+        progress or quiet(),
     )  # fmt: skip
 
 
@@ -104,21 +106,30 @@ def test_gate_boundary_and_an_unreadable_published_model(
     published = verdict["published"]
     assert published > 0.05
     version = ModelStore(model_dir).current_version()
+    kind = PublishedModel.load(ModelStore(model_dir).current_path()).manifest["model_type"]
     assert verdict == {
         "checked": True,
         "published_version": version,
-        "method": f"refit {verdict['method'].split()[1]} with the published version's "
-        "parameters, cleaning and signals",
+        "method": f"refit {kind} with the published version's parameters, cleaning and signals",
         "published": published,
         "new": 1.0,
         "tolerance": 0.1,
         "passed": True,
     }
     edge = published * (1 - 0.1)
-    inside = _gate(model_dir, edge + 1e-9, 0.1, holdout, dataset)
+    said = io.StringIO()
+    inside = _gate(model_dir, edge + 1e-9, 0.1, holdout, dataset, progress=Progress("t", said))
+    assert said.getvalue().endswith(
+        f"] quality gate: new ndcg@10 {edge + 1e-9:.4f} vs published {version} {published:.4f} "
+        f"({verdict['method']}), tolerance 10%: pass\n"
+    )
     assert inside["passed"] and inside["published"] == published
+    said = io.StringIO()
     with pytest.raises(QualityGateRefused, match="below the published") as refused:
-        _gate(model_dir, edge - 1e-4, 0.1, holdout, dataset)
+        _gate(model_dir, edge - 1e-4, 0.1, holdout, dataset, progress=Progress("t", said))
+    assert said.getvalue().endswith(
+        f"{published:.4f} ({verdict['method']}), tolerance 10%: REFUSED\n"
+    )
     assert f"new model ease ndcg@10 {edge - 1e-4:.4f} is below the published {version}" in str(
         refused.value
     )
