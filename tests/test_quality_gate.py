@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -97,7 +98,7 @@ def edit_manifest(model_dir: Path, **changes: object) -> None:
 
 
 def test_gate_boundary_and_an_unreadable_published_model(
-    model_dir: Path, shop_split: tuple[Dataset, Holdout]
+    model_dir: Path, shop_split: tuple[Dataset, Holdout], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A new score exactly at the tolerance's edge passes; a hair below is refused. A published
     model that cannot be read does not block the job, and the verdict says why."""
@@ -119,6 +120,7 @@ def test_gate_boundary_and_an_unreadable_published_model(
     edge = published * (1 - 0.1)
     said = io.StringIO()
     inside = _gate(model_dir, edge + 1e-9, 0.1, holdout, dataset, progress=Progress("t", said))
+    assert inside["new"] == round(edge + 1e-9, 6) != edge + 1e-9  # rounded to six places
     assert said.getvalue().endswith(
         f"] quality gate: new ndcg@10 {edge + 1e-9:.4f} vs published {version} {published:.4f} "
         f"({verdict['method']}), tolerance 10%: pass\n"
@@ -145,7 +147,14 @@ def test_gate_boundary_and_an_unreadable_published_model(
     assert _gate(model_dir, 0.0, 0.1, None, dataset) == {"checked": False, "reason": "no holdout"}
 
     (ModelStore(model_dir).path(version) / "item_ids.npy").write_bytes(b"not an array")
-    verdict = _gate(model_dir, 0.0, 0.1, holdout, dataset)
+    with caplog.at_level(logging.WARNING, logger="recsvc.training.pipeline"):
+        verdict = _gate(model_dir, 0.0, 0.1, holdout, dataset)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith(
+        f"published model {version} cannot be loaded ("
+    )
+    error = verdict["reason"].split("unreadable: ", 1)[1]
+    assert error and warned[0].endswith(f"({error}); gate skipped")
     assert not verdict["checked"] and verdict["reason"].startswith(f"published model {version}")
     assert "unreadable" in verdict["reason"]
 
@@ -163,7 +172,10 @@ def test_a_published_model_older_than_the_holdout_is_scored_on_its_own_arrays(
     published = PublishedModel.load(ModelStore(model_dir).current_path())
     scorer = published_scorer(published, holdout.train.user_ids, holdout.train.item_ids)
     expected = ranking_metrics(scorer, holdout)[holdout.variant]["ndcg@10"]
-    assert verdict["published"] == pytest.approx(expected, abs=1e-6) and expected > 0.05
+    assert verdict["published"] == round(expected, 6) and expected > 0.05
+    # A version from before the manifest recorded its data's end is taken as older too.
+    edit_manifest(model_dir, data_end_ms=None)
+    assert _gate(model_dir, 1.0, 0.05, holdout, dataset)["method"] == "published arrays"
 
     edit_manifest(model_dir, data_end_ms=holdout.cut_ms)
     assert _gate(model_dir, 1.0, 0.05, holdout, dataset)["method"].startswith("refit")
