@@ -9,6 +9,7 @@ file first.
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
 import optuna
@@ -411,3 +412,169 @@ def test_the_search_stops_at_its_budget_and_its_best_default_is_the_best_first_t
     done = search(holdout, past, config, ["ease", "itemknn"], 600.0, 3, known={"itemknn": 0.99})
     assert isinstance(done, Search) and len(done.study.trials) == 3
     assert done.best_default().number == 1 and done.best_default().value == 0.99
+
+
+# The job's use of the search (training.pipeline.tune_parameters), called directly.
+
+
+def tuning_config(**training: object) -> Config:
+    return dataclasses.replace(
+        Config(), training=dataclasses.replace(Config().training, **training)
+    )
+
+
+def evaluation_of(variant: str, scores: dict[str, float], seconds: float = 0.1) -> dict:
+    return {
+        "seconds": {name: seconds for name in scores},
+        "models": {name: {variant: {"ndcg@10": score}} for name, score in scores.items()},
+    }
+
+
+@pytest.mark.parametrize(
+    ("config", "names", "with_holdout", "reason"),
+    [
+        (tuning_config(tune_budget_s=0.0), ["als"], True, "training.tune_budget_s is 0"),
+        (tuning_config(tune_trials=0), ["als"], True, "training.tune_budget_s is 0"),
+        (tuning_config(), ["als"], False, "no holdout"),
+        (
+            tuning_config(engine="spark"),
+            ["als"],
+            True,
+            "the spark engine fits on the cluster; the search runs on the local engine only",
+        ),
+        (
+            tuning_config(),
+            ["popularity", "rp3beta"],
+            True,
+            "no tunable candidate (tunable: als, bpr, itemknn, ease, lightfm)",
+        ),
+    ],
+)
+def test_the_job_says_why_it_did_not_search(
+    split, config: Config, names: list[str], with_holdout: bool, reason: str
+) -> None:
+    from recsvc.training.pipeline import tune_parameters
+
+    holdout, past = split
+    evaluation = evaluation_of(holdout.variant, dict.fromkeys(names, 0.1))
+    chosen, evidence = tune_parameters(
+        names, holdout if with_holdout else None, evaluation, past, config, searching.Progress("t")
+    )
+    assert chosen is None and evidence == {"searched": False, "reason": reason}
+
+
+def test_a_candidate_whose_fit_takes_a_fifth_of_the_budget_is_not_searched(split) -> None:
+    from recsvc.training.pipeline import tune_parameters
+
+    holdout, past = split
+    config = tuning_config(tune_budget_s=10.0, tune_trials=3)
+    evaluation = evaluation_of(holdout.variant, {"itemknn": 0.2, "ease": 0.3}, seconds=2.0)
+    evaluation["seconds"]["ease"] = 2.01  # a hair over a fifth of 10 s
+    chosen, evidence = tune_parameters(
+        ["itemknn", "ease"], holdout, evaluation, past, config, searching.Progress("t")
+    )
+    assert evidence["searched"] and evidence["trials"] == 3
+    assert evidence["not_searched"] == {
+        "ease": "one fit and scoring took 2 s, over 20% of the budget"
+    }
+    assert evidence["shipped"] == {"itemknn": 0.2}, "only what was searched"
+    evaluation["seconds"]["itemknn"] = 2.5
+    chosen, evidence = tune_parameters(
+        ["itemknn", "ease"], holdout, evaluation, past, config, searching.Progress("t")
+    )
+    assert chosen is None and evidence == {
+        "searched": False,
+        "reason": "every candidate too slow",
+        "not_searched": {
+            "itemknn": "one fit and scoring took 2 s, over 20% of the budget",
+            "ease": "one fit and scoring took 2 s, over 20% of the budget",
+        },
+    }
+
+
+def finished_search(values: list[float], names: list[str], seconds: float = 1.5) -> Search:
+    """A search whose trials scored `values`: the first is itemknn at its configured
+    parameters, the others itemknn with 30 neighbours and views weighing 2."""
+    study = optuna.create_study(direction="maximize")
+    distributions = {
+        "model": optuna.distributions.CategoricalDistribution(names),
+        "signals.view": optuna.distributions.FloatDistribution(0.1, 4.0, log=True),
+        "signals.cart": optuna.distributions.FloatDistribution(1.0, 20.0, log=True),
+        "signals.scaling": optuna.distributions.CategoricalDistribution(["log", "bm25", "none"]),
+        "itemknn.neighbours": optuna.distributions.IntDistribution(1, 500, log=True),
+        "itemknn.weighting": optuna.distributions.CategoricalDistribution(["cosine", "bm25"]),
+    }
+    for n, value in enumerate(values):
+        params = default_params("itemknn", Config())
+        if n:
+            params.update({"itemknn.neighbours": 30, "signals.view": 2.0})
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, value=value)
+        )
+    return Search(study, names, seconds)
+
+
+@pytest.mark.parametrize(
+    ("best", "adopted"),
+    [(0.4 * 1.01, False), (0.4 * 1.01 + 1e-9, True), (0.5, True), (0.39, False)],
+)
+def test_the_job_trains_with_a_tuned_configuration_only_past_the_margin(
+    split, monkeypatch: pytest.MonkeyPatch, best: float, adopted: bool
+) -> None:
+    """Tuned parameters must beat the best candidate at its configured parameters, searched
+    or not, by more than 1%: here the best shipped is EASE at 0.4 (not searched: too slow)."""
+    from recsvc.training import pipeline
+
+    holdout, past = split
+    config = tuning_config(tune_budget_s=10.0, tune_trials=7)
+    names = ["itemknn", "ease", "popularity"]
+    evaluation = evaluation_of(holdout.variant, {"itemknn": 0.3, "ease": 0.4, "popularity": 0.1})
+    evaluation["seconds"]["ease"] = 5.0
+    calls = []
+
+    def fake_search(*args):
+        calls.append(args)
+        return finished_search([0.3, best], ["itemknn"])
+
+    monkeypatch.setattr(pipeline, "search", fake_search)
+    said = io.StringIO()
+    chosen, evidence = pipeline.tune_parameters(
+        names, holdout, evaluation, past, config, searching.Progress("t", said)
+    )
+    ((split_arg, past_arg, config_arg, tunable, budget, trials, known, _),) = calls
+    assert split_arg is holdout and config_arg is config
+    assert past_arg.events is holdout.train_events, "the search sees the training part only"
+    assert (tunable, budget, trials, known) == (["itemknn"], 10.0, 7, {"itemknn": 0.3})
+    verdict = "trained with the tuned parameters" if adopted else "kept the shipped ones"
+    reason = (
+        f"best trial itemknn {best:.4f} against the best model at its configured parameters, "
+        f"ease 0.4000, on the validation split: {verdict} (a tuned configuration must beat "
+        "them by more than 1%)"
+    )
+    assert evidence == {
+        "searched": True,
+        "budget_s": 10.0,
+        "seconds": 1.5,
+        "trials": 2,
+        "shipped": {"itemknn": 0.3},
+        "best_shipped": {"model": "ease", "ndcg@10": 0.4},
+        "not_searched": {"ease": "one fit and scoring took 5 s, over 20% of the budget"},
+        "best": {
+            "model": "itemknn",
+            "params": {
+                **default_params("itemknn", Config()),
+                **({"itemknn.neighbours": 30, "signals.view": 2.0} if best > 0.3 else {}),
+            },
+            "ndcg@10": max(best, 0.3),
+        },
+        "adopted": adopted,
+        "reason": reason,
+    }
+    assert said.getvalue().rstrip().endswith(f"parameter search: {reason}")
+    if not adopted:
+        assert chosen is None
+        return
+    assert chosen is not None
+    assert chosen.model.type == "auto", "the job still chooses among the candidates"
+    assert chosen.model.itemknn.neighbours == 30 and chosen.signals.view == 2.0
+    assert chosen.model.ease == config.model.ease and chosen.training == config.training
