@@ -538,8 +538,9 @@ def test_the_job_trains_with_a_tuned_configuration_only_past_the_margin(
 
     monkeypatch.setattr(pipeline, "search", fake_search)
     said = io.StringIO()
+    everything = dataclasses.replace(past, events=events_table(two_tastes()))
     chosen, evidence = pipeline.tune_parameters(
-        names, holdout, evaluation, past, config, searching.Progress("t", said)
+        names, holdout, evaluation, everything, config, searching.Progress("t", said)
     )
     ((split_arg, past_arg, config_arg, tunable, budget, trials, known, _),) = calls
     assert split_arg is holdout and config_arg is config
