@@ -252,3 +252,5 @@ def test_a_hybrid_published_model_is_refitted_with_the_runs_features(
     published = PublishedModel.load(ModelStore(model_dir).current_path())
     scores = refit_published(published, holdout, dataset, Config())(np.arange(3))
     assert np.isfinite(scores).all() and scores.shape == (3, holdout.train.item_ids.size)
+    verdict = _gate(model_dir, 1.0, 0.05, holdout, dataset)  # the gate hands it the features
+    assert verdict["method"].startswith("refit lightfm with") and verdict["published"] > 0.0
