@@ -200,6 +200,7 @@ def test_the_refit_baseline_is_built_with_the_published_versions_own_settings(
     edit_manifest(model_dir, config=None)  # a version from before configs were recorded
     ruined = _gate(model_dir, 1.0, 0.05, holdout, dataset, ruinous_run)["published"]
     assert ruined < 0.8 * fair, (ruined, fair)
+    assert (fair, ruined) == (round(fair, 6), round(ruined, 6)), "six places, as shown"
     assert _gate(model_dir, 1.0, 0.05, holdout, dataset, recorded)["published"] == fair
 
 
@@ -254,3 +255,4 @@ def test_a_hybrid_published_model_is_refitted_with_the_runs_features(
     assert np.isfinite(scores).all() and scores.shape == (3, holdout.train.item_ids.size)
     verdict = _gate(model_dir, 1.0, 0.05, holdout, dataset)  # the gate hands it the features
     assert verdict["method"].startswith("refit lightfm with") and verdict["published"] > 0.0
+    assert verdict["published"] == round(verdict["published"], 6)
