@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -579,3 +582,107 @@ def test_the_job_trains_with_a_tuned_configuration_only_past_the_margin(
     assert chosen.model.type == "auto", "the job still chooses among the candidates"
     assert chosen.model.itemknn.neighbours == 30 and chosen.signals.view == 2.0
     assert chosen.model.ease == config.model.ease and chosen.training == config.training
+
+
+# `recsvc tune` (training.tune.tune), called directly on a small log.
+
+
+def write_log(path: Path, rows: list[tuple[str, str, str, int]], bad: bool = False) -> Path:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    lines = ["user_id,item_id,event,timestamp"]
+    for user, item, event, stamp in rows:
+        when = (start + timedelta(milliseconds=stamp)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        lines.append(f"{user},{item},{event},{when}")
+    if bad:
+        lines.append("u0,i0,teleport,2026-01-01T00:00:00Z")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_tune_searches_checks_on_the_test_period_and_writes_what_won(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recsvc.config import load_config
+    from recsvc.training.pipeline import TrainInputs
+    from recsvc.training.tune import tune
+
+    events = write_log(tmp_path / "events.csv", two_tastes(users=80), bad=True)
+    out = tmp_path / "out" / "tuned.toml"
+    # A configured model type is not what is tuned: the models asked for are.
+    config = dataclasses.replace(
+        Config(),
+        model=dataclasses.replace(Config().model, type="als"),
+        training=TrainingConfig(min_holdout_users=0),  # cut by date, both times
+    )
+    said = io.StringIO()
+    result = tune(
+        TrainInputs(events),
+        config,
+        out,
+        ["itemknn", "ease"],
+        600.0,
+        4,
+        searching.Progress("t", said),
+    )
+    assert set(result) == {
+        "model", "params", "variant", "trials", "seconds", "validation", "test",
+        "default_model", "search_data_end_ms", "test_cut_ms",
+    }  # fmt: skip
+    assert result["model"] in ("itemknn", "ease") and result["trials"] == 4
+    assert result["params"]["model"] == result["model"] and result["variant"] == "unseen"
+    assert result["default_model"] in ("itemknn", "ease")
+    assert result["validation"]["tuned"] >= result["validation"]["default"]
+    assert result["test"]["default"] > 0.0 and result["test"]["tuned"] > 0.0
+    assert result["search_data_end_ms"] < result["test_cut_ms"]
+    tuned = load_config(out)
+    assert tuned.model.type == result["model"]
+    written = json.loads(out.with_suffix(".trials.json").read_text())
+    assert [t["number"] for t in written["all_trials"]] == [0, 1, 2, 3]
+    assert {k: written[k] for k in result} == json.loads(json.dumps(result))
+    # The rejected row lands beside the output, as the job's would.
+    rejects = list((tmp_path / "out" / "rejects").glob("*"))
+    assert rejects and "teleport" in "".join(p.read_text() for p in rejects)
+    log = said.getvalue()
+    assert "] search trains on " in log and " pairs) is kept for the final check\n" in log
+    assert "] trial 1: itemknn ndcg@10 " in log and "] final check on the test period" in log
+    assert capsys.readouterr().err == "", "everything goes to the progress it was given"
+
+
+def test_tune_says_what_it_cannot_tune_and_when_there_is_too_little_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recsvc.errors import BadInput
+    from recsvc.training.pipeline import TrainInputs
+    from recsvc.training.tune import tune
+
+    events = write_log(tmp_path / "events.csv", two_tastes(users=80))
+    with pytest.raises(BadInput) as refused:
+        tune(TrainInputs(events), Config(), tmp_path / "a.toml", ["itemknn", "popularity"], 60.0, 2)
+    assert str(refused.value) == (
+        "cannot tune 'popularity'; tunable models: als, bpr, itemknn, ease, lightfm"
+    )
+    # Enough for a test period (i again at the end), too little left for a validation period.
+    rows = [("u", "i", "view", 0), ("u", "j", "view", SECOND), ("u", "i", "view", 2 * SECOND)]
+    tiny = write_log(tmp_path / "tiny.csv", rows)
+    with pytest.raises(BadInput) as refused:
+        tune(TrainInputs(tiny), Config(), tmp_path / "b.toml", ["itemknn"], 60.0, 2)
+    assert str(refused.value) == (
+        "too little data to tune: need a test period and a validation period"
+    )
+    # A log without time: split per user, so there is no search cut to report. EASE left out by
+    # its size limit is named; the default progress writes to the console as "tune".
+    timeless = [(u, i, e, 0) for u, i, e, _ in two_tastes(users=80)]
+    config = dataclasses.replace(
+        Config(),
+        model=dataclasses.replace(
+            Config().model, ease=dataclasses.replace(Config().model.ease, max_items=2)
+        ),
+    )
+    capsys.readouterr()
+    result = tune(
+        TrainInputs(write_log(tmp_path / "t.csv", timeless)), config, tmp_path / "c.toml",
+        ["itemknn", "ease"], 60.0, 2,
+    )  # fmt: skip
+    assert result["search_data_end_ms"] is None and result["test_cut_ms"] is None
+    err = capsys.readouterr().err
+    assert "[tune " in err and "] not tuning ease: " in err and "max_items" in err
