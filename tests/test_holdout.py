@@ -134,6 +134,9 @@ def test_user_last_n_holds_out_each_users_newest_events() -> None:
     }
     # i9 is held out for z and b, but no training event has it, so it cannot be scored.
     assert pairs_of(holdout) == {("z", "i8"), ("a", "i3"), ("a", "i4")}
+    last = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1, user_last_n=1)
+    assert last is not None and last.method == "user_last"
+    assert pairs_of(last) == {("a", "i4")}  # z's i9 and b's i9 are unknown to training
 
 
 def test_the_newest_share_of_each_user_is_rounded_up_and_ties_go_by_row_order() -> None:
@@ -172,6 +175,17 @@ def test_too_few_users_after_the_cut_date_fall_back_to_each_users_newest_events(
     assert per_user is not None and per_user.method == "user_last_share"
     assert per_user.describe()["test_users"] == 30
     assert per_user.train_events.num_rows == 30 * 8  # each user's newest 2 of 10 held out
+
+
+def test_each_users_newest_are_taken_where_the_cut_date_judges_nobody() -> None:
+    # By date the held-out event is an item nobody trained on: no holdout. Per user, a's repeat
+    # of i is judged: one user, more than none.
+    rows = [("a", "i", "view", 0), ("a", "i", "view", SECOND)]
+    rows += [("b", "j", "view", 2 * SECOND), ("b", "k", "view", 3 * SECOND)]
+    assert holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1) is None
+    holdout = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1, min_users=1)
+    assert holdout is not None and holdout.method == "user_last_share"
+    assert pairs_of(holdout) == {("a", "i")}
 
 
 def test_the_cut_date_is_kept_when_each_users_newest_would_judge_no_more_users() -> None:
@@ -412,9 +426,9 @@ def test_the_search_stops_at_its_budget_and_its_best_default_is_the_best_first_t
     rushed = search(holdout, past, config, ["itemknn"], budget_s=1e-9)
     assert len(rushed.study.trials) == 1, "the budget ends the search after its first trial"
     assert rushed.seconds >= 0.0
-    done = search(holdout, past, config, ["ease", "itemknn"], 600.0, 3, known={"itemknn": 0.99})
+    done = search(holdout, past, config, ["itemknn", "ease"], 600.0, 3, known={"itemknn": 0.99})
     assert isinstance(done, Search) and len(done.study.trials) == 3
-    assert done.best_default().number == 1 and done.best_default().value == 0.99
+    assert done.best_default().number == 0 and done.best_default().value == 0.99
 
 
 # The job's use of the search (training.pipeline.tune_parameters), called directly.
@@ -437,7 +451,7 @@ def evaluation_of(variant: str, scores: dict[str, float], seconds: float = 0.1) 
     ("config", "names", "with_holdout", "reason"),
     [
         (tuning_config(tune_budget_s=0.0), ["als"], True, "training.tune_budget_s is 0"),
-        (tuning_config(tune_trials=0), ["als"], True, "training.tune_budget_s is 0"),
+        (tuning_config(tune_trials=0), ["als"], True, "training.tune_trials is 0"),
         (tuning_config(), ["als"], False, "no holdout"),
         (
             tuning_config(engine="spark"),
@@ -542,10 +556,13 @@ def test_the_job_trains_with_a_tuned_configuration_only_past_the_margin(
     monkeypatch.setattr(pipeline, "search", fake_search)
     said = io.StringIO()
     everything = dataclasses.replace(past, events=events_table(two_tastes()))
+    progress = searching.Progress("t", said)
     chosen, evidence = pipeline.tune_parameters(
-        names, holdout, evaluation, everything, config, searching.Progress("t", said)
+        names, holdout, evaluation, everything, config, progress
     )
-    ((split_arg, past_arg, config_arg, tunable, budget, trials, known, _),) = calls
+    assert "] parameter search (10 s, 7 trials at most) ...\n" in said.getvalue()
+    ((split_arg, past_arg, config_arg, tunable, budget, trials, known, shown),) = calls
+    assert shown is progress
     assert split_arg is holdout and config_arg is config
     assert past_arg.events is holdout.train_events, "the search sees the training part only"
     assert (tunable, budget, trials, known) == (["itemknn"], 10.0, 7, {"itemknn": 0.3})
@@ -686,3 +703,40 @@ def test_tune_says_what_it_cannot_tune_and_when_there_is_too_little_data(
     assert result["search_data_end_ms"] is None and result["test_cut_ms"] is None
     err = capsys.readouterr().err
     assert "[tune " in err and "] not tuning ease: " in err and "max_items" in err
+
+
+def test_the_search_reports_each_trial_and_repeats_itself_from_its_seed(
+    split, capsys: pytest.CaptureFixture[str]
+) -> None:
+    holdout, past = split
+    config = Config()
+    capsys.readouterr()
+    first = search(holdout, past, config, ["itemknn"], 600.0, 4, known={"itemknn": 0.5})
+    lines = [line for line in capsys.readouterr().err.splitlines() if "] trial " in line]
+    assert len(lines) == 4 and lines[0].startswith("[tune ")
+    assert lines[0].endswith("] trial 1: itemknn ndcg@10 0.5000; best 0.5000 (itemknn); 0/600 s")
+    assert lines[3].split("] ")[1].startswith("trial 4: itemknn ndcg@10 ")
+    again = search(holdout, past, config, ["itemknn"], 600.0, 4, known={"itemknn": 0.5})
+    assert [t.params for t in again.study.trials] == [t.params for t in first.study.trials]
+    reseeded = dataclasses.replace(config, training=TrainingConfig(seed=7))
+    other = search(holdout, past, reseeded, ["itemknn"], 600.0, 4, known={"itemknn": 0.5})
+    assert [t.params for t in other.study.trials][1:] != [t.params for t in first.study.trials][1:]
+
+
+def test_the_best_default_is_among_the_first_trials_only_and_skips_failed_ones() -> None:
+    # One model: trial 0 is its configured parameters; trial 1, better, is a tuned one.
+    done = finished_search([0.1, 0.9], ["itemknn"])
+    assert done.best_default().number == 0 and done.best.number == 1
+    study = optuna.create_study(direction="maximize")
+    distributions = {"model": optuna.distributions.CategoricalDistribution(["itemknn", "ease"])}
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"model": "itemknn"},
+            distributions=distributions,
+            state=optuna.trial.TrialState.FAIL,
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(params={"model": "ease"}, distributions=distributions, value=0.0)
+    )
+    assert Search(study, ["itemknn", "ease"], 0.0).best_default().number == 1

@@ -446,7 +446,9 @@ def tune_parameters(
     tunable = [n for n in names if n in TUNABLE]
     why_not = (
         "training.tune_budget_s is 0"
-        if budget <= 0 or trials <= 0
+        if budget <= 0
+        else "training.tune_trials is 0"
+        if trials <= 0
         else "no holdout"
         if holdout is None
         else "the spark engine fits on the cluster; the search runs on the local engine only"
