@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
+import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -285,6 +288,58 @@ def test_a_search_range_widens_to_hold_the_configured_value() -> None:
     }
 
 
+SIGNALS_SPACE = {
+    "signals.view": (0.1, 4.0, True),
+    "signals.cart": (1.0, 20.0, True),
+    "signals.scaling": ("log", "bm25", "none"),
+}
+# The search space (README's "Tuning"): (low, high, log) or the choices.
+SEARCH_SPACE = {
+    "als": {
+        "als.factors": (16, 256, True),
+        "als.regularization": (1e-3, 1.0, True),
+        "als.alpha": (0.5, 50.0, True),
+        "als.iterations": (5, 30, False),
+    },
+    "bpr": {
+        "bpr.factors": (16, 256, True),
+        "bpr.learning_rate": (1e-3, 0.3, True),
+        "bpr.regularization": (1e-4, 0.1, True),
+        "bpr.iterations": (20, 300, True),
+    },
+    "itemknn": {"itemknn.neighbours": (10, 500, True), "itemknn.weighting": ("cosine", "bm25")},
+    "ease": {"ease.l2": (1.0, 5000.0, True)},
+    "lightfm": {
+        "lightfm.factors": (16, 128, True),
+        "lightfm.learning_rate": (5e-3, 0.2, True),
+        "lightfm.epochs": (5, 60, True),
+    },
+}
+
+
+@pytest.mark.parametrize("name", TUNABLE)
+def test_each_model_is_searched_over_its_ranges_and_the_signals(name: str) -> None:
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    suggest(trial, name, Config())  # the shipped values lie inside every range
+    got = {
+        key: tuple(d.choices)
+        if isinstance(d, optuna.distributions.CategoricalDistribution)
+        else (d.low, d.high, d.log)
+        for key, d in trial.distributions.items()
+    }
+    assert got == {**SIGNALS_SPACE, **SEARCH_SPACE[name]}
+    ints = {
+        k
+        for k, d in trial.distributions.items()
+        if isinstance(d, optuna.distributions.IntDistribution)
+    }
+    assert ints == {
+        k
+        for k in SEARCH_SPACE[name]
+        if k.split(".")[1] in ("factors", "iterations", "neighbours", "epochs")
+    }
+
+
 @pytest.mark.parametrize("name", TUNABLE)
 def test_the_first_trial_of_each_model_is_its_configured_parameters(name: str) -> None:
     config = Config()
@@ -425,7 +480,7 @@ def test_the_search_stops_at_its_budget_and_its_best_default_is_the_best_first_t
     config = Config()
     rushed = search(holdout, past, config, ["itemknn"], budget_s=1e-9)
     assert len(rushed.study.trials) == 1, "the budget ends the search after its first trial"
-    assert rushed.seconds >= 0.0
+    assert isinstance(rushed.seconds, float) and rushed.seconds == round(rushed.seconds, 1)
     done = search(holdout, past, config, ["itemknn", "ease"], 600.0, 3, known={"itemknn": 0.99})
     assert isinstance(done, Search) and len(done.study.trials) == 3
     assert done.best_default().number == 0 and done.best_default().value == 0.99
@@ -632,15 +687,20 @@ def test_tune_searches_checks_on_the_test_period_and_writes_what_won(
         training=TrainingConfig(min_holdout_users=0),  # cut by date, both times
     )
     said = io.StringIO()
-    result = tune(
-        TrainInputs(events),
-        config,
-        out,
-        ["itemknn", "ease"],
-        600.0,
-        4,
-        searching.Progress("t", said),
-    )
+    zone = os.environ.get("TZ")
+    os.environ["TZ"] = "CST-8"
+    time.tzset()
+    try:
+        result = tune(
+            TrainInputs(events), config, out, ["itemknn", "ease"], 600.0, 4,
+            searching.Progress("t", said),
+        )  # fmt: skip
+    finally:
+        if zone is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = zone
+        time.tzset()
     assert set(result) == {
         "model", "params", "variant", "trials", "seconds", "validation", "test",
         "default_model", "search_data_end_ms", "test_cut_ms",
@@ -653,8 +713,25 @@ def test_tune_searches_checks_on_the_test_period_and_writes_what_won(
     assert result["search_data_end_ms"] < result["test_cut_ms"]
     tuned = load_config(out)
     assert tuned.model.type == result["model"]
-    written = json.loads(out.with_suffix(".trials.json").read_text())
+    text = out.read_text()
+    header = re.match(
+        r"# Written by `recsvc tune` on (\d{4}-\d\d-\d\d \d\d:\d\d) UTC: 4 trials in \d+ s\.\n"
+        rf"# Best: {result['model']}, validation ndcg@10 0\.\d{{4}} "
+        r"\(defaults: \w+ 0\.\d{4}\)\.\n"
+        r"# On the held-back test period: tuned 0\.\d{4}, defaults 0\.\d{4}\.\n"
+        r"# Train with it: recsvc train --config THIS_FILE \.\.\.\n",
+        text,
+    )
+    assert header, text[:400]
+    # Stamped in UTC, whatever the machine's zone (the run was made in UTC+8).
+    stamp = datetime.strptime(header.group(1), "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+    assert abs(datetime.now(UTC) - stamp) < timedelta(minutes=10)
+    trials_text = out.with_suffix(".trials.json").read_text()
+    assert trials_text.startswith('{\n  "model": ') and trials_text.endswith("}\n")
+    written = json.loads(trials_text)
     assert [t["number"] for t in written["all_trials"]] == [0, 1, 2, 3]
+    assert all(set(t) == {"number", "value", "params"} for t in written["all_trials"])
+    assert max(t["value"] for t in written["all_trials"]) == result["validation"]["tuned"]
     assert {k: written[k] for k in result} == json.loads(json.dumps(result))
     # The rejected row lands beside the output, as the job's would.
     rejects = list((tmp_path / "out" / "rejects").glob("*"))
@@ -662,6 +739,10 @@ def test_tune_searches_checks_on_the_test_period_and_writes_what_won(
     log = said.getvalue()
     assert "] search trains on " in log and " pairs) is kept for the final check\n" in log
     assert "] trial 1: itemknn ndcg@10 " in log and "] final check on the test period" in log
+    assert (
+        log.rstrip().endswith(f"; wrote {out} and {out.with_suffix('.trials.json')}")
+        and f"] best {result['model']}: validation " in log
+    )
     assert capsys.readouterr().err == "", "everything goes to the progress it was given"
 
 
@@ -697,8 +778,8 @@ def test_tune_says_what_it_cannot_tune_and_when_there_is_too_little_data(
     )
     capsys.readouterr()
     result = tune(
-        TrainInputs(write_log(tmp_path / "t.csv", timeless)), config, tmp_path / "c.toml",
-        ["itemknn", "ease"], 60.0, 2,
+        TrainInputs(write_log(tmp_path / "t.csv", timeless)), config,
+        tmp_path / "a" / "b" / "c.toml", ["itemknn", "ease"], 60.0, 2,
     )  # fmt: skip
     assert result["search_data_end_ms"] is None and result["test_cut_ms"] is None
     err = capsys.readouterr().err
