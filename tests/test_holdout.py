@@ -293,7 +293,7 @@ SIGNALS_SPACE = {
     "signals.cart": (1.0, 20.0, True),
     "signals.scaling": ("log", "bm25", "none"),
 }
-# The search space (README's "Tuning"): (low, high, log) or the choices.
+# The search space, as the README's design notes give it: (low, high, log) or the choices.
 SEARCH_SPACE = {
     "als": {
         "als.factors": (16, 256, True),
