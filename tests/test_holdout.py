@@ -277,6 +277,7 @@ def test_a_search_range_widens_to_hold_the_configured_value() -> None:
     searching._int(trial, "count", 10, 20, 40, log=True)
     searching._int(trial, "low", 10, 20, 3, log=False)
     searching._int(trial, "none", 10, 20, 0, log=False)
+    searching._int(trial, "one", 10, 20, 1, log=False)
     got = {key: (d.low, d.high, d.log, type(d).__name__) for key, d in trial.distributions.items()}
     assert got == {
         "above": (1.0, 10.0, True, "FloatDistribution"),
@@ -285,6 +286,7 @@ def test_a_search_range_widens_to_hold_the_configured_value() -> None:
         "count": (10, 40, True, "IntDistribution"),
         "low": (3, 20, False, "IntDistribution"),
         "none": (10, 20, False, "IntDistribution"),
+        "one": (1, 20, False, "IntDistribution"),
     }
 
 
