@@ -16,6 +16,7 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -509,6 +510,7 @@ def evaluation_of(variant: str, scores: dict[str, float], seconds: float = 0.1) 
     [
         (tuning_config(tune_budget_s=0.0), ["als"], True, "training.tune_budget_s is 0"),
         (tuning_config(tune_trials=0), ["als"], True, "training.tune_trials is 0"),
+        (tuning_config(tune_trials=-1), ["als"], True, "training.tune_trials is 0"),
         (tuning_config(), ["als"], False, "no holdout"),
         (
             tuning_config(engine="spark"),
@@ -788,6 +790,15 @@ def test_tune_says_what_it_cannot_tune_and_when_there_is_too_little_data(
     assert "[tune " in err and "] not tuning ease: " in err and "max_items" in err
 
 
+def test_the_search_counts_its_seconds_to_a_tenth(split, monkeypatch: pytest.MonkeyPatch) -> None:
+    holdout, past = split
+    ticks = iter(100.0 + 1.2789 * n for n in range(100))
+    monkeypatch.setattr(searching, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    done = search(holdout, past, Config(), ["itemknn"], 600.0, 2, known={"itemknn": 0.5})
+    # The clock is read at the start, after each of the two trials, and at the end.
+    assert done.seconds == 3.8  # 3 x 1.2789 s, to a tenth
+
+
 def test_the_search_reports_each_trial_and_repeats_itself_from_its_seed(
     split, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -823,3 +834,16 @@ def test_the_best_default_is_among_the_first_trials_only_and_skips_failed_ones()
         optuna.trial.create_trial(params={"model": "ease"}, distributions=distributions, value=0.0)
     )
     assert Search(study, ["itemknn", "ease"], 0.0).best_default().number == 1
+
+
+def test_a_cap_of_one_trial_scores_the_shipped_parameters_and_keeps_them(split) -> None:
+    from recsvc.training.pipeline import tune_parameters
+
+    holdout, past = split
+    evaluation = evaluation_of(holdout.variant, {"itemknn": 0.2})
+    chosen, evidence = tune_parameters(
+        ["itemknn"], holdout, evaluation, past, tuning_config(tune_trials=1),
+        searching.Progress("t"),
+    )  # fmt: skip
+    assert chosen is None and evidence["searched"] and evidence["trials"] == 1
+    assert evidence["best"]["ndcg@10"] == 0.2 and not evidence["adopted"]
