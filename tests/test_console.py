@@ -304,6 +304,8 @@ def test_an_operator_in_a_browser(browser, console: str, tmp_path: Path) -> None
     # with a valid token, is refused.
     browser.get(console)
     click(By.XPATH, "//button[text()='Sign out']")
+    # The sign-out is a form post: wait for its answer, or the next page may still be signed in.
+    WebDriverWait(browser, 10).until(shows.url_contains("/sign-in"))
     sign_in("analyst-key")
     browser.get(f"{console}customers?user_id=u0001")
     wait_for("Recommend now")
