@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
+from helpers import events_table
 
 from recsvc.config import SessionsConfig, TogetherConfig
 from recsvc.itemgraph import ItemGraph
@@ -15,18 +15,6 @@ from recsvc.training.itemgraphs import mine_bought_together, mine_sessions, visi
 from recsvc.training.pipeline import TrainResult
 
 MINUTE = 60_000
-
-
-def _events(rows: list[tuple[str, str, str, int]]) -> pa.Table:
-    users, items, kinds, stamps = zip(*rows, strict=True)
-    return pa.table(
-        {
-            "user_id": list(users),
-            "item_id": list(items),
-            "event": list(kinds),
-            "timestamp_ms": pa.array(stamps, pa.int64()),
-        }
-    )
 
 
 ITEMS = np.array(["a", "b", "c", "d", "e"])
@@ -48,16 +36,16 @@ def test_bought_together_keeps_pairs_above_support_and_lift_ranked_by_confidence
     rows += [("u0", "c", "view", 0)]  # views are not baskets
     rows += [("u8", "a", "purchase", 0), ("u8", "b", "purchase", 1)]  # two orders, no pair
     config = TogetherConfig(min_support=2, min_lift=1.0)
-    graph, summary = mine_bought_together(_events(rows), ITEMS, config)
+    graph, summary = mine_bought_together(events_table(rows), ITEMS, config)
     assert summary["baskets"] == 6
     # b is always bought with a and with e: confidence 1 each (e's lift is only 1).
     assert _edges(graph, "b") == {"a": 1.0, "e": 1.0}
-    strict, _ = mine_bought_together(_events(rows), ITEMS, TogetherConfig(min_lift=1.1))
+    strict, _ = mine_bought_together(events_table(rows), ITEMS, TogetherConfig(min_lift=1.1))
     assert _edges(strict, "a") == {"b": pytest.approx(0.6)}, "a-c has support 1; e has lift 1"
     assert _edges(strict, "c") == {}
     # Within a window, purchases a minute apart are one basket.
     windowed, _ = mine_bought_together(
-        _events([("u", "a", "purchase", 0), ("u", "b", "purchase", MINUTE)] * 2),
+        events_table([("u", "a", "purchase", 0), ("u", "b", "purchase", MINUTE)] * 2),
         ITEMS,
         TogetherConfig(window_minutes=5, min_support=1),
     )
@@ -69,19 +57,19 @@ def test_the_session_model_points_forward_by_distance_and_back_more_weakly() -> 
     rows = [("u", item, "view", n * MINUTE) for n, item in enumerate(clicks)]
     rows += [("u", "e", "view", 10 * 60 * MINUTE)]  # ten hours later: another visit
     config = SessionsConfig(gap_minutes=30, steps=2, backward_weight=0.5)
-    graph, summary = mine_sessions(_events(rows), ITEMS, config)
+    graph, summary = mine_sessions(events_table(rows), ITEMS, config)
     assert summary["sessions"] == 2
     assert _edges(graph, "a") == {"b": 1.0, "c": 0.5}
     assert _edges(graph, "c") == {"d": 1.0, "b": 0.5, "a": 0.25}
     assert _edges(graph, "e") == {} and "e" not in _edges(graph, "d")
-    items, session = visits(_events(rows), ITEMS, config)
+    items, session = visits(events_table(rows), ITEMS, config)
     assert ITEMS[items].tolist() == ["a", "b", "c", "d", "e"]
     assert session.tolist() == [1, 1, 1, 1, 2]
 
 
 def test_a_graph_saves_loads_and_spreads(tmp_path: Path) -> None:
     graph, _ = mine_sessions(
-        _events([("u", "a", "view", 0), ("u", "b", "view", 1), ("u", "c", "view", 2)]),
+        events_table([("u", "a", "view", 0), ("u", "b", "view", 1), ("u", "c", "view", 2)]),
         ITEMS,
         SessionsConfig(steps=1, backward_weight=0.0),
     )
