@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -39,6 +40,13 @@ def events_table(rows: list[tuple[str, str, str, int]]) -> pa.Table:
             "price": pa.array([None] * len(rows), pa.float64()),
         }
     )
+
+
+def quiet():
+    """A job's progress that goes nowhere, for tests that do not read it."""
+    from recsvc.training.progress import Progress
+
+    return Progress("t", io.StringIO())
 
 
 def read_rejects(path: Path) -> list[dict[str, str]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from helpers import events_table
 
 from recsvc.errors import InvalidArgument
 from recsvc.events import open_event_store
@@ -206,13 +207,8 @@ def test_the_training_job_leaves_out_a_forgotten_users_events_to_the_deletion_an
     from recsvc.training.ingest import Dataset
     from recsvc.training.pipeline import leave_out_forgotten
 
-    events = pa.table(
-        {
-            "user_id": ["gone", "gone", "kept"],
-            "item_id": ["i1", "i2", "i1"],
-            "event": ["view", "view", "view"],
-            "timestamp_ms": pa.array([100, 300, 100], pa.int64()),
-        }
+    events = events_table(
+        [("gone", "i1", "view", 100), ("gone", "i2", "view", 300), ("kept", "i1", "view", 100)]
     )
     users = pa.table({"user_id": ["gone", "kept"], "region": ["north", "south"]})
     dataset = Dataset(events, None, users, [])

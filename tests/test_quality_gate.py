@@ -11,12 +11,12 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import quiet
 
 from recsvc.config import Config, SignalsConfig, build
 from recsvc.errors import QualityGateRefused
@@ -36,10 +36,6 @@ from recsvc.training.progress import Progress
 # Settings that ruin a model trained with them: views outweigh purchases a thousandfold and
 # everything older than an hour is forgotten.
 RUINOUS = SignalsConfig(view=1.0, cart=0.01, purchase=0.001, scaling="none", half_life_days=0.05)
-
-
-def quiet() -> Progress:
-    return Progress("t", open(os.devnull, "w"))
 
 
 def with_tolerance(tolerance: float, config: Config | None = None) -> Config:
@@ -86,6 +82,10 @@ def _gate(
     )  # fmt: skip
 
 
+def published_in(model_dir: Path) -> PublishedModel:
+    return PublishedModel.load(ModelStore(model_dir).current_path())
+
+
 def edit_manifest(model_dir: Path, **changes: object) -> None:
     path = ModelStore(model_dir).current_path() / "manifest.json"
     manifest = json.loads(path.read_text())
@@ -107,7 +107,7 @@ def test_gate_boundary_and_an_unreadable_published_model(
     published = verdict["published"]
     assert published > 0.05
     version = ModelStore(model_dir).current_version()
-    kind = PublishedModel.load(ModelStore(model_dir).current_path()).manifest["model_type"]
+    kind = published_in(model_dir).manifest["model_type"]
     assert verdict == {
         "checked": True,
         "published_version": version,
@@ -169,7 +169,7 @@ def test_a_published_model_older_than_the_holdout_is_scored_on_its_own_arrays(
     edit_manifest(model_dir, data_end_ms=holdout.cut_ms - 1)
     verdict = _gate(model_dir, 1.0, 0.05, holdout, dataset)
     assert verdict["method"] == "published arrays"
-    published = PublishedModel.load(ModelStore(model_dir).current_path())
+    published = published_in(model_dir)
     scorer = published_scorer(published, holdout.train.user_ids, holdout.train.item_ids)
     expected = ranking_metrics(scorer, holdout)[holdout.variant]["ndcg@10"]
     assert verdict["published"] == round(expected, 6) and expected > 0.05
@@ -194,9 +194,7 @@ def test_the_refit_baseline_is_built_with_the_published_versions_own_settings(
     fair = _gate(model_dir, 1.0, 0.05, holdout, dataset)["published"]
     assert _gate(model_dir, 1.0, 0.05, holdout, dataset, ruinous_run)["published"] == fair
 
-    recorded = build(
-        Config, PublishedModel.load(ModelStore(model_dir).current_path()).manifest["config"], ""
-    )
+    recorded = build(Config, published_in(model_dir).manifest["config"], "")
     edit_manifest(model_dir, config=None)  # a version from before configs were recorded
     ruined = _gate(model_dir, 1.0, 0.05, holdout, dataset, ruinous_run)["published"]
     assert ruined < 0.8 * fair, (ruined, fair)
@@ -209,7 +207,7 @@ def test_the_refit_is_the_published_type_and_parameters_on_the_holdouts_training
 ) -> None:
     dataset, holdout = shop_split
     edit_manifest(model_dir, model_type="popularity", params={})
-    published = PublishedModel.load(ModelStore(model_dir).current_path())
+    published = published_in(model_dir)
     scorer = refit_published(published, holdout, dataset, Config())
     users = holdout.train.user_ids
     scores = scorer(np.arange(2))
@@ -229,11 +227,11 @@ def test_users_the_published_settings_clean_away_get_the_refits_popular_items(
     """The refit cleans the holdout's training part with the published version's own settings;
     users that leaves out are still scored, by popularity, as the served model would."""
     dataset, holdout = shop_split
-    manifest = PublishedModel.load(ModelStore(model_dir).current_path()).manifest
+    manifest = published_in(model_dir).manifest
     recorded = manifest["config"]
     recorded["cleaning"]["min_user_interactions"] = 40
     edit_manifest(model_dir, config=recorded, model_type="itemknn", params={"neighbours": 20})
-    published = PublishedModel.load(ModelStore(model_dir).current_path())
+    published = published_in(model_dir)
     scorer = refit_published(published, holdout, dataset, Config())
     counts = np.diff(holdout.train.confidence.indptr)
     few = np.flatnonzero(counts < 5)[:3]  # under 40 events each: cleaned away
@@ -250,7 +248,7 @@ def test_a_hybrid_published_model_is_refitted_with_the_runs_features(
 ) -> None:
     dataset, holdout = shop_split
     edit_manifest(model_dir, model_type="lightfm", params={"factors": 4, "epochs": 1})
-    published = PublishedModel.load(ModelStore(model_dir).current_path())
+    published = published_in(model_dir)
     scores = refit_published(published, holdout, dataset, Config())(np.arange(3))
     assert np.isfinite(scores).all() and scores.shape == (3, holdout.train.item_ids.size)
     verdict = _gate(model_dir, 1.0, 0.05, holdout, dataset)  # the gate hands it the features

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pytest
-from helpers import events_table
+from helpers import events_table, quiet
 
 from recsvc.cli.main import main
 from recsvc.config import CleaningConfig, Config, ModelConfig, SignalsConfig, TrainingConfig
@@ -32,13 +31,8 @@ from recsvc.training.evaluate import (
 )
 from recsvc.training.interactions import build_interactions, event_weights
 from recsvc.training.pipeline import TrainInputs, TrainResult, ingest_and_clean, train
-from recsvc.training.progress import Progress
 
 RECSVC = str(Path(sys.executable).with_name("recsvc"))
-
-
-def quiet() -> Progress:
-    return Progress("t", open(os.devnull, "w"))
 
 
 def copy_store(trained: TrainResult, target: Path) -> Path:
