@@ -20,10 +20,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import optuna
+import pyarrow as pa
 import pytest
-from helpers import events_table
+from helpers import events_table, quiet, write_lines
 
-from recsvc.config import Config, SignalsConfig, TrainingConfig
+from recsvc.config import Config, SignalsConfig, TrainingConfig, load_config
+from recsvc.errors import BadInput
+from recsvc.training import pipeline
 from recsvc.training import search as searching
 from recsvc.training.engines import fit_model, make_model
 from recsvc.training.evaluate import (
@@ -35,6 +38,8 @@ from recsvc.training.evaluate import (
     validation_holdout,
 )
 from recsvc.training.ingest import Dataset
+from recsvc.training.pipeline import TrainInputs, tune_parameters
+from recsvc.training.progress import Progress
 from recsvc.training.search import (
     TUNABLE,
     Search,
@@ -43,6 +48,7 @@ from recsvc.training.search import (
     suggest,
     with_signals,
 )
+from recsvc.training.tune import tune
 
 SECOND = 1000
 
@@ -54,16 +60,29 @@ def pairs_of(holdout: Holdout) -> set[tuple[str, str]]:
     return {(str(users[r]), str(items[c])) for r, c in zip(rows, cols, strict=True)}
 
 
-def trained_pairs(holdout: Holdout) -> set[tuple[str, str]]:
-    events = holdout.train_events
+def pairs_in(events: pa.Table) -> set[tuple[str, str]]:
+    """The (user, item) pairs of an event table: a split's training or held-out part."""
     return set(
         zip(events.column("user_id").to_pylist(), events.column("item_id").to_pylist(), strict=True)
     )
 
 
+def trained_pairs(holdout: Holdout) -> set[tuple[str, str]]:
+    return pairs_in(holdout.train_events)
+
+
 def cycling_log(n: int = 100) -> list[tuple[str, str, str, int]]:
     """Ten users and thirteen items in turn, one purchase a second."""
     return [(f"u{t % 10}", f"i{(t * 7) % 13}", "purchase", t * SECOND) for t in range(n)]
+
+
+def bursts(event: str) -> list[tuple[str, str, str, int]]:
+    """Thirty users who each come once, for ten events in a row, like film raters."""
+    return [
+        (f"u{u}", f"i{(u + t) % 12}", event, (u * 100 + t) * SECOND)
+        for u in range(30)
+        for t in range(10)
+    ]
 
 
 def test_the_newest_share_of_events_is_held_out_at_one_cut_date() -> None:
@@ -152,27 +171,21 @@ def test_the_newest_share_of_each_user_is_rounded_up_and_ties_go_by_row_order() 
     rows += [("e", f"i{t}", "view", (50 + t) * SECOND) for t in range(6)]  # of 6: 2 (1.2 up)
     holdout = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1, min_users=3)
     assert holdout is not None and holdout.method == "user_last_share"
-    held = holdout.test_events
-    assert held is not None
-    users, items = held.column("user_id").to_pylist(), held.column("item_id").to_pylist()
-    assert sorted(zip(users, items, strict=True)) == [
+    assert holdout.test_events is not None and holdout.test_events.num_rows == 6
+    assert pairs_in(holdout.test_events) == {
         ("a", "i8"),
         ("a", "i9"),
         ("b", "i2"),
         ("c", "i1"),  # of two events at one moment, the later row is the newer
         ("e", "i4"),
         ("e", "i5"),
-    ]
+    }
     assert holdout.train_events.num_rows == len(rows) - 6
 
 
 def test_too_few_users_after_the_cut_date_fall_back_to_each_users_newest_events() -> None:
     # Each user comes once, in a burst, like film raters: a cut date leaves few users to judge.
-    rows = [
-        (f"u{u}", f"i{(u + t) % 12}", "view", (u * 100 + t) * SECOND)
-        for u in range(30)
-        for t in range(10)
-    ]
+    rows = bursts("view")
     by_date = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1)
     assert by_date is None or by_date.describe()["test_users"] <= 1
     per_user = holdout_split(events_table(rows), SignalsConfig(), 0.2, seed=1, min_users=20)
@@ -228,11 +241,7 @@ def test_a_mask_leaving_either_side_empty_or_nothing_scorable_gives_no_holdout()
 def test_the_jobs_validation_split_is_carved_with_its_training_settings(
     training: TrainingConfig,
 ) -> None:
-    rows = [
-        (f"u{u}", f"i{(u + t) % 12}", "purchase", (u * 100 + t) * SECOND)
-        for u in range(30)
-        for t in range(10)
-    ]
+    rows = bursts("purchase")
     events = events_table(rows)
     config = dataclasses.replace(Config(), training=training, signals=SignalsConfig(purchase=3.0))
     got = validation_holdout(events, config)
@@ -489,6 +498,74 @@ def test_the_search_stops_at_its_budget_and_its_best_default_is_the_best_first_t
     assert done.best_default().number == 0 and done.best_default().value == 0.99
 
 
+def test_the_search_counts_its_seconds_to_a_tenth(split, monkeypatch: pytest.MonkeyPatch) -> None:
+    holdout, past = split
+    ticks = iter(100.0 + 1.2789 * n for n in range(100))
+    monkeypatch.setattr(searching, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    done = search(holdout, past, Config(), ["itemknn"], 600.0, 2, known={"itemknn": 0.5})
+    # The clock is read at the start, after each of the two trials, and at the end.
+    assert done.seconds == 3.8  # 3 x 1.2789 s, to a tenth
+
+
+def test_the_search_reports_each_trial_and_repeats_itself_from_its_seed(
+    split, capsys: pytest.CaptureFixture[str]
+) -> None:
+    holdout, past = split
+    config = Config()
+    capsys.readouterr()
+    first = search(holdout, past, config, ["itemknn"], 600.0, 4, known={"itemknn": 0.5})
+    lines = [line for line in capsys.readouterr().err.splitlines() if "] trial " in line]
+    assert len(lines) == 4 and lines[0].startswith("[tune ")
+    assert lines[0].endswith("] trial 1: itemknn ndcg@10 0.5000; best 0.5000 (itemknn); 0/600 s")
+    assert lines[3].split("] ")[1].startswith("trial 4: itemknn ndcg@10 ")
+    again = search(holdout, past, config, ["itemknn"], 600.0, 4, known={"itemknn": 0.5})
+    assert [t.params for t in again.study.trials] == [t.params for t in first.study.trials]
+    reseeded = dataclasses.replace(config, training=TrainingConfig(seed=7))
+    other = search(holdout, past, reseeded, ["itemknn"], 600.0, 4, known={"itemknn": 0.5})
+    assert [t.params for t in other.study.trials][1:] != [t.params for t in first.study.trials][1:]
+
+
+def finished_search(values: list[float], names: list[str], seconds: float = 1.5) -> Search:
+    """A search whose trials scored `values`: the first is itemknn at its configured
+    parameters, the others itemknn with 30 neighbours and views weighing 2."""
+    study = optuna.create_study(direction="maximize")
+    distributions = {
+        "model": optuna.distributions.CategoricalDistribution(names),
+        "signals.view": optuna.distributions.FloatDistribution(0.1, 4.0, log=True),
+        "signals.cart": optuna.distributions.FloatDistribution(1.0, 20.0, log=True),
+        "signals.scaling": optuna.distributions.CategoricalDistribution(["log", "bm25", "none"]),
+        "itemknn.neighbours": optuna.distributions.IntDistribution(1, 500, log=True),
+        "itemknn.weighting": optuna.distributions.CategoricalDistribution(["cosine", "bm25"]),
+    }
+    for n, value in enumerate(values):
+        params = default_params("itemknn", Config())
+        if n:
+            params.update({"itemknn.neighbours": 30, "signals.view": 2.0})
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, value=value)
+        )
+    return Search(study, names, seconds)
+
+
+def test_the_best_default_is_among_the_first_trials_only_and_skips_failed_ones() -> None:
+    # One model: trial 0 is its configured parameters; trial 1, better, is a tuned one.
+    done = finished_search([0.1, 0.9], ["itemknn"])
+    assert done.best_default().number == 0 and done.best.number == 1
+    study = optuna.create_study(direction="maximize")
+    distributions = {"model": optuna.distributions.CategoricalDistribution(["itemknn", "ease"])}
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"model": "itemknn"},
+            distributions=distributions,
+            state=optuna.trial.TrialState.FAIL,
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(params={"model": "ease"}, distributions=distributions, value=0.0)
+    )
+    assert Search(study, ["itemknn", "ease"], 0.0).best_default().number == 1
+
+
 # The job's use of the search (training.pipeline.tune_parameters), called directly.
 
 
@@ -529,25 +606,21 @@ def evaluation_of(variant: str, scores: dict[str, float], seconds: float = 0.1) 
 def test_the_job_says_why_it_did_not_search(
     split, config: Config, names: list[str], with_holdout: bool, reason: str
 ) -> None:
-    from recsvc.training.pipeline import tune_parameters
-
     holdout, past = split
     evaluation = evaluation_of(holdout.variant, dict.fromkeys(names, 0.1))
     chosen, evidence = tune_parameters(
-        names, holdout if with_holdout else None, evaluation, past, config, searching.Progress("t")
+        names, holdout if with_holdout else None, evaluation, past, config, quiet()
     )
     assert chosen is None and evidence == {"searched": False, "reason": reason}
 
 
 def test_a_candidate_whose_fit_takes_a_fifth_of_the_budget_is_not_searched(split) -> None:
-    from recsvc.training.pipeline import tune_parameters
-
     holdout, past = split
     config = tuning_config(tune_budget_s=10.0, tune_trials=3)
     evaluation = evaluation_of(holdout.variant, {"itemknn": 0.2, "ease": 0.3}, seconds=2.0)
     evaluation["seconds"]["ease"] = 2.01  # a hair over a fifth of 10 s
     chosen, evidence = tune_parameters(
-        ["itemknn", "ease"], holdout, evaluation, past, config, searching.Progress("t")
+        ["itemknn", "ease"], holdout, evaluation, past, config, quiet()
     )
     assert evidence["searched"] and evidence["trials"] == 3
     assert evidence["not_searched"] == {
@@ -556,7 +629,7 @@ def test_a_candidate_whose_fit_takes_a_fifth_of_the_budget_is_not_searched(split
     assert evidence["shipped"] == {"itemknn": 0.2}, "only what was searched"
     evaluation["seconds"]["itemknn"] = 2.5
     chosen, evidence = tune_parameters(
-        ["itemknn", "ease"], holdout, evaluation, past, config, searching.Progress("t")
+        ["itemknn", "ease"], holdout, evaluation, past, config, quiet()
     )
     assert chosen is None and evidence == {
         "searched": False,
@@ -568,28 +641,6 @@ def test_a_candidate_whose_fit_takes_a_fifth_of_the_budget_is_not_searched(split
     }
 
 
-def finished_search(values: list[float], names: list[str], seconds: float = 1.5) -> Search:
-    """A search whose trials scored `values`: the first is itemknn at its configured
-    parameters, the others itemknn with 30 neighbours and views weighing 2."""
-    study = optuna.create_study(direction="maximize")
-    distributions = {
-        "model": optuna.distributions.CategoricalDistribution(names),
-        "signals.view": optuna.distributions.FloatDistribution(0.1, 4.0, log=True),
-        "signals.cart": optuna.distributions.FloatDistribution(1.0, 20.0, log=True),
-        "signals.scaling": optuna.distributions.CategoricalDistribution(["log", "bm25", "none"]),
-        "itemknn.neighbours": optuna.distributions.IntDistribution(1, 500, log=True),
-        "itemknn.weighting": optuna.distributions.CategoricalDistribution(["cosine", "bm25"]),
-    }
-    for n, value in enumerate(values):
-        params = default_params("itemknn", Config())
-        if n:
-            params.update({"itemknn.neighbours": 30, "signals.view": 2.0})
-        study.add_trial(
-            optuna.trial.create_trial(params=params, distributions=distributions, value=value)
-        )
-    return Search(study, names, seconds)
-
-
 @pytest.mark.parametrize(
     ("best", "adopted"),
     [(0.4 * 1.01, False), (0.4 * 1.01 + 1e-9, True), (0.5, True), (0.39, False)],
@@ -599,8 +650,6 @@ def test_the_job_trains_with_a_tuned_configuration_only_past_the_margin(
 ) -> None:
     """Tuned parameters must beat the best candidate at its configured parameters, searched
     or not, by more than 1%: here the best shipped is EASE at 0.4 (not searched: too slow)."""
-    from recsvc.training import pipeline
-
     holdout, past = split
     config = tuning_config(tune_budget_s=10.0, tune_trials=7)
     names = ["itemknn", "ease", "popularity"]
@@ -615,7 +664,7 @@ def test_the_job_trains_with_a_tuned_configuration_only_past_the_margin(
     monkeypatch.setattr(pipeline, "search", fake_search)
     said = io.StringIO()
     everything = dataclasses.replace(past, events=events_table(two_tastes()))
-    progress = searching.Progress("t", said)
+    progress = Progress("t", said)
     chosen, evidence = pipeline.tune_parameters(
         names, holdout, evaluation, everything, config, progress
     )
@@ -660,28 +709,35 @@ def test_the_job_trains_with_a_tuned_configuration_only_past_the_margin(
     assert chosen.model.ease == config.model.ease and chosen.training == config.training
 
 
+def test_a_cap_of_one_trial_scores_the_shipped_parameters_and_keeps_them(split) -> None:
+    holdout, past = split
+    evaluation = evaluation_of(holdout.variant, {"itemknn": 0.2})
+    chosen, evidence = tune_parameters(
+        ["itemknn"], holdout, evaluation, past, tuning_config(tune_trials=1),
+        quiet(),
+    )  # fmt: skip
+    assert chosen is None and evidence["searched"] and evidence["trials"] == 1
+    assert evidence["best"]["ndcg@10"] == 0.2 and not evidence["adopted"]
+
+
 # `recsvc tune` (training.tune.tune), called directly on a small log.
 
 
 def write_log(path: Path, rows: list[tuple[str, str, str, int]], bad: bool = False) -> Path:
+    """The rows as an events CSV from 2026-01-01; `bad` adds a row of an unknown event."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    lines = ["user_id,item_id,event,timestamp"]
-    for user, item, event, stamp in rows:
-        when = (start + timedelta(milliseconds=stamp)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        lines.append(f"{user},{item},{event},{when}")
+    lines = [
+        f"{user},{item},{event},{start + timedelta(milliseconds=stamp):%Y-%m-%dT%H:%M:%SZ}"
+        for user, item, event, stamp in rows
+    ]
     if bad:
         lines.append("u0,i0,teleport,2026-01-01T00:00:00Z")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_lines(path, "user_id,item_id,event,timestamp", *lines)
 
 
 def test_tune_searches_checks_on_the_test_period_and_writes_what_won(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from recsvc.config import load_config
-    from recsvc.training.pipeline import TrainInputs
-    from recsvc.training.tune import tune
-
     events = write_log(tmp_path / "events.csv", two_tastes(users=80), bad=True)
     out = tmp_path / "out" / "tuned.toml"
     # A configured model type is not what is tuned: the models asked for are.
@@ -697,7 +753,7 @@ def test_tune_searches_checks_on_the_test_period_and_writes_what_won(
     try:
         result = tune(
             TrainInputs(events), config, out, ["itemknn", "ease"], 600.0, 4,
-            searching.Progress("t", said),
+            Progress("t", said),
         )  # fmt: skip
     finally:
         if zone is None:
@@ -753,10 +809,6 @@ def test_tune_searches_checks_on_the_test_period_and_writes_what_won(
 def test_tune_says_what_it_cannot_tune_and_when_there_is_too_little_data(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from recsvc.errors import BadInput
-    from recsvc.training.pipeline import TrainInputs
-    from recsvc.training.tune import tune
-
     events = write_log(tmp_path / "events.csv", two_tastes(users=80))
     with pytest.raises(BadInput) as refused:
         tune(TrainInputs(events), Config(), tmp_path / "a.toml", ["itemknn", "popularity"], 60.0, 2)
@@ -788,62 +840,3 @@ def test_tune_says_what_it_cannot_tune_and_when_there_is_too_little_data(
     assert result["search_data_end_ms"] is None and result["test_cut_ms"] is None
     err = capsys.readouterr().err
     assert "[tune " in err and "] not tuning ease: " in err and "max_items" in err
-
-
-def test_the_search_counts_its_seconds_to_a_tenth(split, monkeypatch: pytest.MonkeyPatch) -> None:
-    holdout, past = split
-    ticks = iter(100.0 + 1.2789 * n for n in range(100))
-    monkeypatch.setattr(searching, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
-    done = search(holdout, past, Config(), ["itemknn"], 600.0, 2, known={"itemknn": 0.5})
-    # The clock is read at the start, after each of the two trials, and at the end.
-    assert done.seconds == 3.8  # 3 x 1.2789 s, to a tenth
-
-
-def test_the_search_reports_each_trial_and_repeats_itself_from_its_seed(
-    split, capsys: pytest.CaptureFixture[str]
-) -> None:
-    holdout, past = split
-    config = Config()
-    capsys.readouterr()
-    first = search(holdout, past, config, ["itemknn"], 600.0, 4, known={"itemknn": 0.5})
-    lines = [line for line in capsys.readouterr().err.splitlines() if "] trial " in line]
-    assert len(lines) == 4 and lines[0].startswith("[tune ")
-    assert lines[0].endswith("] trial 1: itemknn ndcg@10 0.5000; best 0.5000 (itemknn); 0/600 s")
-    assert lines[3].split("] ")[1].startswith("trial 4: itemknn ndcg@10 ")
-    again = search(holdout, past, config, ["itemknn"], 600.0, 4, known={"itemknn": 0.5})
-    assert [t.params for t in again.study.trials] == [t.params for t in first.study.trials]
-    reseeded = dataclasses.replace(config, training=TrainingConfig(seed=7))
-    other = search(holdout, past, reseeded, ["itemknn"], 600.0, 4, known={"itemknn": 0.5})
-    assert [t.params for t in other.study.trials][1:] != [t.params for t in first.study.trials][1:]
-
-
-def test_the_best_default_is_among_the_first_trials_only_and_skips_failed_ones() -> None:
-    # One model: trial 0 is its configured parameters; trial 1, better, is a tuned one.
-    done = finished_search([0.1, 0.9], ["itemknn"])
-    assert done.best_default().number == 0 and done.best.number == 1
-    study = optuna.create_study(direction="maximize")
-    distributions = {"model": optuna.distributions.CategoricalDistribution(["itemknn", "ease"])}
-    study.add_trial(
-        optuna.trial.create_trial(
-            params={"model": "itemknn"},
-            distributions=distributions,
-            state=optuna.trial.TrialState.FAIL,
-        )
-    )
-    study.add_trial(
-        optuna.trial.create_trial(params={"model": "ease"}, distributions=distributions, value=0.0)
-    )
-    assert Search(study, ["itemknn", "ease"], 0.0).best_default().number == 1
-
-
-def test_a_cap_of_one_trial_scores_the_shipped_parameters_and_keeps_them(split) -> None:
-    from recsvc.training.pipeline import tune_parameters
-
-    holdout, past = split
-    evaluation = evaluation_of(holdout.variant, {"itemknn": 0.2})
-    chosen, evidence = tune_parameters(
-        ["itemknn"], holdout, evaluation, past, tuning_config(tune_trials=1),
-        searching.Progress("t"),
-    )  # fmt: skip
-    assert chosen is None and evidence["searched"] and evidence["trials"] == 1
-    assert evidence["best"]["ndcg@10"] == 0.2 and not evidence["adopted"]
