@@ -131,9 +131,10 @@ AREA_TESTS: dict[str, list[str]] = {
     "request validation and filters": [
         "tests/test_validation.py", "tests/test_core.py", "tests/test_policy.py",
     ],
+    # The frontend's calls (rank, bought together, buy again, newest) live in the policy too.
     "ranking policy and rules": [
         "tests/test_core.py", "tests/test_policy.py", "tests/test_ann.py",
-        "tests/test_marketing.py",
+        "tests/test_marketing.py", "tests/test_frontend.py", "tests/test_stage_policy.py",
     ],
     # The direct tests first (seconds a mutant); the job's runs judge what they leave.
     "quality gate": ["tests/test_quality_gate.py", "tests/test_retraining_job.py"],

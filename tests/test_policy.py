@@ -11,6 +11,9 @@ from recsvc.config import (
     ExperimentConfig,
     LifecycleConfig,
     LimitsConfig,
+    PageConfig,
+    PageRowConfig,
+    RulesConfig,
     ServingConfig,
     VariantConfig,
 )
@@ -18,7 +21,7 @@ from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
 from recsvc.serving.policy import REPURCHASE_LIFT, top_spread
-from recsvc.serving.values import Filters
+from recsvc.serving.values import EventInput, Filters
 from recsvc.training.pipeline import TrainResult
 
 WIDE = LimitsConfig(max_k=5000, max_list_size=1000)
@@ -219,3 +222,282 @@ def test_the_blend_lifts_bought_items_by_how_strongly_they_were_bought(
         assert entry.score == pytest.approx(scores[item] + lift, rel=1e-4, abs=1e-5)
         assert (entry.reason == "repurchase") == (item in strength)
     assert any(entry.reason == "repurchase" for entry in listed.items)
+
+
+# RankItems: a frontend's candidates ranked by what Recommend ranks by, under every strategy.
+
+
+def _visitors(core: RecommenderCore) -> list[tuple[str, tuple[str, ...]]]:
+    """(user, context items): the biggest buyer without and with a context, an anonymous
+    visit with a context, one that viewed an item and bought another (events recorded here),
+    and a visitor never seen."""
+    published = core.model
+    buyer = str(published.user_ids[int(np.argmax(np.diff(published.purchased_indptr)))])
+    popular = [str(i) for i in published.item_ids[np.argsort(-published.fallback.item_scores)[:3]]]
+    core.record_events(
+        [EventInput("visit-2", popular[0], "view"), EventInput("visit-2", popular[1], "purchase")]
+    )
+    return [
+        (buyer, ()), (buyer, (popular[2],)), ("visit-1", tuple(popular[:2])), ("visit-2", ()),
+        ("stranger", ()),
+    ]  # fmt: skip
+
+
+# Fills below a list's own items, whose scores only order them: trending items after a
+# user's repurchases, popular ones after where a visit leads.
+FILLS = {("repurchase", "trending"), ("session", "popular")}
+
+
+@pytest.mark.parametrize("strategy", ["personal", "repurchase", "blend", "popular", "trending"])
+def test_rank_items_ranks_recommends_own_list_as_recommend_does(
+    published: PublishedModel, strategy: str
+) -> None:
+    """RankItems scores a frontend's candidates by what Recommend ranks by: given Recommend's
+    own list shuffled, it gives it back in Recommend's order (equal scores in either order),
+    with Recommend's scores, reasons and strategy, for a customer without and with a context,
+    an anonymous visit and a visitor never seen."""
+    core = _core(published, lifecycle=_everyone(strategy))
+    served = set()
+    for user, context in _visitors(core):
+        listed = core.recommend(user, 30, context_item_ids=context)
+        shuffled = list(np.random.default_rng(7).permutation(_ids(listed)))
+        ranked = core.rank_items(user, [*shuffled, "no-such-item"], context_item_ids=context)
+        assert ranked.strategy == listed.strategy and ranked.unknown_item_ids == ("no-such-item",)
+        assert ranked.items[-1] == ("no-such-item", 0.0, "unknown")
+        listed_score = {i.item_id: i.score for i in listed.items}
+        assert {(i.item_id, i.reason) for i in ranked.items[:-1]} == {
+            (i.item_id, i.reason) for i in listed.items
+        }
+        order = [listed_score[i.item_id] for i in ranked.items[:-1]]
+        assert order == sorted(order, reverse=True), (user, context)
+        for item in ranked.items[:-1]:
+            if (listed.strategy, item.reason) not in FILLS:
+                assert item.score == pytest.approx(listed_score[item.item_id], rel=1e-5)
+        served.add(listed.strategy)
+    expected = {"personal": {"personal", "session", "popular"},
+                "repurchase": {"repurchase", "session", "popular"},
+                "blend": {"blend", "session", "popular"},
+                "popular": {"popular"}, "trending": {"trending"}}  # fmt: skip
+    assert served == expected[strategy]
+
+
+def test_rank_items_puts_items_over_the_category_cap_last_and_names_the_filtered_out(
+    published: PublishedModel,
+) -> None:
+    """Over `max_per_category` a candidate goes after the list, best first, never dropped;
+    filters and exclusions leave candidates out and say which."""
+    user = str(published.user_ids[0])
+    candidates = _ids(_core(published).recommend(user, 40))
+    categories = published.items.categories.astype(str)
+    head, tail, count = [], [], {}
+    for item in candidates:
+        category = categories[published.item_index(item)]
+        count[category] = count.get(category, 0) + 1
+        (head if count[category] <= 2 else tail).append(item)
+    assert tail, "some category over the cap"
+    capped = _core(published, rules=RulesConfig(max_per_category=2))
+    ranked = capped.rank_items(user, list(reversed(candidates)))
+    assert _ids(ranked) == head + tail and ranked.left_out_item_ids == ()
+    # A category filter and an exclusion.
+    kept = categories[published.item_index(candidates[0])]
+    filters = Filters(include_categories=(kept,), exclude_item_ids=(candidates[0],))
+    ranked = _core(published).rank_items(user, [*candidates, "no-such-item"], filters)
+    inside = [i for i in candidates[1:] if categories[published.item_index(i)] == kept]
+    assert _ids(ranked) == [*inside, "no-such-item"]
+    assert set(ranked.left_out_item_ids) == set(candidates) - set(inside)
+    assert len(ranked.left_out_item_ids) == len(candidates) - len(inside)
+
+
+# Bought together and buy again (the frontend's lists), against answers worked out here.
+
+
+def _basket_neighbours(
+    published: PublishedModel, seeds: list[int], banned: set[int]
+) -> list[tuple[int, float, int]]:
+    """(item, summed basket weight from the seeds, the seed it is bought with most), for every
+    item the basket graph links to the seeds that may be listed, strongest first."""
+    total: dict[int, float] = {}
+    strongest: dict[int, tuple[float, int]] = {}
+    for seed in seeds:
+        for item, weight in zip(*published.together.neighbours(seed), strict=True):
+            item, weight = int(item), float(weight)
+            total[item] = total.get(item, 0.0) + weight
+            if weight > strongest.get(item, (-np.inf, -1))[0]:
+                strongest[item] = (weight, seed)
+    available = np.asarray(published.items.available, dtype=bool)
+    allowed = [i for i in total if i not in banned and i not in seeds and available[i]]
+    return sorted(((i, total[i], strongest[i][1]) for i in allowed), key=lambda t: -t[1])
+
+
+def _assert_ranked_as(listed, expected: list[tuple[str, float, str]]) -> None:
+    """The list is `expected` (id, score, reason), best first, equal scores in either order."""
+    assert len(listed) == len(expected)
+    assert {(i.item_id, i.reason) for i in listed} == {(e[0], e[2]) for e in expected}
+    for got, want in zip(listed, expected, strict=True):
+        assert got.score == pytest.approx(want[1], rel=1e-5)
+    by_id = {e[0]: e[1] for e in expected}
+    assert all(i.score == pytest.approx(by_id[i.item_id], rel=1e-5) for i in listed)
+
+
+def _cart(published: PublishedModel, n: int) -> list[int]:
+    """The n most popular items that have basket neighbours, none of them another's."""
+    chosen: list[int] = []
+    for item in np.argsort(-published.fallback.item_scores).tolist():
+        linked = set(published.together.neighbours(item)[0].tolist())
+        if (
+            linked
+            and not linked & set(chosen)
+            and not any(item in published.together.neighbours(c)[0].tolist() for c in chosen)
+        ):
+            chosen.append(item)
+        if len(chosen) == n:
+            return chosen
+    raise AssertionError("no such cart")
+
+
+def test_bought_together_for_a_cart_is_its_basket_neighbours_then_what_is_most_like_it(
+    published: PublishedModel,
+) -> None:
+    core = _core(published)
+    cart = _cart(published, 3)
+    names = [str(published.item_ids[i]) for i in cart]
+    n_items = published.item_ids.size
+    available = np.asarray(published.items.available, dtype=bool)
+    baskets = _basket_neighbours(published, cart, set())
+    # The fill: each item's similarity to the cart summed over its items, named after the one
+    # it is most like; never a cart item, a basket neighbour listed already, or unavailable.
+    ids, scores = published.model.similar_items(np.array(cart), n_items)
+    summed: dict[int, float] = {}
+    most_like: dict[int, tuple[float, int]] = {}
+    for seed, row_ids, row_scores in zip(cart, ids, scores, strict=True):
+        for item, score in zip(row_ids.tolist(), row_scores.tolist(), strict=True):
+            summed[item] = summed.get(item, 0.0) + score
+            if score > most_like.get(item, (-np.inf, -1))[0]:
+                most_like[item] = (score, seed)
+    taken = {i for i, _, _ in baskets} | set(cart)
+    fill = sorted(
+        ((i, s) for i, s in summed.items() if i >= 0 and i not in taken and available[i]),
+        key=lambda t: -t[1],
+    )
+    listed = core.bought_together(names, n_items)
+    assert (listed.strategy, listed.fallback) == ("baskets+similar_items", False)
+    assert len(baskets) == 3 and len(listed.items) == len(baskets) + len(fill)
+    _assert_ranked_as(
+        listed.items[:3],
+        [(str(published.item_ids[i]), w, f"bought_with:{published.item_ids[s]}")
+         for i, w, s in baskets],
+    )  # fmt: skip
+    _assert_ranked_as(
+        listed.items[3:],
+        [(str(published.item_ids[i]), s, f"similar_to:{published.item_ids[most_like[i][1]]}")
+         for i, s in fill],
+    )  # fmt: skip
+    # A short list starts with the same basket neighbours; its fill sums each item's
+    # similarity to the cart items it is among the most similar to (a few hundred).
+    short = core.bought_together(names, 10)
+    assert len(short.items) == 10 and set(_ids(short)[:3]) == set(_ids(listed)[:3])
+    assert set(_ids(short)[3:]) <= set(_ids(listed)[3:20])
+    # Exclusions, and a customer's own purchases when asked, leave the list; the rest move up.
+    buyer = int(np.argmax(np.diff(published.purchased_indptr)))
+    bought = {str(i) for i in published.item_ids[published.purchased_by(buyer)]}
+    first = listed.items[0].item_id
+    for user, exclude_purchased, banned in (
+        ("", False, {first}),
+        (str(published.user_ids[buyer]), True, {first} | bought),
+        (str(published.user_ids[buyer]), False, {first}),
+    ):
+        again = core.bought_together(
+            names, n_items, Filters(exclude_item_ids=(first,)), user, exclude_purchased
+        )
+        assert _ids(again) == [i for i in _ids(listed) if i not in banned]
+    assert bought & set(_ids(listed)[1:]), "the buyer bought some of them"
+
+
+def test_a_thin_basket_history_is_filled_with_the_items_most_similar(
+    published: PublishedModel,
+) -> None:
+    core = _core(published)
+    available = np.asarray(published.items.available, dtype=bool)
+    thin = next(
+        i
+        for i in np.argsort(published.fallback.item_scores).tolist()
+        if 0 < len(_basket_neighbours(published, [i], set())) < 5
+    )
+    baskets = _basket_neighbours(published, [thin], set())
+    ids, scores = published.model.similar_items(np.array([thin]), published.item_ids.size)
+    taken = {i for i, _, _ in baskets} | {thin}
+    similar = [
+        (int(i), float(s))
+        for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True)
+        if i >= 0 and i not in taken and available[i]
+    ]
+    name = str(published.item_ids[thin])
+    listed = core.bought_together([name], 20)
+    assert listed.strategy == "baskets+similar_items"
+    assert [i.reason for i in listed.items] == [f"bought_with:{name}"] * len(baskets) + [
+        f"similar_to:{name}"
+    ] * (20 - len(baskets))
+    _assert_ranked_as(
+        listed.items[: len(baskets)],
+        [(str(published.item_ids[i]), w, f"bought_with:{name}") for i, w, _ in baskets],
+    )
+    _assert_ranked_as(
+        listed.items[len(baskets) :],
+        [(str(published.item_ids[i]), s, f"similar_to:{name}")
+         for i, s in similar[: 20 - len(baskets)]],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("cart", [[], ["no-such-item"]])
+def test_bought_together_for_a_cart_the_model_does_not_know_is_the_popular_list(
+    published: PublishedModel, cart: list[str]
+) -> None:
+    core = _core(published)
+    first = _ids(core.popular_items(1))
+    listed = core.bought_together(cart, 5, Filters(exclude_item_ids=tuple(first)))
+    assert (listed.strategy, listed.fallback) == ("popular", True)
+    assert _ids(listed) == _ids(core.popular_items(6))[1:]
+    assert {i.reason for i in listed.items} == {"popular"}
+
+
+def test_buy_again_lists_what_the_customer_bought_most_strongly_first(
+    published: PublishedModel,
+) -> None:
+    """The page's buy-again row: training purchases by their confidence, a fresh purchase
+    adding one purchase weight, exclusions and unavailable items left out."""
+    page = PageConfig(rows=[PageRowConfig("again", "buy_again", 8, "Buy again")])
+    core = _core(published, page=page)
+    buyer = int(np.argmax(np.diff(published.purchased_indptr)))
+    user = str(published.user_ids[buyer])
+    items, confidences = published.history_of(buyer)
+    known = dict(zip(items.tolist(), confidences.tolist(), strict=True))
+    available = np.asarray(published.items.available, dtype=bool)
+    strength = {
+        int(i): known.get(int(i), 1.0)
+        for i in published.purchased_by(buyer).tolist()
+        if available[i]
+    }
+    assert len(strength) > 9
+
+    def expected(strengths: dict[int, float], skip: int = 0) -> list[tuple[str, float, str]]:
+        ranked = sorted(strengths.items(), key=lambda t: -t[1])[skip : skip + 8]
+        return [(str(published.item_ids[i]), s, "repurchase") for i, s in ranked]
+
+    (row,) = core.recommend_page(user).rows
+    assert (row.name, row.kind) == ("again", "buy_again")
+    _assert_ranked_as(row.items, expected(strength))
+    top = row.items[0].item_id
+    (row,) = core.recommend_page(user, Filters(exclude_item_ids=(top,))).rows
+    _assert_ranked_as(row.items, expected(strength, skip=1))
+    # A fresh purchase of the weakest adds one purchase weight to it; a new one starts at one.
+    weakest = min(strength, key=strength.get)
+    new = next(i for i in range(published.item_ids.size) if i not in known and available[i])
+    weight = float(published.manifest["config"]["signals"]["purchase"])
+    core.record_events(
+        [EventInput(user, str(published.item_ids[i]), "purchase") for i in (weakest, new)]
+    )
+    (row,) = core.recommend_page(user).rows
+    _assert_ranked_as(
+        row.items, expected({**strength, weakest: strength[weakest] + weight, new: weight})
+    )
+    assert not any(row.items for row in core.recommend_page("never-seen").rows)

@@ -356,18 +356,11 @@ class RankingPolicy:
             return scores.astype(np.float32), reasons, "repurchase"
         reason, fallback = REASON_PERSONAL, False
         if ask.fresh or ask.context.size:
-            if ask.user is None and self.follows_session(serving):
-                seeds, weights = self._session_seeds(serving, ask.fresh, ask.context)
-                spread = model.sessions.spread(seeds, weights)  # type: ignore[union-attr]
-                full = np.zeros(serving.n_items, dtype=np.float32)
-                full[spread.items] = spread.scores
-                # Items the visit does not lead to: after those it does, most popular first.
-                popular = np.asarray(model.fallback.item_scores, dtype=np.float32)
-                full += popular / (float(popular.max(initial=0.0)) + 1.0) * 1e-3
-                scores, reason = full, REASON_SESSION
-            else:
-                history = self.history_row(serving, ask.user, ask.fresh, ask.context)
-                scores = model.model.score_history(history)[0]
+            session = self._session_scores(ask) if strategy != "blend" else None
+            if session is not None:
+                return session[0][ids], session[1][ids], REASON_SESSION
+            history = self.history_row(serving, ask.user, ask.fresh, ask.context)
+            scores = model.model.score_history(history)[0]
         elif ask.user is not None:
             scores = model.model.score(np.array([ask.user]))[0]
         elif (vector := self._attribute_vector(serving, ask.user_id, ask.attributes)) is not None:
@@ -381,8 +374,30 @@ class RankingPolicy:
             _lift(scores, *bought)
             where = np.isin(ids, bought[0])
             return scores[ids], np.where(where, REASON_REPURCHASE, REASON_PERSONAL), "blend"
-        served = reason if fallback or reason == REASON_SESSION else strategy
+        served = reason if fallback else strategy
         return scores[ids], reason, served
+
+    def _session_scores(self, ask: Ask) -> tuple[np.ndarray, np.ndarray] | None:
+        """RankItems' side of `_from_session`: every item's score and reason for an anonymous
+        visit the session model follows (None where Recommend would not follow it either).
+        Items the visit leads to score what the session model gives them and name the item
+        they were viewed after; the rest come after them, most popular first, as Recommend
+        fills its list."""
+        serving, model = ask.serving, ask.serving.published
+        if ask.user is not None or not self.follows_session(serving):
+            return None
+        seeds, weights = self._session_seeds(serving, ask.fresh, ask.context)
+        if not seeds.size:
+            return None
+        spread = model.sessions.spread(seeds, weights)  # type: ignore[union-attr]
+        popular = np.asarray(model.fallback.item_scores, dtype=np.float32)
+        scores = popular / (float(popular.max(initial=0.0)) + 1.0) * 1e-3
+        scores[spread.items] = spread.scores
+        reasons = np.full(serving.n_items, REASON_POPULAR, dtype=object)
+        reasons[spread.items] = [
+            f"viewed_after:{model.item_ids[source]}" for source in spread.sources.tolist()
+        ]
+        return scores, reasons
 
     def bought_together(
         self,
