@@ -54,6 +54,24 @@ def searches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return asked
 
 
+@pytest.fixture
+def exact_scorings(indexed: PublishedModel, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each time the model scored the whole catalogue (for a user's row or a history): a list
+    served through the index must not, or a broken index path would hide behind the exact
+    one it falls back to."""
+    scored: list[str] = []
+    model_type = type(indexed.model)
+    for name in ("score", "score_history"):
+        original = getattr(model_type, name)
+
+        def counted(model, rows, name=name, original=original):
+            scored.append(name)
+            return original(model, rows)
+
+        monkeypatch.setattr(model_type, name, counted)
+    return scored
+
+
 def test_index_is_published_with_its_measured_recall(indexed: PublishedModel) -> None:
     ann = indexed.manifest["ann"]
     assert ann["recall@10"] >= 0.95 and ann["sample_users"] == 1000
@@ -200,7 +218,7 @@ def test_the_first_item_of_the_catalogue_can_be_served_through_the_index(
 
 
 def test_fresh_events_are_served_through_the_index_like_exact_scoring(
-    indexed: PublishedModel, searches: list[int]
+    indexed: PublishedModel, searches: list[int], exact_scorings: list[str]
 ) -> None:
     """A known user's fresh events fold into a query for the index (ALS folds in exactly); the
     lists match exact scoring of the same history, and differ from the user's trained list."""
@@ -216,8 +234,10 @@ def test_fresh_events_are_served_through_the_index_like_exact_scoring(
         for core in (approximate, exact):
             core.record_events(events)
         searches.clear()
+        exact_scorings.clear()
         a = approximate.recommend(user, 10)
         assert len(searches) == 1, "the fresh history was folded into one index search"
+        assert not exact_scorings, "served from the index's candidates"
         assert (a.fallback, a.strategy) == (False, "personal")
         e = [i.item_id for i in exact.recommend(user, 10).items]
         a_ids = [i.item_id for i in a.items]
@@ -239,7 +259,7 @@ def test_fresh_events_are_served_through_the_index_like_exact_scoring(
 
 
 def test_the_blend_is_served_through_the_index_like_exact_scoring(
-    indexed: PublishedModel, searches: list[int]
+    indexed: PublishedModel, searches: list[int], exact_scorings: list[str]
 ) -> None:
     """The blend's candidates are the index's plus what the user bought, scored exactly: the
     lists match the blend over the whole catalogue, with one search each."""
@@ -251,10 +271,28 @@ def test_the_blend_is_served_through_the_index_like_exact_scoring(
     overlaps, repurchases = [], 0
     for user in indexed.user_ids[buyers].tolist():
         searches.clear()
+        exact_scorings.clear()
         a = approximate.recommend(user, 10)
         assert len(searches) == 1 and a.strategy == "blend"
+        assert not exact_scorings, "the candidates alone were scored"
         e = exact.recommend(user, 10)
         overlaps.append(len({i.item_id for i in a.items} & {i.item_id for i in e.items}) / 10)
         repurchases += any(i.reason == "repurchase" for i in a.items)
     assert np.mean(overlaps) >= 0.9, np.mean(overlaps)
     assert repurchases > 30, "bought items are lifted into most lists"
+    # Fresh events fold into the query, as they do for the personal list.
+    overlaps, changed = [], 0
+    for user in indexed.user_ids[buyers[:30]].tolist():
+        before = [i.item_id for i in approximate.recommend(user, 10).items]
+        popular = [
+            i.item_id for i in approximate.popular_items(40).items if i.item_id not in before
+        ]
+        for core in (approximate, exact):
+            core.record_events([EventInput(user, item, "cart") for item in popular[:5]])
+        exact_scorings.clear()
+        a = [i.item_id for i in approximate.recommend(user, 10).items]
+        assert not exact_scorings
+        e = [i.item_id for i in exact.recommend(user, 10).items]
+        overlaps.append(len(set(a) & set(e)) / 10)
+        changed += a != before
+    assert np.mean(overlaps) >= 0.9 and changed > 20, (np.mean(overlaps), changed)

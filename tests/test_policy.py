@@ -263,6 +263,7 @@ def test_rank_items_ranks_recommends_own_list_as_recommend_does(
         shuffled = list(np.random.default_rng(7).permutation(_ids(listed)))
         ranked = core.rank_items(user, [*shuffled, "no-such-item"], context_item_ids=context)
         assert ranked.strategy == listed.strategy and ranked.unknown_item_ids == ("no-such-item",)
+        assert listed.fallback == (listed.strategy in ("popular", "trending"))
         assert ranked.items[-1] == ("no-such-item", 0.0, "unknown")
         listed_score = {i.item_id: i.score for i in listed.items}
         assert {(i.item_id, i.reason) for i in ranked.items[:-1]} == {
@@ -274,6 +275,13 @@ def test_rank_items_ranks_recommends_own_list_as_recommend_does(
             if (listed.strategy, item.reason) not in FILLS:
                 assert item.score == pytest.approx(listed_score[item.item_id], rel=1e-5)
         served.add(listed.strategy)
+        # An excluded item leaves Recommend's list under every strategy, which stays full.
+        first = listed.items[0].item_id
+        again = core.recommend(
+            user, 30, Filters(exclude_item_ids=(first,)), context_item_ids=context
+        )
+        assert first not in _ids(again) and len(again.items) == 30
+        assert again.strategy == listed.strategy
     expected = {"personal": {"personal", "session", "popular"},
                 "repurchase": {"repurchase", "session", "popular"},
                 "blend": {"blend", "session", "popular"},
@@ -501,3 +509,32 @@ def test_buy_again_lists_what_the_customer_bought_most_strongly_first(
         row.items, expected({**strength, weakest: strength[weakest] + weight, new: weight})
     )
     assert not any(row.items for row in core.recommend_page("never-seen").rows)
+
+
+def test_new_arrivals_are_the_items_first_seen_last_scored_by_days_back(
+    published: PublishedModel,
+) -> None:
+    page = PageConfig(rows=[PageRowConfig("fresh", "new_arrivals", 6, "Just in")])
+    core = _core(published, page=page)
+    first_seen = np.asarray(published.items.first_seen_ms, dtype=np.int64)
+    available = np.asarray(published.items.available, dtype=bool)
+    newest = first_seen.max()
+    categories = published.items.categories.astype(str)
+
+    def expected(allowed: np.ndarray) -> list[tuple[str, float, str]]:
+        order = [i for i in np.argsort(-first_seen, kind="stable").tolist() if allowed[i]][:6]
+        days = (first_seen[order] - newest) / 86_400_000
+        return [(str(published.item_ids[i]), d, "new") for i, d in zip(order, days, strict=True)]
+
+    (row,) = core.recommend_page("u0001").rows
+    assert (row.name, row.title) == ("fresh", "Just in")
+    _assert_ranked_as(row.items, expected(available))
+    assert row.items[-1].score < 0.0, "scores count days back from the newest item"
+    # An exclusion and a category filter hold on the row, which stays full.
+    top = row.items[0].item_id
+    category = categories[published.item_index(row.items[1].item_id)]
+    filters = Filters(include_categories=(category,), exclude_item_ids=(top,))
+    (row,) = core.recommend_page("u0001", filters).rows
+    allowed = available & (categories == category)
+    allowed[published.item_index(top)] = False
+    _assert_ranked_as(row.items, expected(allowed))
