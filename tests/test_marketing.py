@@ -18,7 +18,7 @@ from helpers import train_once
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recsvc.config import Config, LifecycleConfig, ProfilesConfig, ServingConfig
+from recsvc.config import Config, LifecycleConfig, ProfilesConfig, RulesConfig, ServingConfig
 from recsvc.errors import InvalidArgument, NotFound
 from recsvc.events import open_event_store
 from recsvc.modelstore import ModelStore
@@ -376,6 +376,10 @@ def test_a_new_item_known_only_by_attributes_has_similar_items_and_an_audience(
     assert [i.item_id for i in rest.items] == [i.item_id for i in similar.items[3:]]
     with pytest.raises(NotFound, match=f"'no-such-item' is not in model {model.version}"):
         core.similar_items("no-such-item", 10)
+    # Likeness is not boosted: new and promoted items rank where their attributes put them.
+    boosts = RulesConfig(boost_new=5.0, promoted_tag="gift", boost_promoted=5.0)
+    boosted = serving_core(model, ServingConfig(rules=boosts)).similar_items(new_item, 10)
+    assert boosted.items == similar.items
     assert affinity_share([i.item_id for i in similar.items], model, ("garden",)) >= 0.8
     fans = {u for u, prefs in shop.preferred_categories.items() if "garden" in prefs}
     audience = core.find_audience(item_id=new_item, k=100)

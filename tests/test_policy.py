@@ -538,3 +538,42 @@ def test_new_arrivals_are_the_items_first_seen_last_scored_by_days_back(
     allowed = available & (categories == category)
     allowed[published.item_index(top)] = False
     _assert_ranked_as(row.items, expected(allowed))
+
+
+def test_a_repurchase_list_is_what_was_bought_strongest_first_then_trending_items(
+    published: PublishedModel,
+) -> None:
+    core = _core(published, lifecycle=_everyone("repurchase"))
+    buyer = int(np.argmax(np.diff(published.purchased_indptr)))
+    items, confidences = published.history_of(buyer)
+    known = dict(zip(items.tolist(), confidences.tolist(), strict=True))
+    available = np.asarray(published.items.available, dtype=bool)
+    everything = {int(i): known[int(i)] for i in published.purchased_by(buyer).tolist()}
+    strength = {i: s for i, s in everything.items() if available[i]}
+    assert len(strength) < len(everything), "some were bought and are unavailable now"
+    floor = min(everything.values()) - 1.0  # below every purchase, listed or not
+    # Trending items not bought, one point apart in trending order (counting those
+    # unavailable, which are then left out).
+    order = np.argsort(-np.asarray(published.trending.item_scores), kind="stable").tolist()
+    below = [(i, floor - n) for n, i in enumerate(i for i in order if i not in everything)]
+    trending = [(i, s) for i, s in below if available[i]][:10]
+    expected = [
+        (str(published.item_ids[i]), s, "repurchase")
+        for i, s in sorted(strength.items(), key=lambda t: -t[1])
+    ] + [(str(published.item_ids[i]), s, "trending") for i, s in trending]
+    listed = core.recommend(str(published.user_ids[buyer]), len(strength) + 10)
+    assert (listed.strategy, listed.fallback) == ("repurchase", False)
+    _assert_ranked_as(listed.items, expected)
+
+
+def test_lists_of_likeness_are_not_boosted(published: PublishedModel) -> None:
+    """Similar items, bought together and buy again rank by likeness and purchases alone:
+    the rules' boosts of new and promoted items act on Recommend's list only."""
+    boosts = RulesConfig(boost_new=5.0, promoted_tag="gift", boost_promoted=5.0)
+    plain, boosted = _core(published), _core(published, rules=boosts)
+    buyer = str(published.user_ids[int(np.argmax(np.diff(published.purchased_indptr)))])
+    assert _ids(plain.recommend(buyer, 10)) != _ids(boosted.recommend(buyer, 10))
+    item = _ids(plain.popular_items(1))[0]
+    assert boosted.similar_items(item, 30).items == plain.similar_items(item, 30).items
+    cart = [str(published.item_ids[i]) for i in _cart(published, 3)]
+    assert boosted.bought_together(cart, 30).items == plain.bought_together(cart, 30).items
