@@ -20,7 +20,7 @@ from recsvc.config import (
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
-from recsvc.serving.policy import REPURCHASE_LIFT, top_spread
+from recsvc.serving.policy import REPURCHASE_LIFT, SESSION_DECAY, SESSION_DEPTH, top_spread
 from recsvc.serving.values import EventInput, Filters
 from recsvc.training.pipeline import TrainResult
 
@@ -577,3 +577,79 @@ def test_lists_of_likeness_are_not_boosted(published: PublishedModel) -> None:
     assert boosted.similar_items(item, 30).items == plain.similar_items(item, 30).items
     cart = [str(published.item_ids[i]) for i in _cart(published, 3)]
     assert boosted.bought_together(cart, 30).items == plain.bought_together(cart, 30).items
+
+
+def _followed(
+    published: PublishedModel, seeds: list[int], weights: list[float], exclude: set[int]
+) -> list[tuple[str, float, str]]:
+    """What the session model says visitors view after `seeds` (newest first, with their
+    recency weights): each item's summed edge weight times its seed's weight, naming the seed
+    of the strongest contribution, strongest first."""
+    total: dict[int, float] = {}
+    strongest: dict[int, tuple[float, int]] = {}
+    for seed, weight in zip(seeds, weights, strict=True):
+        for item, edge in zip(*published.sessions.neighbours(seed), strict=True):
+            item, part = int(item), float(edge) * weight
+            total[item] = total.get(item, 0.0) + part
+            if part > strongest.get(item, (-np.inf, -1))[0]:
+                strongest[item] = (part, seed)
+    available = np.asarray(published.items.available, dtype=bool)
+    ranked = sorted(
+        (i for i in total if available[i] and i not in exclude), key=lambda i: -total[i]
+    )
+    return [
+        (
+            str(published.item_ids[i]),
+            total[i],
+            f"viewed_after:{published.item_ids[strongest[i][1]]}",
+        )
+        for i in ranked
+    ]
+
+
+@pytest.mark.parametrize("mode", ["session", "model", "auto"])
+def test_session_scoring_says_whether_an_anonymous_visit_is_followed_by_the_session_model(
+    published: PublishedModel, mode: str
+) -> None:
+    core = _core(published, session_scoring=mode)
+    follows = mode == "session" or (mode == "auto" and core.serving.session_model)
+    assert core.serving.session_model, "training found the session model the better"
+    item = _ids(core.popular_items(1))[0]
+    listed = core.recommend("visit-3", 10, context_item_ids=(item,))
+    assert listed.strategy == ("session" if follows else "personal")
+    assert all(i.reason.startswith("viewed_after:") for i in listed.items) == follows
+    known = core.recommend("u0001", 10, context_item_ids=(item,))
+    assert known.strategy == "personal", "a known customer's context folds into their own row"
+
+
+def test_a_visit_is_followed_from_its_newest_items_each_worth_half_the_one_after(
+    published: PublishedModel,
+) -> None:
+    """The context is newer than the visit's recorded clicks; an item seen twice counts once,
+    where it was seen last; unknown items are skipped; ten items at most."""
+    core = _core(published, session_scoring="session")
+    linked = [
+        i
+        for i in np.argsort(-published.fallback.item_scores).tolist()
+        if published.sessions.neighbours(i)[0].size
+    ]
+    a, b, c = (str(published.item_ids[i]) for i in linked[:3])
+    core.record_events([EventInput("visit-4", c, "view"), EventInput("visit-4", a, "view")])
+    exclude = set(linked[:3]) if published.exclude_seen else set()
+    listed = core.recommend("visit-4", 20, context_item_ids=(a, "no-such-item", b))
+    seeds = [linked[1], linked[0], linked[2]]  # b, a (context), c (clicked, a's click older)
+    expected = _followed(published, seeds, [1.0, SESSION_DECAY, SESSION_DECAY**2], exclude)
+    assert listed.strategy == "session" and len(expected) >= 20
+    _assert_ranked_as(listed.items, expected[:20])
+    # Past ten distinct items the oldest are not followed: what only it leads to is not
+    # listed for it, but as a popular fill after what the ten lead to.
+    many = [str(published.item_ids[i]) for i in linked[: SESSION_DEPTH + 1]]
+    seeds = linked[: SESSION_DEPTH + 1][::-1][:SESSION_DEPTH]
+    weights = [SESSION_DECAY**n for n in range(SESSION_DEPTH)]
+    exclude = set(linked[: SESSION_DEPTH + 1]) if published.exclude_seen else set()
+    expected = _followed(published, seeds, weights, exclude)
+    deep = core.recommend("visit-5", len(expected) + 30, context_item_ids=tuple(many))
+    _assert_ranked_as(deep.items[: len(expected)], expected)
+    assert {i.reason for i in deep.items[len(expected) :]} == {"popular"}
+    oldest = set(published.sessions.neighbours(linked[0])[0].tolist())
+    assert oldest - {published.item_index(e[0]) for e in expected}, "it leads elsewhere too"
