@@ -12,6 +12,7 @@ from recsvc.ann import ItemIndex
 from recsvc.config import Config, LifecycleConfig, LimitsConfig, RulesConfig, ServingConfig
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
+from recsvc.serving import policy
 from recsvc.serving.core import RecommenderCore
 from recsvc.serving.policy import ANN_CANDIDATES, ANN_MAX_CANDIDATES, ANN_PER_RESULT, top_spread
 from recsvc.serving.values import EventInput, Filters
@@ -79,14 +80,19 @@ def test_index_is_published_with_its_measured_recall(indexed: PublishedModel) ->
     assert indexed.ann.index.ntotal == indexed.item_ids.size
 
 
-def test_served_lists_match_exact_scoring_and_honour_filters(indexed: PublishedModel) -> None:
-    exact = RecommenderCore(ServingConfig(limits=LimitsConfig(max_k=500)))
+def test_served_lists_match_exact_scoring_and_honour_filters(
+    indexed: PublishedModel, exact_scorings: list[str]
+) -> None:
+    exact = RecommenderCore(ServingConfig(limits=LimitsConfig(max_k=500), lifecycle=PERSONAL))
     exact.swap(dataclasses.replace(indexed, ann=None))
-    approximate = RecommenderCore()
+    approximate = RecommenderCore(ServingConfig(lifecycle=PERSONAL))
     approximate.swap(indexed)
     overlaps = []
     for user in indexed.user_ids[:200].tolist():
-        a = [i.item_id for i in approximate.recommend(user, 10).items]
+        exact_scorings.clear()
+        served = approximate.recommend(user, 10)
+        assert not exact_scorings and {i.reason for i in served.items} == {"personal"}
+        a = [i.item_id for i in served.items]
         e = [i.item_id for i in exact.recommend(user, 10).items]
         overlaps.append(len(set(a) & set(e)) / 10)
     assert np.mean(overlaps) >= 0.9, np.mean(overlaps)
@@ -97,9 +103,10 @@ def test_served_lists_match_exact_scoring_and_honour_filters(indexed: PublishedM
         category
     }
     bought = set(indexed.item_ids[indexed.purchased_by(indexed.user_index("u0001"))].tolist())
-    assert not bought & {
-        i.item_id for i in approximate.recommend("u0001", 50, exclude_purchased=True).items
-    }
+    exact_scorings.clear()
+    listed = approximate.recommend("u0001", 50, exclude_purchased=True).items
+    assert not exact_scorings, "the index's candidates, with the purchases left out"
+    assert len(listed) == 50 and not bought & {i.item_id for i in listed}
 
 
 def test_served_lists_match_exact_scoring_with_every_rule_on(indexed: PublishedModel) -> None:
@@ -150,11 +157,17 @@ def test_boosts_have_one_unit_for_a_whole_catalogue_and_its_best_candidates(
     assert max(whole_vs_best) > 0.2  # the plain spread of all scores would not be one unit
 
 
+@pytest.mark.parametrize("max_candidates", [ANN_MAX_CANDIDATES, 200])
 def test_the_index_search_widens_so_filtered_lists_are_not_cut_short(
-    indexed: PublishedModel, searches: list[int]
+    indexed: PublishedModel,
+    searches: list[int],
+    max_candidates: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A filter that keeps few of the index's first candidates still gets k items: the search
-    widens (then falls back to exact scoring) instead of serving a short list."""
+    widens, up to the catalogue or ANN_MAX_CANDIDATES (then falls back to exact scoring),
+    instead of serving a short list."""
+    monkeypatch.setattr(policy, "ANN_MAX_CANDIDATES", max_candidates)
     approximate = RecommenderCore()
     approximate.swap(indexed)
     serving = approximate.serving
@@ -172,7 +185,7 @@ def test_the_index_search_widens_so_filtered_lists_are_not_cut_short(
         items = approximate.recommend(user_id, 10, Filters(include_categories=(rare,))).items
         assert len(items) == 10, (user_id, rare, sizes[rare])
         # Each widening asks 8 times as many, up to the catalogue, and stops there.
-        cap = min(indexed.item_ids.size, ANN_MAX_CANDIDATES)
+        cap = min(indexed.item_ids.size, max_candidates)
         assert searches == [min(cap, searches[0] * 8**n) for n in range(len(searches))]
         assert searches.count(cap) <= 1
         assert {categories[indexed.item_index(i.item_id)] for i in items} == {rare}
@@ -196,13 +209,15 @@ def test_the_index_asks_for_enough_candidates_once_when_they_suffice(
     assert searches[0] == ANN_PER_RESULT * (30 + bought), "banned items widen the first search"
 
 
+@pytest.mark.parametrize("strategy", ["personal", "blend"])
 def test_the_first_item_of_the_catalogue_can_be_served_through_the_index(
-    indexed: PublishedModel, searches: list[int]
+    indexed: PublishedModel, searches: list[int], exact_scorings: list[str], strategy: str
 ) -> None:
     """Item index 0 is a real candidate, not the index's "no result" marker (-1)."""
-    exact = RecommenderCore()
+    config = ServingConfig(lifecycle=LifecycleConfig(*[strategy] * 5))
+    exact = RecommenderCore(config)
     exact.swap(dataclasses.replace(indexed, ann=None))
-    approximate = RecommenderCore()
+    approximate = RecommenderCore(config)
     approximate.swap(indexed)
     first = str(indexed.item_ids[0])
     only_its_category = Filters(include_categories=(str(indexed.items.categories[0]),))
@@ -213,7 +228,10 @@ def test_the_first_item_of_the_catalogue_can_be_served_through_the_index(
     ]
     assert fans, "the first item is among some users' two best of its category"
     for user in fans:
-        assert first in [i.item_id for i in approximate.recommend(user, 2, only_its_category).items]
+        exact_scorings.clear()
+        listed = approximate.recommend(user, 2, only_its_category)
+        assert first in [i.item_id for i in listed.items], user
+        assert not exact_scorings, f"{user}'s list came through the index"
     assert searches
 
 
@@ -239,6 +257,7 @@ def test_fresh_events_are_served_through_the_index_like_exact_scoring(
         assert len(searches) == 1, "the fresh history was folded into one index search"
         assert not exact_scorings, "served from the index's candidates"
         assert (a.fallback, a.strategy) == (False, "personal")
+        assert {i.reason for i in a.items} == {"personal"}
         e = [i.item_id for i in exact.recommend(user, 10).items]
         a_ids = [i.item_id for i in a.items]
         overlaps.append(len(set(a_ids) & set(e)) / 10)
@@ -296,3 +315,23 @@ def test_the_blend_is_served_through_the_index_like_exact_scoring(
         overlaps.append(len(set(a) & set(e)) / 10)
         changed += a != before
     assert np.mean(overlaps) >= 0.9 and changed > 20, (np.mean(overlaps), changed)
+
+
+def test_a_context_goes_through_the_index_unless_it_must_explain_an_anonymous_list(
+    indexed: PublishedModel, exact_scorings: list[str]
+) -> None:
+    """A known customer's context items and an anonymous visitor's clicks fold into one
+    index query; an anonymous visitor's context items are scored exactly, since each listed
+    item names the context item it is most like."""
+    core = RecommenderCore(ServingConfig(lifecycle=PERSONAL, session_scoring="model"))
+    core.swap(indexed)
+    popular = [i.item_id for i in core.popular_items(3).items]
+    exact_scorings.clear()
+    listed = core.recommend("u0001", 10, context_item_ids=tuple(popular[:2]))
+    assert not exact_scorings and {i.reason for i in listed.items} == {"personal"}
+    core.record_events([EventInput("visit-1", item, "view") for item in popular[:2]])
+    listed = core.recommend("visit-1", 10)
+    assert not exact_scorings and listed.strategy == "personal" and len(listed.items) == 10
+    listed = core.recommend("visit-2", 10, context_item_ids=tuple(popular[:2]))
+    assert exact_scorings and set(exact_scorings) == {"score_history"}
+    assert {i.reason for i in listed.items} <= {f"similar_to:{p}" for p in popular[:2]}

@@ -397,6 +397,18 @@ def test_a_new_item_known_only_by_attributes_has_similar_items_and_an_audience(
     favoured = AGE_AFFINITY["55+"] + GENDER_AFFINITY["f"]
     share = affinity_share([i.item_id for i in listed.items], model, favoured)
     assert share > max(0.6, affinity_share(popular, model, favoured) + 0.15), share
+    # RankItems ranks that list as Recommend does; a walk-in who gives the same attributes
+    # with the call gets the same list, and an exclusion holds on it.
+    ids = [i.item_id for i in listed.items]
+    ranked = core.rank_items(prospect, ids[::-1])
+    assert ranked.strategy == "hybrid" and [i.item_id for i in ranked.items] == ids
+    attributes = {str(k): str(v) for k, v in profile["attributes"].items()}
+    told = core.recommend("walk-in-2", 20, user_attributes=attributes)
+    assert told.strategy == "hybrid" and [i.item_id for i in told.items] == ids
+    ranked = core.rank_items("walk-in-2", ids[::-1], user_attributes=attributes)
+    assert ranked.strategy == "hybrid" and [i.item_id for i in ranked.items] == ids
+    again = core.recommend(prospect, 20, Filters(exclude_item_ids=(ids[0],)))
+    assert [i.item_id for i in again.items][:19] == ids[1:]
 
 
 def test_audience_export_and_segments_report(trained: TrainResult, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ on an anonymous session's list."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from recsvc.config import (
     ServingConfig,
     VariantConfig,
 )
+from recsvc.errors import NotFound
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
@@ -60,8 +63,17 @@ def test_a_stage_served_popular_or_trending_gets_that_list(
     assert {i.reason for i in expected.items} == {strategy}
 
 
-def test_popular_and_trending_lists_differ(published: PublishedModel) -> None:
+def test_popular_and_trending_lists_are_the_available_items_by_each_count(
+    published: PublishedModel,
+) -> None:
     core = _core(published)
+    available = np.asarray(published.items.available, dtype=bool)
+    for trending, source, reason in ((False, published.fallback, "popular"),
+                                     (True, published.trending, "trending")):  # fmt: skip
+        scores = np.asarray(source.item_scores)
+        order = [i for i in np.argsort(-scores, kind="stable").tolist() if available[i]][:20]
+        expected = [(str(published.item_ids[i]), float(scores[i]), reason) for i in order]
+        _assert_ranked_as(core.popular_items(20, trending=trending).items, expected)
     assert _ids(core.popular_items(20)) != _ids(core.popular_items(20, trending=True))
 
 
@@ -228,24 +240,22 @@ def test_the_blend_lifts_bought_items_by_how_strongly_they_were_bought(
 
 
 def _visitors(core: RecommenderCore) -> list[tuple[str, tuple[str, ...]]]:
-    """(user, context items): the biggest buyer without and with a context, an anonymous
-    visit with a context, one that viewed an item and bought another (events recorded here),
-    and a visitor never seen."""
+    """(user, context items): the biggest buyer without and with a context, a customer who
+    never bought, an anonymous visit with a context, one that viewed an item and bought another
+    (events recorded here), and a visitor never seen."""
     published = core.model
     buyer = str(published.user_ids[int(np.argmax(np.diff(published.purchased_indptr)))])
+    never_bought = str(
+        published.user_ids[np.flatnonzero(np.diff(published.purchased_indptr) == 0)[0]]
+    )
     popular = [str(i) for i in published.item_ids[np.argsort(-published.fallback.item_scores)[:3]]]
     core.record_events(
         [EventInput("visit-2", popular[0], "view"), EventInput("visit-2", popular[1], "purchase")]
     )
     return [
-        (buyer, ()), (buyer, (popular[2],)), ("visit-1", tuple(popular[:2])), ("visit-2", ()),
-        ("stranger", ()),
+        (buyer, ()), (buyer, (popular[2],)), (never_bought, ()), ("visit-1", tuple(popular[:2])),
+        ("visit-2", ()), ("stranger", ()),
     ]  # fmt: skip
-
-
-# Fills below a list's own items, whose scores only order them: trending items after a
-# user's repurchases, popular ones after where a visit leads.
-FILLS = {("repurchase", "trending"), ("session", "popular")}
 
 
 @pytest.mark.parametrize("strategy", ["personal", "repurchase", "blend", "popular", "trending"])
@@ -272,8 +282,7 @@ def test_rank_items_ranks_recommends_own_list_as_recommend_does(
         order = [listed_score[i.item_id] for i in ranked.items[:-1]]
         assert order == sorted(order, reverse=True), (user, context)
         for item in ranked.items[:-1]:
-            if (listed.strategy, item.reason) not in FILLS:
-                assert item.score == pytest.approx(listed_score[item.item_id], rel=1e-5)
+            assert item.score == pytest.approx(listed_score[item.item_id], rel=1e-5)
         served.add(listed.strategy)
         # An excluded item leaves Recommend's list under every strategy, which stays full.
         first = listed.items[0].item_id
@@ -283,8 +292,8 @@ def test_rank_items_ranks_recommends_own_list_as_recommend_does(
         assert first not in _ids(again) and len(again.items) == 30
         assert again.strategy == listed.strategy
     expected = {"personal": {"personal", "session", "popular"},
-                "repurchase": {"repurchase", "session", "popular"},
-                "blend": {"blend", "session", "popular"},
+                "repurchase": {"repurchase", "personal", "session", "popular"},
+                "blend": {"blend", "personal", "session", "popular"},
                 "popular": {"popular"}, "trending": {"trending"}}  # fmt: skip
     assert served == expected[strategy]
 
@@ -561,14 +570,29 @@ def test_a_repurchase_list_is_what_was_bought_strongest_first_then_trending_item
         (str(published.item_ids[i]), s, "repurchase")
         for i, s in sorted(strength.items(), key=lambda t: -t[1])
     ] + [(str(published.item_ids[i]), s, "trending") for i, s in trending]
-    listed = core.recommend(str(published.user_ids[buyer]), len(strength) + 10)
+    user = str(published.user_ids[buyer])
+    listed = core.recommend(user, len(strength) + 10)
     assert (listed.strategy, listed.fallback) == ("repurchase", False)
     _assert_ranked_as(listed.items, expected)
+    # A fresh purchase of an item of a lower index than those bought before joins at one
+    # purchase weight; RankItems scores the new list as Recommend does.
+    first = next(i for i in range(published.item_ids.size) if i not in everything and available[i])
+    assert first < max(strength)
+    core.record_events([EventInput(user, str(published.item_ids[first]), "purchase")])
+    weight = float(published.manifest["config"]["signals"]["purchase"])
+    listed = core.recommend(user, len(strength) + 11)
+    assert {i.item_id: i.score for i in listed.items}[str(published.item_ids[first])] == weight
+    ranked = core.rank_items(user, _ids(listed)[::-1])
+    scores = [i.score for i in ranked.items]
+    assert scores == sorted(scores, reverse=True)
+    assert {i.item_id: (i.score, i.reason) for i in ranked.items} == {
+        i.item_id: (i.score, i.reason) for i in listed.items
+    }
 
 
 def test_lists_of_likeness_are_not_boosted(published: PublishedModel) -> None:
-    """Similar items, bought together and buy again rank by likeness and purchases alone:
-    the rules' boosts of new and promoted items act on Recommend's list only."""
+    """Similar items, bought together, buy again and new arrivals rank by likeness, purchases
+    and age alone: the rules' boosts of new and promoted items act on Recommend's list."""
     boosts = RulesConfig(boost_new=5.0, promoted_tag="gift", boost_promoted=5.0)
     plain, boosted = _core(published), _core(published, rules=boosts)
     buyer = str(published.user_ids[int(np.argmax(np.diff(published.purchased_indptr)))])
@@ -577,6 +601,12 @@ def test_lists_of_likeness_are_not_boosted(published: PublishedModel) -> None:
     assert boosted.similar_items(item, 30).items == plain.similar_items(item, 30).items
     cart = [str(published.item_ids[i]) for i in _cart(published, 3)]
     assert boosted.bought_together(cart, 30).items == plain.bought_together(cart, 30).items
+    rows = [PageRowConfig("again", "buy_again", 30), PageRowConfig("fresh", "new_arrivals", 30)]
+    pages = [
+        _core(published, rules=rules, page=PageConfig(rows=rows)).recommend_page(buyer).rows
+        for rules in (RulesConfig(), boosts)
+    ]
+    assert [len(r.items) for r in pages[0]] == [30, 30] and pages[0] == pages[1]
 
 
 def _followed(
@@ -622,34 +652,144 @@ def test_session_scoring_says_whether_an_anonymous_visit_is_followed_by_the_sess
     assert known.strategy == "personal", "a known customer's context folds into their own row"
 
 
+@pytest.mark.parametrize("exclude_seen", [False, True])
 def test_a_visit_is_followed_from_its_newest_items_each_worth_half_the_one_after(
-    published: PublishedModel,
+    published: PublishedModel, exclude_seen: bool
 ) -> None:
-    """The context is newer than the visit's recorded clicks; an item seen twice counts once,
-    where it was seen last; unknown items are skipped; ten items at most."""
-    core = _core(published, session_scoring="session")
+    """The context is newer than the visit's recorded clicks, the newest click first; an item
+    seen twice counts once, where it was seen last; unknown items are skipped; ten items at
+    most; where the model excludes what was seen, the visit's own items are not listed."""
+    serving = {**published.manifest.get("serving", {}), "exclude_seen": exclude_seen}
+    model = dataclasses.replace(published, manifest={**published.manifest, "serving": serving})
+    core = _core(model, session_scoring="session")
     linked = [
         i
         for i in np.argsort(-published.fallback.item_scores).tolist()
         if published.sessions.neighbours(i)[0].size
     ]
-    a, b, c = (str(published.item_ids[i]) for i in linked[:3])
-    core.record_events([EventInput("visit-4", c, "view"), EventInput("visit-4", a, "view")])
-    exclude = set(linked[:3]) if published.exclude_seen else set()
+    a, b, c, d = (str(published.item_ids[i]) for i in linked[:4])
+    core.record_events([EventInput("visit-4", item, "view") for item in (c, a, d)])
     listed = core.recommend("visit-4", 20, context_item_ids=(a, "no-such-item", b))
-    seeds = [linked[1], linked[0], linked[2]]  # b, a (context), c (clicked, a's click older)
-    expected = _followed(published, seeds, [1.0, SESSION_DECAY, SESSION_DECAY**2], exclude)
+    seeds = [linked[1], linked[0], linked[3], linked[2]]  # b, a (context), then d, c clicked
+    weights = [SESSION_DECAY**n for n in range(4)]
+    expected = _followed(published, seeds, weights, set(seeds) if exclude_seen else set())
     assert listed.strategy == "session" and len(expected) >= 20
     _assert_ranked_as(listed.items, expected[:20])
     # Past ten distinct items the oldest are not followed: what only it leads to is not
     # listed for it, but as a popular fill after what the ten lead to.
-    many = [str(published.item_ids[i]) for i in linked[: SESSION_DEPTH + 1]]
-    seeds = linked[: SESSION_DEPTH + 1][::-1][:SESSION_DEPTH]
+    many = linked[: SESSION_DEPTH + 1]
+    seeds = many[::-1][:SESSION_DEPTH]
     weights = [SESSION_DECAY**n for n in range(SESSION_DEPTH)]
-    exclude = set(linked[: SESSION_DEPTH + 1]) if published.exclude_seen else set()
-    expected = _followed(published, seeds, weights, exclude)
-    deep = core.recommend("visit-5", len(expected) + 30, context_item_ids=tuple(many))
+    banned = set(many) if exclude_seen else set()
+    expected = _followed(published, seeds, weights, banned)
+    k = len(expected) + 30
+    names = tuple(str(published.item_ids[i]) for i in many)
+    deep = core.recommend("visit-5", k, context_item_ids=names)
+    assert len(deep.items) == k
     _assert_ranked_as(deep.items[: len(expected)], expected)
-    assert {i.reason for i in deep.items[len(expected) :]} == {"popular"}
+    # The fill: the most popular of the rest (equal counts in either order).
+    listed_first = {e[0] for e in expected} | {str(published.item_ids[i]) for i in banned}
+    popular = [i for i in _ids(core.popular_items(k + len(many))) if i not in listed_first]
+    counts = np.asarray(published.fallback.item_scores)
+    fill = deep.items[len(expected) :]
+    assert [counts[published.item_index(i.item_id)] for i in fill] == [
+        counts[published.item_index(i)] for i in popular[:30]
+    ]
+    assert {i.reason for i in fill} == {"popular"}
     oldest = set(published.sessions.neighbours(linked[0])[0].tolist())
     assert oldest - {published.item_index(e[0]) for e in expected}, "it leads elsewhere too"
+
+
+def test_rank_items_for_a_visit_puts_what_it_leads_to_first_then_the_most_popular(
+    published: PublishedModel,
+) -> None:
+    core = _core(published, session_scoring="session")
+    seed = next(
+        i
+        for i in np.argsort(-published.fallback.item_scores).tolist()
+        if published.sessions.neighbours(i)[0].size >= 5
+    )
+    followed = _followed(published, [seed], [1.0], set())[:5]
+    leads = {published.item_index(f[0]) for f in followed}
+    others = [
+        str(published.item_ids[i])
+        for i in np.argsort(-published.fallback.item_scores, kind="stable").tolist()
+        if i not in leads
+        and i != seed
+        and published.items.available[i]
+        and i not in set(published.sessions.neighbours(seed)[0].tolist())
+    ][:5]
+    candidates = [*others[::-1], *[f[0] for f in followed][::-1]]
+    ranked = core.rank_items(
+        "visit-6", candidates, context_item_ids=(str(published.item_ids[seed]),)
+    )
+    assert ranked.strategy == "session"
+    _assert_ranked_as(ranked.items[:5], followed)
+    assert _ids(ranked)[5:] == others and {i.reason for i in ranked.items[5:]} == {"popular"}
+    assert max(i.score for i in ranked.items[5:]) < min(i.score for i in ranked.items[:5])
+
+
+def test_rank_items_knows_the_first_item_leaves_out_purchases_when_asked_and_follows_a_variant(
+    published: PublishedModel,
+) -> None:
+    buyer = int(np.argmax(np.diff(published.purchased_indptr)))
+    user = str(published.user_ids[buyer])
+    bought = {str(i) for i in published.item_ids[published.purchased_by(buyer)]}
+    first = str(published.item_ids[0])
+    candidates = [first, *sorted(bought)[:3], *_ids(_core(published).popular_items(10))]
+    core = _core(published)
+    ranked = core.rank_items(user, candidates, exclude_purchased=True)
+    assert first in _ids(ranked) or first in bought, "the catalogue's first item is known"
+    assert ranked.unknown_item_ids == ()
+    assert set(ranked.left_out_item_ids) == set(candidates) & bought != set()
+    assert not set(_ids(ranked)) & bought
+    assert set(core.rank_items(user, candidates).left_out_item_ids) == set()
+    hot = ExperimentConfig(
+        name="e", salt="s", variants=[VariantConfig(name="hot", strategy="trending")]
+    )
+    ranked = _core(published, experiments=[hot]).rank_items(user, candidates)
+    assert (ranked.variant, ranked.strategy) == ("e/hot", "trending")
+    trending = np.asarray(published.trending.item_scores)
+    scores = [float(trending[published.item_index(i)]) for i in _ids(ranked)]
+    assert scores == [i.score for i in ranked.items] == sorted(scores, reverse=True)
+
+
+def test_bought_together_without_basket_history_or_with_most_items_excluded(
+    published: PublishedModel,
+) -> None:
+    item = int(np.argsort(-published.fallback.item_scores)[0])
+    name = str(published.item_ids[item])
+    available = np.asarray(published.items.available, dtype=bool)
+    ids, scores = published.model.similar_items(np.array([item]), 40)
+    similar = [
+        (str(published.item_ids[i]), float(s), f"similar_to:{name}")
+        for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True)
+        if i >= 0 and i != item and available[i]
+    ][:10]
+    core = _core(dataclasses.replace(published, together=None))
+    listed = core.bought_together([name], 10)
+    assert (listed.strategy, listed.model_version) == ("similar_items", published.version)
+    _assert_ranked_as(listed.items, similar)
+    # A frontend excluding most of the catalogue still gets a full list.
+    core = _core(published)
+    excluded = tuple(_ids(core.popular_items(600)))
+    listed = core.bought_together([name], 10, Filters(exclude_item_ids=excluded))
+    assert len(listed.items) == 10 and not set(_ids(listed)) & set(excluded)
+    nothing = core.bought_together([name], 10, Filters(min_price=1e12))
+    assert (nothing.items, nothing.strategy, nothing.fallback) == ((), "baskets", False)
+
+
+def test_an_item_the_model_does_not_know_is_not_found_without_a_hybrid_model(
+    published: PublishedModel,
+) -> None:
+    core = _core(dataclasses.replace(published, coldstart=None))
+    with pytest.raises(NotFound):
+        core.similar_items("no-such-item", 10)
+
+
+def test_a_model_without_a_session_graph_folds_a_visit_into_the_model(
+    published: PublishedModel,
+) -> None:
+    core = _core(dataclasses.replace(published, sessions=None), session_scoring="session")
+    item = _ids(core.popular_items(1))[0]
+    assert core.recommend("visit-7", 10, context_item_ids=(item,)).strategy == "personal"

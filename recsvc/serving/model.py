@@ -29,6 +29,7 @@ class ServingModel:
     scaling: str
     popular_order: np.ndarray  # item indices, most popular first
     trending_order: np.ndarray
+    trending_rank: np.ndarray  # per item, its place in trending_order
     profile_rows: np.ndarray  # per model user, their row in the profiles (-1 none)
     # What training chose to serve each lifecycle stage (config strategy "auto").
     stage_strategies: dict[str, str]
@@ -49,6 +50,9 @@ class ServingModel:
             else np.zeros(items.size, dtype=bool)
         )
         signals = published.manifest.get("config", {}).get("signals", {})
+        trending_order = np.argsort(-np.asarray(published.trending.item_scores), kind="stable")
+        trending_rank = np.empty_like(trending_order)
+        trending_rank[trending_order] = np.arange(trending_order.size)
         return cls(
             published=published,
             category_codes=codes.astype(np.int32),
@@ -59,7 +63,8 @@ class ServingModel:
             signal_weights={e: float(signals.get(e, 1.0)) for e in EVENT_NAMES},
             scaling=str(signals.get("scaling", "log")),
             popular_order=np.argsort(-np.asarray(published.fallback.item_scores), kind="stable"),
-            trending_order=np.argsort(-np.asarray(published.trending.item_scores), kind="stable"),
+            trending_order=trending_order,
+            trending_rank=trending_rank,
             profile_rows=sorted_positions(published.profiles.user_ids, published.user_ids),
             stage_strategies=dict(published.manifest.get("serving", {}).get("lifecycle", {})),
             session_model=bool(published.manifest.get("serving", {}).get("session_model", False)),

@@ -191,14 +191,16 @@ class RankingPolicy:
         if query is None:
             return None
         items, strength = bought
-        ids, _ = serving.ann.search(query[None, :], _first_search(serving, ask.k, ask.banned))
-        candidates = np.union1d(ids[0][ids[0] >= 0], items)
-        # Exact scores of the few candidates: the factors' inner products, as the model's own.
-        scores = model.item_factors[candidates] @ query  # type: ignore[attr-defined]
-        scores = np.asarray(scores, dtype=np.float32)
-        _lift(scores, np.searchsorted(candidates, items), strength)
-        picked = self._select(serving, scores, candidates, ask.k, ask.filters, ask.banned)
-        return picked if picked[0].size >= ask.k else None
+
+        def pick(found: np.ndarray, _: np.ndarray) -> Picked:
+            candidates = np.union1d(found, items)
+            # Exact scores of the few candidates: the factors' inner products, as the model's.
+            scores = model.item_factors[candidates] @ query  # type: ignore[attr-defined]
+            scores = np.asarray(scores, dtype=np.float32)
+            _lift(scores, np.searchsorted(candidates, items), strength)
+            return self._select(serving, scores, candidates, ask.k, ask.filters, ask.banned)
+
+        return self._search_widening(serving, query, ask.k, ask.banned, pick)
 
     def _non_personal(self, ask: Ask, trending: bool) -> Pick:
         model = ask.serving.published
@@ -266,7 +268,9 @@ class RankingPolicy:
         if not seeds.size:
             return None
         spread = model.sessions.spread(seeds, weights)  # type: ignore[union-attr]
-        banned = [*ask.banned, seeds] if model.exclude_seen else ask.banned
+        # Every item of the visit was seen, not only the newest ones it is followed from.
+        clicked = model.item_indices([e[0] for e in ask.fresh])
+        banned = [*ask.banned, ask.context, clicked] if model.exclude_seen else ask.banned
         picked = self._select(serving, spread.scores, spread.items, ask.k, ask.filters, banned)
         source = dict(zip(spread.items.tolist(), spread.sources.tolist(), strict=True))
         reasons = {
@@ -279,7 +283,7 @@ class RankingPolicy:
             reasons.update({int(i): REASON_POPULAR for i in more[0].tolist()})
             picked = (
                 np.concatenate([picked[0], more[0]]),
-                np.concatenate([picked[1], np.zeros(more[0].size, dtype=np.float32)]),
+                np.concatenate([picked[1], _popular_below(model)[more[0]]]),
             )
         return Pick(picked, REASON_SESSION, False, reasons)
 
@@ -347,13 +351,12 @@ class RankingPolicy:
             return np.asarray(source.item_scores)[ids].astype(np.float32), strategy, strategy
         if strategy == "repurchase":
             items, strength = bought
-            trending = np.asarray(model.trending.item_scores, dtype=np.float32)[ids]
-            # Below every repurchase, in trending order.
-            scores = trending / (float(trending.max(initial=0.0)) + 1.0) - 1.0
             where = np.isin(ids, items)
+            scores = np.empty(ids.size, dtype=np.float32)
             scores[where] = strength[_position_in(items, ids[where])]
+            scores[~where] = _trending_below(serving, bought, ids[~where])
             reasons = np.where(where, REASON_REPURCHASE, REASON_TRENDING)
-            return scores.astype(np.float32), reasons, "repurchase"
+            return scores, reasons, "repurchase"
         reason, fallback = REASON_PERSONAL, False
         if ask.fresh or ask.context.size:
             session = self._session_scores(ask) if strategy != "blend" else None
@@ -390,8 +393,7 @@ class RankingPolicy:
         if not seeds.size:
             return None
         spread = model.sessions.spread(seeds, weights)  # type: ignore[union-attr]
-        popular = np.asarray(model.fallback.item_scores, dtype=np.float32)
-        scores = popular / (float(popular.max(initial=0.0)) + 1.0) * 1e-3
+        scores = _popular_below(model)
         scores[spread.items] = spread.scores
         reasons = np.full(serving.n_items, REASON_POPULAR, dtype=object)
         reasons[spread.items] = [
@@ -579,13 +581,11 @@ class RankingPolicy:
         """What the user bought before, strongest first, then trending items, chosen together
         so that filters and the per-category cap apply to the whole list; with reasons."""
         items, strength = bought
-        floor = float(strength.min()) - 1.0
 
         def candidates(take: int) -> tuple[np.ndarray, np.ndarray]:
             trending = serving.trending_order[:take]
             trending = trending[~np.isin(trending, items)]
-            # Trending items rank below every repurchase, in trending order.
-            below = floor - np.arange(trending.size, dtype=np.float32)
+            below = _trending_below(serving, bought, trending)
             return np.concatenate([items, trending]), np.concatenate([strength, below])
 
         start = max(k * CAP_CANDIDATES, 256) + items.size
@@ -800,14 +800,31 @@ class RankingPolicy:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Top k from the approximate index; None when the filters leave too few candidates
         (the caller then scores exactly) or the model has no index."""
-        index = serving.ann
-        if index is None:
+        if serving.ann is None:
             return None
+        return self._search_widening(
+            serving, query, k, banned,
+            lambda ids, scores: self._select(serving, scores, ids, k, filters, banned),
+        )  # fmt: skip
+
+    def _search_widening(
+        self,
+        serving: ServingModel,
+        query: np.ndarray,
+        k: int,
+        banned: list[np.ndarray],
+        pick: Callable[[np.ndarray, np.ndarray], Picked],
+    ) -> Picked | None:
+        """What `pick` selects from the approximate index's candidates (ids, scores), searching
+        8 times wider while it selects fewer than k (filters and caps thin them out), up to
+        the catalogue or ANN_MAX_CANDIDATES; then None, and the caller scores exactly."""
+        index = serving.ann
+        assert index is not None
         wanted = _first_search(serving, k, banned)
-        while True:  # widen the search before giving up on it: filters and caps thin it out
+        while True:
             ids, scores = index.search(query[None, :], wanted)
             valid = ids[0] >= 0
-            picked = self._select(serving, scores[0][valid], ids[0][valid], k, filters, banned)
+            picked = pick(ids[0][valid], scores[0][valid])
             if picked[0].size >= k:
                 return picked
             if wanted >= min(serving.n_items, ANN_MAX_CANDIDATES):
@@ -829,6 +846,24 @@ def _position_in(items: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Positions in `items` (unsorted, unique) of each of `wanted` (all present)."""
     order = np.argsort(items)
     return order[np.searchsorted(items, wanted, sorter=order)]
+
+
+def _trending_below(
+    serving: ServingModel, bought: tuple[np.ndarray, np.ndarray], ids: np.ndarray
+) -> np.ndarray:
+    """Scores of items `ids`, none of them bought, in a repurchase list: below every purchase,
+    one point apart in trending order among the items not bought."""
+    items, strength = bought
+    places = serving.trending_rank[ids]
+    ahead = np.searchsorted(np.sort(serving.trending_rank[items]), places)
+    return (float(strength.min()) - 1.0 - (places - ahead)).astype(np.float32)
+
+
+def _popular_below(model: PublishedModel) -> np.ndarray:
+    """Every item's score where a visit's list is filled with popular items: under 0.001,
+    most popular highest, so below anything the session model leads to."""
+    popular = np.asarray(model.fallback.item_scores, dtype=np.float32)
+    return popular / (float(popular.max(initial=0.0)) + 1.0) * 1e-3
 
 
 def _first_search(serving: ServingModel, k: int, banned: list[np.ndarray]) -> int:
