@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from recsvc.config import (
     ExperimentConfig,
@@ -20,6 +21,7 @@ from recsvc.config import (
     VariantConfig,
 )
 from recsvc.errors import NotFound
+from recsvc.models.popularity import TrendingRecommender
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
@@ -793,3 +795,23 @@ def test_a_model_without_a_session_graph_folds_a_visit_into_the_model(
     core = _core(dataclasses.replace(published, sessions=None), session_scoring="session")
     item = _ids(core.popular_items(1))[0]
     assert core.recommend("visit-7", 10, context_item_ids=(item,)).strategy == "personal"
+
+
+def test_a_trending_list_is_read_in_trending_order_however_unlike_popularity(
+    published: PublishedModel,
+) -> None:
+    """Trending taken from time-decayed sums that reverse popularity: the hottest items are
+    the least popular, far past the popular order's first few hundred."""
+    popularity = np.asarray(published.fallback.item_scores)
+    n_items = popularity.size
+    heat = (popularity.max() - popularity + 1.0).astype(np.float32)
+    recent = sp.csr_matrix((heat, np.arange(n_items), [0, n_items]), shape=(1, n_items))
+    core = _core(dataclasses.replace(published, trending=TrendingRecommender().fit(recent)))
+    available = np.asarray(published.items.available, dtype=bool)
+    order = [i for i in np.argsort(-heat, kind="stable").tolist() if available[i]]
+    # A list length where no tie is cut in two.
+    k = next(n for n in range(10, len(order)) if heat[order[n - 1]] != heat[order[n]])
+    order = order[:k]
+    expected = [(str(published.item_ids[i]), float(heat[i]), "trending") for i in order]
+    _assert_ranked_as(core.popular_items(k, trending=True).items, expected)
+    assert not set(order) & set(np.argsort(-popularity)[:256].tolist())
