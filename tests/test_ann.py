@@ -294,6 +294,9 @@ def test_the_blend_is_served_through_the_index_like_exact_scoring(
         a = approximate.recommend(user, 10)
         assert len(searches) == 1 and a.strategy == "blend"
         assert not exact_scorings, "the candidates alone were scored"
+        first = a.items[0].item_id
+        without = approximate.recommend(user, 10, Filters(exclude_item_ids=(first,)))
+        assert first not in {i.item_id for i in without.items} and not exact_scorings
         e = exact.recommend(user, 10)
         overlaps.append(len({i.item_id for i in a.items} & {i.item_id for i in e.items}) / 10)
         repurchases += any(i.reason == "repurchase" for i in a.items)

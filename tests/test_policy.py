@@ -475,8 +475,14 @@ def test_bought_together_for_a_cart_the_model_does_not_know_is_the_popular_list(
     first = _ids(core.popular_items(1))
     listed = core.bought_together(cart, 5, Filters(exclude_item_ids=tuple(first)))
     assert (listed.strategy, listed.fallback) == ("popular", True)
+    assert listed.model_version == published.version
     assert _ids(listed) == _ids(core.popular_items(6))[1:]
     assert {i.reason for i in listed.items} == {"popular"}
+    # Where training chose trending as the fallback, the items say so.
+    hot = _core(dataclasses.replace(published, fallback=published.trending))
+    assert {i.reason for i in hot.bought_together(cart, 5).items} == {"trending"}
+    ranked = hot.rank_items("stranger", _ids(hot.popular_items(5)))
+    assert {i.reason for i in ranked.items} == {"trending"} and ranked.strategy == "trending"
 
 
 def test_buy_again_lists_what_the_customer_bought_most_strongly_first(
@@ -700,6 +706,11 @@ def test_a_visit_is_followed_from_its_newest_items_each_worth_half_the_one_after
     assert {i.reason for i in fill} == {"popular"}
     oldest = set(published.sessions.neighbours(linked[0])[0].tolist())
     assert oldest - {published.item_index(e[0]) for e in expected}, "it leads elsewhere too"
+    # RankItems puts even the weakest of what the visit leads to before the most popular
+    # of the rest, as Recommend lists them.
+    weakest, most_popular = [e[0] for e in expected[-5:]], popular[:5]
+    ranked = core.rank_items("visit-5", [*most_popular, *weakest], context_item_ids=names)
+    assert set(_ids(ranked)[:5]) == set(weakest) and _ids(ranked)[5:] == most_popular
 
 
 def test_rank_items_for_a_visit_puts_what_it_leads_to_first_then_the_most_popular(
@@ -815,3 +826,23 @@ def test_a_trending_list_is_read_in_trending_order_however_unlike_popularity(
     expected = [(str(published.item_ids[i]), float(heat[i]), "trending") for i in order]
     _assert_ranked_as(core.popular_items(k, trending=True).items, expected)
     assert not set(order) & set(np.argsort(-popularity)[:256].tolist())
+
+
+def test_auto_serves_each_stage_what_training_chose_for_it_and_personal_where_it_chose_none(
+    published: PublishedModel,
+) -> None:
+    core = _core(published)
+    user = str(published.user_ids[0])
+    stage = core.recommend(user, 1).lifecycle_stage
+    chosen = {stage: "trending"}
+    serving = {**published.manifest.get("serving", {}), "lifecycle": chosen}
+    model = dataclasses.replace(published, manifest={**published.manifest, "serving": serving})
+    core = _core(model)
+    assert core.recommend(user, 10).strategy == "trending"
+    other = next(
+        str(u)
+        for u in published.user_ids[:500].tolist()
+        if core.recommend(str(u), 1).lifecycle_stage != stage
+        and core.recommend(str(u), 1).strategy != "popular"
+    )
+    assert core.recommend(other, 10).strategy == "personal", "no choice for that stage"

@@ -283,7 +283,7 @@ class RankingPolicy:
             reasons.update({int(i): REASON_POPULAR for i in more[0].tolist()})
             picked = (
                 np.concatenate([picked[0], more[0]]),
-                np.concatenate([picked[1], _popular_below(model)[more[0]]]),
+                np.concatenate([picked[1], _popular_below(model, picked[1])[more[0]]]),
             )
         return Pick(picked, REASON_SESSION, False, reasons)
 
@@ -393,7 +393,7 @@ class RankingPolicy:
         if not seeds.size:
             return None
         spread = model.sessions.spread(seeds, weights)  # type: ignore[union-attr]
-        scores = _popular_below(model)
+        scores = _popular_below(model, spread.scores)
         scores[spread.items] = spread.scores
         reasons = np.full(serving.n_items, REASON_POPULAR, dtype=object)
         reasons[spread.items] = [
@@ -859,11 +859,12 @@ def _trending_below(
     return (float(strength.min()) - 1.0 - (places - ahead)).astype(np.float32)
 
 
-def _popular_below(model: PublishedModel) -> np.ndarray:
-    """Every item's score where a visit's list is filled with popular items: under 0.001,
-    most popular highest, so below anything the session model leads to."""
+def _popular_below(model: PublishedModel, led_to: np.ndarray) -> np.ndarray:
+    """Every item's score where a visit's list is filled with popular items: most popular
+    highest, all under the weakest score of what the visit leads to (`led_to`; 1 if none)."""
     popular = np.asarray(model.fallback.item_scores, dtype=np.float32)
-    return popular / (float(popular.max(initial=0.0)) + 1.0) * 1e-3
+    under = float(np.min(led_to, initial=1.0))
+    return popular / (float(popular.max(initial=0.0)) + 1.0) * under
 
 
 def _first_search(serving: ServingModel, k: int, banned: list[np.ndarray]) -> int:
