@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -272,11 +273,27 @@ def report() -> int:
     return 1 if missed else 0
 
 
+def remap_if_tests_changed(area: str) -> None:
+    """mutmut maps tests to the functions they reach once, and later maps only tests it has
+    not seen: a test changed in place keeps its old map, and a mutant it would now kill is
+    never shown to it. So when the area's test files change, the map is dropped, and the next
+    run maps every test again (results are kept: they live in the mutants' records)."""
+    digest = hashlib.sha256()
+    for name in [*sorted(AREA_TESTS[area]), "tests/helpers.py", "tests/conftest.py"]:
+        digest.update((ROOT / name).read_bytes())
+    seen = area_dir(area) / "tests.sha256"
+    if seen.exists() and seen.read_text() != digest.hexdigest():
+        (area_dir(area) / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    seen.write_text(digest.hexdigest())
+
+
 def run(area: str, max_children: int, only_survivors: bool) -> None:
     """One mutmut run for the area: every mutant the first time; then those never run (or
     changed since) and the survivors, which new tests may kill. Naming them is what makes
-    mutmut test them again: a run without names would redo every mutant."""
+    mutmut test them again: a run without names would redo every mutant. A function changed
+    since the last run gets new mutants only as mutmut starts, so those are run after."""
     stage(area)
+    remap_if_tests_changed(area)
     first = not results(area)
     names = survivors(area) if only_survivors else sorted({*not_run(area), *survivors(area)})
     if not first and not names:
@@ -290,13 +307,17 @@ def run(area: str, max_children: int, only_survivors: bool) -> None:
     }
     mutmut = Path(sys.executable).with_name("mutmut")
     started = time.perf_counter()
-    subprocess.run(
-        [str(mutmut), "run", "--max-children", str(max_children),
-         *(AREAS[area] if first else names)],
-        cwd=area_dir(area),
-        env=env,
-        check=True,
-    )  # fmt: skip
+    batch, tried = (AREAS[area] if first else names), set(names)
+    while batch:
+        subprocess.run(
+            [str(mutmut), "run", "--max-children", str(max_children), *batch],
+            cwd=area_dir(area),
+            env=env,
+            check=True,
+        )
+        # The mutants of functions changed since the last run, made as this run started.
+        batch = [] if first else sorted(set(not_run(area)) - tried)
+        tried |= set(batch)
     print(f"{area}: mutmut ran for {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
