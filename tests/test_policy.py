@@ -25,7 +25,13 @@ from recsvc.models.popularity import TrendingRecommender
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
-from recsvc.serving.policy import REPURCHASE_LIFT, SESSION_DECAY, SESSION_DEPTH, top_spread
+from recsvc.serving.policy import (
+    REPURCHASE_LIFT,
+    SESSION_DECAY,
+    SESSION_DEPTH,
+    _popular_below,
+    top_spread,
+)
 from recsvc.serving.values import EventInput, Filters
 from recsvc.training.pipeline import TrainResult
 
@@ -846,3 +852,16 @@ def test_auto_serves_each_stage_what_training_chose_for_it_and_personal_where_it
         and core.recommend(str(u), 1).strategy != "popular"
     )
     assert core.recommend(other, 10).strategy == "personal", "no choice for that stage"
+
+
+def test_a_visits_popular_fill_stays_under_its_weakest_lead_in_popularity_order(
+    published: PublishedModel,
+) -> None:
+    popularity = np.asarray(published.fallback.item_scores)
+    fill = _popular_below(published, np.array([3.0, 0.5, 7.0], dtype=np.float32))
+    assert fill.max() < 0.5 and fill.min() >= 0.0
+    order = np.argsort(-popularity, kind="stable")
+    assert (np.argsort(-fill, kind="stable") == order).all()
+    # A visit that leads nowhere: the fill is all there is, under 1.
+    nowhere = _popular_below(published, np.empty(0, dtype=np.float32))
+    assert nowhere.max() < 1.0 and (np.argsort(-nowhere, kind="stable") == order).all()
