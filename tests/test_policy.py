@@ -858,10 +858,11 @@ def test_a_visits_popular_fill_stays_under_its_weakest_lead_in_popularity_order(
     published: PublishedModel,
 ) -> None:
     popularity = np.asarray(published.fallback.item_scores)
-    fill = _popular_below(published, np.array([3.0, 0.5, 7.0], dtype=np.float32))
+    serving, every = _core(published).serving, np.arange(popularity.size)
+    fill = _popular_below(serving, np.array([3.0, 0.5, 7.0], dtype=np.float32), every)
     assert fill.max() < 0.5 and fill.min() >= 0.0
     order = np.argsort(-popularity, kind="stable")
     assert (np.argsort(-fill, kind="stable") == order).all()
     # A visit that leads nowhere: the fill is all there is, under 1.
-    nowhere = _popular_below(published, np.empty(0, dtype=np.float32))
+    nowhere = _popular_below(serving, np.empty(0, dtype=np.float32), every)
     assert nowhere.max() < 1.0 and (np.argsort(-nowhere, kind="stable") == order).all()

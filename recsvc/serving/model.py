@@ -28,6 +28,7 @@ class ServingModel:
     signal_weights: dict[str, float]
     scaling: str
     popular_order: np.ndarray  # item indices, most popular first
+    popular_share: np.ndarray  # per item, its popularity over (the most popular's + 1): [0, 1)
     trending_order: np.ndarray
     trending_rank: np.ndarray  # per item, its place in trending_order
     profile_rows: np.ndarray  # per model user, their row in the profiles (-1 none)
@@ -50,6 +51,7 @@ class ServingModel:
             else np.zeros(items.size, dtype=bool)
         )
         signals = published.manifest.get("config", {}).get("signals", {})
+        popular = np.asarray(published.fallback.item_scores, dtype=np.float32)
         trending_order = np.argsort(-np.asarray(published.trending.item_scores), kind="stable")
         trending_rank = np.empty_like(trending_order)
         trending_rank[trending_order] = np.arange(trending_order.size)
@@ -62,7 +64,8 @@ class ServingModel:
             promoted=promoted,
             signal_weights={e: float(signals.get(e, 1.0)) for e in EVENT_NAMES},
             scaling=str(signals.get("scaling", "log")),
-            popular_order=np.argsort(-np.asarray(published.fallback.item_scores), kind="stable"),
+            popular_order=np.argsort(-popular, kind="stable"),
+            popular_share=popular / (float(popular.max(initial=0.0)) + 1.0),
             trending_order=trending_order,
             trending_rank=trending_rank,
             profile_rows=sorted_positions(published.profiles.user_ids, published.user_ids),

@@ -268,9 +268,9 @@ class RankingPolicy:
         if not seeds.size:
             return None
         spread = model.sessions.spread(seeds, weights)  # type: ignore[union-attr]
-        # Every item of the visit was seen, not only the newest ones it is followed from.
-        clicked = model.item_indices([e[0] for e in ask.fresh])
-        banned = [*ask.banned, ask.context, clicked] if model.exclude_seen else ask.banned
+        banned = ask.banned
+        if model.exclude_seen:  # every item of the visit was seen, not only the newest ten
+            banned = [*banned, ask.context, model.item_indices([e[0] for e in ask.fresh])]
         picked = self._select(serving, spread.scores, spread.items, ask.k, ask.filters, banned)
         source = dict(zip(spread.items.tolist(), spread.sources.tolist(), strict=True))
         reasons = {
@@ -283,7 +283,7 @@ class RankingPolicy:
             reasons.update({int(i): REASON_POPULAR for i in more[0].tolist()})
             picked = (
                 np.concatenate([picked[0], more[0]]),
-                np.concatenate([picked[1], _popular_below(model, picked[1])[more[0]]]),
+                np.concatenate([picked[1], _popular_below(serving, picked[1], more[0])]),
             )
         return Pick(picked, REASON_SESSION, False, reasons)
 
@@ -359,9 +359,9 @@ class RankingPolicy:
             return scores, reasons, "repurchase"
         reason, fallback = REASON_PERSONAL, False
         if ask.fresh or ask.context.size:
-            session = self._session_scores(ask) if strategy != "blend" else None
+            session = self._session_scores(ask, ids) if strategy != "blend" else None
             if session is not None:
-                return session[0][ids], session[1][ids], REASON_SESSION
+                return session[0], session[1], REASON_SESSION
             history = self.history_row(serving, ask.user, ask.fresh, ask.context)
             scores = model.model.score_history(history)[0]
         elif ask.user is not None:
@@ -380,12 +380,12 @@ class RankingPolicy:
         served = reason if fallback else strategy
         return scores[ids], reason, served
 
-    def _session_scores(self, ask: Ask) -> tuple[np.ndarray, np.ndarray] | None:
-        """RankItems' side of `_from_session`: every item's score and reason for an anonymous
-        visit the session model follows (None where Recommend would not follow it either).
-        Items the visit leads to score what the session model gives them and name the item
-        they were viewed after; the rest come after them, most popular first, as Recommend
-        fills its list."""
+    def _session_scores(self, ask: Ask, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """RankItems' side of `_from_session`: the scores and reasons of items `ids` for an
+        anonymous visit the session model follows (None where Recommend would not follow it
+        either). Items the visit leads to score what the session model gives them and name
+        the item they were viewed after; the rest come after them, most popular first, as
+        Recommend fills its list."""
         serving, model = ask.serving, ask.serving.published
         if ask.user is not None or not self.follows_session(serving):
             return None
@@ -393,12 +393,12 @@ class RankingPolicy:
         if not seeds.size:
             return None
         spread = model.sessions.spread(seeds, weights)  # type: ignore[union-attr]
-        scores = _popular_below(model, spread.scores)
-        scores[spread.items] = spread.scores
-        reasons = np.full(serving.n_items, REASON_POPULAR, dtype=object)
-        reasons[spread.items] = [
-            f"viewed_after:{model.item_ids[source]}" for source in spread.sources.tolist()
-        ]
+        led = np.isin(ids, spread.items)
+        at = _position_in(spread.items, ids[led])
+        scores = _popular_below(serving, spread.scores, ids)
+        scores[led] = spread.scores[at]
+        reasons = np.full(ids.size, REASON_POPULAR, dtype=object)
+        reasons[led] = [f"viewed_after:{model.item_ids[s]}" for s in spread.sources[at].tolist()]
         return scores, reasons
 
     def bought_together(
@@ -859,12 +859,10 @@ def _trending_below(
     return (float(strength.min()) - 1.0 - (places - ahead)).astype(np.float32)
 
 
-def _popular_below(model: PublishedModel, led_to: np.ndarray) -> np.ndarray:
-    """Every item's score where a visit's list is filled with popular items: most popular
+def _popular_below(serving: ServingModel, led_to: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Scores of items `ids` where a visit's list is filled with popular items: most popular
     highest, all under the weakest score of what the visit leads to (`led_to`; 1 if none)."""
-    popular = np.asarray(model.fallback.item_scores, dtype=np.float32)
-    under = float(np.min(led_to, initial=1.0))
-    return popular / (float(popular.max(initial=0.0)) + 1.0) * under
+    return serving.popular_share[ids] * np.float32(np.min(led_to, initial=1.0))
 
 
 def _first_search(serving: ServingModel, k: int, banned: list[np.ndarray]) -> int:
