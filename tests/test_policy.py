@@ -21,6 +21,7 @@ from recsvc.config import (
     VariantConfig,
 )
 from recsvc.errors import NotFound
+from recsvc.itemgraph import ItemGraph
 from recsvc.models.popularity import TrendingRecommender
 from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
@@ -51,6 +52,11 @@ def _core(published: PublishedModel, **config) -> RecommenderCore:
 
 def _ids(listed) -> list[str]:
     return [i.item_id for i in listed.items]
+
+
+def _biggest_buyer(published: PublishedModel) -> int:
+    """The index of the user with the most purchases."""
+    return int(np.argmax(np.diff(published.purchased_indptr)))
 
 
 def _everyone(strategy: str) -> LifecycleConfig:
@@ -114,7 +120,7 @@ def test_buy_again_for_someone_who_never_bought_serves_their_personal_list(
 
 def test_buy_again_honours_the_request_s_exclusions(published: PublishedModel) -> None:
     core = _core(published, lifecycle=_everyone("repurchase"))
-    user = int(np.argmax(np.diff(published.purchased_indptr)))
+    user = _biggest_buyer(published)
     user_id = str(published.user_ids[user])
     first = _ids(core.recommend(user_id, 10))
     excluded = first[:2]
@@ -228,7 +234,7 @@ def test_the_blend_lifts_bought_items_by_how_strongly_they_were_bought(
     published: PublishedModel,
 ) -> None:
     core = _core(published, lifecycle=_everyone("blend"))
-    user = int(np.argmax(np.diff(published.purchased_indptr)))
+    user = _biggest_buyer(published)
     scores = published.model.score(np.array([user]))[0]
     items, confidences = published.history_of(user)
     known = dict(zip(items.tolist(), confidences.tolist(), strict=True))
@@ -252,7 +258,7 @@ def _visitors(core: RecommenderCore) -> list[tuple[str, tuple[str, ...]]]:
     never bought, an anonymous visit with a context, one that viewed an item and bought another
     (events recorded here), and a visitor never seen."""
     published = core.model
-    buyer = str(published.user_ids[int(np.argmax(np.diff(published.purchased_indptr)))])
+    buyer = str(published.user_ids[_biggest_buyer(published)])
     never_bought = str(
         published.user_ids[np.flatnonzero(np.diff(published.purchased_indptr) == 0)[0]]
     )
@@ -336,22 +342,35 @@ def test_rank_items_puts_items_over_the_category_cap_last_and_names_the_filtered
 # Bought together and buy again (the frontend's lists), against answers worked out here.
 
 
+def _spread_by_hand(
+    published: PublishedModel,
+    graph: ItemGraph,
+    seeds: list[int],
+    weights: list[float],
+    exclude: set[int],
+) -> list[tuple[int, float, int]]:
+    """(item, summed edge weight times its seed's weight, the seed of the strongest
+    contribution) for every available item `graph` links the seeds to, strongest first."""
+    total: dict[int, float] = {}
+    strongest: dict[int, tuple[float, int]] = {}
+    for seed, weight in zip(seeds, weights, strict=True):
+        for item, edge in zip(*graph.neighbours(seed), strict=True):
+            item, part = int(item), float(edge) * weight
+            total[item] = total.get(item, 0.0) + part
+            if part > strongest.get(item, (-np.inf, -1))[0]:
+                strongest[item] = (part, seed)
+    available = np.asarray(published.items.available, dtype=bool)
+    allowed = [i for i in total if i not in exclude and available[i]]
+    return sorted(((i, total[i], strongest[i][1]) for i in allowed), key=lambda t: -t[1])
+
+
 def _basket_neighbours(
     published: PublishedModel, seeds: list[int], banned: set[int]
 ) -> list[tuple[int, float, int]]:
     """(item, summed basket weight from the seeds, the seed it is bought with most), for every
     item the basket graph links to the seeds that may be listed, strongest first."""
-    total: dict[int, float] = {}
-    strongest: dict[int, tuple[float, int]] = {}
-    for seed in seeds:
-        for item, weight in zip(*published.together.neighbours(seed), strict=True):
-            item, weight = int(item), float(weight)
-            total[item] = total.get(item, 0.0) + weight
-            if weight > strongest.get(item, (-np.inf, -1))[0]:
-                strongest[item] = (weight, seed)
-    available = np.asarray(published.items.available, dtype=bool)
-    allowed = [i for i in total if i not in banned and i not in seeds and available[i]]
-    return sorted(((i, total[i], strongest[i][1]) for i in allowed), key=lambda t: -t[1])
+    together = published.together
+    return _spread_by_hand(published, together, seeds, [1.0] * len(seeds), banned | set(seeds))
 
 
 def _assert_ranked_as(listed, expected: list[tuple[str, float, str]]) -> None:
@@ -423,7 +442,7 @@ def test_bought_together_for_a_cart_is_its_basket_neighbours_then_what_is_most_l
     assert len(short.items) == 10 and set(_ids(short)[:3]) == set(_ids(listed)[:3])
     assert set(_ids(short)[3:]) <= set(_ids(listed)[3:20])
     # Exclusions, and a customer's own purchases when asked, leave the list; the rest move up.
-    buyer = int(np.argmax(np.diff(published.purchased_indptr)))
+    buyer = _biggest_buyer(published)
     bought = {str(i) for i in published.item_ids[published.purchased_by(buyer)]}
     first = listed.items[0].item_id
     for user, exclude_purchased, banned in (
@@ -498,7 +517,7 @@ def test_buy_again_lists_what_the_customer_bought_most_strongly_first(
     adding one purchase weight, exclusions and unavailable items left out."""
     page = PageConfig(rows=[PageRowConfig("again", "buy_again", 8, "Buy again")])
     core = _core(published, page=page)
-    buyer = int(np.argmax(np.diff(published.purchased_indptr)))
+    buyer = _biggest_buyer(published)
     user = str(published.user_ids[buyer])
     items, confidences = published.history_of(buyer)
     known = dict(zip(items.tolist(), confidences.tolist(), strict=True))
@@ -567,7 +586,7 @@ def test_a_repurchase_list_is_what_was_bought_strongest_first_then_trending_item
     published: PublishedModel,
 ) -> None:
     core = _core(published, lifecycle=_everyone("repurchase"))
-    buyer = int(np.argmax(np.diff(published.purchased_indptr)))
+    buyer = _biggest_buyer(published)
     items, confidences = published.history_of(buyer)
     known = dict(zip(items.tolist(), confidences.tolist(), strict=True))
     available = np.asarray(published.items.available, dtype=bool)
@@ -609,7 +628,7 @@ def test_lists_of_likeness_are_not_boosted(published: PublishedModel) -> None:
     and age alone: the rules' boosts of new and promoted items act on Recommend's list."""
     boosts = RulesConfig(boost_new=5.0, promoted_tag="gift", boost_promoted=5.0)
     plain, boosted = _core(published), _core(published, rules=boosts)
-    buyer = str(published.user_ids[int(np.argmax(np.diff(published.purchased_indptr)))])
+    buyer = str(published.user_ids[_biggest_buyer(published)])
     assert _ids(plain.recommend(buyer, 10)) != _ids(boosted.recommend(buyer, 10))
     item = _ids(plain.popular_items(1))[0]
     assert boosted.similar_items(item, 30).items == plain.similar_items(item, 30).items
@@ -629,25 +648,12 @@ def _followed(
     """What the session model says visitors view after `seeds` (newest first, with their
     recency weights): each item's summed edge weight times its seed's weight, naming the seed
     of the strongest contribution, strongest first."""
-    total: dict[int, float] = {}
-    strongest: dict[int, tuple[float, int]] = {}
-    for seed, weight in zip(seeds, weights, strict=True):
-        for item, edge in zip(*published.sessions.neighbours(seed), strict=True):
-            item, part = int(item), float(edge) * weight
-            total[item] = total.get(item, 0.0) + part
-            if part > strongest.get(item, (-np.inf, -1))[0]:
-                strongest[item] = (part, seed)
-    available = np.asarray(published.items.available, dtype=bool)
-    ranked = sorted(
-        (i for i in total if available[i] and i not in exclude), key=lambda i: -total[i]
-    )
+    names = published.item_ids
     return [
-        (
-            str(published.item_ids[i]),
-            total[i],
-            f"viewed_after:{published.item_ids[strongest[i][1]]}",
+        (str(names[i]), score, f"viewed_after:{names[seed]}")
+        for i, score, seed in _spread_by_hand(
+            published, published.sessions, seeds, weights, exclude
         )
-        for i in ranked
     ]
 
 
@@ -751,7 +757,7 @@ def test_rank_items_for_a_visit_puts_what_it_leads_to_first_then_the_most_popula
 def test_rank_items_knows_the_first_item_leaves_out_purchases_when_asked_and_follows_a_variant(
     published: PublishedModel,
 ) -> None:
-    buyer = int(np.argmax(np.diff(published.purchased_indptr)))
+    buyer = _biggest_buyer(published)
     user = str(published.user_ids[buyer])
     bought = {str(i) for i in published.item_ids[published.purchased_by(buyer)]}
     first = str(published.item_ids[0])
