@@ -3,13 +3,12 @@ job reads (`sqlite:///path/events.db`, the default beside the models)."""
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -63,25 +62,21 @@ CREATE TABLE IF NOT EXISTS impressions (
 )
 
 
-Result = TypeVar("Result")
 # What SQLite says when the database cannot be used now, as opposed to a broken schema.
 OUTAGE_WORDS = ("locked", "busy", "disk", "I/O", "unable to open", "readonly", "full")
 
 
-def _outage_is_unavailable(method: Callable[..., Result]) -> Callable[..., Result]:
+@contextlib.contextmanager
+def _outage_is_unavailable(path: Path) -> Iterator[None]:
     """A database that cannot be written now (locked past the busy timeout, a full disk, an I/O
-    error, a file that cannot be opened) is StoreUnavailable: a retry later may succeed."""
-
-    @functools.wraps(method)
-    def call(self: SQLiteEventStore, *args: Any, **kwargs: Any) -> Result:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.OperationalError as error:
-            if not any(word in str(error) for word in OUTAGE_WORDS):
-                raise  # a schema changed under us, a bug: not for a client to retry
-            raise StoreUnavailable(f"event store {self.path}: {error}") from error
-
-    return call
+    error, a file that cannot be opened) is StoreUnavailable: a retry later may succeed.
+    A context, not a decorator: mutmut leaves decorated functions unmutated."""
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        if not any(word in str(error) for word in OUTAGE_WORDS):
+            raise  # a schema changed under us, a bug: not for a client to retry
+        raise StoreUnavailable(f"event store {path}: {error}") from error
 
 
 class SQLiteEventStore:
@@ -122,11 +117,10 @@ class SQLiteEventStore:
         db.execute(f"PRAGMA synchronous={synchronous}")
         return db
 
-    @_outage_is_unavailable
     def append(self, events: list[StoredEvent]) -> int:
         """Stores the events in one transaction; returns the id of the last (their ids are the
         len(events) consecutive ids ending there: the transaction holds the write lock)."""
-        with self._lock:
+        with _outage_is_unavailable(self.path), self._lock:
             db = self._connection()
             db.execute("BEGIN")
             try:
@@ -143,10 +137,9 @@ class SQLiteEventStore:
             db.execute("COMMIT")
         return int(last)
 
-    @_outage_is_unavailable
     def forget(self, user_id: str, reason: str = "") -> int:
         now = int(time.time() * 1000)
-        with self._lock:
+        with _outage_is_unavailable(self.path), self._lock:
             db = self._connection()
             db.execute("BEGIN")
             try:
@@ -164,10 +157,9 @@ class SQLiteEventStore:
                 log.write(forget_audit_line(user_id, removed, reason, now) + "\n")
         return removed
 
-    @_outage_is_unavailable
     def merge(self, user_id: str, into: str, reason: str = "") -> int:
         now = int(time.time() * 1000)
-        with self._lock:
+        with _outage_is_unavailable(self.path), self._lock:
             db = self._connection()
             db.execute("BEGIN")
             try:
@@ -192,13 +184,12 @@ class SQLiteEventStore:
                 log.write(forget_audit_line(user_id, moved, reason, now, merged_into=into) + "\n")
         return moved
 
-    @_outage_is_unavailable
     def changes_after(
         self, event_id: int, forgotten_ms: int
     ) -> tuple[list[tuple[int, str, str, str, int]], dict[str, int]]:
         """Events stored after id `event_id` as (id, user, item, event, time), and users
         forgotten at or after `forgotten_ms`: how server workers share real-time state."""
-        with self._lock:
+        with _outage_is_unavailable(self.path), self._lock:
             db = self._connection()
             events = db.execute(
                 "SELECT id, user_id, item_id, event, timestamp_ms FROM events WHERE id > ?"
@@ -211,18 +202,16 @@ class SQLiteEventStore:
             ).fetchall()
         return events, {user: int(ms) for user, ms in forgotten}
 
-    @_outage_is_unavailable
     def forgotten_users(self) -> dict[str, int]:
         """User id -> when it was forgotten (epoch ms)."""
-        with self._lock:
+        with _outage_is_unavailable(self.path), self._lock:
             rows = (
                 self._connection().execute("SELECT user_id, forgotten_ms FROM forgotten").fetchall()
             )
         return {user: int(ms) for user, ms in rows}
 
-    @_outage_is_unavailable
     def add_campaign(self, name: str, spec: str) -> None:
-        with self._lock:
+        with _outage_is_unavailable(self.path), self._lock:
             try:
                 self._connection().execute(
                     "INSERT INTO campaigns (name, spec) VALUES (?, ?)", (name, spec)
@@ -230,9 +219,8 @@ class SQLiteEventStore:
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"a campaign named {name!r} exists already") from None
 
-    @_outage_is_unavailable
     def campaigns(self) -> dict[str, str]:
-        with self._lock:
+        with _outage_is_unavailable(self.path), self._lock:
             rows = self._connection().execute("SELECT name, spec FROM campaigns").fetchall()
         return dict(rows)
 
@@ -250,10 +238,9 @@ class SQLiteEventStore:
             OUTCOMES_SCHEMA,
         )
 
-    @_outage_is_unavailable
     def _query(self, sql: str, schema: pa.Schema) -> pa.Table:
         """The rows of `sql` as a table whose columns are `schema`'s, in that order."""
-        with self._lock:
+        with _outage_is_unavailable(self.path), self._lock:
             rows = self._connection().execute(sql).fetchall()
         columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema.names]
         return pa.table(
@@ -261,10 +248,9 @@ class SQLiteEventStore:
             schema=schema,
         )
 
-    @_outage_is_unavailable
     def record_impressions(self, rows: list[tuple[str, str, str, int, int]]) -> None:
         """(recommendation_id, user_id, variant, timestamp_ms, n_items) per response served."""
-        with self._lock:
+        with _outage_is_unavailable(self.path), self._lock:
             # Impressions are statistics, written every second: their own connection does not
             # wait for the disk (WAL with synchronous=NORMAL survives a crash of the process,
             # not of the machine); events keep synchronous=FULL.
