@@ -255,3 +255,18 @@ def test_a_failed_publish_reports_its_own_error_when_the_cleanup_fails_too(
     with pytest.raises(PublishFailed, match="disk full"):
         store.publish(half_written, suffix="als")
     assert store.versions() == [] and store.current_version() is None
+
+
+def test_abandoned_staging_that_will_not_go_does_not_stop_a_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"{STAGING_PREFIX}{gone.pid}-def"
+    dead.mkdir()
+    (dead / "stuck").write_text("x")
+    _undeletable(monkeypatch, "stuck")
+    version = store.publish(_write("x"), suffix="ease")
+    assert store.current_version() == version
+    assert _leftovers(store) == [dead.name]
