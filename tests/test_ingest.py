@@ -596,3 +596,165 @@ def test_one_corrupt_byte_costs_one_row_not_the_nightly_run(
     assert code == 0, capsys.readouterr().err
     (reject,) = read_rejects(next((tmp_path / "m").rglob("events.csv.rejects.csv")))
     assert (reject["line"], reject["reason"]) == ("1501", "bad_encoding")
+
+
+def test_items_and_users_files_name_themselves_in_errors(tmp_path: Path) -> None:
+    items = write_lines(tmp_path / "items.csv", "item_id,brand", "i1,acme")
+    with pytest.raises(BadInput, match=r"^items file .* lacks required column 'category'"):
+        load_items(items, Config().data, RejectsWriter(None))
+    users = write_lines(tmp_path / "users.csv", "customer,region", "c1,north")
+    with pytest.raises(BadInput, match=r"^users file .* lacks required column 'user_id'"):
+        load_users(users, Config().data, RejectsWriter(None))
+
+
+def test_an_items_file_is_judged_on_the_columns_it_is_read_for(tmp_path: Path) -> None:
+    """Columns the catalogue does not use (a description, a supplier) are not read: a byte
+    that is not UTF-8 in one of them costs nothing, and a rejected row's data shows the
+    columns that were read."""
+    items = tmp_path / "items.csv"
+    items.write_bytes(
+        b"item_id,description,category,supplier\n"
+        b"i1,caf\xe9 cr\xe8me,food,s1\n"  # Latin-1 in an unused column
+        b"i2,plain,,s2\n"
+    )
+    clean, _ = load_items(items, Config().data, RejectsWriter(tmp_path / "rj"))
+    assert clean.column("item_id").to_pylist() == ["i1"] and clean.num_columns == 6
+    (reject,) = read_rejects(tmp_path / "rj" / "items.csv.rejects.csv")
+    assert (reject["line"], reject["reason"], reject["data"]) == ("3", "missing_category", "i2,")
+
+
+def test_an_items_file_without_optional_columns_keeps_the_contracts_types(tmp_path: Path) -> None:
+    for lines in (["i1,books"], []):  # rows, and a header alone
+        bare = write_lines(tmp_path / "bare.csv", "item_id,category", *lines)
+        clean, _ = load_items(bare, Config().data, RejectsWriter(None))
+        assert clean.schema.field("price").type == pa.float64()
+        assert clean.schema.field("available").type == pa.bool_()
+        assert clean.schema.field("brand").type == pa.string()
+        assert clean.schema.field("tags").type == pa.string()
+
+
+def test_an_availability_flag_is_a_known_word_or_empty(tmp_path: Path) -> None:
+    items = write_lines(
+        tmp_path / "items.csv",
+        "item_id,category,available",
+        "i1,a,",  # empty: available
+        "i2,a,N",
+        "i3,a,Maybe",
+        "i4,a,t",
+    )
+    clean, _ = load_items(items, Config().data, RejectsWriter(tmp_path / "rj"))
+    assert clean.column("available").to_pylist() == [True, False, True]
+    (reject,) = read_rejects(tmp_path / "rj" / "items.csv.rejects.csv")
+    assert (reject["line"], reject["detail"]) == ("4", "available 'maybe' is not true/false")
+
+
+def test_bad_ids_in_the_catalogue_and_users_file_say_which_id(tmp_path: Path) -> None:
+    items = write_lines(tmp_path / "items.csv", "item_id,category", "i1,a", "i123456,a")
+    users = write_lines(tmp_path / "users.csv", "user_id", "u1", "u\x7f", "u123456")
+    load_dataset(None, Config().data, items, users, rejects_dir=tmp_path / "rj", max_id_length=5)
+    (item,) = read_rejects(tmp_path / "rj" / "items.csv.rejects.csv")
+    assert item["detail"] == "item_id is longer than 5 characters"
+    first, second = read_rejects(tmp_path / "rj" / "users.csv.rejects.csv")
+    assert first["detail"] == r"user_id 'u\x7f' holds a control character"
+    assert second["detail"] == "user_id is longer than 5 characters"
+
+
+def test_each_file_reports_the_seconds_it_took(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seconds from the loader's own start and end, on a clock that moves 2.5 s a reading."""
+    readings = iter(range(100))
+    monkeypatch.setattr("time.perf_counter", lambda: 2.5 * next(readings))
+    items = write_lines(tmp_path / "items.csv", "item_id,category", "i1,a")
+    users = write_lines(tmp_path / "users.csv", "user_id", "u1")
+    events = write_lines(tmp_path / "events.csv", HEADER, GOOD.format(n=1))
+    dataset = load_dataset(events, Config().data, items, users, now_ms=NOW_MS)
+    assert [r.seconds for r in dataset.reports] == [2.5, 2.5, 2.5]
+    assert dataset.reports[2].summary().endswith("; 0 duplicates dropped; 0 rows/s")
+
+
+def test_numbers_in_exponent_form_either_case_and_pandas_nan_for_missing(tmp_path: Path) -> None:
+    events = write_lines(
+        tmp_path / "e.csv",
+        HEADER,
+        "u1,i1,purchase,2025-03-01T10:00:00Z,1e0,1.5e2",
+        "u2,i1,purchase,2025-03-01T10:00:00Z,2E0,2.5E1",
+    )
+    clean, report = load(events, tmp_path / "rj")
+    assert report.rejected_total == 0
+    assert clean.column("quantity").to_pylist() == [1.0, 2.0]
+    assert clean.column("price").to_pylist() == [150.0, 25.0]
+    # pandas writes a missing number as NaN, not null: missing, not junk.
+    path = tmp_path / "e.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": ["u1", "u2"],
+                "item_id": ["i1", "i1"],
+                "event": ["purchase", "purchase"],
+                "timestamp": ["2025-03-01T10:00:00Z"] * 2,
+                "quantity": pa.array([float("nan"), 3.0]),
+                "price": pa.array([float("nan"), 4.0]),
+            }
+        ),
+        path,
+    )
+    clean, report = load(path, tmp_path / "rj")
+    assert report.rejected_total == 0
+    assert clean.column("quantity").to_pylist() == [1.0, 3.0]
+    assert clean.column("price").to_pylist() == [None, 4.0]
+
+
+def test_numeric_timestamps_at_their_edges(tmp_path: Path) -> None:
+    """1e11 is the first value read as milliseconds (1973); one less is seconds (the year
+    5138, so in the future); a negative number in a numeric column is before 1970, not
+    unreadable."""
+    path = tmp_path / "e.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": ["u1", "u2", "u3"],
+                "item_id": ["i1", "i1", "i1"],
+                "event": ["view"] * 3,
+                "timestamp": pa.array([100_000_000_000, 99_999_999_999, -5], pa.int64()),
+            }
+        ),
+        path,
+    )
+    clean, _ = load(path, tmp_path / "rj")
+    assert clean.column("timestamp_ms").to_pylist() == [100_000_000_000]
+    rows = read_rejects(tmp_path / "rj" / "e.parquet.rejects.csv")
+    assert [(r["row"], r["reason"], r["detail"]) for r in rows] == [
+        ("2", "future_timestamp", "timestamp is more than 24 h in the future"),
+        ("3", "bad_timestamp", "timestamp is before 1970"),
+    ]
+
+
+def test_an_impossible_date_costs_only_its_own_row_in_a_column_of_mixed_forms() -> None:
+    instant = ms("2025-03-01T10:00:00+00:00")
+    column = pa.chunked_array(
+        [["2025-02-30T10:00:00", "2025-03-01T10:00:00", "2025-13-01", "2025-03-01T10:00:00Z"]]
+    )
+    got = parse_timestamps_ms(column).tolist()
+    assert got[1::2] == [instant, instant] and all(v != v for v in got[0::2])
+
+
+def test_each_repeat_names_its_own_first_line_whatever_lies_between(tmp_path: Path) -> None:
+    events = write_lines(
+        tmp_path / "events.csv",
+        HEADER,
+        "u1,i1,view,2025-03-01T10:00:00Z,,",  # 2
+        "u2,i1,view,2025-03-01T10:00:00Z,,",  # 3: another user, same item and moment
+        "u1,i1,view,2025-03-01T10:00:00Z,,",  # 4: repeats 2
+        "u3,i2,cart,2025-03-01T11:00:00Z,2,",  # 5
+        "u3,i2,cart,2025-03-01T11:00:00Z,2,",  # 6: repeats 5
+        "u2,i1,view,2025-03-01T10:00:00Z,,",  # 7: repeats 3
+    )
+    clean, report = load(events, tmp_path / "rj")
+    assert clean.num_rows == 3 and report.duplicates_dropped == 3
+    rows = read_rejects(tmp_path / "rj" / "events.csv.rejects.csv")
+    assert [(r["line"], r["detail"]) for r in rows] == [
+        ("4", "same event as line 2"),
+        ("6", "same event as line 5"),
+        ("7", "same event as line 3"),
+    ]
