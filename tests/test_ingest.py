@@ -84,6 +84,10 @@ def test_each_bad_row_is_rejected_with_its_line_and_reason(tmp_path: Path) -> No
         (15, "duplicate"),
     ]
     by_line = {int(r["line"]): r for r in rows}
+    assert by_line[3]["detail"] == "user_id is empty"
+    assert by_line[4]["detail"] == "item_id is empty"
+    assert by_line[13]["detail"] == "expected 6 fields, got 3"
+    assert by_line[14]["detail"] == "expected 6 fields, got 7"
     assert "'wishlist'" in by_line[5]["detail"]
     assert "'yesterday'" in by_line[6]["detail"]
     assert by_line[15]["detail"] == "same event as line 2"
@@ -108,6 +112,9 @@ def test_timestamp_forms_all_read_as_the_same_instant(tmp_path: Path) -> None:
     clean, report = load(events, tmp_path)
     assert report.rejected_total == 0
     assert clean.column("timestamp_ms").to_pylist() == [instant] * 6
+    # Without quantity and price columns: one each, no price, in the contract's types.
+    assert clean.column("quantity").to_pylist() == [1.0] * 6
+    assert clean.schema.field("price").type == pa.float64()
     day = write_lines(
         tmp_path / "day.csv", "user_id,item_id,event,timestamp", "u,i,view,2025-03-01"
     )
@@ -229,8 +236,14 @@ def test_users_file_keeps_attributes_and_rejects_repeats(tmp_path: Path) -> None
 
 def test_missing_required_column_is_bad_input(tmp_path: Path) -> None:
     events = write_lines(tmp_path / "e.csv", "user_id,item_id,timestamp", "u1,i1,1740823200")
-    with pytest.raises(BadInput, match="lacks required column 'event'"):
+    with pytest.raises(
+        BadInput,
+        match=r"lacks required column 'event' \(columns found: user_id, item_id, timestamp\)$",
+    ):
         load(events, tmp_path)
+    empty = write_lines(tmp_path / "empty.csv", "")
+    with pytest.raises(BadInput, match=r"lacks required column 'user_id' \(columns found: none\)$"):
+        load(empty, tmp_path)
 
 
 def test_cli_exits_2_with_one_line_reason_for_unusable_input(
@@ -310,7 +323,7 @@ def test_bounds_are_inclusive_and_every_rejection_says_what_was_wrong(tmp_path: 
         "u1,i1,purchase,1970-01-01T00:00:00Z,,0",  # 2: fine
         "u1,i1,view,1969-12-31T23:59:59Z,,",  # 3: before 1970
         f"u1,i2,view,{limit_ms},,",  # 4: fine, at the limit
-        f"u1,i3,view,{limit_ms + 1000},,",  # 5: past it
+        f"u1,i3,view,{limit_ms + 1},,",  # 5: one millisecond past it
         "u1,i1,purchase,2025-03-01T11:00:00Z,0,5",  # 6
         "u1,i1,purchase,2025-03-01T11:00:00Z,1,-0.5",  # 7
     )
@@ -321,15 +334,13 @@ def test_bounds_are_inclusive_and_every_rejection_says_what_was_wrong(tmp_path: 
     assert clean.column("timestamp_ms").to_pylist() == [0, limit_ms]
     assert clean.column("timestamp_ms").type == pa.int64()
     assert (report.source, report.rows_read, report.accepted) == (str(events), 6, 2)
-    assert 0 <= report.seconds < 60
     rows = read_rejects(tmp_path / "rejects" / "events.csv.rejects.csv")
     assert [(int(r["line"]), r["reason"], r["detail"]) for r in rows] == [
         (3, "bad_timestamp", "timestamp is before 1970"),
-        (5, "future_timestamp", rows[1]["detail"]),
+        (5, "future_timestamp", "timestamp is more than 24 h in the future"),
         (6, "bad_quantity", "quantity '0' is not a positive whole number"),
         (7, "bad_price", "price '-0.5' is not a finite number >= 0"),
     ]
-    assert "future" in rows[1]["detail"]
 
 
 def test_the_wall_clock_bounds_the_future_when_no_now_is_given(tmp_path: Path) -> None:
@@ -373,7 +384,6 @@ def test_items_and_users_files_account_for_every_row(tmp_path: Path) -> None:
          "available": True, "tags": ""},
     ]  # fmt: skip
     assert (report.source, report.rows_read, report.accepted) == (str(items), 5, 2)
-    assert 0 <= report.seconds < 60
     rows = read_rejects(tmp_path / "rj" / "items.csv.rejects.csv")
     assert [(int(r["line"]), r["reason"], r["detail"]) for r in rows][:1] == [
         (3, "missing_item_id", "item_id is empty")
@@ -737,6 +747,9 @@ def test_an_impossible_date_costs_only_its_own_row_in_a_column_of_mixed_forms() 
     )
     got = parse_timestamps_ms(column).tolist()
     assert got[1::2] == [instant, instant] and all(v != v for v in got[0::2])
+    # Epoch numbers among other forms: 1e11 is the first read as milliseconds here too.
+    column = pa.chunked_array([["2025-03-01T10:00:00Z", "100000000000", "99999"]])
+    assert parse_timestamps_ms(column).tolist() == [instant, 100_000_000_000, 99_999_000]
 
 
 def test_each_repeat_names_its_own_first_line_whatever_lies_between(tmp_path: Path) -> None:
