@@ -160,6 +160,7 @@ KILLED = {
     255,
 }  # a failing test, or a mutant that never finishes (mutmut counts both as caught)
 TIMEOUTS = {36, -24, 24, 152, 255}
+NO_TESTS = 33  # mutmut's code for a mutant no test reaches
 
 
 def area_dir(area: str) -> Path:
@@ -336,6 +337,23 @@ create_mutants(2)
 """
 
 
+def remap_if_functions_unmapped(area: str) -> None:
+    """A function mutmut did not mutate before (one that lost its decorator, or new to the
+    area) has no tests in the map, and its mutants would all count as reached by none: the
+    map is dropped so that the run maps every test again."""
+    stats = area_dir(area) / "mutants" / "mutmut-stats.json"
+    if not stats.exists():
+        return
+    mapped = json.loads(stats.read_text())["tests_by_mangled_function_name"]
+    waiting = {
+        name.rpartition("__mutmut_")[0]
+        for name, code in results(area).items()
+        if code is None or code == NO_TESTS
+    }
+    if waiting - set(mapped):
+        stats.unlink()
+
+
 def run(area: str, max_children: int, only_survivors: bool) -> None:
     """One mutmut run for the area: every mutant the first time; then those never run (or
     changed since) and the survivors, which new tests may kill. Naming them is what makes
@@ -348,6 +366,7 @@ def run(area: str, max_children: int, only_survivors: bool) -> None:
             [sys.executable, "-c", GENERATE], cwd=area_dir(area), check=True,
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
+        remap_if_functions_unmapped(area)
     names = survivors(area) if only_survivors else sorted({*not_run(area), *survivors(area)})
     if not first and not names:
         return
