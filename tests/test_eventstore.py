@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from recsvc.errors import AlreadyExists, BadInput
+from recsvc.errors import AlreadyExists, BadInput, StoreUnavailable
 from recsvc.events import EventStore, SQLiteEventStore, StoredEvent, open_event_store
 
 PROCESSES = 12
@@ -251,3 +251,44 @@ def test_deletions_stored_before_the_by_time_index_are_still_honoured(redis_url:
     _, newer = store.changes_after(0, 1235)
     assert "gone" not in newer and "later" in newer
     store.close()
+
+
+class _FailingDisk:
+    """A connection whose every statement fails as SQLite reports `message`."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def execute(self, *_: object) -> None:
+        raise sqlite3.OperationalError(self.message)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.append([event("u1", "i1")]),
+        lambda s: s.forget("u1", reason="ticket 7"),
+        lambda s: s.merge("anon", into="u1"),
+        lambda s: s.changes_after(0, 0),
+        lambda s: s.forgotten_users(),
+        lambda s: s.read_events(),
+    ],
+    ids=["append", "forget", "merge", "changes_after", "forgotten_users", "read_events"],
+)
+def test_an_sqlite_outage_is_unavailable_and_names_the_store_and_a_schema_error_is_not(
+    tmp_path: Path, call
+) -> None:
+    """A disk that fails now may work on a retry: StoreUnavailable (UNAVAILABLE to a client),
+    naming the file and SQLite's words. A table that is not there is a bug: not retried."""
+    path = tmp_path / "events.db"
+    store = SQLiteEventStore(path)
+    store._db = _FailingDisk("disk I/O error")  # type: ignore[assignment]
+    with pytest.raises(StoreUnavailable) as outage:
+        call(store)
+    assert str(outage.value) == f"event store {path}: disk I/O error"
+    store._db = _FailingDisk("no such table: events")  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        call(store)
