@@ -379,6 +379,21 @@ def test_the_report_with_a_small_or_empty_arm() -> None:
     }  # fmt: skip
     diff, spread = 1 - 2 / 5, 1.959963984540054 * np.sqrt(0.4 * 0.6 / 5)
     assert result["conversion_uplift"]["ci"] == [round(diff - spread, 6), round(diff + spread, 6)]
+    # Both arms with buyers and non-buyers, and thirds that show each number's last digit.
+    campaign = Campaign("v", "s", 0, {}, 0.5, [], "", "any", 14.0, ["a", "e", "b", "c", "f"],
+                        [False, False, True, True, True])  # fmt: skip
+    result = report(campaign, bought, {}, {})
+    treated, held = np.array([10.0, 0.0]), np.array([4.0, 6.0, 0.0])
+    uplift = treated.mean() - held.mean()  # 5 - 10/3
+    half = 1.959963984540054 * np.sqrt(treated.var(ddof=1) / 2 + held.var(ddof=1) / 3)
+    assert result["revenue_per_member_uplift"]["value"] == 1.6667
+    assert result["revenue_per_member_uplift"]["ci"] == [round(uplift - half, 4),
+                                                         round(uplift + half, 4)]  # fmt: skip
+    assert result["incremental_revenue"]["value"] == 3.33
+    diff = 1 / 2 - 2 / 3
+    spread = 1.959963984540054 * np.sqrt(0.5 * 0.5 / 2 + (2 / 3) * (1 / 3) / 3)
+    assert result["conversion_uplift"]["value"] == round(diff, 6)
+    assert result["conversion_uplift"]["ci"] == [round(diff - spread, 6), round(diff + spread, 6)]
     nothing = report(Campaign("y", "s", 0, {}, 0.5, [], "", "any", 14.0, ["a", "b"],
                               [False, True]), bought.slice(0, 0), {}, {})  # fmt: skip
     assert nothing["arms"]["treatment"]["average_order_value"] == 0.0
