@@ -20,6 +20,16 @@ def _write(text: str):
     return lambda staging: (staging / "model").write_text(text)
 
 
+def _half_written(error: BaseException):
+    """A writer that fails with `error` after writing part of the version."""
+
+    def write(staging: Path) -> None:
+        (staging / "model").write_text("half")
+        raise error
+
+    return write
+
+
 def _leftovers(store: ModelStore) -> list[str]:
     return sorted(p.name for p in store.root.glob(f"{STAGING_PREFIX}*"))
 
@@ -42,12 +52,8 @@ def test_a_failed_write_leaves_nothing_behind_and_the_current_version_serving(
     store = ModelStore(tmp_path)
     good = store.publish(_write("good"), suffix="als")
 
-    def half_written(staging: Path) -> None:
-        (staging / "model").write_text("half")
-        raise OSError("disk full")
-
     with pytest.raises(PublishFailed, match=rf"disk full .*; the current version \({good}\)"):
-        store.publish(half_written, suffix="als")
+        store.publish(_half_written(OSError("disk full")), suffix="als")
     assert store.versions() == [good]
     assert store.current_version() == good
     assert _leftovers(store) == []
@@ -140,12 +146,8 @@ def test_a_writer_that_fails_with_its_own_error_keeps_that_error(tmp_path: Path)
     still leaves nothing behind."""
     store = ModelStore(tmp_path)
 
-    def broken(staging: Path) -> None:
-        (staging / "model").write_text("half")
-        raise ValueError("a bug in the writer")
-
     with pytest.raises(ValueError, match="a bug in the writer"):
-        store.publish(broken, suffix="als")
+        store.publish(_half_written(ValueError("a bug in the writer")), suffix="als")
     assert store.versions() == [] and store.current_version() is None
     assert _leftovers(store) == []
 
@@ -248,12 +250,8 @@ def test_a_failed_publish_reports_its_own_error_when_the_cleanup_fails_too(
     store = ModelStore(tmp_path)
     _undeletable(monkeypatch, "model")
 
-    def half_written(staging: Path) -> None:
-        (staging / "model").write_text("half")
-        raise OSError("disk full")
-
     with pytest.raises(PublishFailed, match="disk full"):
-        store.publish(half_written, suffix="als")
+        store.publish(_half_written(OSError("disk full")), suffix="als")
     assert store.versions() == [] and store.current_version() is None
 
 
