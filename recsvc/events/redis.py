@@ -11,11 +11,11 @@ also published on `<prefix>:changes`, which replicas wait on instead of polling.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pyarrow as pa
@@ -140,20 +140,14 @@ EVENT_FIELDS = (
 IMPRESSION_FIELDS = ("user_id", "recommendation_id", "variant", "timestamp_ms", "n_items")
 
 
-Result = TypeVar("Result")
-
-
-def _outage_is_unavailable(method: Callable[..., Result]) -> Callable[..., Result]:
-    """Redis down, unreachable or too slow is StoreUnavailable (a retry later may succeed)."""
-
-    @functools.wraps(method)
-    def call(self: RedisEventStore, *args: Any, **kwargs: Any) -> Result:
-        try:
-            return method(self, *args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise StoreUnavailable(f"event store redis at {self.address}: {error}") from error
-
-    return call
+@contextlib.contextmanager
+def _outage_is_unavailable(address: str) -> Iterator[None]:
+    """Redis down, unreachable or too slow is StoreUnavailable (a retry later may succeed).
+    A context, as in the SQLite store: mutmut leaves decorated functions unmutated."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        raise StoreUnavailable(f"event store redis at {address}: {error}") from error
 
 
 class RedisEventStore:
@@ -195,92 +189,92 @@ class RedisEventStore:
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    @_outage_is_unavailable
     def append(self, events: list[StoredEvent]) -> int:
-        packed = [
-            SEPARATOR.join(
-                (
-                    e.user_id,
-                    e.item_id,
-                    e.event,
-                    str(int(e.timestamp_ms)),
-                    repr(float(e.quantity)),
-                    "" if e.price is None else repr(float(e.price)),
-                    e.variant,
-                    e.recommendation_id,
+        with _outage_is_unavailable(self.address):
+            packed = [
+                SEPARATOR.join(
+                    (
+                        e.user_id,
+                        e.item_id,
+                        e.event,
+                        str(int(e.timestamp_ms)),
+                        repr(float(e.quantity)),
+                        "" if e.price is None else repr(float(e.price)),
+                        e.variant,
+                        e.recommendation_id,
+                    )
+                )
+                for e in events
+            ]
+            return int(
+                self._append_events(
+                    keys=[self._key("events"), self._key("events", "seq"), self._key("changes")],
+                    args=[self._token, self._key("user-events", ""), *packed],
                 )
             )
-            for e in events
-        ]
-        return int(
-            self._append_events(
-                keys=[self._key("events"), self._key("events", "seq"), self._key("changes")],
-                args=[self._token, self._key("user-events", ""), *packed],
-            )
-        )
 
-    @_outage_is_unavailable
     def forget(self, user_id: str, reason: str = "") -> int:
-        now = int(time.time() * 1000)
-        removed = int(
-            self._forget(
-                keys=[
-                    self._key("events"),
-                    self._key("user-events", user_id),
-                    self._key("impressions"),
-                    self._key("user-impressions", user_id),
-                    self._key("forgotten"),
-                    self._key("changes"),
-                    self._key("forgotten", "by-time"),
-                ],
-                args=[user_id, now, self._token],
+        with _outage_is_unavailable(self.address):
+            now = int(time.time() * 1000)
+            removed = int(
+                self._forget(
+                    keys=[
+                        self._key("events"),
+                        self._key("user-events", user_id),
+                        self._key("impressions"),
+                        self._key("user-impressions", user_id),
+                        self._key("forgotten"),
+                        self._key("changes"),
+                        self._key("forgotten", "by-time"),
+                    ],
+                    args=[user_id, now, self._token],
+                )
             )
-        )
-        self._redis.rpush(self._key("audit"), forget_audit_line(user_id, removed, reason, now))
-        return removed
+            self._redis.rpush(self._key("audit"), forget_audit_line(user_id, removed, reason, now))
+            return removed
 
-    @_outage_is_unavailable
     def merge(self, user_id: str, into: str, reason: str = "") -> int:
-        now = int(time.time() * 1000)
-        moved = int(
-            self._merge(
-                keys=[
-                    self._key("events"),
-                    self._key("user-events", user_id),
-                    self._key("user-events", into),
-                    self._key("events", "seq"),
-                    self._key("forgotten"),
-                    self._key("changes"),
-                    self._key("forgotten", "by-time"),
-                    self._key("user-impressions", user_id),
-                    self._key("impressions"),
-                ],
-                args=[user_id, now, self._token, into],
+        with _outage_is_unavailable(self.address):
+            now = int(time.time() * 1000)
+            moved = int(
+                self._merge(
+                    keys=[
+                        self._key("events"),
+                        self._key("user-events", user_id),
+                        self._key("user-events", into),
+                        self._key("events", "seq"),
+                        self._key("forgotten"),
+                        self._key("changes"),
+                        self._key("forgotten", "by-time"),
+                        self._key("user-impressions", user_id),
+                        self._key("impressions"),
+                    ],
+                    args=[user_id, now, self._token, into],
+                )
             )
-        )
-        self._redis.rpush(
-            self._key("audit"), forget_audit_line(user_id, moved, reason, now, merged_into=into)
-        )
-        return moved
+            self._redis.rpush(
+                self._key("audit"), forget_audit_line(user_id, moved, reason, now, merged_into=into)
+            )
+            return moved
 
-    @_outage_is_unavailable
     def forgotten_users(self) -> dict[str, int]:
-        return {u: int(ms) for u, ms in self._redis.hgetall(self._key("forgotten")).items()}
+        with _outage_is_unavailable(self.address):
+            return {u: int(ms) for u, ms in self._redis.hgetall(self._key("forgotten")).items()}
 
-    @_outage_is_unavailable
     def changes_after(
         self, event_id: int, forgotten_ms: int
     ) -> tuple[list[tuple[int, str, str, str, int]], dict[str, int]]:
-        events = [
-            (seq, f["user_id"], f["item_id"], f["event"], int(f["timestamp_ms"]))
-            for seq, f in self._entries("events", event_id)
-        ]
-        if not self._forgotten_indexed:
-            self._index_forgotten()
-        by_time = self._redis.zrangebyscore(
-            self._key("forgotten", "by-time"), forgotten_ms, "+inf", withscores=True
-        )
-        return events, {user: int(ms) for user, ms in by_time}
+        with _outage_is_unavailable(self.address):
+            events = [
+                (seq, f["user_id"], f["item_id"], f["event"], int(f["timestamp_ms"]))
+                for seq, f in self._entries("events", event_id)
+            ]
+            if not self._forgotten_indexed:
+                self._index_forgotten()
+            by_time = self._redis.zrangebyscore(
+                self._key("forgotten", "by-time"), forgotten_ms, "+inf", withscores=True
+            )
+            return events, {user: int(ms) for user, ms in by_time}
 
     def _index_forgotten(self) -> None:
         """Fills the by-time index from the hash for deletions stored before it existed."""
@@ -304,97 +298,99 @@ class RedisEventStore:
                 return
             start = f"({chunk[-1][0]}"
 
-    @_outage_is_unavailable
     def add_campaign(self, name: str, spec: str) -> None:
-        if not self._redis.hsetnx(self._key("campaigns"), name, spec):
-            raise AlreadyExists(f"a campaign named {name!r} exists already")
+        with _outage_is_unavailable(self.address):
+            if not self._redis.hsetnx(self._key("campaigns"), name, spec):
+                raise AlreadyExists(f"a campaign named {name!r} exists already")
 
-    @_outage_is_unavailable
     def campaigns(self) -> dict[str, str]:
-        return dict(self._redis.hgetall(self._key("campaigns")))
+        with _outage_is_unavailable(self.address):
+            return dict(self._redis.hgetall(self._key("campaigns")))
 
-    @_outage_is_unavailable
     def read_events(self) -> pa.Table:
-        rows = [f for _, f in self._entries("events")]
-        return pa.table(
-            {
-                "user_id": pa.array([r["user_id"] for r in rows], pa.string()),
-                "item_id": pa.array([r["item_id"] for r in rows], pa.string()),
-                "event": pa.array([r["event"] for r in rows], pa.string()),
-                "timestamp_ms": pa.array([int(r["timestamp_ms"]) for r in rows], pa.int64()),
-                "quantity": pa.array([float(r["quantity"]) for r in rows], pa.float64()),
-                "price": pa.array(
-                    [float(r["price"]) if r["price"] else None for r in rows], pa.float64()
-                ),
-            },
-            schema=EVENTS_SCHEMA,
-        )
-
-    @_outage_is_unavailable
-    def read_outcomes(self) -> pa.Table:
-        rows = [f for _, f in self._entries("events") if f["recommendation_id"]]
-        return pa.table(
-            [
-                pa.array([r["variant"] for r in rows], pa.string()),
-                pa.array([r["recommendation_id"] for r in rows], pa.string()),
-                pa.array([r["event"] for r in rows], pa.string()),
-                pa.array([r["item_id"] for r in rows], pa.string()),
-                pa.array([float(r["quantity"]) for r in rows], pa.float64()),
-                pa.array([float(r["price"]) if r["price"] else None for r in rows], pa.float64()),
-            ],
-            schema=OUTCOMES_SCHEMA,
-        )
-
-    @_outage_is_unavailable
-    def record_impressions(self, rows: list[tuple[str, str, str, int, int]]) -> None:
-        values: list[Any] = []
-        for recommendation_id, user_id, variant, stamp, n_items in rows:
-            values += [user_id, recommendation_id, variant, int(stamp), int(n_items)]
-        if values:
-            self._append(
-                keys=[
-                    self._key("impressions"),
-                    self._key("impressions", "seq"),
-                    self._key("changes"),
-                ],
-                args=[
-                    self._token,
-                    self._key("user-impressions", ""),
-                    len(IMPRESSION_FIELDS),
-                    *IMPRESSION_FIELDS,
-                    *values,
-                ],
+        with _outage_is_unavailable(self.address):
+            rows = [f for _, f in self._entries("events")]
+            return pa.table(
+                {
+                    "user_id": pa.array([r["user_id"] for r in rows], pa.string()),
+                    "item_id": pa.array([r["item_id"] for r in rows], pa.string()),
+                    "event": pa.array([r["event"] for r in rows], pa.string()),
+                    "timestamp_ms": pa.array([int(r["timestamp_ms"]) for r in rows], pa.int64()),
+                    "quantity": pa.array([float(r["quantity"]) for r in rows], pa.float64()),
+                    "price": pa.array(
+                        [float(r["price"]) if r["price"] else None for r in rows], pa.float64()
+                    ),
+                },
+                schema=EVENTS_SCHEMA,
             )
 
-    @_outage_is_unavailable
-    def read_impressions(self) -> pa.Table:
-        seen: dict[str, tuple[str, str]] = {}
-        for _, f in self._entries("impressions"):
-            # First wins, as in SQLite.
-            seen.setdefault(f["recommendation_id"], (f["variant"], f["user_id"]))
-        return pa.table(
-            [
-                pa.array(list(seen), pa.string()),
-                pa.array([v for v, _ in seen.values()], pa.string()),
-                pa.array([u for _, u in seen.values()], pa.string()),
-            ],
-            schema=IMPRESSIONS_SCHEMA,
-        )
+    def read_outcomes(self) -> pa.Table:
+        with _outage_is_unavailable(self.address):
+            rows = [f for _, f in self._entries("events") if f["recommendation_id"]]
+            return pa.table(
+                [
+                    pa.array([r["variant"] for r in rows], pa.string()),
+                    pa.array([r["recommendation_id"] for r in rows], pa.string()),
+                    pa.array([r["event"] for r in rows], pa.string()),
+                    pa.array([r["item_id"] for r in rows], pa.string()),
+                    pa.array([float(r["quantity"]) for r in rows], pa.float64()),
+                    pa.array(
+                        [float(r["price"]) if r["price"] else None for r in rows], pa.float64()
+                    ),
+                ],
+                schema=OUTCOMES_SCHEMA,
+            )
 
-    @_outage_is_unavailable
+    def record_impressions(self, rows: list[tuple[str, str, str, int, int]]) -> None:
+        with _outage_is_unavailable(self.address):
+            values: list[Any] = []
+            for recommendation_id, user_id, variant, stamp, n_items in rows:
+                values += [user_id, recommendation_id, variant, int(stamp), int(n_items)]
+            if values:
+                self._append(
+                    keys=[
+                        self._key("impressions"),
+                        self._key("impressions", "seq"),
+                        self._key("changes"),
+                    ],
+                    args=[
+                        self._token,
+                        self._key("user-impressions", ""),
+                        len(IMPRESSION_FIELDS),
+                        *IMPRESSION_FIELDS,
+                        *values,
+                    ],
+                )
+
+    def read_impressions(self) -> pa.Table:
+        with _outage_is_unavailable(self.address):
+            seen: dict[str, tuple[str, str]] = {}
+            for _, f in self._entries("impressions"):
+                # First wins, as in SQLite.
+                seen.setdefault(f["recommendation_id"], (f["variant"], f["user_id"]))
+            return pa.table(
+                [
+                    pa.array(list(seen), pa.string()),
+                    pa.array([v for v, _ in seen.values()], pa.string()),
+                    pa.array([u for _, u in seen.values()], pa.string()),
+                ],
+                schema=IMPRESSIONS_SCHEMA,
+            )
+
     def wait_for_change(self, timeout: float) -> None:
         """Waits on the change channel every append and deletion publishes to, so replicas take
         in each other's events and deletions within milliseconds, not a polling interval."""
-        if self._changes is None:
-            self._changes = self._redis.pubsub(ignore_subscribe_messages=True)
-            self._changes.subscribe(self._key("changes"))
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            message = self._changes.get_message(timeout=left)
-            if message is not None and message["data"] != self._token:
-                while self._changes.get_message(timeout=0) is not None:
-                    pass  # one sync takes in every change so far
-                return
+        with _outage_is_unavailable(self.address):
+            if self._changes is None:
+                self._changes = self._redis.pubsub(ignore_subscribe_messages=True)
+                self._changes.subscribe(self._key("changes"))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                message = self._changes.get_message(timeout=left)
+                if message is not None and message["data"] != self._token:
+                    while self._changes.get_message(timeout=0) is not None:
+                        pass  # one sync takes in every change so far
+                    return
 
     def close(self) -> None:
         if self._changes is not None:
