@@ -167,6 +167,11 @@ def area_dir(area: str) -> Path:
     return STAGE / re.sub(r"[^a-z]+", "-", area.lower()).strip("-")
 
 
+def test_map(area: str) -> Path:
+    """mutmut's record of which tests reach which function, for the area's folder."""
+    return area_dir(area) / "mutants" / "mutmut-stats.json"
+
+
 def area_files(area: str) -> list[str]:
     """The staged files holding an area's functions (from its mutmut name patterns)."""
     modules = {re.split(r"\.x[_ǁ]|\.\*$", pattern)[0] for pattern in AREAS[area]}
@@ -320,20 +325,21 @@ def remap_if_tests_changed(area: str) -> None:
         digest.update((ROOT / name).read_bytes())
     seen = area_dir(area) / "tests.sha256"
     if seen.exists() and seen.read_text() != digest.hexdigest():
-        (area_dir(area) / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        test_map(area).unlink(missing_ok=True)
     seen.write_text(digest.hexdigest())
 
 
 # mutmut makes the mutants of a changed function only as a run starts; this has it make them
 # (its own steps, mutmut pinned at 3.8.1) without running any, so what to run is decided after.
 GENERATE = """
+import sys
 from mutmut.__main__ import create_mutants
 from mutmut.mutation.trampoline import set_mutant_under_test
 from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir
 set_mutant_under_test("mutant_generation")
 copy_src_dir()
 copy_also_copy_files()
-create_mutants(2)
+create_mutants(int(sys.argv[1]))
 """
 
 
@@ -341,7 +347,7 @@ def remap_if_functions_unmapped(area: str) -> None:
     """A function mutmut did not mutate before (one that lost its decorator, or new to the
     area) has no tests in the map, and its mutants would all count as reached by none: the
     map is dropped so that the run maps every test again."""
-    stats = area_dir(area) / "mutants" / "mutmut-stats.json"
+    stats = test_map(area)
     if not stats.exists():
         return
     mapped = json.loads(stats.read_text())["tests_by_mangled_function_name"]
@@ -363,7 +369,7 @@ def run(area: str, max_children: int, only_survivors: bool) -> None:
     first = not results(area)
     if not first:
         subprocess.run(
-            [sys.executable, "-c", GENERATE], cwd=area_dir(area), check=True,
+            [sys.executable, "-c", GENERATE, str(max_children)], cwd=area_dir(area), check=True,
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         remap_if_functions_unmapped(area)
