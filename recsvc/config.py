@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import numpy as np
+
 from recsvc.errors import BadInput
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("recsvc.toml")
@@ -97,9 +99,18 @@ class SignalsConfig:
     scaling: Literal["log", "bm25", "none"] = "log"
     half_life_days: float = 0.0
     trending_half_life_days: float = 7.0
+    history_half_life: float = 20.0
 
     def weight(self, event: str) -> float:
         return float(getattr(self, event))
+
+
+def history_decay(newer: np.ndarray, half_life: float) -> np.ndarray:
+    """The factor on an event of a user's history that `newer` later moments (distinct
+    timestamps) of the same user follow: halved every `half_life` of them, 1 where it is 0.
+    Training weights the matrix with it and serving its fresh events, so the two agree."""
+    newer = np.asarray(newer, dtype=np.float64)
+    return np.exp2(-newer / half_life) if half_life > 0 else np.ones_like(newer)
 
 
 @dataclass(frozen=True)
@@ -144,6 +155,7 @@ class BPRConfig:
 class ItemKNNConfig:
     neighbours: int = 100
     weighting: Literal["cosine", "bm25"] = "bm25"
+    repeat_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,7 @@ class RP3BetaConfig:
     neighbours: int = 100
     alpha: float = 0.6
     beta: float = 0.4
+    repeat_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,7 @@ class EASEConfig:
     l2: float = 200.0
     max_items: int = 20_000
     form: Literal["auto", "primal", "dual"] = "auto"
+    repeat_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,11 @@ class PublishedModel:
         """True where training found that users rarely return to items they know."""
         return bool(self.manifest.get("serving", {}).get("exclude_seen", False))
 
+    @property
+    def exclude_purchased(self) -> bool:
+        """True where training found that users never buy the same item twice."""
+        return bool(self.manifest.get("serving", {}).get("exclude_purchased", False))
+
     def purchased_by(self, user: int) -> np.ndarray:
         return np.asarray(
             self.purchased_indices[self.purchased_indptr[user] : self.purchased_indptr[user + 1]]

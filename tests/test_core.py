@@ -9,12 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
+from helpers import events_table
 
 from recsvc.config import (
+    EVENT_NAMES,
     ExperimentConfig,
     LimitsConfig,
     RulesConfig,
     ServingConfig,
+    SignalsConfig,
     VariantConfig,
 )
 from recsvc.errors import InvalidArgument, NotFound, Unavailable
@@ -24,6 +28,7 @@ from recsvc.modelstore import ModelStore
 from recsvc.published import PublishedModel
 from recsvc.serving.core import RecommenderCore
 from recsvc.serving.values import EventInput, Filters
+from recsvc.training.interactions import build_interactions
 from recsvc.training.pipeline import TrainResult
 
 WIDE = ServingConfig(limits=LimitsConfig(max_k=5000))
@@ -498,7 +503,7 @@ def test_fresh_events_join_the_trained_row_exactly_as_training_would_weigh_them(
     """A fresh event adds its signal weight to the raw count under the item's trained
     confidence, then the sum is scaled again (log1p for log and bm25, whose per-pair stand-in
     it is); context items count as views; items the model does not know are skipped."""
-    serving = dataclasses.replace(core.serving, scaling=scaling)
+    serving = dataclasses.replace(core.serving, scaling=scaling, history_half_life=0.0)
     model = serving.published
     user = int(np.argmax(np.diff(model.history_indptr)))
     items, confidences = model.history_of(user)
@@ -526,6 +531,50 @@ def test_fresh_events_join_the_trained_row_exactly_as_training_would_weigh_them(
     stranger = core.policy.history_row(serving, None, fresh[1:], np.array([], dtype=np.int64))
     assert stranger.indices.tolist() == [first]
     np.testing.assert_allclose(stranger.data, [scale(weights["purchase"])], rtol=1e-5)
+
+
+@pytest.mark.parametrize("scaling", ["log", "none"])
+def test_fresh_events_decay_a_user_s_history_as_training_over_all_of_them_would(
+    core: RecommenderCore, scaling: str
+) -> None:
+    """With signals.history_half_life, the row served for a user whose newest moments came
+    after training (fresh events, then context items: the newest moment) is the row training
+    would have built from all of their events: older moments fade by the moments after them."""
+    model = core.serving.published
+    signals = SignalsConfig(scaling=scaling, history_half_life=2.0)
+    items = [str(i) for i in model.item_ids[:4]]
+    trained_rows = [("u", items[0], "purchase", 10), ("u", items[1], "view", 20)]
+    fresh = [(items[1], "cart", 30), (items[2], "view", 30), (items[0], "view", 40)]
+    context = items[3]
+    every = [*trained_rows, *[("u", i, e, t) for i, e, t in fresh], ("u", context, "view", 50)]
+
+    def row_of(rows: list[tuple[str, str, str, int]]) -> sp.csr_matrix:
+        built = build_interactions(events_table(rows), signals, np.array(["u"]), model.item_ids)
+        return built.confidence.tocsr()
+
+    trained = row_of(trained_rows)
+    published = dataclasses.replace(
+        model,
+        user_ids=np.array(["u"]),
+        history_indptr=trained.indptr,
+        history_indices=trained.indices,
+        history_data=trained.data,
+    )
+    serving = dataclasses.replace(
+        core.serving,
+        published=published,
+        signal_weights={e: signals.weight(e) for e in EVENT_NAMES},
+        scaling=scaling,
+        history_half_life=2.0,
+    )
+    context_index = published.item_indices([context])
+    served = core.policy.history_row(serving, 0, fresh, context_index)
+    np.testing.assert_allclose(served.toarray(), row_of(every).toarray(), rtol=1e-5)
+    undecayed = dataclasses.replace(serving, history_half_life=0.0)
+    assert not np.allclose(
+        core.policy.history_row(undecayed, 0, fresh, context_index).toarray(),
+        row_of(every).toarray(),
+    )
 
 
 def test_real_time_state_keeps_the_most_recently_active_users_within_its_bound() -> None:

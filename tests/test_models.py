@@ -295,6 +295,53 @@ class TestEASE(RecommenderContract):
             EASERecommender(max_items=5).fit(block_matrix())
 
 
+class TestItemKNNRepeat(RecommenderContract):
+    def make(self) -> Recommender:
+        return ItemKNNRecommender(neighbours=10, weighting="cosine", repeat_weight=1.0)
+
+
+class TestEASERepeat(RecommenderContract):
+    def make(self) -> Recommender:
+        return EASERecommender(l2=10.0, repeat_weight=3.0)
+
+
+def confident_blocks() -> sp.csr_matrix:
+    """The block matrix with confidences 1 to 6 along each user's row."""
+    matrix = block_matrix()
+    matrix.data = np.tile(np.arange(1, 7, dtype=np.float32), N_USERS)
+    return matrix
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda w: ItemKNNRecommender(neighbours=10, weighting="cosine", repeat_weight=w),
+        lambda w: RP3BetaRecommender(neighbours=10, repeat_weight=w),
+        lambda w: EASERecommender(l2=10.0, repeat_weight=w),
+        lambda w: EASERecommender(l2=10.0, form="dual", repeat_weight=w),
+    ],
+    ids=["itemknn", "rp3beta", "ease", "ease-dual"],
+)
+def test_repeat_weight_lifts_a_user_s_own_items_by_their_confidence(make) -> None:
+    """TIFU-kNN's personal frequency: each item the user touched gains repeat_weight times
+    their best neighbour score per the strongest confidence, times its own; batch, one user
+    and a history the model was not fitted on alike. Heavy enough, it ranks by confidence."""
+    matrix = confident_blocks()
+    plain, lifted = make(0.0).fit(matrix), make(2.0).fit(matrix)
+    users = np.arange(N_USERS)
+    expected = plain.score(users)
+    for user in users:
+        row = matrix[user]
+        expected[user, row.indices] += 2.0 * max(expected[user].max(), 0) / 6.0 * row.data
+    np.testing.assert_allclose(lifted.score(users), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lifted.score(users[:1])[0], expected[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lifted.score_history(matrix), expected, rtol=1e-4, atol=1e-4)
+    strongest = matrix.indices[matrix.indptr[1:] - 1]  # each row's confidence 6
+    assert not np.array_equal(np.argmax(plain.score(users), axis=1), strongest)
+    heavy = make(100.0).fit(matrix)  # personal frequency outweighs the neighbours
+    assert np.array_equal(np.argmax(heavy.score(users), axis=1), strongest)
+
+
 class TestEASEDual:
     """More items than `max_items` but few users: EASE from the users' side (Woodbury)."""
 

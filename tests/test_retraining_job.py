@@ -167,6 +167,29 @@ def test_time_decay_halves_weight_per_half_life() -> None:
     np.testing.assert_allclose(weights, [4.0, 8.0])
 
 
+def test_history_half_life_halves_a_user_s_older_moments_and_a_basket_is_one_moment() -> None:
+    """Each user's events weigh half as much per `history_half_life` later moments of that
+    user (distinct timestamps), counted per user, never across users."""
+    rows = [
+        ("u", "a", "purchase", 100),
+        ("u", "b", "purchase", 200),  # b and c: one basket, one moment
+        ("u", "c", "purchase", 200),
+        ("u", "d", "purchase", 300),
+        ("u", "a", "view", 300),  # a again, in the newest moment
+        ("v", "a", "purchase", 50),  # v's only moment: its newest, whatever u did later
+    ]
+    signals = SignalsConfig(view=1.0, purchase=8.0, scaling="none", history_half_life=1.0)
+    matrix = build_interactions(events_table(rows), signals)
+    row = matrix.confidence.toarray()[0].tolist()
+    dense = dict(zip(matrix.item_ids.tolist(), row, strict=True))
+    assert dense == {"a": 8.0 / 4 + 1.0, "b": 4.0, "c": 4.0, "d": 8.0}
+    assert matrix.confidence.toarray()[1].tolist() == [8.0, 0.0, 0.0, 0.0]
+    off = build_interactions(events_table(rows), dataclasses.replace(signals, history_half_life=0))
+    assert off.confidence.toarray()[0].tolist() == [9.0, 8.0, 8.0, 8.0]
+    assert matrix.purchased.toarray().tolist() == off.purchased.toarray().tolist()
+    assert matrix.recent.toarray().tolist() == off.recent.toarray().tolist()
+
+
 def test_ease_is_skipped_for_large_catalogues(shop_inputs: TrainInputs, tmp_path: Path) -> None:
     config = with_model(Config(), candidates=["ease", "itemknn"])
     config = dataclasses.replace(
@@ -216,11 +239,59 @@ def test_log_without_repeats_is_judged_and_served_on_unseen_items(
         assert got and not got & seen
 
 
+def test_a_log_where_purchases_never_repeat_is_judged_and_served_without_what_was_bought(
+    shop_dir: Path, tmp_path: Path
+) -> None:
+    """Like durable goods: users come back to what they viewed, but buy an item once. Models
+    are judged on items the user has not bought, and served lists leave purchases out."""
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+
+    events = pa_csv.read_csv(shop_dir / "events.csv")
+    bought = pc.equal(events.column("event"), "purchase")
+    purchases = events.filter(bought)
+    first = purchases.group_by(["user_id", "item_id"], use_threads=False).aggregate(
+        [("timestamp", "min")]
+    )
+    once = pa.table(
+        {
+            "user_id": first.column("user_id"),
+            "item_id": first.column("item_id"),
+            "event": ["purchase"] * first.num_rows,
+            "timestamp": first.column("timestamp_min"),
+        }
+    )
+    browsing = events.filter(pc.invert(bought)).select(once.column_names)
+    pa_csv.write_csv(pa.concat_tables([browsing, once.cast(browsing.schema)]), tmp_path / "e.csv")
+    result = train(TrainInputs(tmp_path / "e.csv"), tmp_path / "m", Config(), progress=quiet())
+    evaluation = result.manifest["evaluation"]
+    assert evaluation["holdout"]["repeat_share"] > 0.05
+    assert evaluation["holdout"]["purchase_repeat_share"] == 0.0
+    assert evaluation["variant"] == "new"
+    assert "0% of holdout purchases repeat a purchase" in evaluation["reason"]
+    assert result.manifest["serving"]["exclude_purchased"] is True
+    assert result.manifest["serving"]["exclude_seen"] is False
+    assert set(result.manifest["serving"]["lifecycle"].values()) <= {"personal", "trending"}
+
+    from recsvc.serving.core import RecommenderCore
+
+    core = RecommenderCore()
+    published = PublishedModel.load(ModelStore(tmp_path / "m").path(result.version))
+    core.swap(published)
+    buyers = [u for u in range(published.user_ids.size) if published.purchased_by(u).size]
+    for user in buyers[:50]:
+        bought_before = set(published.item_ids[published.purchased_by(user)].tolist())
+        got = {i.item_id for i in core.recommend(str(published.user_ids[user]), 50).items}
+        assert got and not got & bought_before
+
+
 def test_shop_log_with_repeats_is_judged_on_all_items(trained: TrainResult) -> None:
     evaluation = trained.manifest["evaluation"]
     assert evaluation["holdout"]["repeat_share"] > 0.05
+    assert evaluation["holdout"]["purchase_repeat_share"] > 0.05
     assert evaluation["variant"] == "all"
     assert trained.manifest["serving"]["exclude_seen"] is False
+    assert trained.manifest["serving"]["exclude_purchased"] is False
 
 
 def test_trending_follows_recent_sales_where_popularity_follows_all_time() -> None:

@@ -112,3 +112,27 @@ def test_a_log_without_time_is_never_served_repurchase(
     )
     assert result.manifest["evaluation"]["holdout"]["method"] == "per_user"
     assert set(result.manifest["serving"]["lifecycle"].values()) <= {"personal", "trending"}
+
+
+def test_a_less_preferred_strategy_must_win_by_more_than_the_margin_to_be_served() -> None:
+    """Per stage the most preferred strategy stands unless a later one beats it by more than
+    STRATEGY_MARGIN: a tie within the noise of one split keeps the simpler list."""
+    from recsvc.profiles import STAGES
+    from recsvc.training.progress import Progress
+    from recsvc.training.stage_policy import MIN_STAGE_USERS, STRATEGY_MARGIN, _choose
+
+    n = MIN_STAGE_USERS
+    stages = np.array(["new"] * n + ["active"] * n + ["churned"] * (n - 1))
+    just_under, clearly = 0.2 * (1 + STRATEGY_MARGIN * 0.9), 0.2 * (1 + STRATEGY_MARGIN * 1.1)
+    personal = np.full(stages.size, 0.2)
+    blend = np.where(stages == "new", just_under, np.where(stages == "active", clearly, 0.0))
+    trending = np.where(stages == "churned", 0.5, 0.0)  # churned's best, but too few of them
+    scores = {"personal": personal, "blend": blend, "trending": trending}
+    with open("/dev/null", "w") as quiet:
+        chosen = _choose(("personal", "blend", "trending"), scores, stages, Progress("t", quiet))
+    lifecycle = chosen["lifecycle"]
+    assert lifecycle["new"] == "personal" and lifecycle["active"] == "blend"
+    # Too few churned users for a choice of their own: the winner over everyone.
+    assert lifecycle["churned"] == lifecycle["at_risk"] == "personal"
+    assert set(lifecycle) == set(STAGES)
+    assert chosen["evidence"]["churned"]["users"] == n - 1

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from recsvc.config import EVENT_NAMES, SignalsConfig
+from recsvc.config import EVENT_NAMES, SignalsConfig, history_decay
 from recsvc.ids import sorted_positions
 
 
@@ -60,6 +60,20 @@ def event_weights(
     return weights.astype(np.float32)
 
 
+def newer_moments(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """Per event, how many later distinct timestamps the same user has: 0 for their newest
+    moment (a basket bought at once is one moment)."""
+    order = np.lexsort((-timestamps, users))  # by user, newest first
+    sorted_users, sorted_ts = users[order], timestamps[order]
+    first_of_user = np.r_[True, sorted_users[1:] != sorted_users[:-1]]
+    new_moment = first_of_user | np.r_[True, sorted_ts[1:] != sorted_ts[:-1]]
+    moment = np.cumsum(new_moment) - 1
+    user_start = np.maximum.accumulate(np.where(first_of_user, moment, 0))
+    newer = np.empty(users.size, dtype=np.int64)
+    newer[order] = moment - user_start
+    return newer
+
+
 def build_interactions(
     events: pa.Table,
     signals: SignalsConfig,
@@ -67,6 +81,7 @@ def build_interactions(
     item_ids: np.ndarray | None = None,
 ) -> Interactions:
     """Sums event weights per (user, item) and scales them; rows and columns in sorted id order.
+    With `signals.history_half_life`, each user's older events weigh less (`history_decay`).
 
     Passing `user_ids`/`item_ids` fixes the index space (events outside it are left out), so
     that a holdout can be expressed in the training matrix's coordinates.
@@ -74,6 +89,9 @@ def build_interactions(
     users, user_vocab = encode_sorted(events.column("user_id"), user_ids)
     items, item_vocab = encode_sorted(events.column("item_id"), item_ids)
     weights = event_weights(events, signals)
+    if signals.history_half_life > 0:
+        newer = newer_moments(users, events.column("timestamp_ms").to_numpy())
+        weights *= history_decay(newer, signals.history_half_life).astype(np.float32)
     known = (users >= 0) & (items >= 0)
     shape = (user_vocab.size, item_vocab.size)
     confidence = sp.csr_matrix(

@@ -71,6 +71,12 @@ BLEND_MARGIN = 0.01
 # replace the shipped ones only where they win by more than this.
 TUNE_MARGIN = 0.01
 SEARCHABLE_SHARE = 0.2
+# How models are judged under each metric variant (see recsvc.training.evaluate), in words.
+VARIANT_WORDS = {
+    "all": "on all items",
+    "new": "on items the user has not bought (purchases never repeat: served lists leave them out)",
+    "unseen": "on items the user has not touched",
+}
 
 
 @dataclass
@@ -252,6 +258,7 @@ def train(
         "metrics": evaluation["models"].get(chosen, {}),
         "serving": {
             "exclude_seen": evaluation["variant"] == "unseen",
+            "exclude_purchased": evaluation["variant"] == "new",
             "fallback": evaluation["fallback"],
             # What each lifecycle stage is served where the config says "auto".
             "lifecycle": stage_choice["lifecycle"] if stage_choice else {},
@@ -551,7 +558,7 @@ def select_model(
     variant = holdout.variant
     progress.say(
         f"{holdout.repeat_share:.1%} of holdout pairs repeat a training pair: models are judged "
-        + ("on all items" if variant == "all" else "on items the user has not touched")
+        + VARIANT_WORDS[variant]
     )
     fitted: dict[str, Recommender] = {}
     seconds: dict[str, float] = {}
@@ -590,7 +597,7 @@ def select_model(
     ranked = sorted([*names, *([BLEND] if blend else [])], key=lambda n: -score(n))
     reason = (
         f"highest holdout {SELECTION_METRIC} ({variant} items; {holdout.repeat_share:.0%} of "
-        f"holdout pairs repeat a known pair) among {', '.join(ranked)}: "
+        f"holdout pairs repeat a known pair{_bought_again(holdout)}) among {', '.join(ranked)}: "
         + ", ".join(f"{n} {score(n):.4f}" for n in ranked)
         + (
             f"; a blend must beat the best single model by {BLEND_MARGIN:.0%} to be chosen"
@@ -661,6 +668,11 @@ def best_blend(
         f" (best pair {best['metrics'][holdout.variant][SELECTION_METRIC]:.4f})"
     )
     return prefer_equal_weights(best, candidate, holdout.variant, must_beat)
+
+
+def _bought_again(holdout: Holdout) -> str:
+    share = holdout.purchase_repeat_share
+    return "" if share is None else f", {share:.0%} of holdout purchases repeat a purchase"
 
 
 def prefer_equal_weights(

@@ -24,6 +24,10 @@ from recsvc.training.interactions import build_interactions
 from recsvc.training.progress import Progress
 
 TUNABLE = ("als", "bpr", "itemknn", "ease", "lightfm")
+# signals.history_half_life tried, in moments (0: every event of a user counts the same).
+HISTORY_HALF_LIVES = (0.0, 5.0, 10.0, 20.0, 50.0, 200.0)
+# repeat_weight tried for item-kNN and EASE (0: the neighbours' evidence alone).
+REPEAT_WEIGHTS = (0.0, 0.3, 1.0, 3.0)
 
 
 def _float(trial: optuna.Trial, key: str, low: float, high: float, current: float) -> float:
@@ -41,6 +45,11 @@ def _int(trial: optuna.Trial, key: str, low: int, high: int, current: int, log: 
     return trial.suggest_int(key, low, high, log=log)
 
 
+def _repeat_weight(trial: optuna.Trial, name: str, current: float) -> float:
+    """An item-based model's repeat_weight, from REPEAT_WEIGHTS and the configured value."""
+    return trial.suggest_categorical(f"{name}.repeat_weight", sorted({*REPEAT_WEIGHTS, current}))
+
+
 def suggest(trial: optuna.Trial, name: str, config: Config) -> Config:
     """`config` with the trial's signals and the parameters of model `name`."""
     m = config.model
@@ -49,6 +58,10 @@ def suggest(trial: optuna.Trial, name: str, config: Config) -> Config:
         view=_float(trial, "signals.view", 0.1, 4.0, config.signals.view),
         cart=_float(trial, "signals.cart", 1.0, 20.0, config.signals.cart),
         scaling=trial.suggest_categorical("signals.scaling", ["log", "bm25", "none"]),
+        history_half_life=trial.suggest_categorical(
+            "signals.history_half_life",
+            sorted({*HISTORY_HALF_LIVES, config.signals.history_half_life}),
+        ),
     )
     if name == "als":
         params: Any = dataclasses.replace(
@@ -71,9 +84,14 @@ def suggest(trial: optuna.Trial, name: str, config: Config) -> Config:
             m.itemknn,
             neighbours=_int(trial, "itemknn.neighbours", 10, 500, m.itemknn.neighbours, log=True),
             weighting=trial.suggest_categorical("itemknn.weighting", ["cosine", "bm25"]),
+            repeat_weight=_repeat_weight(trial, "itemknn", m.itemknn.repeat_weight),
         )
     elif name == "ease":
-        params = dataclasses.replace(m.ease, l2=_float(trial, "ease.l2", 1.0, 5000.0, m.ease.l2))
+        params = dataclasses.replace(
+            m.ease,
+            l2=_float(trial, "ease.l2", 1.0, 5000.0, m.ease.l2),
+            repeat_weight=_repeat_weight(trial, "ease", m.ease.repeat_weight),
+        )
     else:
         params = dataclasses.replace(
             m.lightfm,
@@ -90,7 +108,7 @@ def suggest(trial: optuna.Trial, name: str, config: Config) -> Config:
 def default_params(name: str, config: Config) -> dict[str, Any]:
     """The trial that reproduces `config` for model `name`, so the search starts from it."""
     values: dict[str, Any] = {"model": name}
-    for key in ("view", "cart", "scaling"):
+    for key in ("view", "cart", "scaling", "history_half_life"):
         values[f"signals.{key}"] = getattr(config.signals, key)
     for key, value in dataclasses.asdict(getattr(config.model, name)).items():
         if key not in ("max_items", "loss", "form"):

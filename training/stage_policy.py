@@ -8,8 +8,9 @@ the config, so the evaluation is of served lists, not of raw scores. Per stage, 
 with the highest NDCG@10 wins; a stage with too few validation users takes the winner over
 all users. Repurchase and the blend are candidates only where users come back to what they
 know (models are judged on all items) and the log has an order in time: where it has no repeats
-the server excludes what users have seen, and where every event has one timestamp (the holdout
-is a random share of each user's events) nothing was bought "before" anything else.
+the server excludes what users have seen, where purchases never repeat what they bought, and
+where every event has one timestamp (the holdout is a random share of each user's events)
+nothing was bought "before" anything else.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from recsvc.training.progress import Progress
 # Strategies in order of preference: on a tie the simpler, more personal one wins.
 WITH_REPEATS = ("personal", "blend", "repurchase", "trending")
 WITHOUT_REPEATS = ("personal", "trending")
+# A strategy less preferred must beat the chosen one by more than this share to replace it:
+# differences within it are the noise of one split, and the simpler list is cheaper to serve.
+STRATEGY_MARGIN = 0.01
 # A stage needs this many validation users to get a strategy of its own.
 MIN_STAGE_USERS = 100
 # Validation users scored per strategy, at most (a seeded sample beyond that).
@@ -84,8 +88,13 @@ def _choose(
     progress: Progress,
 ) -> dict[str, Any]:
     def best(mask: np.ndarray) -> str:
-        means = [float(scores[s][mask].mean()) for s in strategies]
-        return strategies[int(np.argmax(means))]  # the first of equals: the preferred one
+        """The most preferred strategy that no later one beats by more than STRATEGY_MARGIN."""
+        chosen, chosen_mean = strategies[0], float(scores[strategies[0]][mask].mean())
+        for strategy in strategies[1:]:
+            mean = float(scores[strategy][mask].mean())
+            if mean > chosen_mean * (1 + STRATEGY_MARGIN):
+                chosen, chosen_mean = strategy, mean
+        return chosen
 
     everyone = np.ones(stages.size, dtype=bool)
     overall = best(everyone)
@@ -101,6 +110,7 @@ def _choose(
     }
     reason = (
         f"highest validation NDCG@{K} of the served list per stage among {', '.join(strategies)}"
+        f" (one less preferred must win by over {STRATEGY_MARGIN:.0%})"
         f"; stages with fewer than {MIN_STAGE_USERS} validation users take the best over all "
         f"users ({overall})"
     )
@@ -129,7 +139,10 @@ def validation_serving(
         version="validation",
         manifest={
             "data_end_ms": int(events.column("timestamp_ms").to_numpy().max()),
-            "serving": {"exclude_seen": holdout.variant == "unseen"},
+            "serving": {
+                "exclude_seen": holdout.variant == "unseen",
+                "exclude_purchased": holdout.variant == "new",
+            },
             "config": dataclasses.asdict(config),
         },
         model=model,

@@ -13,8 +13,17 @@ from recsvc.models.base import Recommender, check_user_items, csr_rows, top_k
 
 
 class ItemBasedRecommender(Recommender):
-    """Scores users' histories against an item-item matrix (sparse for kNN, dense for EASE)."""
+    """Scores users' histories against an item-item matrix (sparse for kNN, dense for EASE).
 
+    With `repeat_weight` > 0 the user's own history joins the neighbours' evidence, as in
+    TIFU-kNN (Hu et al. 2020): each item the user touched gains up to `repeat_weight` times the
+    user's best neighbour score, in proportion to its confidence (which the signals already
+    decay with the user's later moments). Where users come back to what they know (repeat
+    purchases, buying what they viewed) that personal frequency is the strongest signal; the
+    item-item matrix alone scores an item from its neighbours only (EASE's diagonal is zero).
+    """
+
+    repeat_weight: float
     user_items_data: np.ndarray
     user_items_indices: np.ndarray
     user_items_indptr: np.ndarray
@@ -48,13 +57,38 @@ class ItemBasedRecommender(Recommender):
 
     def score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """One user's scores from their items and confidences."""
-        return self.score_history(
-            sp.csr_matrix((weights, items, [0, items.size]), shape=(1, self.n_items))
-        )[0]
+        scores = self._score_items(items, weights)
+        if self.repeat_weight > 0 and items.size:
+            scores[items] += self._repeat_unit(scores, weights) * weights
+        return scores
 
     def score_history(self, history: sp.csr_matrix) -> np.ndarray:
         if not (sp.isspmatrix_csr(history) and history.dtype == np.float32):
             history = sp.csr_matrix(history, dtype=np.float32)
+        scores = self._score_history(history)
+        if self.repeat_weight > 0:
+            for row in range(history.shape[0]):
+                start, end = history.indptr[row], history.indptr[row + 1]
+                if end > start:
+                    weights = history.data[start:end]
+                    unit = self._repeat_unit(scores[row], weights)
+                    scores[row, history.indices[start:end]] += unit * weights
+        return scores
+
+    def _repeat_unit(self, scores: np.ndarray, weights: np.ndarray) -> np.float32:
+        """What a unit of confidence adds to its own item: repeat_weight of the best score per
+        the strongest confidence, so the lift keeps its size whatever the scale of either."""
+        best = max(float(scores.max()), 0.0) or 1.0
+        return np.float32(self.repeat_weight * best / float(weights.max()))
+
+    def _score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The neighbours' scores for one user's items and confidences."""
+        return self._score_history(
+            sp.csr_matrix((weights, items, [0, items.size]), shape=(1, self.n_items))
+        )[0]
+
+    def _score_history(self, history: sp.csr_matrix) -> np.ndarray:
+        """The neighbours' scores for history rows (float32 CSR)."""
         if history.shape[0] == 1:
             # One user (the serving path): their items' rows, weighted. Slicing the history's
             # columns would cost more than the product.
@@ -103,7 +137,7 @@ class SparseItemGraphRecommender(ItemBasedRecommender):
         self.similarity_indices = similarity.indices.astype(np.int32)
         self.similarity_indptr = similarity.indptr.astype(np.int64)
 
-    def score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
         starts = np.asarray(self.similarity_indptr[items], dtype=np.int64)
         lengths = np.asarray(self.similarity_indptr[items + 1], dtype=np.int64) - starts
         take = np.repeat(starts - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(
@@ -146,11 +180,13 @@ class ItemKNNRecommender(SparseItemGraphRecommender):
         weighting: Literal["cosine", "bm25"] = "bm25",
         bm25_k1: float = 1.2,
         bm25_b: float = 0.75,
+        repeat_weight: float = 0.0,
     ) -> None:
         self.neighbours = neighbours
         self.weighting = weighting
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
+        self.repeat_weight = repeat_weight
 
     def fit(self, user_items: sp.csr_matrix) -> Self:
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
@@ -185,10 +221,17 @@ class RP3BetaRecommender(SparseItemGraphRecommender):
     # Rows of the item-item product computed at once: bounds the dense block's memory.
     BLOCK = 512
 
-    def __init__(self, neighbours: int = 100, alpha: float = 0.6, beta: float = 0.4) -> None:
+    def __init__(
+        self,
+        neighbours: int = 100,
+        alpha: float = 0.6,
+        beta: float = 0.4,
+        repeat_weight: float = 0.0,
+    ) -> None:
         self.neighbours = neighbours
         self.alpha = alpha
         self.beta = beta
+        self.repeat_weight = repeat_weight
 
     def fit(self, user_items: sp.csr_matrix) -> Self:
         matrix = check_user_items(user_items)
@@ -300,10 +343,12 @@ class EASERecommender(ItemBasedRecommender):
         l2: float = 200.0,
         max_items: int = 20_000,
         form: EASEForm = "auto",
+        repeat_weight: float = 0.0,
     ) -> None:
         self.l2 = l2
         self.max_items = max_items
         self.form = form
+        self.repeat_weight = repeat_weight
 
     @property
     def n_items(self) -> int:
@@ -358,10 +403,9 @@ class EASERecommender(ItemBasedRecommender):
         back = np.asarray(x.T @ through_users.T).T
         return ((rows.toarray() - back) / self.l2).astype(np.float32)
 
-    def score_history(self, history: sp.csr_matrix) -> np.ndarray:
+    def _score_history(self, history: sp.csr_matrix) -> np.ndarray:
         if not self.dual:
-            return super().score_history(history)
-        history = sp.csr_matrix(history, dtype=np.float32)
+            return super()._score_history(history)
         # s = h B with B = -P D^-1 off the diagonal: h - (h P) / diag(P).
         return (history.toarray() - self._precision_rows(history) / self.precision_diagonal).astype(
             np.float32
@@ -390,7 +434,7 @@ class EASERecommender(ItemBasedRecommender):
             shape=(items.size, self.n_items),
         )
 
-    def score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
         if self.dual:
-            return super().score_items(items, weights)
+            return super()._score_items(items, weights)
         return np.asarray(weights @ self.weights[items], dtype=np.float32)

@@ -27,6 +27,7 @@ class ServingModel:
     promoted: np.ndarray  # bool per item
     signal_weights: dict[str, float]
     scaling: str
+    history_half_life: float  # signals.history_half_life of the training run (0: off)
     popular_order: np.ndarray  # item indices, most popular first
     popular_share: np.ndarray  # per item, its popularity over (the most popular's + 1): [0, 1)
     trending_order: np.ndarray
@@ -64,6 +65,7 @@ class ServingModel:
             promoted=promoted,
             signal_weights={e: float(signals.get(e, 1.0)) for e in EVENT_NAMES},
             scaling=str(signals.get("scaling", "log")),
+            history_half_life=float(signals.get("history_half_life", 0.0)),
             popular_order=np.argsort(-popular, kind="stable"),
             popular_share=popular / (float(popular.max(initial=0.0)) + 1.0),
             trending_order=trending_order,

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from recsvc.config import ServingConfig, VariantConfig
+from recsvc.config import ServingConfig, VariantConfig, history_decay
 from recsvc.errors import NotFound
 from recsvc.ids import sorted_positions
 from recsvc.models.base import top_k
@@ -139,7 +139,7 @@ class RankingPolicy:
         self, model: PublishedModel, user: int | None, filters: Filters, exclude_purchased: bool
     ) -> list[np.ndarray]:
         banned = [model.item_indices(list(filters.exclude_item_ids))]
-        if user is not None and exclude_purchased:
+        if user is not None and (exclude_purchased or model.exclude_purchased):
             banned.append(model.purchased_by(user))
         if user is not None and model.exclude_seen:
             banned.append(model.seen_by(user))
@@ -630,20 +630,28 @@ class RankingPolicy:
         self, serving: ServingModel, user: int | None, fresh: list, context: np.ndarray
     ) -> sp.csr_matrix:
         """The user's training row with fresh events and context items added, as the
-        training matrix would have held them."""
+        training matrix would have held them: context items are the newest moment, and with
+        signals.history_half_life every older moment weighs less (`history_decay`)."""
         model = serving.published
+        half_life = serving.history_half_life
         items: list[np.ndarray] = [context]
         raw: list[np.ndarray] = [
             np.full(context.size, serving.signal_weights["view"], dtype=np.float64)
         ]
+        now = 1 if context.size else 0  # the moments newer than every fresh event
+        fresh_ts = np.array([e[2] for e in fresh], dtype=np.int64)
+        moments = np.unique(fresh_ts)
         if user is not None:
             known, confidences = model.history_of(user)
             items.append(np.asarray(known, dtype=np.int64))
-            raw.append(_unscale(np.asarray(confidences, dtype=np.float64), serving.scaling))
+            unscaled = _unscale(np.asarray(confidences, dtype=np.float64), serving.scaling)
+            raw.append(unscaled * history_decay(np.array(now + moments.size), half_life))
         if fresh:
             # One vectorised lookup; items the model does not know (position -1) are skipped.
             positions = sorted_positions(model.item_ids, np.array([e[0] for e in fresh], dtype=str))
             weights = np.array([serving.signal_weights[e[1]] for e in fresh], dtype=np.float64)
+            newer = now + moments.size - 1 - np.searchsorted(moments, fresh_ts)
+            weights *= history_decay(newer, half_life)
             items.append(positions[positions >= 0])
             raw.append(weights[positions >= 0])
         # An item met more than once (history, fresh events, context) adds up, then is scaled.
