@@ -155,7 +155,7 @@ class BPRConfig:
 class ItemKNNConfig:
     neighbours: int = 100
     weighting: Literal["cosine", "bm25"] = "bm25"
-    repeat_weight: float = 0.0
+    repeat_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class EASEConfig:
     l2: float = 200.0
     max_items: int = 20_000
     form: Literal["auto", "primal", "dual"] = "auto"
-    repeat_weight: float = 0.0
+    repeat_weight: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@
     item_price.npy          item's first event (for "new item" rules)
     item_tags.npy
     item_first_seen_ms.npy
-    purchased_indptr.npy    CSR rows: the items each user has bought
+    purchased_indptr.npy    CSR rows: the items each user has bought (filtered out where the
+                            manifest's serving.exclude_purchased)
     purchased_indices.npy
     history_indptr.npy      CSR rows: each user's confidence for every item they touched (the
     history_indices.npy     training matrix), for real-time scoring with fresh events and for
