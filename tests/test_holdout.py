@@ -186,15 +186,17 @@ def test_the_newest_share_of_each_user_is_rounded_up_and_ties_go_by_row_order() 
     assert holdout.train_events.num_rows == len(rows) - 6
 
 
-def browse_then_buy(users: int, repeat_buyers: int = 0) -> list[tuple[str, str, str, int]]:
-    """Each user views three items, then at one later moment views two more and buys the
-    first they viewed; the first `repeat_buyers` users also buy their second one twice."""
+def browse_then_buy(
+    users: int, repeat_buyers: int = 0, held_out_views: int = 2
+) -> list[tuple[str, str, str, int]]:
+    """Each user views three items, then at one later moment views `held_out_views` more and
+    buys the first they viewed; the first `repeat_buyers` users also buy their second twice."""
     rng = np.random.default_rng(3)
     rows = []
     for u in range(users):
         items = [f"i{i}" for i in rng.choice(30, 5, replace=False)]
         rows += [(f"u{u}", item, "view", (1 + n) * SECOND) for n, item in enumerate(items[:3])]
-        rows += [(f"u{u}", item, "view", 5 * SECOND) for item in items[3:]]
+        rows += [(f"u{u}", i, "view", 5 * SECOND) for i in items[3 : 3 + held_out_views]]
         rows.append((f"u{u}", items[0], "purchase", 5 * SECOND))
         if u < repeat_buyers:
             rows.append((f"u{u}", items[1], "purchase", 2 * SECOND))
@@ -220,6 +222,16 @@ def test_the_job_judges_on_held_out_purchases_where_it_has_enough_of_them(
     else:
         assert holdout.test.nnz == 3 * users  # two views and a purchase
     assert holdout.describe()["target"] == target
+
+
+def test_where_purchases_are_half_the_held_out_pairs_or_more_every_event_judges() -> None:
+    """Film ratings: the liked ones are purchases, most of the log; all of them judge."""
+    holdout = validation_holdout(
+        events_table(browse_then_buy(MIN_PURCHASES_TARGET, held_out_views=1)), Config()
+    )
+    assert holdout is not None and holdout.test_purchased is not None
+    assert 2 * holdout.test_purchased.nnz == 2 * MIN_PURCHASES_TARGET == holdout.test.nnz
+    assert holdout.target == "events"
 
 
 @pytest.mark.parametrize(("repeat_buyers", "variant"), [(0, "new"), (40, "new"), (60, "all")])
@@ -534,8 +546,12 @@ def test_the_search_starts_from_the_configured_models_and_scores_every_trial_hon
     done = search(holdout, past, config, ["itemknn", "ease"], 600.0, 5, known={"itemknn": 0.5})
     trials = done.study.trials
     assert len(trials) == 5 and done.names == ["itemknn", "ease"]
-    assert trials[0].params == default_params("itemknn", config)
-    assert trials[1].params == default_params("ease", config)
+    # Judged on unseen items: a repeat weight would change nothing, so none is searched.
+    assert not done.repeats
+    assert trials[0].params == default_params("itemknn", config, repeats=False)
+    assert trials[1].params == default_params("ease", config, repeats=False)
+    assert not any("repeat_weight" in k for t in trials for k in t.params)
+    assert "ease.repeat_weight" in default_params("ease", config)
     assert trials[0].value == 0.5, "a known score is taken, not fitted again"
     assert len(fitted) == 4
     # The best of the configured models (EASE), though a later trial of EASE beats it.

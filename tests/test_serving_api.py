@@ -81,6 +81,11 @@ def test_filters_and_context_over_the_wire(api: RunningServer) -> None:
     assert {i.reason for i in hot.items} == {"trending"}
 
 
+def similar(api: RunningServer, item: str) -> list[str]:
+    request = pb.SimilarItemsRequest(item_id=item, k=20)
+    return [i.item_id for i in api.stub.SimilarItems(request, timeout=5).items]
+
+
 def _catalogue(model_dir: Path) -> PublishedModel:
     store = ModelStore(model_dir)
     return PublishedModel.load(store.path(store.current_version()))
@@ -93,6 +98,7 @@ def test_every_filter_reaches_the_core_over_the_wire(
     """Each filter field of the request changes the list as it says: a servicer that dropped
     one would serve the unfiltered list, which breaks every one of these bounds."""
     model = _catalogue(model_dir)
+    anchor = "i0001"
 
     def ask(filters: pb.Filters | None = None, exclude: tuple[str, ...] = ()) -> list[str]:
         filters = filters or pb.Filters()
@@ -102,7 +108,7 @@ def test_every_filter_reaches_the_core_over_the_wire(
             )
         elif call == "SimilarItems":
             request = pb.SimilarItemsRequest(
-                item_id="i0001", k=20, filters=filters, exclude_item_ids=exclude
+                item_id=anchor, k=20, filters=filters, exclude_item_ids=exclude
             )
         else:
             assert not exclude
@@ -115,6 +121,12 @@ def test_every_filter_reaches_the_core_over_the_wire(
     def price(item: str) -> float:
         return float(model.items.price[model.item_index(item)])
 
+    if call == "SimilarItems":  # an item whose likes span categories, so a filter bites
+        anchor = next(
+            str(item)
+            for item in model.item_ids[:100]
+            if len({category(i) for i in similar(api, str(item))}) > 1
+        )
     plain = ask()
     assert len(plain) == 20
     categories = {category(i) for i in plain}

@@ -45,13 +45,17 @@ def _int(trial: optuna.Trial, key: str, low: int, high: int, current: int, log: 
     return trial.suggest_int(key, low, high, log=log)
 
 
-def _repeat_weight(trial: optuna.Trial, name: str, current: float) -> float:
-    """An item-based model's repeat_weight, from REPEAT_WEIGHTS and the configured value."""
+def _repeat_weight(trial: optuna.Trial, name: str, current: float, repeats: bool) -> float:
+    """An item-based model's repeat_weight, from REPEAT_WEIGHTS and the configured value; the
+    configured value where served lists never hold what users know (`repeats` false)."""
+    if not repeats:
+        return current
     return trial.suggest_categorical(f"{name}.repeat_weight", sorted({*REPEAT_WEIGHTS, current}))
 
 
-def suggest(trial: optuna.Trial, name: str, config: Config) -> Config:
-    """`config` with the trial's signals and the parameters of model `name`."""
+def suggest(trial: optuna.Trial, name: str, config: Config, repeats: bool = True) -> Config:
+    """`config` with the trial's signals and the parameters of model `name`; `repeats` false
+    where the split is judged on unseen items (a repeat weight changes nothing there)."""
     m = config.model
     signals = dataclasses.replace(
         config.signals,
@@ -84,13 +88,13 @@ def suggest(trial: optuna.Trial, name: str, config: Config) -> Config:
             m.itemknn,
             neighbours=_int(trial, "itemknn.neighbours", 10, 500, m.itemknn.neighbours, log=True),
             weighting=trial.suggest_categorical("itemknn.weighting", ["cosine", "bm25"]),
-            repeat_weight=_repeat_weight(trial, "itemknn", m.itemknn.repeat_weight),
+            repeat_weight=_repeat_weight(trial, "itemknn", m.itemknn.repeat_weight, repeats),
         )
     elif name == "ease":
         params = dataclasses.replace(
             m.ease,
             l2=_float(trial, "ease.l2", 1.0, 5000.0, m.ease.l2),
-            repeat_weight=_repeat_weight(trial, "ease", m.ease.repeat_weight),
+            repeat_weight=_repeat_weight(trial, "ease", m.ease.repeat_weight, repeats),
         )
     else:
         params = dataclasses.replace(
@@ -105,13 +109,13 @@ def suggest(trial: optuna.Trial, name: str, config: Config) -> Config:
     return dataclasses.replace(config, signals=signals, model=model)
 
 
-def default_params(name: str, config: Config) -> dict[str, Any]:
+def default_params(name: str, config: Config, repeats: bool = True) -> dict[str, Any]:
     """The trial that reproduces `config` for model `name`, so the search starts from it."""
     values: dict[str, Any] = {"model": name}
     for key in ("view", "cart", "scaling", "history_half_life"):
         values[f"signals.{key}"] = getattr(config.signals, key)
     for key, value in dataclasses.asdict(getattr(config.model, name)).items():
-        if key not in ("max_items", "loss", "form"):
+        if key not in ("max_items", "loss", "form") and (repeats or key != "repeat_weight"):
             values[f"{name}.{key}"] = value
     return values
 
@@ -129,6 +133,7 @@ class Search:
     study: optuna.Study
     names: list[str]
     seconds: float
+    repeats: bool = True  # whether repeat weights were searched (see suggest)
 
     @property
     def best(self) -> optuna.trial.FrozenTrial:
@@ -137,7 +142,7 @@ class Search:
     def config_of(self, trial: optuna.trial.FrozenTrial, config: Config) -> Config:
         """`config` with `trial`'s signals and its model's parameters."""
         name = trial.params["model"]
-        return suggest(optuna.trial.FixedTrial(trial.params), name, config)
+        return suggest(optuna.trial.FixedTrial(trial.params), name, config, self.repeats)
 
     def best_default(self) -> optuna.trial.FrozenTrial:
         """The best of the first trials, which are the shipped parameters of each model."""
@@ -163,14 +168,17 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     known = known or {}
     variant = split.variant
+    repeats = variant != "unseen"
     defaults = {
-        name: suggest(optuna.trial.FixedTrial(default_params(name, config)), name, config)
+        name: suggest(
+            optuna.trial.FixedTrial(default_params(name, config, repeats)), name, config, repeats
+        )
         for name in names
     }
 
     def objective(trial: optuna.Trial) -> float:
         name = trial.suggest_categorical("model", names)
-        trial_config = suggest(trial, name, config)
+        trial_config = suggest(trial, name, config, repeats)
         if name in known and trial_config == defaults[name]:
             return known[name]
         trial_split = with_signals(split, trial_config.signals)
@@ -190,11 +198,11 @@ def search(
     sampler = optuna.samplers.TPESampler(seed=config.training.seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for name in names:
-        study.enqueue_trial(default_params(name, config))
+        study.enqueue_trial(default_params(name, config, repeats))
     study.optimize(
         objective,
         n_trials=trials,
         timeout=budget_s,
         callbacks=[report],
     )
-    return Search(study, names, round(time.perf_counter() - started, 1))
+    return Search(study, names, round(time.perf_counter() - started, 1), repeats)
