@@ -356,7 +356,7 @@ def table(results: list[dict]) -> str:
             weights = r["blend"]["weights"]
             chosen = " + ".join(f"{w:.2f} {m}" for m, w in zip(members, weights, strict=True))
         cells.append(f"**{r['served']['ndcg@10']:.4f}**")
-        cells.append(f"**{r['served_vs_best_reference']:.2f}x**")
+        cells.append(f"**{r['served_vs_best_reference']:.3f}x**")
         cells.append(f"{r['default_ndcg@10']:.4f} ({chosen})")
         cells.append(f"{r['served']['job_s']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")

@@ -203,24 +203,28 @@ def test_ease_is_skipped_for_large_catalogues(shop_inputs: TrainInputs, tmp_path
     assert "max_items" in result.manifest["evaluation"]["skipped"]["ease"]
 
 
+def _once_per_pair(events: pa.Table, event: str) -> pa.Table:
+    """One `event` per user-item pair of `events`, at the pair's first timestamp."""
+    first = events.group_by(["user_id", "item_id"], use_threads=False).aggregate(
+        [("timestamp", "min")]
+    )
+    return pa.table(
+        {
+            "user_id": first.column("user_id"),
+            "item_id": first.column("item_id"),
+            "event": [event] * first.num_rows,
+            "timestamp": first.column("timestamp_min"),
+        }
+    )
+
+
 def test_log_without_repeats_is_judged_and_served_on_unseen_items(
     shop_dir: Path, tmp_path: Path
 ) -> None:
     """Like film ratings: each user touches an item once, so history is filtered when served."""
     import pyarrow.csv as pa_csv
 
-    events = pa_csv.read_csv(shop_dir / "events.csv")
-    first = events.group_by(["user_id", "item_id"], use_threads=False).aggregate(
-        [("timestamp", "min")]
-    )
-    once = pa.table(
-        {
-            "user_id": first.column("user_id"),
-            "item_id": first.column("item_id"),
-            "event": ["view"] * first.num_rows,
-            "timestamp": first.column("timestamp_min"),
-        }
-    )
+    once = _once_per_pair(pa_csv.read_csv(shop_dir / "events.csv"), "view")
     pa_csv.write_csv(once, tmp_path / "events.csv")
     result = train(TrainInputs(tmp_path / "events.csv"), tmp_path / "m", Config(), progress=quiet())
     evaluation = result.manifest["evaluation"]
@@ -249,18 +253,7 @@ def test_a_log_where_purchases_never_repeat_is_judged_and_served_without_what_wa
 
     events = pa_csv.read_csv(shop_dir / "events.csv")
     bought = pc.equal(events.column("event"), "purchase")
-    purchases = events.filter(bought)
-    first = purchases.group_by(["user_id", "item_id"], use_threads=False).aggregate(
-        [("timestamp", "min")]
-    )
-    once = pa.table(
-        {
-            "user_id": first.column("user_id"),
-            "item_id": first.column("item_id"),
-            "event": ["purchase"] * first.num_rows,
-            "timestamp": first.column("timestamp_min"),
-        }
-    )
+    once = _once_per_pair(events.filter(bought), "purchase")
     browsing = events.filter(pc.invert(bought)).select(once.column_names)
     pa_csv.write_csv(pa.concat_tables([browsing, once.cast(browsing.schema)]), tmp_path / "e.csv")
     result = train(TrainInputs(tmp_path / "e.csv"), tmp_path / "m", Config(), progress=quiet())
