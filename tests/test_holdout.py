@@ -571,6 +571,26 @@ def test_the_search_starts_from_the_configured_models_and_scores_every_trial_hon
     )
 
 
+def test_where_users_come_back_the_search_starts_from_and_tunes_the_repeat_weight() -> None:
+    """A log of repeat purchases is judged on all items: the repeat weight is searched, the
+    first trial is the configured one, and each trial's configuration carries its weight."""
+    rows = two_tastes()
+    again = [(u, i, e, t + 10_000 * SECOND) for u, i, e, t in rows]  # every purchase repeated
+    holdout = holdout_split(events_table(rows + again), SignalsConfig(), 0.3, seed=1)
+    assert holdout is not None and holdout.variant == "all"
+    config = Config()
+    done = search(holdout, Dataset(holdout.train_events, None, None, []), config, ["itemknn"],
+                  600.0, 6)  # fmt: skip
+    trials = done.study.trials
+    assert done.repeats is True
+    assert trials[0].params == default_params("itemknn", config)
+    assert trials[0].params["itemknn.repeat_weight"] == config.model.itemknn.repeat_weight
+    assert len({t.params["itemknn.repeat_weight"] for t in trials}) > 1
+    for trial in trials:
+        tried = done.config_of(trial, config).model.itemknn.repeat_weight
+        assert tried == trial.params["itemknn.repeat_weight"]
+
+
 def test_the_search_stops_at_its_budget_and_its_best_default_is_the_best_first_trial(
     split,
 ) -> None:
