@@ -324,8 +324,9 @@ def confident_blocks() -> sp.csr_matrix:
 )
 def test_repeat_weight_lifts_a_user_s_own_items_by_their_confidence(make) -> None:
     """TIFU-kNN's personal frequency: each item the user touched gains repeat_weight times
-    their best neighbour score per the strongest confidence, times its own; batch, one user
-    and a history the model was not fitted on alike. Heavy enough, it ranks by confidence."""
+    their best neighbour score per the strongest confidence, times its own; batch (empty rows
+    among them), one user and a history the model was not fitted on alike. Heavy enough, it
+    ranks by confidence."""
     matrix = confident_blocks()
     plain, lifted = make(0.0).fit(matrix), make(2.0).fit(matrix)
     users = np.arange(N_USERS)
@@ -336,6 +337,14 @@ def test_repeat_weight_lifts_a_user_s_own_items_by_their_confidence(make) -> Non
     np.testing.assert_allclose(lifted.score(users), expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(lifted.score(users[:1])[0], expected[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(lifted.score_history(matrix), expected, rtol=1e-4, atol=1e-4)
+    gaps = sp.vstack([sp.csr_matrix((1, N_ITEMS)), matrix[:3], sp.csr_matrix((2, N_ITEMS)),
+                      matrix[3:5], sp.csr_matrix((1, N_ITEMS))]).tocsr()  # fmt: skip
+    no_history = plain.score_history(sp.csr_matrix((1, N_ITEMS)))[0]
+    np.testing.assert_allclose(
+        lifted.score_history(gaps),
+        np.vstack([no_history, expected[:3], no_history, no_history, expected[3:5], no_history]),
+        rtol=1e-4, atol=1e-4,
+    )  # fmt: skip
     strongest = matrix.indices[matrix.indptr[1:] - 1]  # each row's confidence 6
     assert not np.array_equal(np.argmax(plain.score(users), axis=1), strongest)
     heavy = make(100.0).fit(matrix)  # personal frequency outweighs the neighbours

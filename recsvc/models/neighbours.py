@@ -59,27 +59,33 @@ class ItemBasedRecommender(Recommender):
         """One user's scores from their items and confidences."""
         scores = self._score_items(items, weights)
         if self.repeat_weight > 0 and items.size:
-            scores[items] += self._repeat_unit(scores, weights) * weights
+            unit = self._repeat_units(scores.max(keepdims=True), weights.max(keepdims=True))
+            scores[items] += unit * weights
         return scores
 
     def score_history(self, history: sp.csr_matrix) -> np.ndarray:
         if not (sp.isspmatrix_csr(history) and history.dtype == np.float32):
             history = sp.csr_matrix(history, dtype=np.float32)
         scores = self._score_history(history)
-        if self.repeat_weight > 0:
-            for row in range(history.shape[0]):
-                start, end = history.indptr[row], history.indptr[row + 1]
-                if end > start:
-                    weights = history.data[start:end]
-                    unit = self._repeat_unit(scores[row], weights)
-                    scores[row, history.indices[start:end]] += unit * weights
+        lengths = np.diff(history.indptr)
+        rows = np.flatnonzero(lengths)
+        if self.repeat_weight > 0 and rows.size:
+            # Each non-empty row's strongest confidence: its segment of the data runs to the
+            # next non-empty row's start, the empty rows between holding nothing.
+            strongest = np.maximum.reduceat(history.data, history.indptr[rows])
+            units = np.zeros(lengths.size, dtype=np.float32)
+            units[rows] = self._repeat_units(scores[rows].max(axis=1), strongest)
+            owners = np.repeat(np.arange(lengths.size), lengths)
+            scores[owners, history.indices] += units[owners] * history.data
         return scores
 
-    def _repeat_unit(self, scores: np.ndarray, weights: np.ndarray) -> np.float32:
-        """What a unit of confidence adds to its own item: repeat_weight of the best score per
-        the strongest confidence, so the lift keeps its size whatever the scale of either."""
-        best = max(float(scores.max()), 0.0) or 1.0
-        return np.float32(self.repeat_weight * best / float(weights.max()))
+    def _repeat_units(self, best: np.ndarray, strongest: np.ndarray) -> np.ndarray:
+        """What a unit of confidence adds to its own item, per user: repeat_weight of their
+        best score (1 where none is positive) per their strongest confidence, so the lift
+        keeps its size whatever the scale of either."""
+        best = np.maximum(np.asarray(best, dtype=np.float64), 0.0)
+        best[best == 0] = 1.0
+        return (self.repeat_weight * best / strongest).astype(np.float32)
 
     def _score_items(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The neighbours' scores for one user's items and confidences."""
