@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from quality import ROOT, SPLITS, prepare
+from quality import ROOT, SPLITS, prepare, with_components
 
 from recsvc.config import Config
 from recsvc.training.evaluate import Holdout, model_scorer, ranking_metrics, validation_holdout
@@ -26,17 +26,6 @@ from recsvc.training.ingest import Dataset
 from recsvc.training.interactions import build_interactions
 from recsvc.training.pipeline import fit_model, make_model
 from recsvc.training.progress import Progress
-
-
-def with_components(config: Config, family: str, half_life: float, weight: float) -> Config:
-    model = config.model
-    section = getattr(model, family)
-    if hasattr(section, "repeat_weight"):
-        model = dataclasses.replace(
-            model, **{family: dataclasses.replace(section, repeat_weight=weight)}
-        )
-    signals = dataclasses.replace(config.signals, history_half_life=half_life)
-    return dataclasses.replace(config, signals=signals, model=model)
 
 
 def score(split: Holdout, past: Dataset, family: str, config: Config) -> float:
@@ -67,7 +56,7 @@ def main() -> None:
         for family in args.models.split(","):
             for half_life in (float(h) for h in args.half_lives.split(",")):
                 for weight in (float(w) for w in args.repeat_weights.split(",")):
-                    tried = with_components(config, family, half_life, weight)
+                    tried = with_components(config, half_life, weight)
                     figures = [score(split, past, family, tried) for split in (inner, outer)]
                     print(
                         f"{name} | {family} | {half_life:g} | {weight:g} | "

@@ -98,22 +98,27 @@ REFERENCE = ("itemknn", "als", "ease")
 SHIPPED_EASE = "EASE, shipped"
 
 
+def with_components(config: Config, half_life: float, repeat_weight: float) -> Config:
+    """`config` with `signals.history_half_life` and every item model's `repeat_weight` set:
+    issue 16's two components, which `plain` turns off and bench/components.py varies."""
+    sections = {
+        f.name: dataclasses.replace(section, repeat_weight=repeat_weight)
+        for f in dataclasses.fields(config.model)
+        if hasattr(section := getattr(config.model, f.name), "repeat_weight")
+    }
+    return dataclasses.replace(
+        config,
+        signals=dataclasses.replace(config.signals, history_half_life=half_life),
+        model=dataclasses.replace(config.model, **sections),
+    )
+
+
 def plain(config: Config) -> Config:
     """The baselines' configuration: the shipped one without issue 16's components, every event
     of a user counting the same whenever it came (signals.history_half_life 0) and the item
     models scoring from neighbours alone (repeat_weight 0), as a hand-rolled implicit or EASE
     script has them; the same figures as the tables before those components."""
-    m = config.model
-    return dataclasses.replace(
-        config,
-        signals=dataclasses.replace(config.signals, history_half_life=0.0),
-        model=dataclasses.replace(
-            m,
-            itemknn=dataclasses.replace(m.itemknn, repeat_weight=0.0),
-            rp3beta=dataclasses.replace(m.rp3beta, repeat_weight=0.0),
-            ease=dataclasses.replace(m.ease, repeat_weight=0.0),
-        ),
-    )
+    return with_components(config, 0.0, 0.0)
 
 
 def outer_split(name: str, data_dir: Path, events: pa.Table, config: Config) -> Holdout:
